@@ -1,0 +1,117 @@
+"""The Redis ledger: exact budgets shared by every gateway replica."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from kascade.gateway.ledger import (
+    _errors,
+    _lua_ledger,
+    _memory_ledger,
+    _records,
+    _redis_conn,
+    _windows,
+)
+
+_RESERVE = _redis_conn.Script(name="ledger_reserve", source=_lua_ledger.RESERVE)
+_FINISH = _redis_conn.Script(name="ledger_finish", source=_lua_ledger.FINISH)
+_SNAPSHOT = _redis_conn.Script(name="ledger_snapshot", source=_lua_ledger.SNAPSHOT)
+
+
+class RedisLedger:
+    """Exact budgets across replicas: each operation is one Lua script (EVALSHA).
+
+    ``clock`` supplies "now" to the scripts (replica clocks must be NTP-synchronised;
+    tests inject a fake clock). Unreachable Redis raises ``LedgerUnavailable`` within
+    about a second, so callers fail closed.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        key_prefix: str = "kascade:",
+        reservation_ttl_s: float = _memory_ledger.DEFAULT_RESERVATION_TTL_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        _memory_ledger.check_ttl(reservation_ttl_s)
+        _redis_conn.check_prefix(key_prefix)
+        self._conn = _redis_conn.Connection(url=url, scripts=(_RESERVE, _FINISH, _SNAPSHOT))
+        self._prefix = key_prefix
+        self._ttl = reservation_ttl_s
+        self._clock = clock
+
+    def _base(self, expert: str) -> str:
+        _records.check_expert(expert)
+        return f"{self._prefix}ledger:{{{expert}}}:"
+
+    async def reserve(
+        self,
+        *,
+        expert: str,
+        budget: _records.Budget,
+        amount_nanos: int,
+        request_id: str,
+    ) -> _records.Reservation:
+        """Holds ``amount_nanos`` if spent + reserved + amount <= limit, else BudgetExhausted."""
+        _records.check_nanos("amount_nanos", amount_nanos)
+        rid = _memory_ledger.new_reservation_id(request_id)
+        base = self._base(expert)
+        now = self._clock()
+        key = _windows.window_key(window=budget.window, now=now)
+        admitted, spent, reserved = await self._conn.call(
+            _RESERVE,
+            key=base,
+            args=[key, budget.limit_nanos, amount_nanos, rid, repr(now), repr(float(self._ttl))],
+        )
+        if int(admitted) != 1:
+            raise _errors.BudgetExhausted(
+                expert=expert,
+                limit_nanos=budget.limit_nanos,
+                spent_nanos=int(spent),
+                reserved_nanos=int(reserved),
+                requested_nanos=amount_nanos,
+            )
+        return _records.Reservation(
+            id=rid, expert=expert, amount_nanos=amount_nanos, window_key=key, created_at=now
+        )
+
+    async def settle(self, reservation: _records.Reservation, *, actual_nanos: int) -> None:
+        """Replaces the reservation by ``actual_nanos`` of spend (idempotent)."""
+        _records.check_nanos("actual_nanos", actual_nanos)
+        await self._conn.call(
+            _FINISH,
+            key=self._base(reservation.expert),
+            args=[reservation.id, actual_nanos, "settled", repr(self._clock())],
+        )
+
+    async def release(self, reservation: _records.Reservation) -> None:
+        """Drops the reservation; nothing is spent (idempotent)."""
+        await self._conn.call(
+            _FINISH,
+            key=self._base(reservation.expert),
+            args=[reservation.id, 0, "released", repr(self._clock())],
+        )
+
+    async def snapshot(self, *, expert: str, budget: _records.Budget) -> _records.SpendSnapshot:
+        """Spend, reservations and remaining money in the current window of ``budget``."""
+        base = self._base(expert)
+        now = self._clock()
+        key = _windows.window_key(window=budget.window, now=now)
+        spent_s, reserved_s = await self._conn.call(_SNAPSHOT, key=base, args=[key, repr(now)])
+        spent, reserved = int(spent_s), int(reserved_s)
+        return _records.SpendSnapshot(
+            expert=expert,
+            window=budget.window,
+            window_start=_windows.window_start(window=budget.window, now=now),
+            limit_nanos=budget.limit_nanos,
+            spent_nanos=spent,
+            reserved_nanos=reserved,
+            remaining_nanos=max(0, budget.limit_nanos - spent - reserved),
+            updated_at=now,
+        )
+
+    async def close(self) -> None:
+        """Closes the Redis connections."""
+        await self._conn.close()
