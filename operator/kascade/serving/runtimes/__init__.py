@@ -1,0 +1,34 @@
+"""Inference runtimes: ``llama-cpp`` (CPU, GGUF) and ``vllm`` (GPU, optional extra)."""
+
+from __future__ import annotations
+
+import pathlib
+
+from kascade.serving import config, deployment
+from kascade.serving.runtimes import base
+
+__all__ = ["load_runtime"]
+
+
+def load_runtime(*, pool: config.PoolServingConfig, model_path: pathlib.Path) -> base.Runtime:
+    """Loads one runtime slot for ``pool`` from a resolved weights file.
+
+    Runtime modules are imported here, lazily: a CPU image never imports vLLM.
+    """
+    if pool.model.runtime is config.Runtime.VLLM:
+        from kascade.serving.runtimes import vllm
+
+        return vllm.VllmRuntime(
+            model_path=model_path,
+            context_length=pool.model.context_length,
+            gpu_fraction=pool.resources.gpu,
+            chat_template=pool.model.chat_template,
+        )
+    from kascade.serving.runtimes import llama_cpp
+
+    return llama_cpp.LlamaCppRuntime(
+        model_path=model_path,
+        context_length=pool.model.context_length,
+        n_threads=deployment.llama_threads(pool),
+        chat_template=pool.model.chat_template,
+    )

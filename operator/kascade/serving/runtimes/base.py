@@ -1,0 +1,75 @@
+"""What every runtime provides: prompt tokens in, scored token steps out.
+
+A runtime instance owns one model context and is driven by one thread at a time; the
+server keeps one instance per concurrent generation slot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+from kascade.serving import confidence
+
+__all__ = ["Message", "ModelLoadError", "Runtime", "SamplingParams", "Step"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    """One chat message as the chat template sees it."""
+
+    role: str
+    content: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SamplingParams:
+    """How to pick tokens. ``temperature == 0`` is greedy and deterministic."""
+
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    score: bool = True
+    """Compute the per-token confidence scores (off only to measure their cost)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Step:
+    """One generated token."""
+
+    token_id: int
+    text: str
+    """Newly complete text (may be empty while a multi-byte character is split)."""
+    is_end: bool
+    """The token ends generation (end-of-turn / end-of-sequence); its text is not output."""
+    score: confidence.TokenScore | None
+
+
+class ModelLoadError(Exception):
+    """A model could not be loaded into a runtime."""
+
+
+class Runtime(Protocol):
+    """One loaded model context."""
+
+    @property
+    def context_length(self) -> int:
+        """Tokens the context holds (prompt plus completion)."""
+        ...
+
+    def prompt_tokens(self, *, messages: Sequence[Message]) -> list[int]:
+        """Applies the chat template (with the generation prompt) and tokenizes."""
+        ...
+
+    def generate(
+        self, *, prompt: Sequence[int], params: SamplingParams, cancel: threading.Event
+    ) -> Iterator[Step]:
+        """Yields at most ``params.max_tokens`` steps; stops early when ``cancel`` is set."""
+        ...
+
+    def close(self) -> None:
+        """Frees the model."""
+        ...

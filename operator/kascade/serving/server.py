@@ -1,0 +1,336 @@
+"""The model server: HTTP semantics without an HTTP framework.
+
+:class:`ChatServer` maps (method, path, body) to a :class:`JsonReply` or a
+:class:`StreamReply`. The Ray Serve deployment in :mod:`kascade.serving.app` only
+adapts those to Starlette responses, so everything here is testable without Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+from kascade.serving import admission, config, generation, protocol
+from kascade.serving.runtimes import base
+
+__all__ = ["ChatServer", "JsonReply", "Reply", "StreamReply"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JsonReply:
+    """A complete JSON response."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StreamReply:
+    """A 200 server-sent-events response; ``chunks`` are complete SSE events."""
+
+    chunks: AsyncIterator[bytes]
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+Reply = JsonReply | StreamReply
+
+
+def _error_reply(error: protocol.ApiError) -> JsonReply:
+    headers = {}
+    if error.retry_after_s is not None:
+        headers["retry-after"] = str(error.retry_after_s)
+    return JsonReply(status=error.status, body=protocol.error_body(error), headers=headers)
+
+
+class ChatServer:
+    """One replica's request handling over a fixed set of runtime slots."""
+
+    def __init__(self, *, pool: config.PoolServingConfig, runtimes: Sequence[base.Runtime]) -> None:
+        if not runtimes:
+            raise ValueError("ChatServer needs at least one runtime slot")
+        self._pool = pool
+        self._runtimes = list(runtimes)
+        self._executors = [
+            concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"slot{i}")
+            for i in range(len(self._runtimes))
+        ]
+        self._admission = admission.Admission(
+            slots=len(self._runtimes),
+            max_queued=pool.capacity.max_queued_per_replica,
+            max_wait_s=pool.capacity.max_queue_wait_millis / 1000,
+        )
+        self._closed = False
+
+    @property
+    def pool(self) -> config.PoolServingConfig:
+        """The config this server was built from."""
+        return self._pool
+
+    def check_health(self) -> None:
+        """Raises when the replica cannot serve (Ray Serve then restarts it)."""
+        if self._closed:
+            raise RuntimeError(f"pool {self._pool.name}: server is closed")
+
+    def close(self) -> None:
+        """Frees the runtimes and their threads."""
+        self._closed = True
+        for executor in self._executors:
+            executor.shutdown(wait=True, cancel_futures=True)
+        for runtime in self._runtimes:
+            runtime.close()
+
+    async def handle(self, *, method: str, path: str, body: bytes) -> Reply:
+        """Routes one request; never raises for client errors (they become replies)."""
+        try:
+            if path == "/healthz":
+                self._require(method, "GET", path)
+                self.check_health()
+                return JsonReply(status=200, body={"status": "ok", "model": self._pool.name})
+            if path == "/v1/models":
+                self._require(method, "GET", path)
+                return JsonReply(status=200, body=self._models())
+            if path == "/v1/chat/completions":
+                self._require(method, "POST", path)
+                return await self._chat(body)
+            raise protocol.ApiError(
+                status=404,
+                message=f"no route {path}; served: POST /v1/chat/completions, "
+                "GET /v1/models, GET /healthz",
+                code="not_found",
+            )
+        except protocol.ApiError as exc:
+            return _error_reply(exc)
+
+    @staticmethod
+    def _require(method: str, allowed: str, path: str) -> None:
+        if method != allowed:
+            raise protocol.ApiError(
+                status=405,
+                message=f"{method} is not allowed on {path}; use {allowed}",
+                code="method_not_allowed",
+            )
+
+    def _models(self) -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": self._pool.name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "kascade",
+                    "runtime": self._pool.model.runtime.value,
+                    "context_length": self._pool.model.context_length,
+                    "confidence_method": self._pool.confidence_method.value,
+                }
+            ],
+        }
+
+    def _prepare(self, request: protocol.ChatRequest) -> tuple[list[int], base.SamplingParams]:
+        runtime = self._runtimes[0]
+        messages = [base.Message(role=m.role, content=m.text) for m in request.messages]
+        try:
+            prompt = runtime.prompt_tokens(messages=messages)
+        except ValueError as exc:
+            raise protocol.ApiError(
+                status=400, message=f"messages cannot be formatted: {exc}", param="messages"
+            ) from None
+        context = runtime.context_length
+        room = context - len(prompt)
+        if room < 1:
+            raise protocol.ApiError(
+                status=400,
+                message=f"the prompt is {len(prompt)} tokens; this model's context is "
+                f"{context} tokens, which leaves no room for a completion",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        wanted = request.requested_max_tokens
+        if wanted is not None and wanted > room:
+            raise protocol.ApiError(
+                status=400,
+                message=f"max_tokens is {wanted} but the prompt is {len(prompt)} tokens and "
+                f"the context is {context}: at most {room} tokens can be generated",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        params = base.SamplingParams(
+            max_tokens=wanted or room,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            seed=request.seed,
+        )
+        return prompt, params
+
+    async def _chat(self, body: bytes) -> Reply:
+        request = protocol.parse_chat_request(body)
+        prompt, params = self._prepare(request)
+        try:
+            lease = await self._admission.acquire()
+        except admission.Saturated as exc:
+            raise protocol.ApiError(
+                status=429,
+                message=f"{exc}; retry after {exc.retry_after_s}s",
+                type="overloaded_error",
+                code="replica_saturated",
+                retry_after_s=exc.retry_after_s,
+            ) from None
+        cancel = threading.Event()
+        events = generation.run_generation(
+            runtime=self._runtimes[lease.slot],
+            prompt=prompt,
+            params=params,
+            stops=request.stop_sequences,
+            method=self._pool.confidence_method,
+            cancel=cancel,
+        )
+        common = {protocol.CONFIDENCE_METHOD_HEADER: self._pool.confidence_method.value}
+        if request.stream:
+            include_usage = bool(request.stream_options and request.stream_options.include_usage)
+            return StreamReply(
+                chunks=self._stream(
+                    lease=lease,
+                    events=events,
+                    cancel=cancel,
+                    prompt_tokens=len(prompt),
+                    include_usage=include_usage,
+                ),
+                headers=common,
+            )
+        try:
+            text, finished = await asyncio.get_running_loop().run_in_executor(
+                self._executors[lease.slot], _collect, events
+            )
+        except Exception as exc:
+            _log.exception("Generation failed pool=%s", self._pool.name)
+            raise protocol.ApiError(
+                status=500, message=f"generation failed: {exc}", type="server_error"
+            ) from None
+        finally:
+            cancel.set()
+            lease.release()
+        conf = finished.confidence if finished.confidence is not None else 0.0
+        return JsonReply(
+            status=200,
+            body=protocol.completion_body(
+                completion_id=f"chatcmpl-{uuid.uuid4().hex}",
+                created=int(time.time()),
+                model=self._pool.name,
+                text=text,
+                finish_reason=finished.finish_reason,
+                prompt_tokens=len(prompt),
+                completion_tokens=finished.completion_tokens,
+                confidence=conf,
+                confidence_method=self._pool.confidence_method.value,
+            ),
+            headers={**common, protocol.CONFIDENCE_HEADER: f"{conf:.6f}"},
+        )
+
+    async def _stream(
+        self,
+        *,
+        lease: admission.Lease,
+        events: Iterator[generation.Event],
+        cancel: threading.Event,
+        prompt_tokens: int,
+        include_usage: bool,
+    ) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        executor = self._executors[lease.slot]
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        model = self._pool.name
+
+        def chunk(delta: dict[str, str], finish: str | None = None) -> dict[str, Any]:
+            return protocol.chunk_body(
+                completion_id=completion_id,
+                created=created,
+                model=model,
+                delta=delta,
+                finish_reason=finish,
+            )
+
+        try:
+            yield protocol.sse_event(chunk({"role": "assistant", "content": ""}))
+            while True:
+                try:
+                    event = await loop.run_in_executor(executor, next, events, None)
+                except Exception as exc:
+                    _log.exception("Generation failed pool=%s", self._pool.name)
+                    error = protocol.ApiError(
+                        status=500, message=f"generation failed: {exc}", type="server_error"
+                    )
+                    yield protocol.sse_event(protocol.error_body(error))
+                    break
+                if event is None:
+                    break
+                if isinstance(event, generation.TextDelta):
+                    yield protocol.sse_event(chunk({"content": event.text}))
+                    continue
+                final = chunk({}, event.finish_reason)
+                final["confidence"] = event.confidence if event.confidence is not None else 0.0
+                final["confidence_method"] = self._pool.confidence_method.value
+                yield protocol.sse_event(final)
+                if include_usage:
+                    usage = chunk({})
+                    usage["choices"] = []
+                    usage["usage"] = protocol.usage_body(
+                        prompt_tokens=prompt_tokens, completion_tokens=event.completion_tokens
+                    )
+                    yield protocol.sse_event(usage)
+            yield protocol.sse_event("[DONE]")
+        finally:
+            # Reached on completion and on client disconnect (the generator is closed):
+            # stop the model thread, then give the slot back only once it has stopped.
+            cancel.set()
+            await loop.run_in_executor(executor, _close, events)
+            lease.release()
+
+
+def _collect(events: Iterator[generation.Event]) -> tuple[str, generation.Finished]:
+    parts: list[str] = []
+    for event in events:
+        if isinstance(event, generation.Finished):
+            return "".join(parts), event
+        parts.append(event.text)
+    raise RuntimeError("generation ended without a finish event")
+
+
+def _close(events: Iterator[generation.Event]) -> None:
+    close = getattr(events, "close", None)
+    if close is not None:
+        close()
+
+
+def load_server(*, pool: config.PoolServingConfig) -> ChatServer:
+    """Resolves the pool's model source and loads one runtime per concurrency slot.
+
+    Raises :class:`kascade.serving.sources.ModelSourceError` or
+    :class:`kascade.serving.runtimes.base.ModelLoadError` with the source and reason.
+    """
+    # Imported here: the server module itself stays free of model and network code.
+    from kascade.serving import deployment, runtimes, sources
+
+    path = sources.resolve_source(source=pool.model.source, sha256=pool.model.sha256)
+    slots = [
+        runtimes.load_runtime(pool=pool, model_path=path)
+        for _ in range(deployment.slot_count(pool))
+    ]
+    _log.info(
+        "Loaded model pool=%s source=%s slots=%d threads_per_slot=%d",
+        pool.name,
+        pool.model.source,
+        len(slots),
+        deployment.llama_threads(pool),
+    )
+    return ChatServer(pool=pool, runtimes=slots)
