@@ -1,0 +1,259 @@
+"""Reading Kascade objects from parsed YAML documents and from files (embedded mode).
+
+Documents of other kinds (Secrets, ConfigMaps, anything not in the kascade.io group)
+are skipped by :func:`load_objects` and :func:`load_path`; :func:`read_manifests`
+returns every document so callers can pick those out themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import yaml
+
+from kascade.api.v1alpha1 import cloudexpert, common, localmodelpool, problems, routingpolicy
+
+KascadeObject = (
+    localmodelpool.LocalModelPool | cloudexpert.CloudExpert | routingpolicy.RoutingPolicy
+)
+
+KINDS: Mapping[str, type[KascadeObject]] = {
+    localmodelpool.KIND: localmodelpool.LocalModelPool,
+    cloudexpert.KIND: cloudexpert.CloudExpert,
+    routingpolicy.KIND: routingpolicy.RoutingPolicy,
+}
+
+# Fields that cannot change once the object exists (mirrors the CRD transition rules).
+IMMUTABLE_FIELDS: Mapping[str, tuple[tuple[str, ...], ...]] = {
+    localmodelpool.KIND: (("spec", "model", "runtime"),),
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Manifest:
+    """One YAML document and where it came from."""
+
+    source: str
+    """File name, with ', document N' when the file holds several documents."""
+    body: dict[str, Any]
+    """The parsed document."""
+
+
+def load_objects(docs: Iterable[Any], *, source: str) -> list[KascadeObject]:
+    """Validates parsed YAML documents and returns the Kascade objects among them.
+
+    Documents that are empty or not in the kascade.io group are skipped. Raises
+    :class:`ValidationFailed` listing every problem (file, kind/name, field path, what is
+    accepted), including two objects of the same kind, namespace and name.
+    """
+    found: list[problems.Problem] = []
+    manifests = _manifests(list(docs), source=source, found=found)
+    objects = _validate(manifests, found)
+    if found:
+        raise problems.ValidationFailed(found)
+    return objects
+
+
+def read_manifests(path: Path, *, recursive: bool = False) -> list[Manifest]:
+    """Every YAML document under ``path`` (a file, or a directory's *.yaml and *.yml files
+    in name order, like ``kubectl apply -f DIR``; subdirectories only with ``recursive``).
+
+    Raises :class:`ValidationFailed` naming file and line when a file is not valid YAML.
+    """
+    files = _yaml_files(path, recursive=recursive)
+    manifests: list[Manifest] = []
+    found: list[problems.Problem] = []
+    for file in files:
+        try:
+            docs = list(yaml.safe_load_all(file.read_text(encoding="utf-8")))
+        except yaml.YAMLError as error:
+            found.append(problems.parse_error(source=str(file), error=error))
+            continue
+        except (OSError, UnicodeDecodeError) as error:
+            found.append(
+                problems.Problem(
+                    source=str(file), kind=None, name=None, path="", message=f"unreadable: {error}"
+                )
+            )
+            continue
+        manifests.extend(_manifests(docs, source=str(file), found=found))
+    if found:
+        raise problems.ValidationFailed(found)
+    return manifests
+
+
+def load_path(path: Path, *, recursive: bool = False) -> list[KascadeObject]:
+    """Validates the Kascade objects in a YAML file or directory (see :func:`read_manifests`).
+
+    Other kinds (Secrets and the like) are skipped: use :func:`read_manifests` to get them.
+    Raises :class:`ValidationFailed` listing every problem in every file.
+    """
+    found: list[problems.Problem] = []
+    objects = _validate(read_manifests(path, recursive=recursive), found)
+    if found:
+        raise problems.ValidationFailed(found)
+    return objects
+
+
+def check_update(*, old: KascadeObject, new: KascadeObject) -> None:
+    """Rejects changes to immutable fields, as the CRD's transition rules do.
+
+    Raises :class:`ValidationFailed` naming each changed immutable field.
+    """
+    found = []
+    for path in IMMUTABLE_FIELDS.get(new.kind, ()):
+        before, after = _get(old, path), _get(new, path)
+        if before != after:
+            found.append(
+                problems.Problem(
+                    source="update",
+                    kind=new.kind,
+                    name=new.metadata.name,
+                    path=".".join(path),
+                    message=f"{'.'.join(path)} is immutable: delete and re-create the object "
+                    f"to change it (was {before!r}, got {after!r})",
+                )
+            )
+    if found:
+        raise problems.ValidationFailed(found)
+
+
+def _manifests(docs: list[Any], *, source: str, found: list[problems.Problem]) -> list[Manifest]:
+    manifests = []
+    for index, doc in enumerate(docs, start=1):
+        where = source if len(docs) == 1 else f"{source}, document {index}"
+        if doc is None:
+            continue
+        if not isinstance(doc, dict):
+            found.append(
+                problems.Problem(
+                    source=where,
+                    kind=None,
+                    name=None,
+                    path="",
+                    message="a document must be a mapping with apiVersion and kind, "
+                    f"got {type(doc).__name__}",
+                )
+            )
+            continue
+        manifests.append(Manifest(source=where, body=doc))
+    return manifests
+
+
+def _get(obj: pydantic.BaseModel, path: tuple[str, ...]) -> Any:
+    value: Any = obj
+    for part in path:
+        value = getattr(value, part)
+    return value
+
+
+def _validate(manifests: list[Manifest], found: list[problems.Problem]) -> list[KascadeObject]:
+    objects: list[KascadeObject] = []
+    seen: dict[tuple[str, str | None, str], str] = {}
+    for manifest in manifests:
+        body = manifest.body
+        api_version, kind = body.get("apiVersion"), body.get("kind")
+        name = _name_of(body)
+        if not isinstance(api_version, str) or not isinstance(kind, str):
+            found.append(
+                problems.Problem(
+                    source=manifest.source,
+                    kind=None,
+                    name=None,
+                    path="",
+                    message="apiVersion and kind are required strings",
+                )
+            )
+            continue
+        if api_version.split("/")[0] != common.API_GROUP:
+            continue
+        if api_version != common.GROUP_VERSION:
+            found.append(
+                problems.Problem(
+                    source=manifest.source,
+                    kind=kind,
+                    name=name,
+                    path="apiVersion",
+                    message=f"unsupported version {api_version!r} "
+                    f"(accepted: {common.GROUP_VERSION})",
+                )
+            )
+            continue
+        model = KINDS.get(kind)
+        if model is None:
+            found.append(
+                problems.Problem(
+                    source=manifest.source,
+                    kind=kind,
+                    name=name,
+                    path="kind",
+                    message=f"unknown kind {kind!r} (accepted: {', '.join(KINDS)})",
+                )
+            )
+            continue
+        try:
+            obj = model.model_validate(body)
+        except pydantic.ValidationError as error:
+            found.extend(
+                problems.problems_from_error(
+                    error, model=model, source=manifest.source, kind=kind, name=name
+                )
+            )
+            continue
+        key = (kind, obj.metadata.namespace, obj.metadata.name)
+        if key in seen:
+            found.append(
+                problems.Problem(
+                    source=manifest.source,
+                    kind=kind,
+                    name=name,
+                    path="metadata.name",
+                    message=f"duplicate: {seen[key]} already defines this {kind}",
+                )
+            )
+            continue
+        seen[key] = manifest.source
+        objects.append(obj)
+    return objects
+
+
+def _name_of(body: dict[str, Any]) -> str | None:
+    metadata = body.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _yaml_files(path: Path, *, recursive: bool) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise problems.ValidationFailed(
+            [
+                problems.Problem(
+                    source=str(path),
+                    kind=None,
+                    name=None,
+                    path="",
+                    message="no such file or directory",
+                )
+            ]
+        )
+    pattern = "**/*" if recursive else "*"
+    files = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix in (".yaml", ".yml"))
+    if not files:
+        raise problems.ValidationFailed(
+            [
+                problems.Problem(
+                    source=str(path),
+                    kind=None,
+                    name=None,
+                    path="",
+                    message="no *.yaml or *.yml files in this directory",
+                )
+            ]
+        )
+    return files

@@ -1,0 +1,453 @@
+"""RoutingPolicy: local pool first, then which experts, when, and at what cost."""
+
+from __future__ import annotations
+
+import datetime
+import enum
+from typing import Annotated, ClassVar, Literal
+
+import pydantic
+
+from kascade.api.v1alpha1 import common
+
+KIND = "RoutingPolicy"
+PLURAL = "routingpolicies"
+
+PoolName = Annotated[
+    str, pydantic.Field(min_length=1, max_length=40, pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+]
+"""The name of a LocalModelPool in the same namespace."""
+
+ExpertName = Annotated[
+    str, pydantic.Field(min_length=1, max_length=63, pattern=common.DNS1123_SUBDOMAIN)
+]
+"""The name of a CloudExpert in the same namespace."""
+
+Label = Annotated[
+    str, pydantic.Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$")
+]
+"""A task label such as 'code' or 'summarize'."""
+
+PiiDetector = Literal["email", "phone", "credit-card", "iban", "ip-address"]
+
+
+class PolicyConditionType(enum.StrEnum):
+    """Condition types a RoutingPolicy reports."""
+
+    READY = "Ready"
+    """The gateway serves this policy."""
+    REFERENCES_RESOLVED = "ReferencesResolved"
+    """Every referenced pool and expert exists."""
+
+
+class Tier(common.KascadeModel):
+    """One local pool in an ordered list of local tiers (smallest first)."""
+
+    name: common.DnsLabel
+    """Tier name, referenced by rules with action 'tier'."""
+
+    pool: PoolName
+    """LocalModelPool serving this tier."""
+
+    max_prompt_tokens: Annotated[int, pydantic.Field(ge=1, le=10_000_000)] | None = pydantic.Field(
+        default=None, alias="maxPromptTokens"
+    )
+    """Longer prompts skip this tier and go to the next one."""
+
+
+class DynamicThreshold(common.KascadeModel):
+    """Bounds within which the threshold moves with budget burn and expert health."""
+
+    min_threshold: common.Fraction = pydantic.Field(alias="minThreshold")
+    """Lowest threshold (fewest escalations), used when budgets run hot or experts fail."""
+
+    max_threshold: common.Fraction = pydantic.Field(alias="maxThreshold")
+    """Highest threshold (most escalations), used when budget is plentiful."""
+
+    budget_pressure: common.Fraction = pydantic.Field(default=1.0, alias="budgetPressure")
+    """How strongly budget burn lowers the threshold: 0 ignores the budget, 1 reaches
+    minThreshold when spend is on course to exhaust the budget before the window ends."""
+
+    __kascade_rules__: ClassVar[tuple[common.CelRule, ...]] = (
+        common.CelRule(
+            rule="self.minThreshold <= self.maxThreshold",
+            message="confidence.dynamic.minThreshold must be <= confidence.dynamic.maxThreshold",
+            field_path=".minThreshold",
+            check=lambda d: d.min_threshold <= d.max_threshold,
+        ),
+    )
+
+
+class ConfidenceSpec(common.KascadeModel):
+    """When a local answer is good enough to return without escalating."""
+
+    method: Literal["mean-token-prob", "min-token-prob", "margin"] = "mean-token-prob"
+    """Score of the local answer: 'mean-token-prob' (mean token probability),
+    'min-token-prob' (least confident token) or 'margin' (mean gap between the top two
+    token probabilities)."""
+
+    threshold: common.Fraction = 0.5
+    """Answers scoring below this, in [0, 1], are escalated."""
+
+    dynamic: DynamicThreshold | None = None
+    """Lets the threshold move between bounds; unset keeps it fixed."""
+
+    __kascade_rules__: ClassVar[tuple[common.CelRule, ...]] = (
+        common.CelRule(
+            rule="!has(self.dynamic) || (self.dynamic.minThreshold <= self.threshold && "
+            "self.threshold <= self.dynamic.maxThreshold)",
+            message="confidence.threshold must lie between dynamic.minThreshold and "
+            "dynamic.maxThreshold (accepted: minThreshold <= threshold <= maxThreshold)",
+            field_path=".threshold",
+            check=lambda c: (
+                c.dynamic is None
+                or c.dynamic.min_threshold <= c.threshold <= c.dynamic.max_threshold
+            ),
+        ),
+    )
+
+
+class HeaderMatch(common.KascadeModel):
+    """Matches a request header."""
+
+    name: Annotated[str, pydantic.Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9-]+$")]
+    """Header name, case-insensitive."""
+
+    values: Annotated[
+        list[Annotated[str, pydantic.Field(max_length=256)]], pydantic.Field(max_length=16)
+    ] = pydantic.Field(default_factory=list)
+    """Values that match (exact); empty matches any value, the header must be present."""
+
+
+class RuleMatch(common.KascadeModel):
+    """Request features a rule matches; all set conditions must hold."""
+
+    min_prompt_tokens: Annotated[int, pydantic.Field(ge=1, le=10_000_000)] | None = pydantic.Field(
+        default=None, alias="minPromptTokens"
+    )
+    """Matches prompts with at least this many tokens."""
+
+    max_prompt_tokens: Annotated[int, pydantic.Field(ge=1, le=10_000_000)] | None = pydantic.Field(
+        default=None, alias="maxPromptTokens"
+    )
+    """Matches prompts with at most this many tokens."""
+
+    task_labels: Annotated[list[Label], pydantic.Field(max_length=16)] | None = pydantic.Field(
+        default=None, alias="taskLabels", json_schema_extra={"x-kubernetes-list-type": "set"}
+    )
+    """Matches requests whose task label (header x-kascade-task) is one of these."""
+
+    header: HeaderMatch | None = None
+    """Matches a request header."""
+
+    __kascade_rules__: ClassVar[tuple[common.CelRule, ...]] = (
+        common.CelRule(
+            rule="has(self.minPromptTokens) || has(self.maxPromptTokens) || "
+            "has(self.taskLabels) || has(self.header)",
+            message="rules[].when needs at least one of minPromptTokens, maxPromptTokens, "
+            "taskLabels or header",
+            check=lambda w: (
+                w.min_prompt_tokens is not None
+                or w.max_prompt_tokens is not None
+                or w.task_labels is not None
+                or w.header is not None
+            ),
+        ),
+        common.CelRule(
+            rule="!has(self.minPromptTokens) || !has(self.maxPromptTokens) || "
+            "self.minPromptTokens <= self.maxPromptTokens",
+            message="rules[].when.minPromptTokens must be <= rules[].when.maxPromptTokens",
+            field_path=".minPromptTokens",
+            check=lambda w: (
+                w.min_prompt_tokens is None
+                or w.max_prompt_tokens is None
+                or w.min_prompt_tokens <= w.max_prompt_tokens
+            ),
+        ),
+    )
+
+
+class Rule(common.KascadeModel):
+    """Routes matching requests before the local first pass. The first match wins."""
+
+    name: common.DnsLabel
+    """Rule name, unique in the policy; reported in x-kascade-reason."""
+
+    when: RuleMatch
+    """What the request must look like."""
+
+    action: Literal["local", "expert", "tier"]
+    """'local' (answer locally, never escalate), 'expert' (straight to an expert) or
+    'tier' (answer with the named local tier)."""
+
+    expert: ExpertName | None = None
+    """With action 'expert': this expert, which must be listed in spec.experts; unset
+    picks one by expertSelection."""
+
+    tier: common.DnsLabel | None = None
+    """With action 'tier': the tier name from spec.tiers (required)."""
+
+    __kascade_rules__: ClassVar[tuple[common.CelRule, ...]] = (
+        common.CelRule(
+            rule="self.action != 'tier' || has(self.tier)",
+            message="rules[].tier is required when action is 'tier'",
+            field_path=".tier",
+            check=lambda r: r.action != "tier" or r.tier is not None,
+        ),
+        common.CelRule(
+            rule="!has(self.tier) || self.action == 'tier'",
+            message="rules[].tier is accepted only when action is 'tier'",
+            field_path=".tier",
+            check=lambda r: r.tier is None or r.action == "tier",
+        ),
+        common.CelRule(
+            rule="!has(self.expert) || self.action == 'expert'",
+            message="rules[].expert is accepted only when action is 'expert'",
+            field_path=".expert",
+            check=lambda r: r.expert is None or r.action == "expert",
+        ),
+    )
+
+
+class CustomPattern(common.KascadeModel):
+    """A regular expression treated as personal data."""
+
+    name: common.DnsLabel
+    """Pattern name, used in redaction markers and audit lines."""
+
+    regex: Annotated[str, pydantic.Field(min_length=1, max_length=1024)]
+    """Python regular expression (re syntax); checked when the policy is compiled."""
+
+
+def _all_detectors() -> list[PiiDetector]:
+    return ["email", "phone", "credit-card", "iban", "ip-address"]
+
+
+class PrivacySpec(common.KascadeModel):
+    """Personal data detection and what to do about it."""
+
+    detectors: Annotated[list[PiiDetector], pydantic.Field(max_length=5)] = pydantic.Field(
+        default_factory=_all_detectors,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    """Built-in detectors: email, phone, credit-card (Luhn-checked), iban, ip-address."""
+
+    custom_patterns: Annotated[list[CustomPattern], pydantic.Field(max_length=32)] = pydantic.Field(
+        default_factory=list,
+        alias="customPatterns",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+        },
+    )
+    """Extra patterns treated as personal data."""
+
+    action: Literal["redact", "local-only", "allow"] = "redact"
+    """'redact' (replace detected data before anything leaves the cluster), 'local-only'
+    (never escalate such requests) or 'allow' (send as is, to experts whose dataPolicy
+    allows personal data)."""
+
+
+class ExactCache(common.KascadeModel):
+    """Answers identical requests (normalised messages and parameters) from cache."""
+
+    ttl_seconds: Annotated[int, pydantic.Field(ge=1, le=604800)] = pydantic.Field(
+        default=300, alias="ttlSeconds"
+    )
+    """How long an answer stays cached."""
+
+
+class SemanticCache(common.KascadeModel):
+    """Answers near-identical requests from cache (embedding similarity)."""
+
+    threshold: Annotated[float, pydantic.Field(ge=0.5, le=1.0)] = 0.95
+    """Cosine similarity at or above which a cached answer is reused, in [0.5, 1].
+    Requests that differ in numbers or negations never match."""
+
+    ttl_seconds: Annotated[int, pydantic.Field(ge=1, le=604800)] = pydantic.Field(
+        default=300, alias="ttlSeconds"
+    )
+    """How long an answer stays cached."""
+
+
+class CacheSpec(common.KascadeModel):
+    """Response caching; each kind is on when its section is present."""
+
+    exact: ExactCache | None = None
+    """Exact-match cache."""
+
+    semantic: SemanticCache | None = None
+    """Semantic cache."""
+
+
+class FallbackSpec(common.KascadeModel):
+    """What happens when an escalation finds no usable expert."""
+
+    when_experts_unavailable: Literal["local", "error"] = pydantic.Field(
+        default="local", alias="whenExpertsUnavailable"
+    )
+    """'local' returns the local answer marked degraded; 'error' fails with 503."""
+
+    message: Annotated[str, pydantic.Field(max_length=1024)] | None = None
+    """Text returned in the error (with 'error') or the x-kascade-reason detail."""
+
+
+class AuditSpec(common.KascadeModel):
+    """One audit line per request with the routing decision."""
+
+    enabled: bool = True
+    """Whether audit lines are written."""
+
+    include_prompts: bool = pydantic.Field(default=False, alias="includePrompts")
+    """Whether audit lines contain the (redacted) prompt text."""
+
+
+class RoutingPolicySpec(common.KascadeModel):
+    """Desired state of a RoutingPolicy. Clients select it with "model": "<name>"."""
+
+    local_pool: PoolName | None = pydantic.Field(default=None, alias="localPool")
+    """The LocalModelPool that answers first. Exactly one of localPool or tiers."""
+
+    tiers: Annotated[list[Tier], pydantic.Field(min_length=1, max_length=8)] | None = (
+        pydantic.Field(
+            default=None,
+            json_schema_extra={
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["name"],
+            },
+        )
+    )
+    """Ordered local tiers, tried first to last. Exactly one of localPool or tiers."""
+
+    experts: Annotated[list[ExpertName], pydantic.Field(max_length=16)] = pydantic.Field(
+        default_factory=list, json_schema_extra={"x-kubernetes-list-type": "set"}
+    )
+    """CloudExperts that may be escalated to, in order of preference; names are unique.
+    Empty keeps every request local."""
+
+    expert_selection: Literal["ordered", "cheapest"] = pydantic.Field(
+        default="ordered", alias="expertSelection"
+    )
+    """'ordered' tries experts in list order; 'cheapest' picks the healthy expert within
+    budget with the lowest expected cost."""
+
+    confidence: ConfidenceSpec = pydantic.Field(default_factory=ConfidenceSpec)
+    """The rule that decides whether a local answer is escalated."""
+
+    rules: Annotated[list[Rule], pydantic.Field(max_length=32)] = pydantic.Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    """Routing by request features, checked in order before the local pass."""
+
+    overflow: Literal["escalate", "wait", "reject"] = "escalate"
+    """When the pool is saturated: 'escalate' to an expert, 'wait' for a slot (up to the
+    pool's capacity.maxQueueWaitMillis), or 'reject' with 429."""
+
+    privacy: PrivacySpec = pydantic.Field(default_factory=PrivacySpec)
+    """Personal data handling."""
+
+    cache: CacheSpec = pydantic.Field(default_factory=CacheSpec)
+    """Response caching."""
+
+    fallback: FallbackSpec = pydantic.Field(default_factory=FallbackSpec)
+    """Behaviour when no expert can be used."""
+
+    max_cost_per_request_usd: common.UsdAmount | None = pydantic.Field(
+        default=None, alias="maxCostPerRequestUSD"
+    )
+    """Escalations whose worst-case cost exceeds this are not made."""
+
+    audit: AuditSpec = pydantic.Field(default_factory=AuditSpec)
+    """Audit logging."""
+
+    __kascade_rules__: ClassVar[tuple[common.CelRule, ...]] = (
+        common.CelRule(
+            rule="has(self.localPool) != has(self.tiers)",
+            message="exactly one of localPool or tiers is required",
+            check=lambda s: (s.local_pool is None) != (s.tiers is None),
+        ),
+        common.CelRule(
+            rule="!has(self.rules) || self.rules.all(r, !has(r.expert) || "
+            "(has(self.experts) && r.expert in self.experts))",
+            message="rules[].expert must name an expert listed in spec.experts",
+            field_path=".rules",
+            check=lambda s: all(r.expert is None or r.expert in s.experts for r in s.rules),
+        ),
+        common.CelRule(
+            rule="!has(self.rules) || self.rules.all(r, r.action != 'expert' || "
+            "(has(self.experts) && size(self.experts) > 0))",
+            message="rules with action 'expert' need at least one entry in spec.experts",
+            field_path=".experts",
+            check=lambda s: all(r.action != "expert" for r in s.rules) or len(s.experts) > 0,
+        ),
+        common.CelRule(
+            rule="!has(self.rules) || self.rules.all(r, !has(r.tier) || "
+            "(has(self.tiers) && self.tiers.exists(t, t.name == r.tier)))",
+            message="rules[].tier must name a tier listed in spec.tiers",
+            field_path=".rules",
+            check=lambda s: all(
+                r.tier is None or any(t.name == r.tier for t in s.tiers or []) for r in s.rules
+            ),
+        ),
+    )
+
+
+class PolicyStats(common.KascadeModel):
+    """Traffic figures since the gateway started serving this generation."""
+
+    requests: Annotated[int, pydantic.Field(ge=0)] = 0
+    """Requests served."""
+
+    escalation_rate: common.Fraction = pydantic.Field(default=0.0, alias="escalationRate")
+    """Fraction of requests answered by an expert."""
+
+    cache_hit_rate: common.Fraction = pydantic.Field(default=0.0, alias="cacheHitRate")
+    """Fraction of requests answered from cache."""
+
+    cost_usd: Annotated[float, pydantic.Field(ge=0.0)] = pydantic.Field(
+        default=0.0, alias="costUSD"
+    )
+    """Expert spend caused by this policy."""
+
+    since: datetime.datetime | None = None
+    """Start of the period these figures cover."""
+
+
+class RoutingPolicyStatus(common.KascadeModel):
+    """Observed state of a RoutingPolicy, written by the operator."""
+
+    conditions: Annotated[list[common.Condition], pydantic.Field(max_length=16)] = pydantic.Field(
+        default_factory=list, json_schema_extra=common.CONDITIONS_LIST
+    )
+    """Ready and ReferencesResolved."""
+
+    observed_generation: int | None = pydantic.Field(default=None, alias="observedGeneration")
+    """The metadata.generation this status describes."""
+
+    endpoint: Annotated[str, pydantic.Field(max_length=2048)] | None = None
+    """In-cluster URL of the gateway serving this policy (POST /v1/chat/completions)."""
+
+    stats: PolicyStats | None = None
+    """Traffic figures."""
+
+
+class RoutingPolicy(common.KascadeModel):
+    """How requests for one model name are answered: local first, experts when needed."""
+
+    api_version: Literal["kascade.io/v1alpha1"] = pydantic.Field(
+        default="kascade.io/v1alpha1", alias="apiVersion"
+    )
+    """kascade.io/v1alpha1."""
+
+    kind: Literal["RoutingPolicy"] = "RoutingPolicy"
+    """RoutingPolicy."""
+
+    metadata: common.ObjectMeta
+    """Standard object metadata."""
+
+    spec: RoutingPolicySpec
+    """Desired state."""
+
+    status: RoutingPolicyStatus | None = None
+    """Observed state, written by the operator."""
