@@ -1,0 +1,76 @@
+"""Prometheus metrics of one gateway process (own registry, so tests can build many)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+
+class Metrics:
+    """The gateway's metric families; label children are created on first use."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "kascade_requests_total",
+            "Chat completion requests by policy, route and reason.",
+            ["policy", "route", "reason"],
+            registry=r,
+        )
+        self.escalations = Counter(
+            "kascade_escalations_total",
+            "Escalations to cloud experts by reason (low_confidence, overflow, rule, local_error).",
+            ["policy", "expert", "reason"],
+            registry=r,
+        )
+        self.expert_cost = Counter(
+            "kascade_expert_cost_usd_total",
+            "USD spent on cloud experts (settled actual cost).",
+            ["expert"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "kascade_request_duration_seconds",
+            "Request duration by route.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.confidence = Histogram(
+            "kascade_confidence",
+            "Confidence of local answers.",
+            ["policy"],
+            buckets=_CONFIDENCE_BUCKETS,
+            registry=r,
+        )
+        self.cache_hits = Counter(
+            "kascade_cache_hits_total",
+            "Cache hits by kind (exact, semantic).",
+            ["kind"],
+            registry=r,
+        )
+        self.budget_remaining = Gauge(
+            "kascade_budget_remaining_usd",
+            "Budget left in the current window per expert (as last seen by this replica).",
+            ["expert"],
+            registry=r,
+        )
+        self.expert_errors = Counter(
+            "kascade_expert_errors_total",
+            "Failed expert attempts by error kind.",
+            ["expert", "error"],
+            registry=r,
+        )
+        self.feedback = Counter(
+            "kascade_feedback_total",
+            "Feedback ratings received.",
+            ["policy", "rating"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)

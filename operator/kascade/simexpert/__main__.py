@@ -1,0 +1,3 @@
+from kascade.simexpert.server import main
+
+raise SystemExit(main())

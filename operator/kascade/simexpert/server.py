@@ -1,0 +1,401 @@
+"""The simulated expert's HTTP server and CLI (`kascade sim-expert`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from aiohttp import web
+
+_CONFIDENCE_MARK = re.compile(r"\[\[confidence=([0-9.]+)\]\]")
+
+
+@dataclass
+class Settings:
+    """Behaviour knobs; every field can be changed at runtime via POST /_sim/config."""
+
+    name: str = "sim"
+    latency_ms: float = 0.0
+    prompt_tokens: int | None = None
+    """Reported prompt tokens (None: about characters / 4)."""
+    completion_tokens: int | None = None
+    """Reported completion tokens (None: words of the answer)."""
+    report_usage: bool = True
+    fail_every: int = 0
+    """Every Nth request answers `fail_status` (0: never)."""
+    fail_fraction: float = 0.0
+    fail_status: int = 500
+    throttle_every: int = 0
+    """Every Nth request answers 429 with Retry-After (0: never)."""
+    throttle_fraction: float = 0.0
+    retry_after: float = 1.0
+    hang_every: int = 0
+    """Every Nth request hangs for `hang_seconds` before answering (a timeout)."""
+    hang_fraction: float = 0.0
+    hang_seconds: float = 300.0
+    confidence: float | None = None
+    """Adds a `confidence` field (acts as a local pool); `[[confidence=X]]` in the
+    prompt overrides it."""
+    answer: str | None = None
+    """Fixed answer text (None: a deterministic echo of the last user message)."""
+    record_body: bool = True
+
+
+@dataclass
+class _Sim:
+    settings: Settings
+    count: int = 0
+    records: list[dict[str, Any]] = field(default_factory=list)
+    record_file: IO[str] | None = None
+
+
+SIM: web.AppKey[_Sim] = web.AppKey("sim", _Sim)
+
+
+def _every(n: int, count: int) -> bool:
+    return n > 0 and count % n == 0
+
+
+def _fraction(fraction: float, count: int, salt: str) -> bool:
+    # Deterministic "random": a hash of the request number, so runs are repeatable.
+    if fraction <= 0:
+        return False
+    h = int.from_bytes(hashlib.blake2b(f"{salt}{count}".encode(), digest_size=4).digest())
+    return (h / 2**32) < fraction
+
+
+def _text(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+async def _handle(http: web.Request, *, dialect: str) -> web.StreamResponse:
+    sim = http.app[SIM]
+    s = sim.settings
+    sim.count += 1
+    n = sim.count
+    raw = await http.read()
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    record = {
+        "n": n,
+        "t": time.time(),
+        "path": http.path_qs,
+        "dialect": dialect,
+        "auth": bool(
+            http.headers.get("authorization")
+            or http.headers.get("api-key")
+            or http.headers.get("x-api-key")
+        ),
+        "body": body if s.record_body else None,
+    }
+    if s.latency_ms > 0:
+        await asyncio.sleep(s.latency_ms / 1000)
+    outcome = "ok"
+    if _every(s.hang_every, n) or _fraction(s.hang_fraction, n, "hang"):
+        outcome = "hang"
+    elif _every(s.throttle_every, n) or _fraction(s.throttle_fraction, n, "429"):
+        outcome = "429"
+    elif _every(s.fail_every, n) or _fraction(s.fail_fraction, n, "fail"):
+        outcome = str(s.fail_status)
+    record["outcome"] = outcome
+    sim.records.append(record)
+    if sim.record_file is not None:
+        sim.record_file.write(json.dumps(record) + "\n")
+        sim.record_file.flush()
+    if outcome == "hang":
+        await asyncio.sleep(s.hang_seconds)
+    if outcome == "429":
+        return web.json_response(
+            {"error": {"message": "rate limited (simulated)", "type": "rate_limit_error"}},
+            status=429,
+            headers={"retry-after": f"{s.retry_after:g}"},
+        )
+    if outcome not in ("ok", "hang"):
+        return web.json_response(
+            {"error": {"message": "simulated failure", "type": "server_error"}},
+            status=int(outcome),
+        )
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        return web.json_response({"error": {"message": "messages required"}}, status=400)
+    return await _answer(http, sim, body, dialect=dialect)
+
+
+async def _answer(
+    http: web.Request, sim: _Sim, body: dict[str, Any], *, dialect: str
+) -> web.StreamResponse:
+    s = sim.settings
+    messages = [m for m in body["messages"] if isinstance(m, dict)]
+    users = [_text(m.get("content")) for m in messages if m.get("role") == "user"]
+    last = users[-1] if users else ""
+    text = s.answer if s.answer is not None else f"[{s.name}] {last}"
+    prompt_chars = sum(len(_text(m.get("content"))) for m in messages)
+    prompt_chars += len(str(body.get("system", "")))
+    pt = s.prompt_tokens if s.prompt_tokens is not None else max(1, prompt_chars // 4)
+    ct = s.completion_tokens if s.completion_tokens is not None else max(1, len(text.split()))
+    max_tokens = body.get("max_tokens")
+    if isinstance(max_tokens, int):
+        ct = min(ct, max_tokens)
+    confidence = s.confidence
+    mark = _CONFIDENCE_MARK.search(last)
+    if mark:
+        confidence = float(mark.group(1))
+    model = str(body.get("model", s.name))
+    rid = f"{s.name}-{sim.count}"
+    stream = body.get("stream") is True
+    if dialect == "anthropic":
+        if stream:
+            return await _anthropic_stream(http, s, rid, model, text, pt, ct)
+        usage = {"input_tokens": pt, "output_tokens": ct} if s.report_usage else None
+        payload: dict[str, Any] = {
+            "id": rid,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": "end_turn",
+        }
+        if usage:
+            payload["usage"] = usage
+        return web.json_response(payload)
+    headers = {} if confidence is None else {"x-kascade-confidence": f"{confidence}"}
+    if stream:
+        return await _openai_stream(http, s, rid, model, text, pt, ct, headers, body)
+    payload = {
+        "id": rid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        ],
+    }
+    if s.report_usage:
+        payload["usage"] = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
+    if confidence is not None:
+        payload["confidence"] = confidence
+    return web.json_response(payload, headers=headers)
+
+
+def _words(text: str) -> list[str]:
+    parts = text.split(" ")
+    return [p if i == 0 else " " + p for i, p in enumerate(parts)]
+
+
+async def _openai_stream(
+    http: web.Request,
+    s: Settings,
+    rid: str,
+    model: str,
+    text: str,
+    pt: int,
+    ct: int,
+    headers: dict[str, str],
+    body: dict[str, Any],
+) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"content-type": "text/event-stream", **headers})
+    await resp.prepare(http)
+    base = {
+        "id": rid,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+    }
+    for i, word in enumerate(_words(text)):
+        delta = {"role": "assistant", "content": word} if i == 0 else {"content": word}
+        chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+        await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+    end = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    await resp.write(b"data: " + json.dumps(end).encode() + b"\n\n")
+    options = body.get("stream_options")
+    if s.report_usage and isinstance(options, dict) and options.get("include_usage"):
+        usage = {
+            **base,
+            "choices": [],
+            "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
+        }
+        await resp.write(b"data: " + json.dumps(usage).encode() + b"\n\n")
+    await resp.write(b"data: [DONE]\n\n")
+    await resp.write_eof()
+    return resp
+
+
+async def _anthropic_stream(
+    http: web.Request, s: Settings, rid: str, model: str, text: str, pt: int, ct: int
+) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await resp.prepare(http)
+
+    async def event(kind: str, data: dict[str, Any]) -> None:
+        await resp.write(f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode())
+
+    usage_in = {"input_tokens": pt, "output_tokens": 0} if s.report_usage else {}
+    await event(
+        "message_start",
+        {
+            "type": "message_start",
+            "message": {
+                "id": rid,
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [],
+                "usage": usage_in,
+            },
+        },
+    )
+    await event(
+        "content_block_start",
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    )
+    for word in _words(text):
+        await event(
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": word},
+            },
+        )
+    await event("content_block_stop", {"type": "content_block_stop", "index": 0})
+    delta: dict[str, Any] = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}}
+    if s.report_usage:
+        delta["usage"] = {"output_tokens": ct}
+    await event("message_delta", delta)
+    await event("message_stop", {"type": "message_stop"})
+    await resp.write_eof()
+    return resp
+
+
+async def _openai(http: web.Request) -> web.StreamResponse:
+    return await _handle(http, dialect="openai")
+
+
+async def _azure(http: web.Request) -> web.StreamResponse:
+    return await _handle(http, dialect="azure")
+
+
+async def _anthropic(http: web.Request) -> web.StreamResponse:
+    return await _handle(http, dialect="anthropic")
+
+
+async def _get_requests(http: web.Request) -> web.Response:
+    return web.json_response(http.app[SIM].records)
+
+
+async def _clear_requests(http: web.Request) -> web.Response:
+    sim = http.app[SIM]
+    sim.records.clear()
+    sim.count = 0
+    return web.json_response({"cleared": True})
+
+
+async def _get_config(http: web.Request) -> web.Response:
+    return web.json_response(dataclasses.asdict(http.app[SIM].settings))
+
+
+async def _set_config(http: web.Request) -> web.Response:
+    sim = http.app[SIM]
+    data = await http.json()
+    known = {f.name for f in dataclasses.fields(Settings)}
+    unknown = set(data) - known
+    if unknown:
+        return web.json_response(
+            {"error": f"unknown settings {sorted(unknown)}; known: {sorted(known)}"}, status=400
+        )
+    sim.settings = dataclasses.replace(sim.settings, **data)
+    return web.json_response(dataclasses.asdict(sim.settings))
+
+
+async def _models(http: web.Request) -> web.Response:
+    name = http.app[SIM].settings.name
+    return web.json_response({"object": "list", "data": [{"id": name, "object": "model"}]})
+
+
+def build_app(*, settings: Settings, record_path: str | None = None) -> web.Application:
+    """The simulator as an aiohttp application (in-process tests run it on a real socket)."""
+    app = web.Application(client_max_size=1 << 26)
+    sim = _Sim(settings=settings)
+    app[SIM] = sim
+
+    async def lifecycle(app: web.Application) -> Any:
+        if record_path is not None:
+            sim.record_file = open(record_path, "a", encoding="utf-8")  # noqa: SIM115, ASYNC230
+        yield
+        if sim.record_file is not None:
+            sim.record_file.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_post("/v1/chat/completions", _openai)
+    app.router.add_post("/openai/deployments/{deployment}/chat/completions", _azure)
+    app.router.add_post("/v1/messages", _anthropic)
+    app.router.add_get("/v1/models", _models)
+    app.router.add_get("/_sim/requests", _get_requests)
+    app.router.add_delete("/_sim/requests", _clear_requests)
+    app.router.add_get("/_sim/config", _get_config)
+    app.router.add_post("/_sim/config", _set_config)
+    app.router.add_get("/healthz", lambda _: _ok())
+    return app
+
+
+async def _ok() -> web.Response:
+    return web.Response(text="ok")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kascade sim-expert", description=__doc__)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9000)
+    p.add_argument("--record", default=None, help="append what was received to this JSONL file")
+    for f in dataclasses.fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool",):
+            p.add_argument(flag, type=lambda v: v.lower() in ("1", "true", "yes"), default=None)
+        elif f.type in ("int",):
+            p.add_argument(flag, type=int, default=None)
+        elif f.type in ("float", "float | None"):
+            p.add_argument(flag, type=float, default=None)
+        elif f.type == "int | None":
+            p.add_argument(flag, type=int, default=None)
+        else:
+            p.add_argument(flag, default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the simulator until interrupted."""
+    args = _parser().parse_args(argv)
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(Settings)
+        if getattr(args, f.name) is not None
+    }
+    settings = Settings(**overrides)
+    loop: asyncio.AbstractEventLoop
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover
+        loop = asyncio.new_event_loop()
+    web.run_app(
+        build_app(settings=settings, record_path=args.record),
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        print=None,
+        loop=loop,
+    )
+    return 0
