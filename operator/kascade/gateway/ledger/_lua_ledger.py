@@ -17,7 +17,11 @@ local ROLL_BUCKETS = {_windows.ROLLING_BUCKETS}
 local ROLL_KEEP = {_windows.ROLLING_SPAN_S + 2 * _windows.BUCKET_S + 3600}
 local DONE_KEEP = {_books.DONE_KEEP_S}
 
-local function fmt(x) return string.format('%.0f', x) end
+-- '%.0f' of -0 is '-0', which Redis does not take as an integer.
+local function fmt(x)
+  if x == 0 then return '0' end
+  return string.format('%.0f', x)
+end
 
 local function split(s)
   local out = {{}}

@@ -17,6 +17,7 @@ from kascade.gateway.ledger import _errors
 SOCKET_TIMEOUT_S = 0.5
 # Upper bound for one whole script call (connect + NOSCRIPT reload + EVALSHA).
 CALL_TIMEOUT_S = 1.5
+MAX_CONNECTIONS = 64
 
 _UNAVAILABLE = (
     redis_exceptions.ConnectionError,
@@ -62,8 +63,12 @@ class Connection:
                 f"Redis URL {redact_url(url)!r} must start with redis://, rediss:// or unix://"
             )
         self._url = redact_url(url)
-        self._client: redis_asyncio.Redis = redis_asyncio.Redis.from_url(
+        # A blocking pool: a burst of concurrent calls waits briefly for a connection
+        # instead of failing with "too many connections".
+        pool = redis_asyncio.BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=CALL_TIMEOUT_S,
             socket_timeout=SOCKET_TIMEOUT_S,
             socket_connect_timeout=SOCKET_TIMEOUT_S,
             # Retrying would multiply the wait before failing closed; one try only.
@@ -71,6 +76,7 @@ class Connection:
             retry_on_timeout=False,
             decode_responses=True,
         )
+        self._client: redis_asyncio.Redis = redis_asyncio.Redis.from_pool(pool)
         self._scripts = scripts
         self._loaded = False
 

@@ -1,0 +1,168 @@
+"""The Redis backends fail closed fast, reload their scripts, and keep spend durable."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from kascade.gateway import ledger
+
+pytestmark = pytest.mark.redis
+
+BUDGET = ledger.Budget(limit_nanos=1_000, window="calendar-day")
+LIMITS = ledger.ThrottleLimits(requests_per_minute=10, tokens_per_minute=None, max_concurrency=1)
+HELD = ledger.Reservation(
+    id="r/1", expert="e", amount_nanos=1, window_key="day:2026-11-27", created_at=0.0
+)
+PERMIT = ledger.Permit(id="p", expert="e", tokens=1, acquired_at=0.0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def closed_port_url() -> str:
+    return f"redis://127.0.0.1:{free_port()}/0"
+
+
+@pytest.fixture
+def silent_server_url() -> Iterator[str]:
+    """A port that accepts TCP connections (kernel backlog) but never answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+        yield f"redis://127.0.0.1:{s.getsockname()[1]}/0"
+
+
+def operations(
+    books: ledger.Ledger, throttle: ledger.Throttle
+) -> list[Callable[[], Awaitable[object]]]:
+    return [
+        lambda: books.reserve(expert="e", budget=BUDGET, amount_nanos=1, request_id="r"),
+        lambda: books.settle(HELD, actual_nanos=1),
+        lambda: books.release(HELD),
+        lambda: books.snapshot(expert="e", budget=BUDGET),
+        lambda: throttle.acquire(expert="e", limits=LIMITS, tokens=1),
+        lambda: throttle.release(PERMIT),
+        lambda: throttle.block_until(expert="e", until=1.0),
+        lambda: throttle.state(expert="e"),
+    ]
+
+
+@pytest.mark.parametrize("url_fixture", ["closed_port_url", "silent_server_url"])
+async def test_unreachable_redis_raises_ledger_unavailable_within_2_seconds(
+    url_fixture: str, request: pytest.FixtureRequest
+) -> None:
+    url = str(request.getfixturevalue(url_fixture))
+    books, throttle = ledger.open_backends(url=url, checkpoint_path=None)
+    try:
+        for op in operations(books, throttle):
+            started = time.monotonic()
+            with pytest.raises(ledger.LedgerUnavailable) as failed:
+                await op()
+            assert time.monotonic() - started < 2.0
+            assert "unavailable" in str(failed.value)
+    finally:
+        await books.close()
+        await throttle.close()
+
+
+async def test_password_never_appears_in_errors(closed_port_url: str) -> None:
+    url = closed_port_url.replace("redis://", "redis://user:s3cret-pw@")
+    books = ledger.RedisLedger(url=url)
+    try:
+        with pytest.raises(ledger.LedgerUnavailable) as failed:
+            await books.snapshot(expert="e", budget=BUDGET)
+        assert "s3cret-pw" not in str(failed.value)
+    finally:
+        await books.close()
+    with pytest.raises(ValueError, match="not supported") as refused:
+        ledger.open_backends(url="http://user:s3cret-pw@host/", checkpoint_path=None)
+    assert "s3cret-pw" not in str(refused.value)
+
+
+async def test_scripts_are_reloaded_after_script_flush(redis_url: str) -> None:
+    books = ledger.RedisLedger(url=redis_url)
+    throttle = ledger.RedisThrottle(url=redis_url)
+    try:
+        held = await books.reserve(expert="e", budget=BUDGET, amount_nanos=10, request_id="a")
+        await throttle.acquire(expert="e", limits=LIMITS, tokens=1)
+        raw = redis.Redis.from_url(redis_url)
+        raw.script_flush()
+        raw.close()
+        await books.settle(held, actual_nanos=5)
+        assert (await books.snapshot(expert="e", budget=BUDGET)).spent_nanos == 5
+        assert (await throttle.state(expert="e")).requests_last_minute == 1
+    finally:
+        await books.close()
+        await throttle.close()
+
+
+async def test_spend_and_reservations_are_shared_by_clients(redis_url: str) -> None:
+    first = ledger.RedisLedger(url=redis_url)
+    held = await first.reserve(expert="e", budget=BUDGET, amount_nanos=600, request_id="a")
+    await first.close()
+    second = ledger.RedisLedger(url=redis_url)
+    other_prefix = ledger.RedisLedger(url=redis_url, key_prefix="other:")
+    try:
+        # Another replica (a new client) sees the reservation and may settle it.
+        with pytest.raises(ledger.BudgetExhausted):
+            await second.reserve(expert="e", budget=BUDGET, amount_nanos=401, request_id="b")
+        await second.settle(held, actual_nanos=250)
+        await second.settle(held, actual_nanos=250)
+        snap = await second.snapshot(expert="e", budget=BUDGET)
+        assert (snap.spent_nanos, snap.reserved_nanos) == (250, 0)
+        assert (await other_prefix.snapshot(expert="e", budget=BUDGET)).spent_nanos == 0
+    finally:
+        await second.close()
+        await other_prefix.close()
+
+
+async def test_spend_survives_a_redis_restart(tmp_path: Path) -> None:
+    binary = shutil.which("redis-server")
+    assert binary is not None, "redis-server is not installed"
+    port = free_port()
+    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
+    cmd += ["--save", "", "--appendonly", "yes", "--appendfsync", "always"]
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if redis.Redis(port=port).ping():
+                    return proc
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+
+    url = f"redis://127.0.0.1:{port}/0"
+    proc = start()
+    try:
+        books = ledger.RedisLedger(url=url)
+        held = await books.reserve(expert="e", budget=BUDGET, amount_nanos=700, request_id="a")
+        await books.settle(held, actual_nanos=700)
+        await books.close()
+        proc.kill()  # no clean shutdown: only the append-only file survives
+        proc.wait()
+        proc = start()
+        books = ledger.RedisLedger(url=url)
+        try:
+            assert (await books.snapshot(expert="e", budget=BUDGET)).spent_nanos == 700
+            with pytest.raises(ledger.BudgetExhausted):
+                await books.reserve(expert="e", budget=BUDGET, amount_nanos=301, request_id="b")
+        finally:
+            await books.close()
+    finally:
+        proc.kill()
+        proc.wait()

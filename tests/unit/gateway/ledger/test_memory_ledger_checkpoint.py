@@ -1,0 +1,79 @@
+"""The in-memory ledger's checkpoint: a restart loses no spend, a bad file stops it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from kascade.gateway import ledger
+
+BUDGET = ledger.Budget(limit_nanos=10_000, window="rolling-24h")
+MONTH = ledger.Budget(limit_nanos=10_000, window="calendar-month")
+
+
+async def test_settled_spend_survives_recreation_after_close(tmp_path: Path) -> None:
+    path = tmp_path / "ledger" / "spend.json"
+    books = ledger.MemoryLedger(checkpoint_path=path)
+    for budget in (BUDGET, MONTH):
+        held = await books.reserve(expert="e", budget=budget, amount_nanos=900, request_id="a")
+        await books.settle(held, actual_nanos=750)
+    await books.close()
+    with pytest.raises(ledger.LedgerUnavailable):
+        await books.snapshot(expert="e", budget=BUDGET)
+
+    again = ledger.MemoryLedger(checkpoint_path=path)
+    for budget in (BUDGET, MONTH):
+        snap = await again.snapshot(expert="e", budget=budget)
+        assert (snap.spent_nanos, snap.reserved_nanos) == (750, 0)
+    await again.close()
+
+
+async def test_checkpoint_follows_changes_without_close(tmp_path: Path) -> None:
+    path = tmp_path / "spend.json"
+    books = ledger.MemoryLedger(checkpoint_path=path, checkpoint_interval_s=0.05)
+    for i in range(20):
+        held = await books.reserve(expert="e", budget=MONTH, amount_nanos=100, request_id=f"{i}")
+        await books.settle(held, actual_nanos=10)
+    await asyncio.sleep(0.5)  # no close(): as if the process were killed now
+    again = ledger.MemoryLedger(checkpoint_path=path)
+    assert (await again.snapshot(expert="e", budget=MONTH)).spent_nanos == 200
+    leftovers = [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
+    assert not leftovers, "temporary files must not be left behind"
+    await books.close()
+    await again.close()
+
+
+async def test_reservations_of_a_dead_process_become_worst_case_spend(tmp_path: Path) -> None:
+    path = tmp_path / "spend.json"
+    books = ledger.MemoryLedger(checkpoint_path=path)
+    await books.reserve(expert="e", budget=MONTH, amount_nanos=600, request_id="in-flight")
+    await books.close()
+    again = ledger.MemoryLedger(checkpoint_path=path)
+    snap = await again.snapshot(expert="e", budget=MONTH)
+    assert (snap.spent_nanos, snap.reserved_nanos) == (600, 0)
+    await again.close()
+
+
+async def test_a_corrupt_checkpoint_stops_the_ledger_instead_of_forgetting_spend(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "spend.json"
+    path.write_text("{not json")
+    with pytest.raises(ledger.LedgerError, match="not valid JSON"):
+        ledger.MemoryLedger(checkpoint_path=path)
+    path.write_text(json.dumps({"version": 99}))
+    with pytest.raises(ledger.LedgerError, match="unknown format"):
+        ledger.MemoryLedger(checkpoint_path=path)
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="reservation_ttl_s"):
+        ledger.MemoryLedger(reservation_ttl_s=0)
+    with pytest.raises(ValueError, match="checkpoint_interval_s"):
+        ledger.MemoryLedger(checkpoint_interval_s=5)
+    with pytest.raises(ValueError, match="permit_ttl_s"):
+        ledger.MemoryThrottle(permit_ttl_s=-1)
