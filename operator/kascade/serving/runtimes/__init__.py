@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
-from kascade.serving import config, deployment
+from kascade.serving import config, deployment, sources
 from kascade.serving.runtimes import base
 
 __all__ = ["load_runtime"]
@@ -26,9 +26,11 @@ def load_runtime(*, pool: config.PoolServingConfig, model_path: pathlib.Path) ->
         )
     from kascade.serving.runtimes import llama_cpp
 
+    template = pool.model.chat_template or sources.builtin_chat_template(pool.model.source)
+
     return llama_cpp.LlamaCppRuntime(
         model_path=model_path,
         context_length=pool.model.context_length,
         n_threads=deployment.llama_threads(pool),
-        chat_template=pool.model.chat_template,
+        chat_template=template,
     )
