@@ -34,6 +34,11 @@ from kascade.gateway import metrics as metrics_mod
 log = logging.getLogger("kascade.gateway")
 
 
+def usd_text(nanos: int) -> str:
+    """Nano-USD as a plain decimal string without trailing zeros ("0.002", "0")."""
+    return format(ledger.nanos_to_usd(nanos).normalize(), "f")
+
+
 @dataclass
 class State:
     """Process-wide gateway state; `runtime` is swapped atomically on reload."""
@@ -71,7 +76,7 @@ class Decision:
             "x-kascade-request-id": self.request_id,
             "x-kascade-route": self.route,
             "x-kascade-reason": self.reason,
-            "x-kascade-cost-usd": format(ledger.nanos_to_usd(self.cost_nanos), "f"),
+            "x-kascade-cost-usd": usd_text(self.cost_nanos),
         }
         if self.confidence is not None:
             h["x-kascade-confidence"] = f"{self.confidence:.4f}"
@@ -509,7 +514,7 @@ def _record(
             "rule": d.rule,
             "expert": outcome.expert if outcome else None,
             "attempts": outcome.attempts if outcome else [],
-            "cost_usd": format(ledger.nanos_to_usd(d.cost_nanos), "f"),
+            "cost_usd": usd_text(d.cost_nanos),
             "cache": d.cache,
             "similarity": d.similarity,
             "privacy_action": d.policy.config.privacy.action,

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 
 def _usd(nanos: int) -> str:
-    return format(ledger.nanos_to_usd(nanos), "f")
+    return format(ledger.nanos_to_usd(nanos).normalize(), "f")
 
 
 async def collect(state: pipeline.State) -> dict[str, Any]:
