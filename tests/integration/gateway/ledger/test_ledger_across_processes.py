@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -74,8 +75,6 @@ def test_two_processes_300_concurrent_reserves_admit_exactly_100(redis_url: str)
         finally:
             await books.close()
 
-    import asyncio
-
     snap = asyncio.run(spend())
     assert snap.reserved_nanos == 0
     assert snap.spent_nanos == 100 * (amount - 7) <= limit
@@ -145,8 +144,6 @@ def test_memory_ledger_killed_with_sigkill_loses_no_settled_spend(tmp_path: Path
             return await books.snapshot(expert="e", budget=budget)
         finally:
             await books.close()
-
-    import asyncio
 
     snap = asyncio.run(reload())
     # 100 + 200 settled, and the in-flight 500 counted at worst case (it may have been spent).

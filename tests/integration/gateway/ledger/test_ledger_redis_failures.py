@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
@@ -44,19 +45,22 @@ def silent_server_url() -> Iterator[str]:
         yield f"redis://127.0.0.1:{s.getsockname()[1]}/0"
 
 
-def operations(
-    books: ledger.Ledger, throttle: ledger.Throttle
-) -> list[Callable[[], Awaitable[object]]]:
-    return [
-        lambda: books.reserve(expert="e", budget=BUDGET, amount_nanos=1, request_id="r"),
-        lambda: books.settle(HELD, actual_nanos=1),
-        lambda: books.release(HELD),
-        lambda: books.snapshot(expert="e", budget=BUDGET),
-        lambda: throttle.acquire(expert="e", limits=LIMITS, tokens=1),
-        lambda: throttle.release(PERMIT),
-        lambda: throttle.block_until(expert="e", until=1.0),
-        lambda: throttle.state(expert="e"),
-    ]
+OPERATIONS = ["reserve", "settle", "release", "snapshot", "acquire", "unpermit", "block", "state"]
+
+
+def operation(
+    name: str, books: ledger.Ledger, throttle: ledger.Throttle
+) -> Callable[[], Awaitable[object]]:
+    return {
+        "reserve": lambda: books.reserve(expert="e", budget=BUDGET, amount_nanos=1, request_id="r"),
+        "settle": lambda: books.settle(HELD, actual_nanos=1),
+        "release": lambda: books.release(HELD),
+        "snapshot": lambda: books.snapshot(expert="e", budget=BUDGET),
+        "acquire": lambda: throttle.acquire(expert="e", limits=LIMITS, tokens=1),
+        "unpermit": lambda: throttle.release(PERMIT),
+        "block": lambda: throttle.block_until(expert="e", until=1.0),
+        "state": lambda: throttle.state(expert="e"),
+    }[name]
 
 
 @pytest.mark.parametrize("url_fixture", ["closed_port_url", "silent_server_url"])
@@ -64,17 +68,23 @@ async def test_unreachable_redis_raises_ledger_unavailable_within_2_seconds(
     url_fixture: str, request: pytest.FixtureRequest
 ) -> None:
     url = str(request.getfixturevalue(url_fixture))
-    books, throttle = ledger.open_backends(url=url, checkpoint_path=None)
-    try:
-        for op in operations(books, throttle):
+    for name in OPERATIONS:
+        # Fresh clients each time, so every operation really goes to the network.
+        books, throttle = ledger.open_backends(url=url, checkpoint_path=None)
+        try:
             started = time.monotonic()
             with pytest.raises(ledger.LedgerUnavailable) as failed:
-                await op()
-            assert time.monotonic() - started < 2.0
+                await operation(name, books, throttle)()
+            assert time.monotonic() - started < 2.0, name
             assert "unavailable" in str(failed.value)
-    finally:
-        await books.close()
-        await throttle.close()
+            # Right after a failure, calls fail at once instead of waiting again.
+            started = time.monotonic()
+            with pytest.raises(ledger.LedgerUnavailable):
+                await operation(name, books, throttle)()
+            assert time.monotonic() - started < 0.05, name
+        finally:
+            await books.close()
+            await throttle.close()
 
 
 async def test_password_never_appears_in_errors(closed_port_url: str) -> None:
@@ -148,21 +158,21 @@ async def test_spend_survives_a_redis_restart(tmp_path: Path) -> None:
 
     url = f"redis://127.0.0.1:{port}/0"
     proc = start()
+    books = ledger.RedisLedger(url=url)
     try:
-        books = ledger.RedisLedger(url=url)
         held = await books.reserve(expert="e", budget=BUDGET, amount_nanos=700, request_id="a")
         await books.settle(held, actual_nanos=700)
-        await books.close()
         proc.kill()  # no clean shutdown: only the append-only file survives
         proc.wait()
+        with pytest.raises(ledger.LedgerUnavailable):
+            await books.snapshot(expert="e", budget=BUDGET)
         proc = start()
-        books = ledger.RedisLedger(url=url)
-        try:
-            assert (await books.snapshot(expert="e", budget=BUDGET)).spent_nanos == 700
-            with pytest.raises(ledger.BudgetExhausted):
-                await books.reserve(expert="e", budget=BUDGET, amount_nanos=301, request_id="b")
-        finally:
-            await books.close()
+        await asyncio.sleep(0.6)  # past the fail-fast hold after the last failure
+        # The same client reconnects, and the spend is still there.
+        assert (await books.snapshot(expert="e", budget=BUDGET)).spent_nanos == 700
+        with pytest.raises(ledger.BudgetExhausted):
+            await books.reserve(expert="e", budget=BUDGET, amount_nanos=301, request_id="b")
     finally:
+        await books.close()
         proc.kill()
         proc.wait()
