@@ -148,7 +148,7 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         return ChatRequest.model_validate(data)
     except pydantic.ValidationError as exc:
         first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
+        param = _param_path(first["loc"])
         if first["type"] == "missing":
             message = f"'{param}' is a required property"
             code = "missing_required_parameter"
@@ -156,6 +156,23 @@ def parse_chat_request(body: bytes) -> ChatRequest:
             message = f"invalid value for '{param}': {first['msg']}"
             code = "invalid_value"
         raise ApiError(status=400, message=message, param=param, code=code) from None
+
+
+def _param_path(loc: tuple[int | str, ...]) -> str | None:
+    # pydantic adds union member tags ("str", "list[_TextPart]") to error locations;
+    # clients want the JSON path only, so keep indexes and our field names.
+    fields = {
+        name
+        for model in (ChatRequest, ChatMessage, _TextPart, _StreamOptions)
+        for name in model.model_fields
+    }
+    kept: list[str] = []
+    for part in loc:
+        if isinstance(part, int) or part in fields:
+            kept.append(str(part))
+        else:
+            break
+    return ".".join(kept) or None
 
 
 def usage_body(*, prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

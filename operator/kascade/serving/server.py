@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from typing import Any
 
 from kascade.serving import admission, config, generation, protocol
@@ -38,7 +38,7 @@ class JsonReply:
 class StreamReply:
     """A 200 server-sent-events response; ``chunks`` are complete SSE events."""
 
-    chunks: AsyncIterator[bytes]
+    chunks: AsyncGenerator[bytes, None]
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
@@ -244,7 +244,7 @@ class ChatServer:
         cancel: threading.Event,
         prompt_tokens: int,
         include_usage: bool,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         loop = asyncio.get_running_loop()
         executor = self._executors[lease.slot]
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"

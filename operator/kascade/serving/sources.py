@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import http.client
 import importlib
 import importlib.metadata
 import logging
@@ -304,7 +305,7 @@ def _fetch_into(*, source: str, out: BinaryIO, timeout_s: float) -> str:
         raise ModelSourceError(
             source=source, reason=f"HTTP {exc.code} {exc.reason} while downloading"
         ) from None
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         raise ModelSourceError(
             source=source, reason=f"download failed (network unreachable?): {reason}"

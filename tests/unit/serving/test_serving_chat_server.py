@@ -1,0 +1,114 @@
+"""ChatServer without Ray: the real SmolLM2 model behind the plain ingress class."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("llama_cpp", reason="the serving extra is not installed")
+
+from kascade.serving import config, server  # noqa: E402
+
+pytestmark = pytest.mark.serving
+
+MSGS = [{"role": "user", "content": "Name three colors."}]
+
+
+@pytest.fixture(scope="module")
+def chat() -> Iterator[server.ChatServer]:
+    pool = config.PoolServingConfig.from_args(
+        {
+            "name": "tiny",
+            "model": {"source": "builtin://smollm2-135m-instruct", "contextLength": 256},
+            "resources": {"cpu": 1},
+            "capacity": {"maxConcurrentPerReplica": 1, "maxQueuedPerReplica": 0},
+            "confidenceMethod": "min-token-prob",
+        }
+    )
+    srv = server.load_server(pool=pool)
+    yield srv
+    srv.close()
+
+
+async def _post(chat: server.ChatServer, **body: Any) -> server.Reply:
+    body.setdefault("messages", MSGS)
+    return await chat.handle(
+        method="POST", path="/v1/chat/completions", body=json.dumps(body).encode()
+    )
+
+
+async def _json(chat: server.ChatServer, **body: Any) -> server.JsonReply:
+    reply = await _post(chat, **body)
+    assert isinstance(reply, server.JsonReply)
+    return reply
+
+
+async def test_unknown_route_and_wrong_method(chat: server.ChatServer) -> None:
+    missing = await chat.handle(method="GET", path="/v2/things", body=b"")
+    assert isinstance(missing, server.JsonReply)
+    assert missing.status == 404
+    assert "POST /v1/chat/completions" in missing.body["error"]["message"]
+    wrong = await chat.handle(method="GET", path="/v1/chat/completions", body=b"")
+    assert isinstance(wrong, server.JsonReply)
+    assert wrong.status == 405
+
+
+async def test_min_token_prob_confidence_and_header(chat: server.ChatServer) -> None:
+    reply = await _json(chat, temperature=0, max_tokens=12)
+    assert reply.status == 200
+    assert reply.body["confidence_method"] == "min-token-prob"
+    assert 0.0 <= reply.body["confidence"] <= 1.0
+    assert reply.headers["x-kascade-confidence"] == f"{reply.body['confidence']:.6f}"
+    assert reply.headers["x-kascade-confidence-method"] == "min-token-prob"
+
+
+async def test_context_limits_are_400(chat: server.ChatServer) -> None:
+    too_many = await _json(chat, max_tokens=250)
+    assert too_many.status == 400
+    assert too_many.body["error"]["param"] == "max_tokens"
+    assert too_many.body["error"]["code"] == "context_length_exceeded"
+    assert "at most" in too_many.body["error"]["message"]
+    long_prompt = [{"role": "user", "content": "word " * 400}]
+    too_long = await _json(chat, messages=long_prompt, max_tokens=1)
+    assert too_long.status == 400
+    assert too_long.body["error"]["param"] == "messages"
+
+
+async def test_stop_sequence_cuts_and_finishes_with_stop(chat: server.ChatServer) -> None:
+    full = await _json(chat, temperature=0, max_tokens=30)
+    text = full.body["choices"][0]["message"]["content"]
+    assert len(text) > 4
+    stop = text[3:5]
+    cut = await _json(chat, temperature=0, max_tokens=30, stop=[stop])
+    assert cut.body["choices"][0]["message"]["content"] == text[: text.index(stop)]
+    assert cut.body["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_sampling_with_a_seed_is_reproducible(chat: server.ChatServer) -> None:
+    a = await _json(chat, temperature=1.2, seed=7, max_tokens=16)
+    b = await _json(chat, temperature=1.2, seed=7, max_tokens=16)
+    assert a.body["choices"] == b.body["choices"]
+
+
+async def test_busy_replica_without_queue_refuses_at_once(chat: server.ChatServer) -> None:
+    slow = asyncio.create_task(_json(chat, temperature=0, max_tokens=60))
+    await asyncio.sleep(0.05)
+    refused = await _json(chat, temperature=0, max_tokens=4)
+    assert refused.status == 429
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.body["error"]["type"] == "overloaded_error"
+    assert (await slow).status == 200
+
+
+async def test_abandoned_stream_releases_its_slot(chat: server.ChatServer) -> None:
+    reply = await _post(chat, temperature=0, max_tokens=100, stream=True)
+    assert isinstance(reply, server.StreamReply)
+    first = await anext(reply.chunks)
+    assert first.startswith(b"data: ")
+    await reply.chunks.aclose()  # the client went away
+    after = await _json(chat, temperature=0, max_tokens=2)
+    assert after.status == 200

