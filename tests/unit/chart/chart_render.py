@@ -19,6 +19,18 @@ NAMESPACED_VALUES = HERE / "values-namespaced.yaml"
 RELEASE = "kascade"
 RELEASE_NAMESPACE = "kascade-system"
 
+
+def _pinned_kube_version() -> str:
+    # Rendering targets the Kubernetes version the local control plane runs, rather than
+    # helm's built-in default (which depends on the ldflags helm was built with).
+    for line in (REPO / "e2e" / "cluster" / "versions.env").read_text().splitlines():
+        if line.startswith("K8S_VERSION="):
+            return line.split("=", 1)[1].strip()
+    raise RuntimeError("K8S_VERSION not found in e2e/cluster/versions.env")
+
+
+KUBE_VERSION = _pinned_kube_version()
+
 HelmRunner = Callable[..., "subprocess.CompletedProcess[str]"]
 Manifest = dict[str, Any]
 
@@ -38,7 +50,10 @@ def helm_path() -> Path:
 
 def template_args(*extra: str) -> list[str]:
     """``helm template`` of the chart as release ``kascade`` in ``kascade-system``."""
-    return ["template", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE, *extra]
+    return [
+        "template", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE,
+        "--kube-version", KUBE_VERSION, *extra,
+    ]  # fmt: skip
 
 
 def parse_manifests(text: str) -> list[Manifest]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from chart_render import CHART, NAMESPACED_VALUES, HelmRunner
+from chart_render import CHART, KUBE_VERSION, NAMESPACED_VALUES, HelmRunner
 
 
 @pytest.mark.parametrize(
@@ -18,7 +18,7 @@ from chart_render import CHART, NAMESPACED_VALUES, HelmRunner
     ],
 )
 def test_lint_strict_is_clean(helm: HelmRunner, extra: list[str]) -> None:
-    proc = helm("lint", "--strict", str(CHART), *extra, check=False)
+    proc = helm("lint", "--strict", "--kube-version", KUBE_VERSION, str(CHART), *extra, check=False)
     report = proc.stdout + proc.stderr
     assert proc.returncode == 0, report
     # --strict already fails on warnings; also refuse errors printed without a failure.
@@ -35,7 +35,7 @@ def test_chart_works_without_generated_crds(helm: HelmRunner, tmp_path: Path) ->
     shutil.copytree(CHART, copy, ignore=shutil.ignore_patterns("crds"))
     assert not (copy / "crds").exists()
     assert "dependencies" not in yaml.safe_load((copy / "Chart.yaml").read_text())
-    proc = helm("lint", "--strict", str(copy), check=False)
+    proc = helm("lint", "--strict", "--kube-version", KUBE_VERSION, str(copy), check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    rendered = helm("template", "x", str(copy), "--namespace", "x").stdout
+    rendered = helm("template", "x", str(copy), "--kube-version", KUBE_VERSION).stdout
     assert "kind: Deployment" in rendered

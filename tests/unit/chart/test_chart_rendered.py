@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from chart_render import NAMESPACED_VALUES, RELEASE_NAMESPACE, Manifest, find
+from chart_render import CHART, NAMESPACED_VALUES, RELEASE_NAMESPACE, Manifest, find
 
 Render = Callable[..., list[Manifest]]
 
@@ -197,3 +197,15 @@ def test_every_object_carries_the_release_labels(render: Render) -> None:
         labels = manifest["metadata"]["labels"]
         assert labels["app.kubernetes.io/instance"] == "kascade", manifest["metadata"]
         assert labels["app.kubernetes.io/managed-by"] == "Helm", manifest["metadata"]
+
+
+def test_generated_crds_ship_with_the_chart(render: Render) -> None:
+    files = sorted((CHART / "crds").glob("*.yaml"))
+    crds = [m for m in render("--include-crds") if m["kind"] == "CustomResourceDefinition"]
+    assert len(crds) == len(files)
+    plurals = {crd["spec"]["names"]["plural"] for crd in crds}
+    assert plurals == {"localmodelpools", "cloudexperts", "routingpolicies"}
+    assert {crd["spec"]["group"] for crd in crds} == {"kascade.io"}
+    # Helm never renders crds/ in a plain template, so golden files stay independent of
+    # the CRD generator.
+    assert not [m for m in render() if m["kind"] == "CustomResourceDefinition"]
