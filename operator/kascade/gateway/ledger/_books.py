@@ -132,14 +132,19 @@ class Books:
             self.reserved.pop(held.window_key, None)
         return held
 
-    def sweep(self, now: float) -> None:
-        """Turns expired reservations into worst-case spend; forgets old records."""
+    def sweep(self, now: float) -> bool:
+        """Turns expired reservations into worst-case spend; forgets old records.
+
+        Returns whether any reservation expired (the durable state changed).
+        """
+        expired = False
         while self.expiries and self.expiries[0][0] <= now:
             expires_at, rid = heapq.heappop(self.expiries)
             held = self.held.get(rid)
             if held is None or held.expires_at != expires_at:
                 continue
             self._unhold(rid)
+            expired = True
             m = self.charge(window_key=held.window_key, nanos=held.amount, now=now)
             self._finish(
                 rid,
@@ -157,6 +162,7 @@ class Books:
         for key in [k for k, t in self.calendar_forget_at.items() if t <= now]:
             del self.calendar_forget_at[key]
             self.calendar.pop(key, None)
+        return expired
 
     # -- operations ----------------------------------------------------------------
 

@@ -56,11 +56,16 @@ local sum = tonumber(redis.call('GET', base .. 'toksum')) or 0
 if tpm > 0 and sum + tokens > tpm then
   if tokens > tpm then return {{4, f6(MINUTE)}} end
   -- When enough of the oldest tokens have left the window for this call to fit.
-  local entries = redis.call('ZRANGE', base .. 'log', 0, -1, 'WITHSCORES')
-  local left = sum
-  for i = 1, #entries, 2 do
-    left = left - (tonumber(redis.call('HGET', base .. 'tok', entries[i])) or 0)
-    if left + tokens <= tpm then return {{4, f6(tonumber(entries[i + 1]) + MINUTE - now)}} end
+  -- Read in pages: only a refusal pays for this, and only up to the entry that frees enough.
+  local left, start = sum, 0
+  while true do
+    local entries = redis.call('ZRANGE', base .. 'log', start, start + 99, 'WITHSCORES')
+    if #entries == 0 then break end
+    for i = 1, #entries, 2 do
+      left = left - (tonumber(redis.call('HGET', base .. 'tok', entries[i])) or 0)
+      if left + tokens <= tpm then return {{4, f6(tonumber(entries[i + 1]) + MINUTE - now)}} end
+    end
+    start = start + 100
   end
   return {{4, f6(MINUTE)}}
 end

@@ -144,7 +144,8 @@ class MemoryLedger:
         books = self._expert_books(expert)
         now = self._clock()
         key = _windows.window_key(window=budget.window, now=now)
-        books.sweep(now)
+        if books.sweep(now):
+            self._changed()
         spent = books.spent(window_key=key, now=now)
         reserved = books.reserved.get(key, 0)
         return _records.SpendSnapshot(

@@ -83,15 +83,19 @@ class Connection:
         self._client: redis_asyncio.Redis = redis_asyncio.Redis.from_pool(pool)
         self._scripts = scripts
         self._loaded = False
+        self._loading = asyncio.Lock()
         self._down_until = 0.0
         self._down_reason = ""
 
-    async def _load_scripts(self) -> None:
-        for script in self._scripts:
-            sha = await self._client.script_load(script.source)
-            if sha != script.sha:
-                raise _errors.LedgerError(f"Redis returned sha {sha} for script {script.name}")
-        self._loaded = True
+    async def _load_scripts(self, *, force: bool = False) -> None:
+        async with self._loading:  # a burst of first calls registers the scripts once
+            if self._loaded and not force:
+                return
+            for script in self._scripts:
+                sha = await self._client.script_load(script.source)
+                if sha != script.sha:
+                    raise _errors.LedgerError(f"Redis returned sha {sha} for script {script.name}")
+            self._loaded = True
 
     async def call(self, script: Script, *, key: str, args: list[str | int | float]) -> Any:
         """Runs ``script`` atomically with ``KEYS[1] = key``; the result as Redis returns it."""
@@ -107,7 +111,7 @@ class Connection:
                     return await self._client.evalsha(script.sha, 1, key, *args)
                 except redis_exceptions.NoScriptError:
                     # The server restarted or SCRIPT FLUSH ran: register again and retry once.
-                    await self._load_scripts()
+                    await self._load_scripts(force=True)
                     return await self._client.evalsha(script.sha, 1, key, *args)
         except _UNAVAILABLE as exc:
             self._down_reason = f"{type(exc).__name__}: {exc}"

@@ -171,3 +171,19 @@ async def test_bad_arguments_are_refused_with_a_clear_message(make_throttle: Mak
         await throttle.acquire(expert="a b", limits=limits(), tokens=1)
     with pytest.raises(ValueError, match="requests_per_minute"):
         limits(rpm=0)
+
+
+async def test_tokens_retry_estimate_walks_a_long_log(
+    make_throttle: MakeThrottle, clock: FakeClock
+) -> None:
+    throttle = make_throttle()
+    tpm = limits(tpm=1_000)
+    start = clock.now
+    for i in range(250):
+        clock.now = start + i * 0.1
+        await throttle.acquire(expert=EXPERT, limits=tpm, tokens=4)
+    clock.now = start + 30
+    with pytest.raises(ledger.Throttled) as refused:
+        await throttle.acquire(expert=EXPERT, limits=tpm, tokens=500)
+    # 500 tokens fit once the oldest 125 entries (the last at start + 12.4 s) have left.
+    assert refused.value.retry_after_s == pytest.approx(12.4 + 60 - 30, abs=1e-3)
