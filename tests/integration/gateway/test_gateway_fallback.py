@@ -1,0 +1,121 @@
+"""Failure behaviour: 500s, 429s and timeouts move to the next expert, then to a
+degraded local answer; circuit breakers open and half-open; the ledger fails closed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+
+from tests.integration.gateway.conftest import (
+    chat,
+    expert_config,
+    gateway_config,
+    gw_free_port,
+)
+
+
+async def _post(http: aiohttp.ClientSession, url: str, body: Any) -> tuple[int, Any, Any]:
+    async with http.post(f"{url}/v1/chat/completions", json=body) as resp:
+        return resp.status, resp.headers.copy(), await resp.json(content_type=None)
+
+
+async def test_500_429_timeout_each_fall_through_to_the_next_expert(start_sim, start_gateway, http) -> None:
+    pool = await start_sim(name="pool", confidence=0.1)
+    broken = await start_sim(name="broken", fail_every=1)
+    limited = await start_sim(name="limited", throttle_every=1, retry_after=30)
+    slow = await start_sim(name="slow", hang_every=1, hang_seconds=3)
+    good = await start_sim(name="good")
+    experts = {
+        "broken": expert_config(broken.url, retries={"maxAttempts": 3, "initialBackoffMillis": 5}),
+        "limited": expert_config(limited.url, retries={"maxAttempts": 3}),
+        "slow": expert_config(slow.url, timeouts={"requestSeconds": 0.3}),
+        "good": expert_config(good.url),
+    }
+    gw = await start_gateway(gateway_config(pool=pool.url, experts=experts))
+    started = time.monotonic()
+    status, headers, body = await _post(http, gw.url, chat("help"))
+    assert status == 200 and headers["x-kascade-route"] == "expert:good"
+    assert time.monotonic() - started < 3
+    # 500 is retryable: all 3 attempts used. 429 with Retry-After 30s (> maxBackoff):
+    # no retry, move on. The hang is cut by the request timeout.
+    assert len(broken.records) == 3
+    assert len(limited.records) == 1
+    assert len(slow.records) == 1
+    [line] = gw.audit()
+    assert [a["outcome"] for a in line["attempts"]] == ["http_500", "http_429", "timeout", "ok"]
+    # The 429's Retry-After blocks that expert for every replica (throttle.block_until).
+    await _post(http, gw.url, chat("again"))
+    assert len(limited.records) == 1
+    assert gw.audit()[-1]["attempts"][1] == {"expert": "limited", "outcome": "throttled_upstream"}
+
+
+async def test_non_retryable_4xx_is_not_retried(start_sim, start_gateway, http) -> None:
+    pool = await start_sim(name="pool", confidence=0.1)
+    bad = await start_sim(name="bad", fail_every=1, fail_status=400)
+    gw = await start_gateway(gateway_config(pool=pool.url, experts={
+        "bad": expert_config(bad.url, retries={"maxAttempts": 4})}))
+    status, headers, _ = await _post(http, gw.url, chat("x"))
+    assert status == 200 and "x-kascade-degraded" in headers
+    assert len(bad.records) == 1
+
+
+async def test_no_expert_left_gives_degraded_local_answer_or_error(start_sim, start_gateway, http) -> None:
+    pool = await start_sim(name="pool", confidence=0.1)
+    broken = await start_sim(name="broken", fail_every=1)
+    experts = {"broken": expert_config(broken.url)}
+    gw = await start_gateway(gateway_config(pool=pool.url, experts=experts))
+    status, headers, body = await _post(http, gw.url, chat("hard question"))
+    assert status == 200
+    assert headers["x-kascade-route"] == "local"
+    assert headers["x-kascade-reason"] == "low_confidence"
+    assert "broken: http_500" in headers["x-kascade-degraded"]
+    assert body["choices"][0]["message"]["content"] == "[pool] hard question"
+    assert headers["x-kascade-cost-usd"] == "0"
+    gw2 = await start_gateway(gateway_config(pool=pool.url, experts=experts, policy={
+        "fallback": {"whenExpertsUnavailable": "error", "message": "Experts are down."}}), name="gw2")
+    status, headers, body = await _post(http, gw2.url, chat("hard question"))
+    assert status == 503 and body["error"]["code"] == "experts_unavailable"
+    assert body["error"]["message"].startswith("Experts are down. (broken: http_500")
+
+
+async def test_circuit_opens_then_half_opens(start_sim, start_gateway, http) -> None:
+    pool = await start_sim(name="pool", confidence=0.1)
+    flaky = await start_sim(name="flaky", fail_every=1)
+    gw = await start_gateway(gateway_config(pool=pool.url, experts={"flaky": expert_config(
+        flaky.url, circuitBreaker={"failureThreshold": 3, "openSeconds": 0.5, "halfOpenMaxRequests": 1})}))
+    for _ in range(3):
+        await _post(http, gw.url, chat("x"))
+    assert len(flaky.records) == 3
+    # Open: not called, the attempt says why.
+    status, headers, _ = await _post(http, gw.url, chat("x"))
+    assert len(flaky.records) == 3 and "flaky: circuit_open" in headers["x-kascade-degraded"]
+    async with http.get(f"{gw.url}/v1/kascade/status") as resp:
+        assert (await resp.json())["experts"]["flaky"]["circuit"]["state"] == "open"
+    await asyncio.sleep(0.6)
+    # Half-open: one trial; it fails, so the circuit re-opens at once.
+    await _post(http, gw.url, chat("x"))
+    assert len(flaky.records) == 4
+    await _post(http, gw.url, chat("x"))
+    assert len(flaky.records) == 4
+    await asyncio.sleep(0.6)
+    # Half-open again; the expert has recovered: the trial succeeds and closes it.
+    flaky.set(fail_every=0)
+    status, headers, _ = await _post(http, gw.url, chat("x"))
+    assert headers["x-kascade-route"] == "expert:flaky"
+    async with http.get(f"{gw.url}/v1/kascade/status") as resp:
+        assert (await resp.json())["experts"]["flaky"]["circuit"]["state"] == "closed"
+
+
+async def test_unreachable_ledger_fails_closed(start_sim, start_gateway, http) -> None:
+    pool = await start_sim(name="pool", confidence=0.1)
+    expert = await start_sim(name="e1")
+    dead = f"redis://127.0.0.1:{gw_free_port()}/0"
+    gw = await start_gateway(gateway_config(
+        pool=pool.url, experts={"e1": expert_config(expert.url)}, ledger={"url": dead}))
+    status, headers, body = await _post(http, gw.url, chat("x"))
+    assert status == 200 and headers["x-kascade-route"] == "local"
+    assert "ledger is unreachable" in headers["x-kascade-degraded"]
+    assert expert.records == []
