@@ -55,7 +55,13 @@ class AzureSettings(common.KascadeModel):
     """Settings that only Azure OpenAI needs."""
 
     api_version: Annotated[
-        str, pydantic.Field(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?$")
+        str,
+        pydantic.Field(
+            pattern=common.hinted(
+                r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?$",
+                "a date like 2024-10-21, optionally with -preview",
+            )
+        ),
     ] = pydantic.Field(default="2024-10-21", alias="apiVersion")
     """The api-version query parameter, e.g. '2024-10-21'. spec.model is the deployment
     name."""
@@ -85,7 +91,14 @@ class Budget(common.KascadeModel):
     'calendar-month' (reset at midnight / the 1st in timeZone)."""
 
     time_zone: Annotated[
-        str, pydantic.Field(max_length=64, pattern=r"^(UTC|[A-Za-z_]+(/[A-Za-z0-9_+-]+){1,2})$")
+        str,
+        pydantic.Field(
+            max_length=64,
+            pattern=common.hinted(
+                r"^(UTC|[A-Za-z_]+(/[A-Za-z0-9_+-]+){1,2})$",
+                "UTC or an IANA time zone such as Europe/Berlin",
+            ),
+        ),
     ] = pydantic.Field(default="UTC", alias="timeZone")
     """IANA time zone in which calendar windows start, e.g. 'UTC' or 'Europe/Berlin'."""
 
@@ -243,7 +256,18 @@ class CloudExpertSpec(common.KascadeModel):
     """API flavour: 'openai', 'anthropic', 'azure-openai' or 'openai-compatible' (any
     server speaking the OpenAI chat completions API)."""
 
-    endpoint: Annotated[str, pydantic.Field(max_length=2048, pattern=ENDPOINT)] | None = None
+    endpoint: (
+        Annotated[
+            str,
+            pydantic.Field(
+                max_length=2048,
+                pattern=common.hinted(
+                    ENDPOINT, "an http:// or https:// URL without query or fragment"
+                ),
+            ),
+        ]
+        | None
+    ) = None
     """Base URL of the API. Defaults to https://api.openai.com/v1 (openai) and
     https://api.anthropic.com (anthropic); required for azure-openai and
     openai-compatible. Must be https:// unless allowInsecureHttp is true."""
@@ -252,7 +276,14 @@ class CloudExpertSpec(common.KascadeModel):
     """Allows an http:// endpoint, but only to loopback (localhost, 127.0.0.1) or an
     in-cluster Service (*.svc, *.svc.cluster.local)."""
 
-    model: Annotated[str, pydantic.Field(min_length=1, max_length=256, pattern=r"^[^\s]+$")]
+    model: Annotated[
+        str,
+        pydantic.Field(
+            min_length=1,
+            max_length=256,
+            pattern=common.hinted(r"^[^\s]+$", "a name without spaces"),
+        ),
+    ]
     """Model name sent to the provider, e.g. 'gpt-4o-mini'; for azure-openai the
     deployment name."""
 
@@ -320,7 +351,7 @@ class CloudExpertSpec(common.KascadeModel):
         common.CelRule(
             rule="!has(self.endpoint) || self.endpoint.startsWith('https://') || "
             f"self.endpoint.matches(r'{INSECURE_ENDPOINT}')",
-            message="endpoint: http:// is accepted only for localhost, 127.0.0.1, "
+            message="http:// endpoints are accepted only for localhost, 127.0.0.1, "
             "<service>.<namespace>.svc or <service>.<namespace>.svc.cluster.local; "
             "use https:// for anything else",
             field_path=".endpoint",

@@ -37,6 +37,21 @@ POSITIVE_QUANTITY = (
 
 CEL_RULES_KEY = "x-kubernetes-validations"
 
+PATTERN_HINTS: dict[str, str] = {
+    DNS1123_LABEL: "lowercase letters, digits and '-', starting and ending with a letter or "
+    "digit (RFC 1123 label)",
+    DNS1123_SUBDOMAIN: "lowercase letters, digits, '-' and '.', starting and ending with a "
+    "letter or digit (RFC 1123 subdomain)",
+    SECRET_KEY: "letters, digits, '-', '_' and '.'",
+}
+"""What a pattern accepts, in words, for messages from the Python side."""
+
+
+def hinted(pattern: str, hint: str) -> str:
+    """Registers what ``pattern`` accepts in words and returns the pattern."""
+    PATTERN_HINTS[pattern] = hint
+    return pattern
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CelRule:
@@ -90,6 +105,14 @@ class KascadeModel(pydantic.BaseModel):
 
     @pydantic.model_validator(mode="after")
     def _check_kascade_rules(self) -> KascadeModel:
+        for field_name, info in type(self).model_fields.items():
+            extra = info.json_schema_extra
+            if isinstance(extra, dict) and "x-kubernetes-list-type" in extra:
+                _check_unique(
+                    getattr(self, field_name),
+                    keys=extra.get("x-kubernetes-list-map-keys"),
+                    wire_name=info.alias or field_name,
+                )
         for rule in type(self).__dict__.get("__kascade_rules__", ()):
             if not rule.check(self):
                 # The relative field path travels in ctx so errors can name the exact
@@ -115,8 +138,31 @@ class KascadeModel(pydantic.BaseModel):
         return schema
 
     def to_manifest(self) -> dict[str, Any]:
-        """The object as a Kubernetes manifest dict: camelCase keys, unset fields left out."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        """The object as a Kubernetes manifest dict: camelCase keys; unset fields, empty
+        lists and empty maps left out (as the API server stores them)."""
+        return _without_empty(self.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+
+def _check_unique(items: Any, *, keys: Any, wire_name: str) -> None:
+    """Rejects duplicates in a list the CRD declares as a set or a map (by key)."""
+    seen = set()
+    for index, item in enumerate(items or ()):
+        key = tuple(getattr(item, k) for k in keys) if isinstance(keys, list) else item
+        if key in seen:
+            shown = (
+                ", ".join(f"{k}={v!r}" for k, v in zip(keys, key, strict=True))
+                if isinstance(keys, list)
+                else repr(item)
+            )
+            raise pydantic_core.PydanticCustomError(
+                "kascade_duplicate",
+                "{message}",
+                {
+                    "message": f"duplicate value {shown}: entries of {wire_name} must be unique",
+                    "field_path": f".{wire_name}[{index}]",
+                },
+            )
+        seen.add(key)
 
 
 def _parse_quantity(value: object) -> int | str:
@@ -272,12 +318,17 @@ class CrdSchemaGenerator(pydantic_json_schema.GenerateJsonSchema):
 
 
 def _without_empty(value: dict[str, Any]) -> dict[str, Any]:
-    # Empty lists and maps mean the same as absent to Kubernetes; keep defaults short.
-    return {
-        key: _without_empty(item) if isinstance(item, dict) else item
-        for key, item in value.items()
-        if item not in ({}, [])
-    }
+    # Empty lists and maps mean the same as absent to Kubernetes (Go's omitempty); leaving
+    # them out keeps defaults short and manifests equal to what the API server returns.
+    out = {}
+    for key, item in value.items():
+        if isinstance(item, dict):
+            item = _without_empty(item)
+        elif isinstance(item, list):
+            item = [_without_empty(i) if isinstance(i, dict) else i for i in item]
+        if item not in ({}, []):
+            out[key] = item
+    return out
 
 
 def decimal_quantity(value: int | str) -> decimal.Decimal:

@@ -47,13 +47,31 @@ class ModelSpec(common.KascadeModel):
     """Inference engine: 'llama-cpp' (GGUF files, CPU, optional GPU offload) or 'vllm'
     (GPU, needs resources.gpu >= 1). Immutable: create a new pool to switch runtime."""
 
-    source: Annotated[str, pydantic.Field(min_length=1, max_length=2048, pattern=MODEL_SOURCE)]
+    source: Annotated[
+        str,
+        pydantic.Field(
+            min_length=1,
+            max_length=2048,
+            pattern=common.hinted(
+                MODEL_SOURCE,
+                "builtin://NAME, file:///ABSOLUTE/PATH, https://HOST/PATH or hf://ORG/REPO/FILE",
+            ),
+        ),
+    ]
     """Where the model comes from: 'builtin://smollm2-135m-instruct' (shipped with Kascade),
     'file:///abs/path/model.gguf' (a file on the node), 'https://host/path/model.gguf'
     (downloaded once per replica; set sha256), or 'hf://org/repo/file.gguf' (a file of a
     Hugging Face repository; for vllm, 'hf://org/repo/-' means the whole repository)."""
 
-    sha256: Annotated[str, pydantic.Field(pattern=r"^[a-f0-9]{64}$")] | None = None
+    sha256: (
+        Annotated[
+            str,
+            pydantic.Field(
+                pattern=common.hinted(r"^[a-f0-9]{64}$", "64 lowercase hexadecimal digits")
+            ),
+        ]
+        | None
+    ) = None
     """Expected SHA-256 of the model file (64 lowercase hex digits). A replica whose
     download does not match refuses to start. Recommended for https:// sources."""
 
@@ -218,7 +236,14 @@ class AutoscalingSpec(common.KascadeModel):
     own metrics endpoints) or 'prometheus' (queried at prometheusUrl)."""
 
     prometheus_url: (
-        Annotated[str, pydantic.Field(max_length=2048, pattern=r"^https?://[^\s]+$")] | None
+        Annotated[
+            str,
+            pydantic.Field(
+                max_length=2048,
+                pattern=common.hinted(r"^https?://[^\s]+$", "an http:// or https:// URL"),
+            ),
+        ]
+        | None
     ) = pydantic.Field(default=None, alias="prometheusUrl")
     """Base URL of the Prometheus API; required when metricsSource is 'prometheus'."""
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import pydantic
 
+from kascade.api.v1alpha1.common import PATTERN_HINTS
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Problem:
@@ -73,16 +75,18 @@ def problems_from_error(
         message = item["msg"]
         ctx = item.get("ctx") or {}
         path = field_path(loc)
-        if item["type"] == "kascade_rule":
+        if item["type"] in ("kascade_rule", "kascade_duplicate"):
             path += str(ctx.get("field_path", ""))
         elif item["type"] == "extra_forbidden":
             accepted = _accepted_fields(model, loc[:-1])
             message = "unknown field" + (f" (accepted: {', '.join(accepted)})" if accepted else "")
         elif item["type"] == "missing":
             message = "required field is missing"
+        elif item["type"] == "string_pattern_mismatch" and ctx.get("pattern") in PATTERN_HINTS:
+            message = f"must be {PATTERN_HINTS[ctx['pattern']]}"
         elif item["type"] == "value_error":
             message = message.removeprefix("Value error, ")
-        if item["type"] not in ("kascade_rule", "missing", "extra_forbidden"):
+        if item["type"] not in ("kascade_rule", "kascade_duplicate", "missing", "extra_forbidden"):
             message += _got(item.get("input"))
         problems.append(Problem(source=source, kind=kind, name=name, path=path, message=message))
     return problems

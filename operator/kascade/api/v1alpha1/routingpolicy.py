@@ -14,7 +14,15 @@ KIND = "RoutingPolicy"
 PLURAL = "routingpolicies"
 
 PoolName = Annotated[
-    str, pydantic.Field(min_length=1, max_length=40, pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    str,
+    pydantic.Field(
+        min_length=1,
+        max_length=40,
+        pattern=common.hinted(
+            r"^[a-z]([-a-z0-9]*[a-z0-9])?$",
+            "a LocalModelPool name: lowercase letters, digits and '-', starting with a letter",
+        ),
+    ),
 ]
 """The name of a LocalModelPool in the same namespace."""
 
@@ -24,7 +32,15 @@ ExpertName = Annotated[
 """The name of a CloudExpert in the same namespace."""
 
 Label = Annotated[
-    str, pydantic.Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$")
+    str,
+    pydantic.Field(
+        min_length=1,
+        max_length=63,
+        pattern=common.hinted(
+            r"^[A-Za-z0-9][-A-Za-z0-9_.]*$",
+            "letters, digits, '-', '_' and '.', starting with a letter or digit",
+        ),
+    ),
 ]
 """A task label such as 'code' or 'summarize'."""
 
@@ -110,7 +126,16 @@ class ConfidenceSpec(common.KascadeModel):
 class HeaderMatch(common.KascadeModel):
     """Matches a request header."""
 
-    name: Annotated[str, pydantic.Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9-]+$")]
+    name: Annotated[
+        str,
+        pydantic.Field(
+            min_length=1,
+            max_length=256,
+            pattern=common.hinted(
+                r"^[A-Za-z0-9-]+$", "an HTTP header name: letters, digits and '-'"
+            ),
+        ),
+    ]
     """Header name, case-insensitive."""
 
     values: Annotated[
