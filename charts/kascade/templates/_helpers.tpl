@@ -63,6 +63,9 @@ that names the values and what would be accepted.
 */}}
 {{- define "kascade.validate" -}}
 {{- $gw := .Values.gateway }}
+{{- if and (not $gw.redisUrl) (gt (int $gw.replicas) 1) }}
+{{- fail (printf "gateway.replicas is %d but gateway.redisUrl is empty: more than one gateway replica needs Redis, or budgets and throttles would be counted per replica. Set gateway.redisUrl, or keep gateway.replicas and gateway.hpa.maxReplicas at 1" (int $gw.replicas)) }}
+{{- end }}
 {{- if lt (int $gw.hpa.maxReplicas) (int $gw.replicas) }}
 {{- fail (printf "gateway.hpa.maxReplicas (%d) must be at least gateway.replicas (%d)" (int $gw.hpa.maxReplicas) (int $gw.replicas)) }}
 {{- end }}

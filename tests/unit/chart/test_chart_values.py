@@ -46,6 +46,11 @@ def test_schema_rejects_bad_values_naming_the_key(
     ("flags", "message"),
     [
         pytest.param(
+            ["--set", "gateway.replicas=2", "--set", "gateway.hpa.maxReplicas=2"],
+            "gateway.replicas is 2 but gateway.redisUrl is empty",
+            id="replicas-without-redis",
+        ),
+        pytest.param(
             ["--set", "gateway.hpa.maxReplicas=4"],
             "gateway.hpa.maxReplicas is 4 but gateway.redisUrl is empty",
             id="scale-without-redis",
