@@ -84,6 +84,7 @@ class Release:
 
     name: str
     namespace: str
+    notes: str
 
     @property
     def user(self) -> str:
@@ -127,11 +128,13 @@ def helm(kubeconfig: str) -> Iterator[Runner]:
 def install(helm: Runner, namespace: str, *values: str) -> Release:
     """Installs the chart (without CRDs) under a fresh name; returns the release."""
     name = f"kc-{secrets.token_hex(3)}"
-    helm(
+    proc = helm(
         "install", name, str(CHART), "--namespace", namespace, "--skip-crds",
         "--set", f"fullnameOverride={name}", *values,
     )  # fmt: skip
-    return Release(name=name, namespace=namespace)
+    notes = proc.stdout.partition("NOTES:")[2]
+    assert notes, f"helm install printed no NOTES:\n{proc.stdout}"
+    return Release(name=name, namespace=namespace, notes=notes)
 
 
 def can_i(
@@ -221,6 +224,13 @@ def test_cluster_wide_install_grants_exactly_what_the_operator_needs(
     restrict(kubectl, namespace)
     release = install(helm, namespace)
     wait_rollout(kubectl, release)
+    # The NOTES name the real objects, and warn exactly when KubeRay is missing.
+    assert f"-n {namespace} rollout status deployment/{release.name}-operator" in release.notes
+    assert "The operator watches all namespaces." in release.notes
+    served = kubectl("api-resources", "--api-group=ray.io", "-o", "name").stdout.split()
+    assert ("WARNING: this cluster does not serve ray.io/v1 RayService" in release.notes) == (
+        "rayservices.ray.io" not in served
+    ), release.notes
 
     # Granted everywhere (checked in a namespace other than the release's) ...
     problems = wrong_answers(kubectl, release, NAMESPACED_ALLOWED, namespace="default",
