@@ -72,11 +72,12 @@ async def test_ledgers_agree_on_random_sequences(redis_url: str, seed: int) -> N
                     [0, pair[0].amount_nanos, rng.randint(0, 2 * pair[0].amount_nanos + 1)]
                 )
                 release = rng.random() < 0.3
-                for books, held in zip((memory, shared), pair, strict=True):
+                both: tuple[ledger.Ledger, ledger.Ledger] = (memory, shared)
+                for target, held in zip(both, pair, strict=True):
                     if release:
-                        await books.release(held)
+                        await target.release(held)
                     else:
-                        await books.settle(held, actual_nanos=actual)
+                        await target.settle(held, actual_nanos=actual)
                 if pool is outstanding:
                     finished.append(pair)
             else:

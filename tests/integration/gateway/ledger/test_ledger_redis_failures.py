@@ -176,3 +176,34 @@ async def test_spend_survives_a_redis_restart(tmp_path: Path) -> None:
         await books.close()
         proc.kill()
         proc.wait()
+
+
+async def test_every_key_expires_and_rolling_state_is_per_minute(redis_url: str) -> None:
+    books = ledger.RedisLedger(url=redis_url)
+    throttle = ledger.RedisThrottle(url=redis_url)
+    try:
+        for window in ("rolling-24h", "calendar-day", "calendar-month"):
+            budget = ledger.Budget(limit_nanos=10**12, window=window)  # type: ignore[arg-type]
+            for i in range(200):
+                held = await books.reserve(
+                    expert="e", budget=budget, amount_nanos=10, request_id=f"{i}"
+                )
+                await books.settle(held, actual_nanos=5)
+        permit = await throttle.acquire(expert="e", limits=LIMITS, tokens=1)
+        await throttle.release(permit)
+        await throttle.block_until(expert="e", until=time.time() + 30)
+    finally:
+        await books.close()
+        await throttle.close()
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        keys = sorted(client.scan_iter("kascade:*"))
+        assert "kascade:ledger:{e}:roll:buckets" in keys
+        # Outstanding-reservation keys vanish when empty; everything else carries a TTL.
+        assert not [k for k in keys if k.endswith((":held", ":expiry", ":reserved"))]
+        assert {k: client.ttl(k) for k in keys if client.ttl(k) <= 0} == {}
+        # 200 settles in one minute: one bucket, not one entry per request.
+        assert client.hlen("kascade:ledger:{e}:roll:buckets") <= 2
+        assert client.zcard("kascade:ledger:{e}:roll:idx") <= 2
+    finally:
+        client.close()
