@@ -225,3 +225,17 @@ def _models() -> set[type[pydantic.BaseModel]]:
     for info in crdgen.KINDS:
         visit(info.model)
     return found
+
+
+def test_docs_field_reference_is_up_to_date(tmp_path: Path) -> None:
+    from kascade.api import docgen
+
+    assert docgen.main(["--check"]) == 0, "run python -m kascade.api.docgen"
+    stale = tmp_path / "api.md"
+    stale.write_text(docgen.DOC.read_text().replace("Fewest replicas", "Least replicas"))
+    assert docgen.main(["--check", "--doc", str(stale)]) == 1
+    assert docgen.main(["--doc", str(stale)]) == 0
+    assert stale.read_text() == docgen.DOC.read_text()
+    reference = docgen.field_reference()
+    for field in ("`model.contextLength`", "`budget.limitUSD` (required)", "`confidence.dynamic"):
+        assert field in reference
