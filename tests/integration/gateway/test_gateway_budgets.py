@@ -11,7 +11,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-
 from tests.integration.gateway.conftest import (
     chat,
     expert_config,
@@ -32,7 +31,9 @@ REQUESTS = 300
 
 
 def _budget_expert(url: str, **extra: Any) -> dict[str, Any]:
-    return expert_config(url, budget={"limitUSD": float(LIMIT_USD), "window": "calendar-day"}, **extra)
+    return expert_config(
+        url, budget={"limitUSD": float(LIMIT_USD), "window": "calendar-day"}, **extra
+    )
 
 
 async def _fire(http: aiohttp.ClientSession, urls: list[str], n: int) -> list[tuple[int, Any]]:
@@ -70,12 +71,15 @@ async def _spent(http: aiohttp.ClientSession, url: str) -> Decimal:
     return Decimal(budget["spentUSD"])
 
 
-async def test_memory_ledger_admits_exactly_the_budget(start_sim, start_gateway, http, tmp_path) -> None:
+async def test_memory_ledger_admits_exactly_the_budget(
+    start_sim, start_gateway, http, tmp_path
+) -> None:
     pool = await start_sim(name="pool", confidence=0.1)
     # The expert reports the full worst case as usage, so settling frees nothing.
     expert = await start_sim(name="e1", latency_ms=100, prompt_tokens=50, completion_tokens=50)
     config = gateway_config(
-        pool=pool.url, experts={"e1": _budget_expert(expert.url)},
+        pool=pool.url,
+        experts={"e1": _budget_expert(expert.url)},
         ledger={"checkpointPath": str(tmp_path / "spend.json")},
     )
     gw = await start_gateway(config)
@@ -89,7 +93,9 @@ async def test_memory_ledger_admits_exactly_the_budget(start_sim, start_gateway,
     await gw.app.cleanup()
     gw2 = await start_gateway(config, name="gw2")
     assert await _spent(http, gw2.url) == LIMIT_USD
-    async with http.post(f"{gw2.url}/v1/chat/completions", json=chat(PROMPT, max_tokens=MAX_TOKENS)) as resp:
+    async with http.post(
+        f"{gw2.url}/v1/chat/completions", json=chat(PROMPT, max_tokens=MAX_TOKENS)
+    ) as resp:
         assert "budget_exhausted" in resp.headers["x-kascade-degraded"]
     assert len(expert.records) == 100
 
@@ -98,7 +104,17 @@ def _start_sim_process(tmp: Path, name: str, *args: str) -> tuple[str, Any, Path
     port = gw_free_port()
     record = tmp / f"{name}.jsonl"
     ctx = process(
-        ["-m", "kascade.simexpert", "--port", str(port), "--name", name, "--record", str(record), *args],
+        [
+            "-m",
+            "kascade.simexpert",
+            "--port",
+            str(port),
+            "--name",
+            name,
+            "--record",
+            str(record),
+            *args,
+        ],
         log=tmp / f"{name}.log",
     )
     return f"http://127.0.0.1:{port}", ctx, record
@@ -109,8 +125,18 @@ def _start_gateway_process(tmp: Path, name: str, config: dict[str, Any]) -> tupl
     path = tmp / f"{name}.json"
     path.write_text(json.dumps(config))
     ctx = process(
-        ["-m", "kascade.gateway.server", "--config", str(path), "--port", str(port),
-         "--audit-log", str(tmp / f"{name}-audit.jsonl"), "--log-level", "WARNING"],
+        [
+            "-m",
+            "kascade.gateway.server",
+            "--config",
+            str(path),
+            "--port",
+            str(port),
+            "--audit-log",
+            str(tmp / f"{name}-audit.jsonl"),
+            "--log-level",
+            "WARNING",
+        ],
         log=tmp / f"{name}.log",
     )
     return f"http://127.0.0.1:{port}", ctx
@@ -124,8 +150,11 @@ def _records(path: Path) -> list[dict[str, Any]]:
 async def test_two_gateways_share_one_redis_budget(redis_url: str, tmp_path: Path, http) -> None:
     pool_url, pool_ctx, _ = _start_sim_process(tmp_path, "pool", "--confidence", "0.1")
     e1_url, e1_ctx, e1_record = _start_sim_process(
-        tmp_path, "e1", "--latency-ms", "100", "--prompt-tokens", "50", "--completion-tokens", "50")
-    config = gateway_config(pool=pool_url, experts={"e1": _budget_expert(e1_url)}, ledger={"url": redis_url})
+        tmp_path, "e1", "--latency-ms", "100", "--prompt-tokens", "50", "--completion-tokens", "50"
+    )
+    config = gateway_config(
+        pool=pool_url, experts={"e1": _budget_expert(e1_url)}, ledger={"url": redis_url}
+    )
     a_url, a_ctx = _start_gateway_process(tmp_path, "gw-a", config)
     b_url, b_ctx = _start_gateway_process(tmp_path, "gw-b", config)
     with pool_ctx, e1_ctx, a_ctx, b_ctx:
@@ -138,8 +167,14 @@ async def test_two_gateways_share_one_redis_budget(redis_url: str, tmp_path: Pat
         assert await _spent(http, a_url) == LIMIT_USD
         assert await _spent(http, b_url) == LIMIT_USD
         # Both replicas admitted some of the 100: the budget really is shared.
-        routes = {url: sum(1 for i, (_, h) in enumerate(results) if i % 2 == k and h["x-kascade-route"] == "expert:e1")
-                  for k, url in enumerate((a_url, b_url))}
+        routes = {
+            url: sum(
+                1
+                for i, (_, h) in enumerate(results)
+                if i % 2 == k and h["x-kascade-route"] == "expert:e1"
+            )
+            for k, url in enumerate((a_url, b_url))
+        }
         assert all(n > 0 for n in routes.values()), routes
     # Restart: Redis keeps the spend.
     c_url, c_ctx = _start_gateway_process(tmp_path, "gw-c", config)
@@ -153,8 +188,10 @@ async def test_two_gateways_share_a_60_rpm_throttle(redis_url: str, tmp_path: Pa
     pool_url, pool_ctx, _ = _start_sim_process(tmp_path, "pool", "--confidence", "0.1")
     e1_url, e1_ctx, e1_record = _start_sim_process(tmp_path, "e1", "--latency-ms", "5")
     config = gateway_config(
-        pool=pool_url, experts={"e1": expert_config(e1_url, rateLimits={"requestsPerMinute": 60})},
-        ledger={"url": redis_url})
+        pool=pool_url,
+        experts={"e1": expert_config(e1_url, rateLimits={"requestsPerMinute": 60})},
+        ledger={"url": redis_url},
+    )
     a_url, a_ctx = _start_gateway_process(tmp_path, "gw-a", config)
     b_url, b_ctx = _start_gateway_process(tmp_path, "gw-b", config)
     with pool_ctx, e1_ctx, a_ctx, b_ctx:
@@ -173,4 +210,6 @@ async def test_two_gateways_share_a_60_rpm_throttle(redis_url: str, tmp_path: Pa
         assert len(calls) == 60
         throttled = [h for _, h in results if h["x-kascade-route"] == "local"]
         assert len(throttled) == 150 - 60
-        assert all("e1: throttled_requests_per_minute" in h["x-kascade-degraded"] for h in throttled)
+        assert all(
+            "e1: throttled_requests_per_minute" in h["x-kascade-degraded"] for h in throttled
+        )

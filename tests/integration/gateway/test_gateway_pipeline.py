@@ -7,11 +7,12 @@ import json
 from typing import Any
 
 import aiohttp
-
 from tests.integration.gateway.conftest import chat, expert_config, gateway_config
 
 
-async def _post(http: aiohttp.ClientSession, url: str, body: Any, **kw: Any) -> tuple[int, Any, Any]:
+async def _post(
+    http: aiohttp.ClientSession, url: str, body: Any, **kw: Any
+) -> tuple[int, Any, Any]:
     async with http.post(f"{url}/v1/chat/completions", json=body, **kw) as resp:
         data = await resp.json(content_type=None)
         return resp.status, resp.headers.copy(), data
@@ -20,7 +21,9 @@ async def _post(http: aiohttp.ClientSession, url: str, body: Any, **kw: Any) -> 
 async def test_confident_local_answer_stays_local(start_sim, start_gateway, http) -> None:
     pool = await start_sim(name="pool", confidence=0.95)
     expert = await start_sim(name="e1")
-    gw = await start_gateway(gateway_config(pool=pool.url, experts={"e1": expert_config(expert.url)}))
+    gw = await start_gateway(
+        gateway_config(pool=pool.url, experts={"e1": expert_config(expert.url)})
+    )
     status, headers, body = await _post(http, gw.url, chat("hello there"))
     assert status == 200
     assert headers["x-kascade-route"] == "local"
@@ -31,14 +34,20 @@ async def test_confident_local_answer_stays_local(start_sim, start_gateway, http
     assert body["choices"][0]["message"]["content"] == "[pool] hello there"
     assert expert.records == []
     [line] = gw.audit()
-    assert line["policy"] == "default" and line["generation"] == 3
-    assert line["threshold"] == 0.7 and line["route"] == "local"
+    assert line["policy"] == "default"
+    assert line["generation"] == 3
+    assert line["threshold"] == 0.7
+    assert line["route"] == "local"
 
 
-async def test_low_confidence_escalates_and_settles_actual_cost(start_sim, start_gateway, http) -> None:
+async def test_low_confidence_escalates_and_settles_actual_cost(
+    start_sim, start_gateway, http
+) -> None:
     pool = await start_sim(name="pool", confidence=0.2)
     expert = await start_sim(name="e1", prompt_tokens=1000, completion_tokens=500)
-    gw = await start_gateway(gateway_config(pool=pool.url, experts={"e1": expert_config(expert.url)}))
+    gw = await start_gateway(
+        gateway_config(pool=pool.url, experts={"e1": expert_config(expert.url)})
+    )
     status, headers, body = await _post(http, gw.url, chat("what is the meaning", max_tokens=600))
     assert status == 200, body
     assert headers["x-kascade-route"] == "expert:e1"
@@ -47,14 +56,18 @@ async def test_low_confidence_escalates_and_settles_actual_cost(start_sim, start
     assert headers["x-kascade-cost-usd"] == "0.002"
     assert body["choices"][0]["message"]["content"] == "[e1] what is the meaning"
     [received] = expert.records
-    assert received["body"]["max_tokens"] == 600 and received["auth"] is False
+    assert received["body"]["max_tokens"] == 600
+    assert received["auth"] is False
     async with http.get(f"{gw.url}/v1/kascade/status") as resp:
         status_doc = await resp.json()
     assert status_doc["experts"]["e1"]["budget"]["spentUSD"] == "0.002"
     assert status_doc["experts"]["e1"]["budget"]["reservedUSD"] == "0"
     async with http.get(f"{gw.url}/metrics") as resp:
         text = await resp.text()
-    assert 'kascade_escalations_total{expert="e1",policy="default",reason="low_confidence"} 1.0' in text
+    assert (
+        'kascade_escalations_total{expert="e1",policy="default",reason="low_confidence"} 1.0'
+        in text
+    )
     assert 'kascade_expert_cost_usd_total{expert="e1"} 0.002' in text
     assert 'kascade_confidence_count{policy="default"} 1.0' in text
 
@@ -66,27 +79,40 @@ async def test_anthropic_and_azure_providers(start_sim, start_gateway, http, mon
     anth = await start_sim(name="claude", prompt_tokens=10, completion_tokens=20)
     azure = await start_sim(name="azure", prompt_tokens=10, completion_tokens=20)
     experts = {
-        "claude": expert_config(anth.url, provider="anthropic", credentials={"env": "ANTHROPIC_KEY"}),
+        "claude": expert_config(
+            anth.url, provider="anthropic", credentials={"env": "ANTHROPIC_KEY"}
+        ),
         "azure": expert_config(
-            azure.url, provider="azure-openai", model="gpt4o-deploy", apiVersion="2024-06-01",
+            azure.url,
+            provider="azure-openai",
+            model="gpt4o-deploy",
+            apiVersion="2024-06-01",
             credentials={"env": "AZURE_KEY"},
         ),
     }
     gw = await start_gateway(gateway_config(pool=pool.url, experts=experts))
-    body = {"model": "default", "messages": [
-        {"role": "system", "content": "be brief"}, {"role": "user", "content": "hi claude"}]}
+    body = {
+        "model": "default",
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "hi claude"},
+        ],
+    }
     status, headers, data = await _post(http, gw.url, body)
-    assert status == 200 and headers["x-kascade-route"] == "expert:claude"
+    assert status == 200
+    assert headers["x-kascade-route"] == "expert:claude"
     assert data["choices"][0]["message"]["content"] == "[claude] hi claude"
     assert data["usage"] == {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}
     [rec] = anth.records
-    assert rec["path"] == "/v1/messages" and rec["auth"] is True
+    assert rec["path"] == "/v1/messages"
+    assert rec["auth"] is True
     assert rec["body"]["system"] == "be brief"
     assert rec["body"]["messages"] == [{"role": "user", "content": "hi claude"}]
     # Break claude: the next expert is azure, on its deployment path.
     anth.set(fail_every=1)
     status, headers, data = await _post(http, gw.url, body)
-    assert status == 200 and headers["x-kascade-route"] == "expert:azure"
+    assert status == 200
+    assert headers["x-kascade-route"] == "expert:azure"
     [rec] = azure.records
     assert rec["path"] == "/openai/deployments/gpt4o-deploy/chat/completions?api-version=2024-06-01"
     async with http.get(f"{gw.url}/v1/kascade/status") as resp:
@@ -117,23 +143,29 @@ async def test_streaming_local_and_expert(start_sim, start_gateway, http) -> Non
     pool = await start_sim(name="pool", confidence=0.9)
     oai = await start_sim(name="oai", prompt_tokens=7, completion_tokens=3)
     anth = await start_sim(name="claude", prompt_tokens=7, completion_tokens=3)
-    experts = {"oai": expert_config(oai.url), "claude": expert_config(anth.url, provider="anthropic")}
+    experts = {
+        "oai": expert_config(oai.url),
+        "claude": expert_config(anth.url, provider="anthropic"),
+    }
     gw = await start_gateway(gateway_config(pool=pool.url, experts=experts))
     # Confident: buffered local answer re-sent as SSE.
     headers, events = await _sse(http, gw.url, chat("stream me", stream=True))
-    assert headers["x-kascade-route"] == "local" and events[-1] == "[DONE]"
+    assert headers["x-kascade-route"] == "local"
+    assert events[-1] == "[DONE]"
     assert _text(events) == "[pool] stream me"
     # Low confidence: the expert's SSE is proxied and its usage settles the cost.
     pool.set(confidence=0.1)
     headers, events = await _sse(http, gw.url, chat("stream expert words", stream=True))
-    assert headers["x-kascade-route"] == "expert:oai" and events[-1] == "[DONE]"
+    assert headers["x-kascade-route"] == "expert:oai"
+    assert events[-1] == "[DONE]"
     assert _text(events) == "[oai] stream expert words"
     assert oai.records[0]["body"]["stream"] is True
     # Anthropic events translated into OpenAI chunks.
     oai.set(fail_every=1)
     headers, events = await _sse(http, gw.url, chat("stream claude", stream=True))
     assert headers["x-kascade-route"] == "expert:claude"
-    assert _text(events) == "[claude] stream claude" and events[-1] == "[DONE]"
+    assert _text(events) == "[claude] stream claude"
+    assert events[-1] == "[DONE]"
     audit = gw.audit()
     assert [a["cost_usd"] for a in audit] == ["0", "0.000013", "0.000013"]
 
@@ -154,21 +186,28 @@ async def test_rules_route_before_the_local_pass(start_sim, start_gateway, http)
     config = gateway_config(
         pool=pool.url,
         experts={"e1": expert_config(expert.url)},
-        policy={"rules": [
-            {"when": {"promptTokensOver": 50}, "action": "expert", "target": "e1"},
-            {"when": {"taskLabel": "code"}, "action": "tier", "target": "big"},
-            {"when": {"header": {"name": "x-keep-local", "value": "yes"}}, "action": "local"},
-        ]},
+        policy={
+            "rules": [
+                {"when": {"promptTokensOver": 50}, "action": "expert", "target": "e1"},
+                {"when": {"taskLabel": "code"}, "action": "tier", "target": "big"},
+                {"when": {"header": {"name": "x-keep-local", "value": "yes"}}, "action": "local"},
+            ]
+        },
         pools={"big": {"endpoint": big.url, "model": "big"}},
     )
     gw = await start_gateway(config)
-    status, headers, _ = await _post(http, gw.url, chat("long " * 100))
-    assert headers["x-kascade-route"] == "expert:e1" and headers["x-kascade-reason"] == "rule"
+    _, headers, _ = await _post(http, gw.url, chat("long " * 100))
+    assert headers["x-kascade-route"] == "expert:e1"
+    assert headers["x-kascade-reason"] == "rule"
     assert pool.records == []
-    status, headers, body = await _post(http, gw.url, chat("write code"), headers={"x-kascade-task": "code"})
-    assert headers["x-kascade-route"] == "local" and body["choices"][0]["message"]["content"] == "[big] write code"
-    status, headers, _ = await _post(http, gw.url, chat("short"), headers={"x-keep-local": "yes"})
-    assert headers["x-kascade-route"] == "local" and headers["x-kascade-reason"] == "no_experts"
+    _, headers, body = await _post(
+        http, gw.url, chat("write code"), headers={"x-kascade-task": "code"}
+    )
+    assert headers["x-kascade-route"] == "local"
+    assert body["choices"][0]["message"]["content"] == "[big] write code"
+    _status, headers, _ = await _post(http, gw.url, chat("short"), headers={"x-keep-local": "yes"})
+    assert headers["x-kascade-route"] == "local"
+    assert headers["x-kascade-reason"] == "no_experts"
     assert len(expert.records) == 1
     assert [a["rule"] for a in gw.audit()] == [0, 1, 2]
 
@@ -179,58 +218,106 @@ async def test_overflow_escalate_reject_wait(start_sim, start_gateway, http) -> 
     experts = {"e1": expert_config(expert.url)}
     gw = await start_gateway(gateway_config(pool=pool.url, experts=experts))
     status, headers, _ = await _post(http, gw.url, chat("busy"))
-    assert headers["x-kascade-route"] == "expert:e1" and headers["x-kascade-reason"] == "overflow"
-    gw2 = await start_gateway(gateway_config(pool=pool.url, experts=experts, policy={"overflow": "reject"}), name="gw2")
+    assert headers["x-kascade-route"] == "expert:e1"
+    assert headers["x-kascade-reason"] == "overflow"
+    gw2 = await start_gateway(
+        gateway_config(pool=pool.url, experts=experts, policy={"overflow": "reject"}), name="gw2"
+    )
     status, headers, body = await _post(http, gw2.url, chat("busy"))
-    assert status == 429 and body["error"]["code"] == "pool_saturated" and headers["retry-after"] == "1"
-    gw3 = await start_gateway(gateway_config(pool=pool.url, experts=experts, policy={"overflow": "wait", "overflowWaitMillis": 300}), name="gw3")
+    assert status == 429
+    assert body["error"]["code"] == "pool_saturated"
+    assert headers["retry-after"] == "1"
+    gw3 = await start_gateway(
+        gateway_config(
+            pool=pool.url, experts=experts, policy={"overflow": "wait", "overflowWaitMillis": 300}
+        ),
+        name="gw3",
+    )
     pool.set(throttle_every=2, retry_after=0.1)  # every other call is saturated
     pool.app  # noqa: B018
     status, headers, body = await _post(http, gw3.url, chat("wait for it"))
-    assert status == 200 and headers["x-kascade-route"] == "local"
+    assert status == 200
+    assert headers["x-kascade-route"] == "local"
 
 
 async def test_exact_cache_serves_repeats(start_sim, start_gateway, http) -> None:
     pool = await start_sim(name="pool", confidence=0.1)
     expert = await start_sim(name="e1")
-    gw = await start_gateway(gateway_config(pool=pool.url, experts={"e1": expert_config(expert.url)},
-                                            policy={"cache": {"exact": {"ttlSeconds": 60}}}))
+    gw = await start_gateway(
+        gateway_config(
+            pool=pool.url,
+            experts={"e1": expert_config(expert.url)},
+            policy={"cache": {"exact": {"ttlSeconds": 60}}},
+        )
+    )
     _, h1, b1 = await _post(http, gw.url, chat("cache  me"))
     _, h2, b2 = await _post(http, gw.url, chat("cache me"))
     assert h1["x-kascade-route"] == "expert:e1"
-    assert h2["x-kascade-route"] == "cache" and h2["x-kascade-reason"] == "cache_exact"
-    assert h2["x-kascade-cost-usd"] == "0" and b1 == b2
+    assert h2["x-kascade-route"] == "cache"
+    assert h2["x-kascade-reason"] == "cache_exact"
+    assert h2["x-kascade-cost-usd"] == "0"
+    assert b1 == b2
     _, h3, _ = await _post(http, gw.url, chat("cache me", temperature=0.5))
     assert h3["x-kascade-route"] == "expert:e1"
     assert len(expert.records) == 2
 
 
-async def test_bad_inputs_get_openai_errors_and_cost_nothing(start_sim, start_gateway, http) -> None:
+async def test_bad_inputs_get_openai_errors_and_cost_nothing(
+    start_sim, start_gateway, http
+) -> None:
     pool = await start_sim(name="pool", confidence=0.1)
     expert = await start_sim(name="e1")
-    gw = await start_gateway(gateway_config(pool=pool.url, experts={"e1": expert_config(expert.url)},
-                                            limits={"maxBodyBytes": 2048}))
+    gw = await start_gateway(
+        gateway_config(
+            pool=pool.url, experts={"e1": expert_config(expert.url)}, limits={"maxBodyBytes": 2048}
+        )
+    )
     cases = [
         (b"{not json", 400, None, "invalid_json"),
         (b"[1, 2]", 400, None, "invalid_type"),
-        (json.dumps({"model": "nope", "messages": [{"role": "user", "content": "x"}]}).encode(), 404, "model", "model_not_found"),
-        (json.dumps({"model": "default", "messages": "hi"}).encode(), 400, "messages", "invalid_value"),
-        (json.dumps({"model": "default", "messages": [{"role": "bot", "content": "x"}]}).encode(), 400, "messages[0].role", "invalid_value"),
-        (json.dumps({"model": "default", "messages": [{"role": "user", "content": 5}]}).encode(), 400, "messages[0].content", "invalid_value"),
+        (
+            json.dumps({"model": "nope", "messages": [{"role": "user", "content": "x"}]}).encode(),
+            404,
+            "model",
+            "model_not_found",
+        ),
+        (
+            json.dumps({"model": "default", "messages": "hi"}).encode(),
+            400,
+            "messages",
+            "invalid_value",
+        ),
+        (
+            json.dumps(
+                {"model": "default", "messages": [{"role": "bot", "content": "x"}]}
+            ).encode(),
+            400,
+            "messages[0].role",
+            "invalid_value",
+        ),
+        (
+            json.dumps({"model": "default", "messages": [{"role": "user", "content": 5}]}).encode(),
+            400,
+            "messages[0].content",
+            "invalid_value",
+        ),
         (json.dumps(chat("x", max_tokens="many")).encode(), 400, "max_tokens", "invalid_value"),
         (json.dumps(chat("x", temperature=9)).encode(), 400, "temperature", "invalid_value"),
         (json.dumps(chat("x", stream="yes")).encode(), 400, "stream", "invalid_value"),
         (json.dumps(chat("x" * 5000)).encode(), 413, None, "request_too_large"),
     ]
     for raw, status, param, code in cases:
-        async with http.post(f"{gw.url}/v1/chat/completions", data=raw,
-                             headers={"content-type": "application/json"}) as resp:
+        async with http.post(
+            f"{gw.url}/v1/chat/completions", data=raw, headers={"content-type": "application/json"}
+        ) as resp:
             body = await resp.json()
             assert resp.status == status, (raw[:40], body)
             assert set(body["error"]) == {"message", "type", "param", "code"}
-            assert body["error"]["param"] == param and body["error"]["code"] == code
+            assert body["error"]["param"] == param
+            assert body["error"]["code"] == code
             assert body["error"]["message"]
-    assert pool.records == [] and expert.records == []
+    assert pool.records == []
+    assert expert.records == []
     async with http.get(f"{gw.url}/v1/kascade/status") as resp:
         doc = await resp.json()
     assert doc["experts"]["e1"]["budget"]["spentUSD"] == "0"
@@ -241,10 +328,15 @@ async def test_api_keys_models_feedback_health(start_sim, start_gateway, http, t
     keys = tmp_path / "keys"
     keys.write_text("# comment\nkey-one\nkey-two\n")
     pool = await start_sim(name="pool", confidence=0.9)
-    gw = await start_gateway(gateway_config(pool=pool.url, experts={}, auth={"apiKeysFile": str(keys)}))
+    gw = await start_gateway(
+        gateway_config(pool=pool.url, experts={}, auth={"apiKeysFile": str(keys)})
+    )
     status, _, body = await _post(http, gw.url, chat("hi"))
-    assert status == 401 and body["error"]["code"] == "invalid_api_key"
-    status, _, body = await _post(http, gw.url, chat("hi"), headers={"authorization": "Bearer wrong"})
+    assert status == 401
+    assert body["error"]["code"] == "invalid_api_key"
+    status, _, body = await _post(
+        http, gw.url, chat("hi"), headers={"authorization": "Bearer wrong"}
+    )
     assert status == 401
     auth = {"authorization": "Bearer key-two"}
     status, headers, _ = await _post(http, gw.url, chat("hi"), headers=auth)
@@ -255,10 +347,18 @@ async def test_api_keys_models_feedback_health(start_sim, start_gateway, http, t
         async with http.get(gw.url + path) as resp:
             assert resp.status == 200
     rid = headers["x-kascade-request-id"]
-    async with http.post(f"{gw.url}/v1/kascade/feedback", json={"request_id": rid, "rating": "down", "policy": "default"}, headers=auth) as resp:
-        assert resp.status == 200 and (await resp.json())["label"] == "negative"
-    async with http.post(f"{gw.url}/v1/kascade/feedback", json={"request_id": rid, "rating": 9}, headers=auth) as resp:
-        assert resp.status == 400 and (await resp.json())["error"]["param"] == "rating"
+    async with http.post(
+        f"{gw.url}/v1/kascade/feedback",
+        json={"request_id": rid, "rating": "down", "policy": "default"},
+        headers=auth,
+    ) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["label"] == "negative"
+    async with http.post(
+        f"{gw.url}/v1/kascade/feedback", json={"request_id": rid, "rating": 9}, headers=auth
+    ) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"]["param"] == "rating"
     async with http.get(f"{gw.url}/metrics") as resp:
         assert 'kascade_feedback_total{policy="default",rating="negative"} 1.0' in await resp.text()
     assert gw.audit()[-1]["type"] == "feedback"

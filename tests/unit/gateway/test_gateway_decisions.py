@@ -1,0 +1,150 @@
+"""Confidence reading, the dynamic threshold formula, the circuit breaker, rules and
+request validation."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import pytest
+
+from kascade.gateway import breaker, confidence, config, errors, request, rules
+
+
+def test_confidence_from_body_header_or_logprobs() -> None:
+    assert confidence.extract(body={"confidence": 0.8}, headers={}, method="margin") == 0.8
+    by_method = {"confidence": {"mean_token_prob": 0.7, "min_token_prob": 0.2}}
+    assert confidence.extract(body=by_method, headers={}, method="min-token-prob") == 0.2
+    assert confidence.extract(body={}, headers={"x-kascade-confidence": "0.55"}, method="x") == 0.55
+    assert confidence.extract(body={"confidence": 7}, headers={}, method="x") is None
+    tokens = [
+        {
+            "logprob": math.log(0.9),
+            "top_logprobs": [{"logprob": math.log(0.9)}, {"logprob": math.log(0.05)}],
+        },
+        {
+            "logprob": math.log(0.5),
+            "top_logprobs": [{"logprob": math.log(0.5)}, {"logprob": math.log(0.4)}],
+        },
+    ]
+    body = {"choices": [{"logprobs": {"content": tokens}}]}
+    assert confidence.extract(body=body, headers={}, method="mean-token-prob") == pytest.approx(0.7)
+    assert confidence.extract(body=body, headers={}, method="min-token-prob") == pytest.approx(0.5)
+    assert confidence.extract(body=body, headers={}, method="margin") == pytest.approx(
+        (0.85 + 0.1) / 2
+    )
+
+
+def _conf(**dynamic: float) -> config.ConfidenceConfig:
+    return config.ConfidenceConfig(
+        threshold=0.6,
+        dynamic=config.DynamicThreshold(minThreshold=0.4, maxThreshold=0.8, **dynamic),
+    )
+
+
+def test_dynamic_threshold_formula() -> None:
+    c = _conf(budgetPressure=1.0)
+    # On pace, all experts up: the base threshold.
+    assert confidence.threshold(confidence=c, burn=1.0, unavailable_fraction=0) == pytest.approx(
+        0.6
+    )
+    # Burning 1.5x the pace: p = 0.5, halfway down to minThreshold (fewer escalations).
+    assert confidence.threshold(confidence=c, burn=1.5, unavailable_fraction=0) == pytest.approx(
+        0.5
+    )
+    # Way over pace or every expert down: clamped at minThreshold.
+    assert confidence.threshold(confidence=c, burn=9, unavailable_fraction=0) == pytest.approx(0.4)
+    assert confidence.threshold(confidence=c, burn=1.0, unavailable_fraction=1) == pytest.approx(
+        0.4
+    )
+    # Half the pace: p = -0.5, halfway up to maxThreshold (use the unspent budget).
+    assert confidence.threshold(confidence=c, burn=0.5, unavailable_fraction=0) == pytest.approx(
+        0.7
+    )
+    assert confidence.threshold(confidence=c, burn=0.0, unavailable_fraction=0) == pytest.approx(
+        0.8
+    )
+    # Unknown burn: only availability counts.
+    assert confidence.threshold(confidence=c, burn=None, unavailable_fraction=0.5) == pytest.approx(
+        0.5
+    )
+    static = config.ConfidenceConfig(threshold=0.65)
+    assert confidence.threshold(confidence=static, burn=5, unavailable_fraction=1) == 0.65
+
+
+def test_circuit_breaker_states() -> None:
+    b = breaker.CircuitBreaker(
+        config=config.CircuitBreakerConfig(
+            failureThreshold=2, openSeconds=0.05, halfOpenMaxRequests=2
+        )
+    )
+    assert b.allow()
+    assert b.state == "closed"
+    b.record_failure()
+    b.record_success()  # success resets the count
+    b.record_failure()
+    assert b.state == "closed"
+    b.record_failure()
+    assert b.state == "open"
+    assert not b.allow()
+    assert not b.available()
+    time.sleep(0.06)
+    assert b.state == "half-open"
+    assert b.allow()
+    assert b.allow()
+    assert not b.allow()
+    b.record_success()
+    assert b.state == "closed"
+    b.record_failure()
+    b.record_failure()
+    time.sleep(0.06)
+    assert b.allow()
+    b.record_failure()  # a failed trial re-opens at once
+    assert b.state == "open"
+
+
+def test_rules_first_match_wins() -> None:
+    rule_list = [
+        config.Rule(when=config.RuleWhen(promptTokensOver=100, taskLabel="code"), action="expert"),
+        config.Rule(
+            when=config.RuleWhen(header=config.HeaderMatch(name="x-a", value="1")), action="local"
+        ),
+    ]
+    assert (
+        rules.match(rules=rule_list, prompt_tokens=200, headers={"x-kascade-task": "code"})[0] == 0
+    )  # type: ignore[index]
+    assert rules.match(rules=rule_list, prompt_tokens=200, headers={}) is None
+    assert rules.match(rules=rule_list, prompt_tokens=5, headers={"x-a": "1"})[0] == 1  # type: ignore[index]
+
+
+def test_request_parse_bounds_prompt_tokens_by_bytes() -> None:
+    raw = json.dumps(
+        {"model": "p", "messages": [{"role": "user", "content": "héllo"}], "max_tokens": 9}
+    )
+    chat = request.parse(raw.encode())
+    assert chat.prompt_bound == 16 + 8 + len("héllo".encode())
+    assert chat.max_tokens == 9
+    assert chat.stream is False
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": [{"role": "user", "content": "x"}]}, "model"),
+        ({"model": "p", "messages": []}, "messages"),
+        ({"model": "p", "messages": ["x"]}, "messages[0]"),
+        ({"model": "p", "messages": [{"role": "user", "content": "x"}], "n": 2}, "n"),
+        ({"model": "p", "messages": [{"role": "user", "content": "x"}], "top_p": True}, "top_p"),
+        (
+            {"model": "p", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0},
+            "max_tokens",
+        ),
+    ],
+)
+def test_request_errors_name_the_param(body: dict[str, object], param: str) -> None:
+    with pytest.raises(errors.ApiError) as info:
+        request.parse(json.dumps(body).encode())
+    assert info.value.status == 400
+    assert info.value.param == param
+    assert json.loads(info.value.body())["error"]["param"] == param
