@@ -13,9 +13,17 @@ from kascade.gateway.ledger import _errors
 FORMAT_VERSION = 1
 
 
-def write_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Writes ``payload`` as JSON to ``path`` so a reader sees the old or the new file, whole."""
-    data = json.dumps({"version": FORMAT_VERSION, **payload}, separators=(",", ":")).encode()
+def encode(payload: dict[str, Any]) -> bytes:
+    """The checkpoint file's bytes for ``payload``.
+
+    Called on the event loop, so the live state is not mutated while it is read;
+    only the bytes go to the writer thread.
+    """
+    return json.dumps({"version": FORMAT_VERSION, **payload}, separators=(",", ":")).encode()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Writes ``data`` to ``path`` so that a reader sees the old or the new file, whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

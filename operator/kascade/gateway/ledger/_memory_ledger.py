@@ -167,7 +167,8 @@ class MemoryLedger:
         if self._writer is not None:
             await self._writer
         if self._path is not None:
-            await asyncio.to_thread(_checkpoint.write_atomic, self._path, self._dump())
+            data = _checkpoint.encode(self._dump())
+            await asyncio.to_thread(_checkpoint.write_atomic, self._path, data)
 
     # -- checkpointing -------------------------------------------------------------
 
@@ -189,9 +190,9 @@ class MemoryLedger:
         while self._dirty:
             self._dirty = False
             # Serialised here, on the loop, so the state is consistent; written off it.
-            payload = self._dump()
+            data = _checkpoint.encode(self._dump())
             try:
-                await asyncio.to_thread(_checkpoint.write_atomic, self._path, payload)
+                await asyncio.to_thread(_checkpoint.write_atomic, self._path, data)
             except OSError as exc:
                 self._dirty = True
                 logger.error("Failed to write ledger checkpoint path=%s error=%s", self._path, exc)

@@ -77,3 +77,28 @@ def test_bad_settings_are_refused() -> None:
         ledger.MemoryLedger(checkpoint_interval_s=5)
     with pytest.raises(ValueError, match="permit_ttl_s"):
         ledger.MemoryThrottle(permit_ttl_s=-1)
+
+
+async def test_checkpoints_written_while_the_books_change_stay_consistent(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "spend.json"
+    books = ledger.MemoryLedger(checkpoint_path=path, checkpoint_interval_s=0)
+
+    async def spend(expert: str) -> None:
+        for i in range(40):
+            budget = ledger.Budget(limit_nanos=10**9, window="calendar-day")
+            held = await books.reserve(
+                expert=expert, budget=budget, amount_nanos=9, request_id=f"{i}"
+            )
+            await asyncio.sleep(0)  # let the writer thread run while books change
+            await books.settle(held, actual_nanos=3)
+
+    # New experts and keys appear while the writer thread is busy with earlier states.
+    await asyncio.gather(*(spend(f"expert-{n}") for n in range(50)))
+    await books.close()
+    again = ledger.MemoryLedger(checkpoint_path=path)
+    for n in range(50):
+        budget = ledger.Budget(limit_nanos=10**9, window="calendar-day")
+        assert (await again.snapshot(expert=f"expert-{n}", budget=budget)).spent_nanos == 120
+    await again.close()
