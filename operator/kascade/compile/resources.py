@@ -1,0 +1,380 @@
+"""Pure builders: Kascade objects -> the Kubernetes objects that run them.
+
+Object in, manifest dict out; no API calls. The operator applies these with server-side
+apply; ``kascade render`` prints them for review.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from kascade.api import v1alpha1
+from kascade.compile import gateway as compile_gateway
+from kascade.gateway import config as gw
+from kascade.serving import config as serving_config
+
+Manifest = dict[str, Any]
+
+SPEC_HASH = "kascade.io/spec-hash"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "kascade"}
+GATEWAY_NAME = "kascade-gateway"
+GATEWAY_PORT = 8080
+GATEWAY_CONFIG_DIR = "/etc/kascade/gateway"
+GATEWAY_CONFIG_FILE = "config.json"
+SERVE_PORT = 8000
+RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Cluster-wide defaults (from the operator's environment, set by the Helm chart)."""
+
+    gateway_image: str = "ghcr.io/kascade/gateway:0.1.0"
+    serving_image: str = "ghcr.io/kascade/serving:0.1.0"
+    ray_version: str = "2.40.0"
+    gateway_replicas: int = 1
+    gateway_cpu_request: str = "250m"
+    gateway_memory_request: str = "256Mi"
+    gateway_memory_limit: str = "512Mi"
+    gateway_hpa_max: int = 5
+    redis_url: str | None = None
+
+
+def spec_hash(manifest: Manifest) -> str:
+    """A stable hash of what the operator wants a child to look like."""
+    body = {k: v for k, v in manifest.items() if k != "status"}
+    meta = dict(body.get("metadata", {}))
+    annotations = {k: v for k, v in meta.get("annotations", {}).items() if k != SPEC_HASH}
+    meta["annotations"] = annotations
+    body["metadata"] = meta
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    return digest[:16]
+
+
+def with_hash(manifest: Manifest) -> Manifest:
+    manifest["metadata"].setdefault("annotations", {})[SPEC_HASH] = spec_hash(manifest)
+    return manifest
+
+
+def owner_reference(obj: dict[str, Any]) -> dict[str, Any]:
+    """An ownerReference to a Kascade object given as its raw body (needs uid)."""
+    meta = obj["metadata"]
+    return {
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": False,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _meta(
+    name: str, namespace: str, *, labels: dict[str, str], owners: list[dict[str, Any]]
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": namespace,
+        "labels": {**MANAGED_BY, **labels},
+    }
+    if owners:
+        meta["ownerReferences"] = owners
+    return meta
+
+
+def serve_endpoint(*, pool: str, namespace: str) -> str:
+    """The in-cluster URL of a pool's Serve application (KubeRay's serve Service)."""
+    return f"http://{pool}-serve-svc.{namespace}.svc:{SERVE_PORT}"
+
+
+def build_rayservice(
+    *,
+    pool: v1alpha1.LocalModelPool,
+    serving: serving_config.PoolServingConfig,
+    namespace: str,
+    settings: Settings,
+    owners: list[dict[str, Any]],
+) -> Manifest:
+    """The KubeRay RayService that serves one LocalModelPool."""
+    spec = pool.spec
+    name = pool.metadata.name
+    serve_config = {
+        "applications": [
+            {
+                "name": name,
+                "route_prefix": "/",
+                "import_path": "kascade.serving.app:build_app",
+                "args": serving.to_args(),
+            }
+        ]
+    }
+    requests: dict[str, Any] = {
+        "cpu": str(spec.resources.cpu),
+        "memory": str(spec.resources.memory),
+    }
+    limits: dict[str, Any] = {"memory": str(spec.resources.memory)}
+    if spec.resources.gpu:
+        limits["nvidia.com/gpu"] = str(spec.resources.gpu)
+    worker_pod: dict[str, Any] = {
+        "containers": [
+            {
+                "name": "ray-worker",
+                "image": settings.serving_image,
+                "resources": {"requests": requests, "limits": limits},
+                "securityContext": {"allowPrivilegeEscalation": False},
+            }
+        ],
+    }
+    placement = spec.placement
+    if placement.node_selector:
+        worker_pod["nodeSelector"] = dict(placement.node_selector)
+    if placement.tolerations:
+        worker_pod["tolerations"] = [
+            t.model_dump(by_alias=True, exclude_none=True) for t in placement.tolerations
+        ]
+    if placement.affinity:
+        worker_pod["affinity"] = placement.affinity
+    replicas = spec.replicas
+    initial = replicas.initial if replicas.initial is not None else max(replicas.min, 1)
+    manifest: Manifest = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": _meta(name, namespace, labels={"kascade.io/pool": name}, owners=owners),
+        "spec": {
+            "serveConfigV2": yaml.safe_dump(serve_config, sort_keys=True),
+            "rayClusterConfig": {
+                "rayVersion": settings.ray_version,
+                "enableInTreeAutoscaling": replicas.min < replicas.max,
+                "headGroupSpec": {
+                    # The head runs no replicas, so model pods land only on pool nodes.
+                    "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+                    "template": {
+                        "spec": {
+                            "containers": [
+                                {
+                                    "name": "ray-head",
+                                    "image": settings.serving_image,
+                                    "resources": {
+                                        "requests": {"cpu": "500m", "memory": "1Gi"},
+                                        "limits": {"memory": "2Gi"},
+                                    },
+                                    "ports": [
+                                        {"containerPort": 6379, "name": "gcs"},
+                                        {"containerPort": 8265, "name": "dashboard"},
+                                        {"containerPort": 10001, "name": "client"},
+                                        {"containerPort": SERVE_PORT, "name": "serve"},
+                                    ],
+                                }
+                            ]
+                        }
+                    },
+                },
+                "workerGroupSpecs": [
+                    {
+                        "groupName": "model",
+                        "replicas": initial,
+                        "minReplicas": replicas.min,
+                        "maxReplicas": replicas.max,
+                        "rayStartParams": {},
+                        "template": {"spec": worker_pod},
+                    }
+                ],
+            },
+        },
+    }
+    return with_hash(manifest)
+
+
+def secret_volumes(experts: list[v1alpha1.CloudExpert]) -> tuple[list[Any], list[Any]]:
+    """Volumes and mounts that put each referenced Secret key where the config expects it."""
+    keys: dict[str, set[str]] = {}
+    for expert in experts:
+        if expert.spec.credentials is not None:
+            ref = expert.spec.credentials.secret_ref
+            keys.setdefault(ref.name, set()).add(ref.key)
+    volumes, mounts = [], []
+    for index, (secret, secret_keys) in enumerate(sorted(keys.items())):
+        volume = f"secret-{index}"
+        volumes.append(
+            {
+                "name": volume,
+                "secret": {
+                    "secretName": secret,
+                    "items": [{"key": k, "path": k} for k in sorted(secret_keys)],
+                    # A Secret that does not exist yet must not block the gateway pod;
+                    # the CloudExpert reports CredentialsMissing instead.
+                    "optional": True,
+                },
+            }
+        )
+        mounts.append(
+            {
+                "name": volume,
+                "mountPath": f"{compile_gateway.SECRETS_MOUNT}/{secret}",
+                "readOnly": True,
+            }
+        )
+    return volumes, mounts
+
+
+def build_gateway(
+    *,
+    namespace: str,
+    config: gw.GatewayConfig,
+    experts: list[v1alpha1.CloudExpert],
+    settings: Settings,
+    owners: list[dict[str, Any]],
+    service_monitor: bool,
+) -> list[Manifest]:
+    """ConfigMap, Deployment, Service, PDB, HPA (and ServiceMonitor) of a namespace's gateway."""
+    labels = {"app.kubernetes.io/name": GATEWAY_NAME, "app.kubernetes.io/instance": namespace}
+    selector = dict(labels)
+    config_json = json.dumps(
+        config.model_dump(mode="json", by_alias=True, exclude_none=True), indent=2, sort_keys=True
+    )
+    shared = settings.redis_url is not None
+    replicas = settings.gateway_replicas if shared else 1
+    volumes, mounts = secret_volumes(experts)
+    volumes = [
+        {"name": "config", "configMap": {"name": GATEWAY_NAME}},
+        {"name": "state", "emptyDir": {}},
+        *volumes,
+    ]
+    mounts = [
+        {"name": "config", "mountPath": GATEWAY_CONFIG_DIR, "readOnly": True},
+        {"name": "state", "mountPath": "/var/lib/kascade"},
+        *mounts,
+    ]
+    probe = {"httpGet": {"port": "http"}, "periodSeconds": 10, "timeoutSeconds": 2}
+    deployment: Manifest = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(GATEWAY_NAME, namespace, labels=labels, owners=owners),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 65532,
+                        "runAsGroup": 65532,
+                        "fsGroup": 65532,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [
+                        {
+                            "name": "gateway",
+                            "image": settings.gateway_image,
+                            "args": [
+                                "gateway",
+                                "--config",
+                                f"{GATEWAY_CONFIG_DIR}/{GATEWAY_CONFIG_FILE}",
+                                "--host",
+                                "0.0.0.0",
+                                "--port",
+                                str(GATEWAY_PORT),
+                            ],
+                            "ports": [{"name": "http", "containerPort": GATEWAY_PORT}],
+                            "readinessProbe": {
+                                **probe,
+                                "httpGet": {"path": "/readyz", "port": "http"},
+                            },
+                            "livenessProbe": {
+                                **probe,
+                                "httpGet": {"path": "/healthz", "port": "http"},
+                                "failureThreshold": 6,
+                            },
+                            "resources": {
+                                "requests": {
+                                    "cpu": settings.gateway_cpu_request,
+                                    "memory": settings.gateway_memory_request,
+                                },
+                                "limits": {"memory": settings.gateway_memory_limit},
+                            },
+                            "securityContext": RESTRICTED_CONTAINER,
+                            "volumeMounts": mounts,
+                        }
+                    ],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+    objects: list[Manifest] = [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": _meta(GATEWAY_NAME, namespace, labels=labels, owners=owners),
+            "data": {GATEWAY_CONFIG_FILE: config_json},
+        },
+        deployment,
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _meta(GATEWAY_NAME, namespace, labels=labels, owners=owners),
+            "spec": {
+                "selector": selector,
+                "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+            },
+        },
+        {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": _meta(GATEWAY_NAME, namespace, labels=labels, owners=owners),
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
+        },
+    ]
+    if shared:
+        # Several replicas only keep budgets exact when they share the Redis ledger.
+        objects.append(
+            {
+                "apiVersion": "autoscaling/v2",
+                "kind": "HorizontalPodAutoscaler",
+                "metadata": _meta(GATEWAY_NAME, namespace, labels=labels, owners=owners),
+                "spec": {
+                    "scaleTargetRef": {
+                        "apiVersion": "apps/v1",
+                        "kind": "Deployment",
+                        "name": GATEWAY_NAME,
+                    },
+                    "minReplicas": replicas,
+                    "maxReplicas": max(replicas, settings.gateway_hpa_max),
+                    "metrics": [
+                        {
+                            "type": "Resource",
+                            "resource": {
+                                "name": "cpu",
+                                "target": {"type": "Utilization", "averageUtilization": 70},
+                            },
+                        }
+                    ],
+                },
+            }
+        )
+    if service_monitor:
+        objects.append(
+            {
+                "apiVersion": "monitoring.coreos.com/v1",
+                "kind": "ServiceMonitor",
+                "metadata": _meta(GATEWAY_NAME, namespace, labels=labels, owners=owners),
+                "spec": {
+                    "selector": {"matchLabels": selector},
+                    "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}],
+                },
+            }
+        )
+    return [with_hash(obj) for obj in objects]

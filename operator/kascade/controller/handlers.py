@@ -1,0 +1,241 @@
+"""Thin kopf handlers: each turns a watch event or timer tick into one reconcile call.
+
+Only event watchers, indexes and timers are used — no change-detecting handlers — so
+kopf keeps no progress or diff-base annotations on users' objects: a GitOps tool sees
+exactly the fields its manifests set (plus ``status``, which it ignores). Reconciles are
+level-based and idempotent, so nothing is lost by not recording progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import os
+from typing import Any
+
+import kopf
+
+from kascade.compile import resources
+from kascade.controller import kube as kube_mod
+from kascade.controller import reconcile
+
+GROUP, VERSION = "kascade.io", "v1alpha1"
+RESYNC_SECONDS = float(os.environ.get("KASCADE_RESYNC_SECONDS", "60"))
+MANAGED = {"app.kubernetes.io/managed-by": "kascade"}
+
+log = logging.getLogger("kascade.operator")
+
+
+def settings_from_env() -> resources.Settings:
+    """Cluster-wide defaults from the operator Deployment's environment (set by Helm)."""
+    env = os.environ
+    defaults = resources.Settings()
+    return resources.Settings(
+        gateway_image=env.get("KASCADE_GATEWAY_IMAGE", defaults.gateway_image),
+        serving_image=env.get("KASCADE_SERVING_IMAGE", defaults.serving_image),
+        gateway_replicas=int(env.get("KASCADE_GATEWAY_REPLICAS", defaults.gateway_replicas)),
+        gateway_cpu_request=env.get("KASCADE_GATEWAY_CPU_REQUEST", defaults.gateway_cpu_request),
+        gateway_memory_request=env.get(
+            "KASCADE_GATEWAY_MEMORY_REQUEST", defaults.gateway_memory_request
+        ),
+        gateway_memory_limit=env.get("KASCADE_GATEWAY_MEMORY_LIMIT", defaults.gateway_memory_limit),
+        gateway_hpa_max=int(env.get("KASCADE_GATEWAY_HPA_MAX", defaults.gateway_hpa_max)),
+        redis_url=env.get("KASCADE_GATEWAY_REDIS_URL") or None,
+    )
+
+
+class Coalescer:
+    """Runs at most one reconcile per key at a time; events during a run cause one rerun."""
+
+    def __init__(self) -> None:
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._dirty: set[str] = set()
+
+    def trigger(self, key: str, run: Any) -> None:
+        if key in self._running:
+            self._dirty.add(key)
+            return
+        self._running[key] = asyncio.create_task(self._loop(key, run))
+
+    async def _loop(self, key: str, run: Any) -> None:
+        try:
+            while True:
+                self._dirty.discard(key)
+                try:
+                    await run()
+                except Exception:
+                    log.exception(
+                        "Reconcile failed key=%s; retrying on the next event or tick", key
+                    )
+                if key not in self._dirty:
+                    return
+        finally:
+            self._running.pop(key, None)
+
+
+# ----------------------------------------------------------------------------- lifecycle
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # Our own Events say what happened; kopf's per-handler Events would only add noise.
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.persistence.finalizer = "kascade.io/finalizer"  # unused: no deletion handlers
+    memo.ctx = reconcile.Context(kube=await kube_mod.Kube.connect(), settings=settings_from_env())
+    memo.namespaces = Coalescer()
+    memo.objects = Coalescer()
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    await memo.ctx.kube.close()
+
+
+# ----------------------------------------------------------------------------- indexes
+
+
+def _snapshot(body: kopf.Body) -> dict[str, Any]:
+    return copy.deepcopy(dict(body))
+
+
+@kopf.index(GROUP, VERSION, "localmodelpools")
+def pools(namespace: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    return {namespace: _snapshot(body)}
+
+
+@kopf.index(GROUP, VERSION, "cloudexperts")
+def experts(namespace: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    return {namespace: _snapshot(body)}
+
+
+@kopf.index(GROUP, VERSION, "routingpolicies")
+def policies(namespace: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    return {namespace: _snapshot(body)}
+
+
+def _schedule_namespace(
+    memo: kopf.Memo, namespace: str, pools: kopf.Index, experts: kopf.Index, policies: kopf.Index
+) -> None:
+    async def run() -> None:
+        # Read the indexes when the run starts, so a coalesced rerun sees the latest state.
+        await reconcile.reconcile_namespace(
+            memo.ctx,
+            namespace,
+            pools=list(pools.get(namespace, [])),
+            experts=list(experts.get(namespace, [])),
+            policies=list(policies.get(namespace, [])),
+        )
+
+    memo.namespaces.trigger(namespace, run)
+
+
+# ----------------------------------------------------------------------------- watchers
+
+
+@kopf.on.event(GROUP, VERSION, "localmodelpools")
+async def pool_event(
+    event: kopf.RawEvent,
+    body: kopf.Body,
+    namespace: str,
+    memo: kopf.Memo,
+    pools: kopf.Index,
+    experts: kopf.Index,
+    policies: kopf.Index,
+    **_: Any,
+) -> None:
+    if event["type"] != "DELETED":
+        snapshot = _snapshot(body)
+        key = f"pool/{namespace}/{body['metadata']['name']}"
+        memo.objects.trigger(
+            key,
+            lambda: reconcile.reconcile_pool(
+                memo.ctx, snapshot, policies=list(policies.get(namespace, []))
+            ),
+        )
+    _schedule_namespace(memo, namespace, pools, experts, policies)
+
+
+@kopf.on.event(GROUP, VERSION, "cloudexperts")
+async def expert_event(
+    event: kopf.RawEvent,
+    body: kopf.Body,
+    namespace: str,
+    memo: kopf.Memo,
+    pools: kopf.Index,
+    experts: kopf.Index,
+    policies: kopf.Index,
+    **_: Any,
+) -> None:
+    if event["type"] != "DELETED":
+        snapshot = _snapshot(body)
+        key = f"expert/{namespace}/{body['metadata']['name']}"
+        memo.objects.trigger(key, lambda: reconcile.reconcile_expert(memo.ctx, snapshot))
+    _schedule_namespace(memo, namespace, pools, experts, policies)
+
+
+@kopf.on.event(GROUP, VERSION, "routingpolicies")
+async def policy_event(
+    namespace: str,
+    memo: kopf.Memo,
+    pools: kopf.Index,
+    experts: kopf.Index,
+    policies: kopf.Index,
+    **_: Any,
+) -> None:
+    _schedule_namespace(memo, namespace, pools, experts, policies)
+
+
+# A hand edit of a child is repaired at once: its watch event re-renders the namespace.
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+@kopf.on.event("v1", "configmaps", labels=MANAGED)
+@kopf.on.event("v1", "services", labels=MANAGED)
+async def child_event(
+    namespace: str,
+    memo: kopf.Memo,
+    pools: kopf.Index,
+    experts: kopf.Index,
+    policies: kopf.Index,
+    **_: Any,
+) -> None:
+    if policies.get(namespace):
+        _schedule_namespace(memo, namespace, pools, experts, policies)
+
+
+# ----------------------------------------------------------------------------- timers
+
+
+@kopf.timer(GROUP, VERSION, "routingpolicies", interval=RESYNC_SECONDS, initial_delay=5)
+async def policy_resync(
+    namespace: str,
+    memo: kopf.Memo,
+    pools: kopf.Index,
+    experts: kopf.Index,
+    policies: kopf.Index,
+    **_: Any,
+) -> None:
+    _schedule_namespace(memo, namespace, pools, experts, policies)
+
+
+@kopf.timer(GROUP, VERSION, "cloudexperts", interval=RESYNC_SECONDS, initial_delay=5)
+async def expert_resync(body: kopf.Body, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    # Secrets are not watched (that would mean reading every Secret in the cluster);
+    # a Secret created later is noticed within one resync interval.
+    snapshot = _snapshot(body)
+    key = f"expert/{namespace}/{body['metadata']['name']}"
+    memo.objects.trigger(key, lambda: reconcile.reconcile_expert(memo.ctx, snapshot))
+
+
+@kopf.timer(GROUP, VERSION, "localmodelpools", interval=RESYNC_SECONDS, initial_delay=5)
+async def pool_resync(
+    body: kopf.Body, namespace: str, memo: kopf.Memo, policies: kopf.Index, **_: Any
+) -> None:
+    snapshot = _snapshot(body)
+    key = f"pool/{namespace}/{body['metadata']['name']}"
+    memo.objects.trigger(
+        key,
+        lambda: reconcile.reconcile_pool(
+            memo.ctx, snapshot, policies=list(policies.get(namespace, []))
+        ),
+    )

@@ -1,0 +1,310 @@
+"""One idempotent reconcile per kind, as a recipe of small steps.
+
+Each function reads what it needs, builds the desired children with the pure builders
+of ``kascade.compile``, applies only what drifted and writes status only when it changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic
+
+from kascade.api import v1alpha1
+from kascade.compile import gateway as compile_gateway
+from kascade.compile import resources
+from kascade.compile import serving as compile_serving
+from kascade.controller import children, status
+from kascade.controller import conditions as cond
+from kascade.controller import kube as kube_mod
+
+log = logging.getLogger("kascade.operator")
+
+RAYSERVICE_CRD = "rayservices.ray.io"
+SERVICEMONITOR_CRD = "servicemonitors.monitoring.coreos.com"
+
+
+@dataclass(frozen=True)
+class Context:
+    kube: kube_mod.Kube
+    settings: resources.Settings
+
+
+def _generation(body: dict[str, Any]) -> int | None:
+    generation = body.get("metadata", {}).get("generation")
+    return int(generation) if generation is not None else None
+
+
+def _conditions(body: dict[str, Any]) -> list[dict[str, Any]]:
+    return list((body.get("status") or {}).get("conditions") or [])
+
+
+def _parse(model: type[pydantic.BaseModel], body: dict[str, Any]) -> Any:
+    clean = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
+    meta = clean.get("metadata", {})
+    clean["metadata"] = {
+        k: meta[k]
+        for k in ("name", "namespace", "labels", "annotations", "generation")
+        if k in meta
+    }
+    return model.model_validate(clean)
+
+
+# ----------------------------------------------------------------------------- pools
+
+
+def _rayservice_readiness(live: dict[str, Any]) -> tuple[int, bool, str]:
+    """(ready replicas, serving, message) read from a RayService's status."""
+    st = live.get("status") or {}
+    cluster = (st.get("activeServiceStatus") or {}).get("rayClusterStatus") or {}
+    ready = int(cluster.get("readyWorkerReplicas") or 0)
+    ready_cond = next((c for c in st.get("conditions") or [] if c.get("type") == "Ready"), None)
+    serving = bool(ready_cond and ready_cond.get("status") == "True")
+    message = (ready_cond or {}).get("message") or st.get("serviceStatus") or "waiting for KubeRay"
+    return ready, serving, str(message)
+
+
+async def reconcile_pool(
+    ctx: Context, body: dict[str, Any], *, policies: Sequence[dict[str, Any]]
+) -> None:
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    generation = _generation(body)
+    conds = _conditions(body)
+    pool: v1alpha1.LocalModelPool = _parse(v1alpha1.LocalModelPool, body)
+    desired_replicas = (
+        pool.spec.replicas.initial
+        if pool.spec.replicas.initial is not None
+        else max(pool.spec.replicas.min, 1)
+    )
+    ready = 0
+    endpoint: str | None = None
+    if not await ctx.kube.has_crd(RAYSERVICE_CRD):
+        message = (
+            f"The RayService CRD ({RAYSERVICE_CRD}) is not installed: install KubeRay "
+            "(helm install kuberay-operator kuberay/kuberay-operator) and the pool will "
+            "be reconciled automatically."
+        )
+        conds = cond.set_condition(
+            conds,
+            type_=cond.ConditionType.DEGRADED,
+            status=True,
+            reason=cond.Reason.KUBERAY_MISSING,
+            message=message,
+            generation=generation,
+        )
+        conds = cond.set_condition(
+            conds,
+            type_=cond.ConditionType.READY,
+            status=False,
+            reason=cond.Reason.KUBERAY_MISSING,
+            message=message,
+            generation=generation,
+        )
+        conds = cond.set_condition(
+            conds,
+            type_=cond.ConditionType.PROGRESSING,
+            status=False,
+            reason=cond.Reason.KUBERAY_MISSING,
+            message=message,
+            generation=generation,
+        )
+    else:
+        parsed_policies = [_parse(v1alpha1.RoutingPolicy, p) for p in policies]
+        method = compile_gateway.confidence_methods(parsed_policies).get(name)
+        serving = compile_serving.pool_serving_config(pool, confidence_method=method)
+        desired = resources.build_rayservice(
+            pool=pool,
+            serving=serving,
+            namespace=namespace,
+            settings=ctx.settings,
+            owners=[resources.owner_reference(body)],
+        )
+        live, applied = await children.ensure(ctx.kube, desired)
+        if applied:
+            log.info("Applied RayService namespace=%s name=%s", namespace, name)
+        ready, serving_now, message = _rayservice_readiness(live)
+        endpoint = resources.serve_endpoint(pool=name, namespace=namespace)
+        conds = cond.set_condition(
+            conds,
+            type_=cond.ConditionType.DEGRADED,
+            status=False,
+            reason=cond.Reason.RECONCILED,
+            message="RayService applied",
+            generation=generation,
+        )
+        conds = cond.set_condition(
+            conds,
+            type_=cond.ConditionType.READY,
+            status=serving_now,
+            reason=cond.Reason.RAYSERVICE_READY if serving_now else cond.Reason.RAYSERVICE_PENDING,
+            message=message,
+            generation=generation,
+        )
+        conds = cond.set_condition(
+            conds,
+            type_=cond.ConditionType.PROGRESSING,
+            status=not serving_now,
+            reason=cond.Reason.RAYSERVICE_PENDING if not serving_now else cond.Reason.RECONCILED,
+            message=message,
+            generation=generation,
+        )
+    desired_status: dict[str, Any] = {
+        "conditions": conds,
+        "observedGeneration": generation,
+        "replicas": {"desired": desired_replicas, "ready": ready},
+    }
+    if endpoint is not None:
+        desired_status["endpoint"] = endpoint
+    await status.write(ctx.kube, body, desired_status)
+
+
+# ----------------------------------------------------------------------------- gateway
+
+
+async def reconcile_namespace(
+    ctx: Context,
+    namespace: str,
+    *,
+    pools: Sequence[dict[str, Any]],
+    experts: Sequence[dict[str, Any]],
+    policies: Sequence[dict[str, Any]],
+) -> None:
+    """Renders the namespace's gateway from all its policies and updates policy status."""
+    if not policies:
+        # Children carry ownerReferences to every policy: the garbage collector removes
+        # them once the last policy is gone.
+        return
+    pool_objs = [_parse(v1alpha1.LocalModelPool, p) for p in pools]
+    expert_objs = [_parse(v1alpha1.CloudExpert, e) for e in experts]
+    policy_objs = [_parse(v1alpha1.RoutingPolicy, p) for p in policies]
+    compiled = compile_gateway.gateway_config(
+        namespace=namespace,
+        pools=pool_objs,
+        experts=expert_objs,
+        policies=policy_objs,
+        pool_endpoint=lambda p: resources.serve_endpoint(pool=p.metadata.name, namespace=namespace),
+        credentials="file",
+        ledger_url=ctx.settings.redis_url,
+        checkpoint_path=None if ctx.settings.redis_url else "/var/lib/kascade/ledger.json",
+    )
+    used = set(compiled.config.experts)
+    service_monitor = await ctx.kube.has_crd(SERVICEMONITOR_CRD)
+    owners = [resources.owner_reference(p) for p in sorted(policies, key=_name)]
+    gateway_ready = False
+    for desired in resources.build_gateway(
+        namespace=namespace,
+        config=compiled.config,
+        experts=[e for e in expert_objs if e.metadata.name in used],
+        settings=ctx.settings,
+        owners=owners,
+        service_monitor=service_monitor,
+    ):
+        live, applied = await children.ensure(ctx.kube, desired)
+        if applied:
+            log.info(
+                "Applied %s namespace=%s name=%s",
+                desired["kind"],
+                namespace,
+                desired["metadata"]["name"],
+            )
+        if desired["kind"] == "Deployment":
+            gateway_ready = int((live.get("status") or {}).get("availableReplicas") or 0) > 0
+    for body in policies:
+        await _policy_status(
+            ctx, body, missing=compiled.missing.get(_name(body), []), gateway_ready=gateway_ready
+        )
+
+
+def _name(body: dict[str, Any]) -> str:
+    return str(body["metadata"]["name"])
+
+
+async def _policy_status(
+    ctx: Context, body: dict[str, Any], *, missing: list[str], gateway_ready: bool
+) -> None:
+    generation = _generation(body)
+    conds = _conditions(body)
+    if missing:
+        message = "Missing: " + ", ".join(missing) + " (in this namespace)"
+        conds = cond.set_condition(
+            conds,
+            type_=cond.ConditionType.REFERENCES_RESOLVED,
+            status=False,
+            reason=cond.Reason.MISSING_REFERENCES,
+            message=message,
+            generation=generation,
+        )
+        conds = cond.set_condition(
+            conds,
+            type_=cond.ConditionType.READY,
+            status=False,
+            reason=cond.Reason.MISSING_REFERENCES,
+            message=message,
+            generation=generation,
+        )
+    else:
+        conds = cond.set_condition(
+            conds,
+            type_=cond.ConditionType.REFERENCES_RESOLVED,
+            status=True,
+            reason=cond.Reason.ALL_REFERENCES_FOUND,
+            message="All references exist",
+            generation=generation,
+        )
+        conds = cond.set_condition(
+            conds,
+            type_=cond.ConditionType.READY,
+            status=gateway_ready,
+            reason=cond.Reason.RECONCILED,
+            message="Gateway is serving this policy"
+            if gateway_ready
+            else "Waiting for the gateway Deployment to become available",
+            generation=generation,
+        )
+    await status.write(ctx.kube, body, {"conditions": conds, "observedGeneration": generation})
+
+
+# ----------------------------------------------------------------------------- experts
+
+
+async def reconcile_expert(ctx: Context, body: dict[str, Any]) -> None:
+    """Checks the expert's Secret (CredentialsMissing until it exists, key included)."""
+    namespace = body["metadata"]["namespace"]
+    generation = _generation(body)
+    conds = _conditions(body)
+    expert: v1alpha1.CloudExpert = _parse(v1alpha1.CloudExpert, body)
+    missing_reason: cond.Reason | None = None
+    message = "Credentials found"
+    if expert.spec.credentials is not None:
+        ref = expert.spec.credentials.secret_ref
+        secret = await ctx.kube.get("Secret", namespace=namespace, name=ref.name)
+        if secret is None:
+            missing_reason = cond.Reason.SECRET_NOT_FOUND
+            message = f"Secret {ref.name!r} not found in namespace {namespace!r}"
+        elif ref.key not in (secret.get("data") or {}) and ref.key not in (
+            secret.get("stringData") or {}
+        ):
+            missing_reason = cond.Reason.SECRET_KEY_MISSING
+            message = f"Secret {ref.name!r} has no key {ref.key!r}"
+    else:
+        message = "No credentials configured"
+    conds = cond.set_condition(
+        conds,
+        type_=cond.ConditionType.CREDENTIALS_MISSING,
+        status=missing_reason is not None,
+        reason=missing_reason or cond.Reason.SECRET_FOUND,
+        message=message,
+        generation=generation,
+    )
+    conds = cond.set_condition(
+        conds,
+        type_=cond.ConditionType.READY,
+        status=missing_reason is None,
+        reason=missing_reason or cond.Reason.RECONCILED,
+        message=message,
+        generation=generation,
+    )
+    await status.write(ctx.kube, body, {"conditions": conds, "observedGeneration": generation})
