@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,23 +12,6 @@ from typing import Any
 from kascade.gateway.ledger import _books, _checkpoint, _errors, _records, _windows
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_RESERVATION_TTL_S = 15 * 60.0
-
-
-def check_ttl(reservation_ttl_s: float) -> None:
-    """Raises ``ValueError`` unless the reservation TTL is in (0, 24h]."""
-    if not 0 < reservation_ttl_s <= 86_400:
-        raise ValueError(
-            f"reservation_ttl_s must be > 0 and <= 86400 seconds, got {reservation_ttl_s!r}"
-        )
-
-
-def new_reservation_id(request_id: str) -> str:
-    """A unique reservation id that still names the request it belongs to."""
-    if not isinstance(request_id, str) or not request_id:
-        raise ValueError(f"request_id must be a non-empty string, got {request_id!r}")
-    return f"{request_id[:128]}/{secrets.token_hex(8)}"
 
 
 class MemoryLedger:
@@ -47,11 +29,11 @@ class MemoryLedger:
         self,
         *,
         checkpoint_path: Path | None = None,
-        reservation_ttl_s: float = DEFAULT_RESERVATION_TTL_S,
+        reservation_ttl_s: float = _records.DEFAULT_RESERVATION_TTL_S,
         checkpoint_interval_s: float = 0.25,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        check_ttl(reservation_ttl_s)
+        _records.check_ttl(reservation_ttl_s)
         if not 0 <= checkpoint_interval_s <= 1:
             raise ValueError(
                 "checkpoint_interval_s must be between 0 and 1 seconds, "
@@ -96,7 +78,7 @@ class MemoryLedger:
         """Holds ``amount_nanos`` if spent + reserved + amount <= limit, else BudgetExhausted."""
         self._check_open()
         _records.check_nanos("amount_nanos", amount_nanos)
-        rid = new_reservation_id(request_id)
+        rid = _records.new_reservation_id(request_id)
         books = self._expert_books(expert)
         now = self._clock()
         key = _windows.window_key(window=budget.window, now=now)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import secrets
 from typing import Literal, get_args
 
 from kascade.gateway.ledger import _money
@@ -11,6 +12,24 @@ Window = Literal["rolling-24h", "calendar-day", "calendar-month"]
 """Budget windows; calendar windows are in UTC."""
 
 WINDOWS: tuple[str, ...] = get_args(Window)
+
+DEFAULT_RESERVATION_TTL_S = 15 * 60.0
+
+
+def check_ttl(reservation_ttl_s: float) -> None:
+    """Raises ``ValueError`` unless the reservation TTL is in (0, 24h]."""
+    if not 0 < reservation_ttl_s <= 86_400:
+        raise ValueError(
+            f"reservation_ttl_s must be > 0 and <= 86400 seconds, got {reservation_ttl_s!r}"
+        )
+
+
+def new_reservation_id(request_id: str) -> str:
+    """A unique reservation id that still names the request it belongs to."""
+    if not isinstance(request_id, str) or not request_id:
+        raise ValueError(f"request_id must be a non-empty string, got {request_id!r}")
+    return f"{request_id[:128]}/{secrets.token_hex(8)}"
+
 
 # Characters that would break the Redis key layout (hash tags, separators).
 _FORBIDDEN_IN_EXPERT = set("{}|: \t\r\n")

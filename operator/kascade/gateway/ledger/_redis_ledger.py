@@ -8,7 +8,6 @@ from collections.abc import Callable
 from kascade.gateway.ledger import (
     _errors,
     _lua_ledger,
-    _memory_ledger,
     _records,
     _redis_conn,
     _windows,
@@ -32,10 +31,10 @@ class RedisLedger:
         *,
         url: str,
         key_prefix: str = "kascade:",
-        reservation_ttl_s: float = _memory_ledger.DEFAULT_RESERVATION_TTL_S,
+        reservation_ttl_s: float = _records.DEFAULT_RESERVATION_TTL_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        _memory_ledger.check_ttl(reservation_ttl_s)
+        _records.check_ttl(reservation_ttl_s)
         _redis_conn.check_prefix(key_prefix)
         self._conn = _redis_conn.Connection(url=url, scripts=(_RESERVE, _FINISH, _SNAPSHOT))
         self._prefix = key_prefix
@@ -56,7 +55,7 @@ class RedisLedger:
     ) -> _records.Reservation:
         """Holds ``amount_nanos`` if spent + reserved + amount <= limit, else BudgetExhausted."""
         _records.check_nanos("amount_nanos", amount_nanos)
-        rid = _memory_ledger.new_reservation_id(request_id)
+        rid = _records.new_reservation_id(request_id)
         base = self._base(expert)
         now = self._clock()
         key = _windows.window_key(window=budget.window, now=now)
