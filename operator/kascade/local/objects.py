@@ -1,0 +1,55 @@
+"""Loading a directory of Kascade YAML for embedded mode, and compiling it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from kascade.api import v1alpha1
+from kascade.compile import gateway as compile_gateway
+from kascade.compile import serving as compile_serving
+from kascade.serving import config as serving_config
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The objects of one namespace, split by kind."""
+
+    namespace: str
+    pools: list[v1alpha1.LocalModelPool]
+    experts: list[v1alpha1.CloudExpert]
+    policies: list[v1alpha1.RoutingPolicy]
+
+
+class NamespaceConflict(ValueError):
+    """Embedded mode runs one namespace; the files named several."""
+
+
+def load(path: Path) -> Loaded:
+    """Validates every Kascade object under ``path``.
+
+    Raises ValidationFailed (file, object, field) or NamespaceConflict.
+    """
+    objects = v1alpha1.load_path(path)
+    namespaces = sorted({o.metadata.namespace or "default" for o in objects})
+    if len(namespaces) > 1:
+        raise NamespaceConflict(
+            f"{path}: objects name several namespaces {namespaces}; embedded mode runs one "
+            "namespace: split the files or remove metadata.namespace"
+        )
+    return Loaded(
+        namespace=namespaces[0] if namespaces else "default",
+        pools=[o for o in objects if isinstance(o, v1alpha1.LocalModelPool)],
+        experts=[o for o in objects if isinstance(o, v1alpha1.CloudExpert)],
+        policies=[o for o in objects if isinstance(o, v1alpha1.RoutingPolicy)],
+    )
+
+
+def serving_configs(loaded: Loaded) -> dict[str, serving_config.PoolServingConfig]:
+    methods = compile_gateway.confidence_methods(loaded.policies)
+    return {
+        pool.metadata.name: compile_serving.pool_serving_config(
+            pool, confidence_method=methods.get(pool.metadata.name)
+        )
+        for pool in loaded.pools
+    }

@@ -1,0 +1,72 @@
+"""``kascade render -f PATH``: print the Kubernetes objects the operator would create."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from kascade.api import v1alpha1
+from kascade.compile import gateway as compile_gateway
+from kascade.compile import resources
+from kascade.local import objects
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="kascade render",
+        description="Print the RayServices and gateway objects the operator would apply for "
+        "these Kascade objects (for GitOps review). ownerReferences are left out: they "
+        "need the uids the API server assigns.",
+    )
+    parser.add_argument("-f", "--filename", required=True, type=Path, help="file or directory")
+    parser.add_argument("--redis-url", default=None, help="shared ledger (enables gateway HPA)")
+    args = parser.parse_args(argv)
+    try:
+        loaded = objects.load(args.filename)
+    except (v1alpha1.ValidationFailed, objects.NamespaceConflict) as exc:
+        print(f"invalid:\n{exc}", file=sys.stderr)
+        return 1
+    settings = resources.Settings(redis_url=args.redis_url)
+    namespace = loaded.namespace
+    docs = []
+    serving = objects.serving_configs(loaded)
+    for pool in loaded.pools:
+        docs.append(
+            resources.build_rayservice(
+                pool=pool,
+                serving=serving[pool.metadata.name],
+                namespace=namespace,
+                settings=settings,
+                owners=[],
+            )
+        )
+    if loaded.policies:
+        compiled = compile_gateway.gateway_config(
+            namespace=namespace,
+            pools=loaded.pools,
+            experts=loaded.experts,
+            policies=loaded.policies,
+            pool_endpoint=lambda p: resources.serve_endpoint(
+                pool=p.metadata.name, namespace=namespace
+            ),
+            credentials="file",
+            ledger_url=args.redis_url,
+        )
+        for name, refs in compiled.missing.items():
+            print(f"# RoutingPolicy/{name} left out: missing {', '.join(refs)}", file=sys.stderr)
+        used = set(compiled.config.experts)
+        docs.extend(
+            resources.build_gateway(
+                namespace=namespace,
+                config=compiled.config,
+                experts=[e for e in loaded.experts if e.metadata.name in used],
+                settings=settings,
+                owners=[],
+                service_monitor=False,
+            )
+        )
+    sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False))
+    return 0
