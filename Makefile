@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 
 ## Run Kascade locally (embedded mode) on the quickstart.
 run: venv
-	$(VENV)/bin/kascade up -f examples/quickstart/
+	KASCADE=$(VENV)/bin/kascade examples/quickstart/run
 
 ## The whole test suite: static checks, unit, integration and e2e on a real control plane.
 test: venv lint crds-check
