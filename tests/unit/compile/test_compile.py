@@ -59,7 +59,7 @@ def test_complete_example_compiles_to_a_valid_gateway_config() -> None:
 
 
 def test_missing_references_leave_the_policy_out_and_name_them(tmp_path: Path) -> None:
-    (tmp_path / "policy.yaml").write_text((COMPLETE / "routingpolicy.yaml").read_text())
+    (tmp_path / "policy.yaml").write_text((COMPLETE / "30-policy.yaml").read_text())
     compiled = _compile(tmp_path)
     assert compiled.missing == {
         "assistant": [

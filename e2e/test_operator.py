@@ -1,0 +1,327 @@
+"""The operator on a real control plane: helm install, the operator process running with
+the chart's ServiceAccount, kubectl apply of the examples, and convergence."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import KubectlRunner
+from e2e import operator_support as ops
+from kascade.gateway import config as gw
+
+pytestmark = pytest.mark.cluster
+
+REPO = ops.REPO
+COMPLETE = REPO / "examples" / "complete"
+RAYSERVICE_CRD = "rayservices.ray.io"
+
+
+def _kuberay_crds() -> Path:
+    out = subprocess.run(
+        [str(REPO / "e2e" / "cluster" / "kuberay-crds")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def operator(kubeconfig: str, kubectl: KubectlRunner) -> Iterator[ops.OperatorProcess]:
+    kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+    kubectl("wait", "--for=condition=Established", "crd", "-l", "", "--all", "--timeout=60s")
+    # Start without KubeRay, to see the pool report it and recover once it is installed.
+    kubectl("delete", "crd", RAYSERVICE_CRD, "--ignore-not-found")
+    helm = subprocess.run(
+        [
+            "helm",
+            "upgrade",
+            "--install",
+            ops.RELEASE,
+            str(REPO / "charts" / "kascade"),
+            "--kubeconfig",
+            kubeconfig,
+            "--namespace",
+            ops.RELEASE_NS,
+            "--create-namespace",
+            "--skip-crds",
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert helm.returncode == 0, helm.stderr
+    sa_config = ops.service_account_kubeconfig(kubectl, kubeconfig, ops.RELEASE)
+    proc = ops.OperatorProcess(sa_config, resync_seconds=10)
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(autouse=True)
+def dump_on_failure(
+    request: pytest.FixtureRequest, operator: ops.OperatorProcess, kubectl: KubectlRunner
+) -> Iterator[None]:
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        events = kubectl("get", "events", "-A", "--sort-by=.lastTimestamp", check=False).stdout
+        print(f"---- operator log ----\n{operator.log()[-20000:]}\n---- events ----\n{events}")
+
+
+def _apply(kubectl: KubectlRunner, namespace: str, path: Path | str) -> None:
+    if isinstance(path, Path):
+        kubectl("apply", "-n", namespace, "-f", str(path))
+    else:
+        kubectl("apply", "-n", namespace, "-f", "-", input=path)
+
+
+def _get(kubectl: KubectlRunner, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
+    proc = kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+def test_pool_reports_kuberay_missing_then_recovers(
+    operator: ops.OperatorProcess, kubectl: KubectlRunner, namespace: str
+) -> None:
+    _apply(kubectl, namespace, COMPLETE / "10-pool.yaml")
+
+    def degraded() -> dict[str, Any] | None:
+        pool = _get(kubectl, namespace, "localmodelpool", "smollm2")
+        c = ops.condition(pool or {}, "Degraded")
+        return c if c and c["status"] == "True" else None
+
+    cond = ops.wait_for("Degraded=True on the pool", degraded)
+    assert cond["reason"] == "KubeRayMissing"
+    assert "rayservices.ray.io" in cond["message"]
+    assert operator.running(), operator.log()
+
+    kubectl("apply", "--server-side", "-f", str(_kuberay_crds()))
+    kubectl("wait", "--for=condition=Established", f"crd/{RAYSERVICE_CRD}", "--timeout=60s")
+    ops.wait_for(
+        "the RayService after KubeRay was installed",
+        lambda: _get(kubectl, namespace, "rayservice", "smollm2"),
+        timeout=40,
+    )
+    ops.wait_for(
+        "Degraded=False on the pool",
+        lambda: (
+            (ops.condition(_get(kubectl, namespace, "lmp", "smollm2") or {}, "Degraded") or {}).get(
+                "status"
+            )
+            == "False"
+        ),
+        timeout=40,
+    )
+
+
+def test_complete_example_converges(
+    operator: ops.OperatorProcess, kubectl: KubectlRunner, namespace: str
+) -> None:
+    kubectl("apply", "--server-side", "-f", str(_kuberay_crds()))
+    _apply(kubectl, namespace, COMPLETE)
+    rayservice = ops.wait_for(
+        "RayService smollm2", lambda: _get(kubectl, namespace, "rayservice", "smollm2")
+    )
+    workers = rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    assert (workers["minReplicas"], workers["maxReplicas"]) == (1, 3)
+    container = workers["template"]["spec"]["containers"][0]
+    assert container["image"] == "example.com/kascade/serving:e2e"
+    assert container["resources"]["requests"]["memory"] == "1Gi"
+    owner = rayservice["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"]) == ("LocalModelPool", "smollm2")
+
+    cm = ops.wait_for(
+        "gateway ConfigMap", lambda: _get(kubectl, namespace, "configmap", "kascade-gateway")
+    )
+    config = gw.parse_config(json.loads(cm["data"]["config.json"]))
+    assert list(config.policies) == ["assistant"]
+    assert config.pools["smollm2"].endpoint == f"http://smollm2-serve-svc.{namespace}.svc:8000"
+    assert "REPLACE-ME" not in cm["data"]["config.json"]
+    for kind in ("deployment", "service", "poddisruptionbudget"):
+        assert _get(kubectl, namespace, kind, "kascade-gateway") is not None, kind
+    kubectl(
+        "wait",
+        "-n",
+        namespace,
+        "--for=condition=Available",
+        "deployment/kascade-gateway",
+        "--timeout=90s",
+    )
+
+    def policy_ready() -> bool:
+        policy = _get(kubectl, namespace, "routingpolicy", "assistant") or {}
+        ready = ops.condition(policy, "Ready") or {}
+        refs = ops.condition(policy, "ReferencesResolved") or {}
+        return (
+            ready.get("status") == "True"
+            and refs.get("status") == "True"
+            and (policy["status"].get("observedGeneration") == policy["metadata"]["generation"])
+        )
+
+    ops.wait_for("policy Ready", policy_ready, timeout=60)
+    expert = _get(kubectl, namespace, "cloudexpert", "gpt-4o-mini") or {}
+    assert (ops.condition(expert, "CredentialsMissing") or {}).get("status") == "False"
+    listing = kubectl("get", "kascade", "-n", namespace).stdout
+    assert "localmodelpool.kascade.io/smollm2" in listing
+    assert "routingpolicy.kascade.io/assistant" in listing
+    # Secrets are never written into status, events or the operator's log.
+    events = kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+    for text in (events, operator.log(), json.dumps(expert.get("status"))):
+        assert "sk-REPLACE-ME" not in text
+
+
+def test_missing_reference_recovers_by_itself(
+    operator: ops.OperatorProcess, kubectl: KubectlRunner, namespace: str
+) -> None:
+    _apply(kubectl, namespace, COMPLETE / "30-policy.yaml")
+
+    def refs() -> dict[str, Any] | None:
+        policy = _get(kubectl, namespace, "routingpolicy", "assistant") or {}
+        return ops.condition(policy, "ReferencesResolved")
+
+    cond = ops.wait_for("ReferencesResolved", refs)
+    assert cond["status"] == "False"
+    for missing in (
+        "LocalModelPool/smollm2",
+        "CloudExpert/gpt-4o-mini",
+        "CloudExpert/claude-haiku",
+    ):
+        assert missing in cond["message"]
+    _apply(kubectl, namespace, COMPLETE / "10-pool.yaml")
+    _apply(kubectl, namespace, COMPLETE / "20-experts.yaml")
+    ops.wait_for("ReferencesResolved=True", lambda: (refs() or {}).get("status") == "True")
+
+
+def test_expert_reports_missing_credentials_until_the_secret_exists(
+    operator: ops.OperatorProcess, kubectl: KubectlRunner, namespace: str
+) -> None:
+    _apply(kubectl, namespace, COMPLETE / "20-experts.yaml")
+
+    def creds() -> dict[str, Any] | None:
+        return ops.condition(
+            _get(kubectl, namespace, "cx", "gpt-4o-mini") or {}, "CredentialsMissing"
+        )
+
+    cond = ops.wait_for("CredentialsMissing", creds)
+    assert cond["status"] == "True"
+    assert cond["reason"] == "SecretNotFound"
+    assert "openai-credentials" in cond["message"]
+    kubectl(
+        "create",
+        "secret",
+        "generic",
+        "openai-credentials",
+        "-n",
+        namespace,
+        "--from-literal=api-key=sk-e2e-secret-value",
+    )
+    ops.wait_for(
+        "CredentialsMissing=False", lambda: (creds() or {}).get("status") == "False", timeout=40
+    )
+    assert "sk-e2e-secret-value" not in operator.log()
+
+
+def _children(kubectl: KubectlRunner, namespace: str) -> dict[str, str]:
+    versions = {}
+    for kind in (
+        "configmap",
+        "deployment",
+        "service",
+        "poddisruptionbudget",
+        "rayservice",
+        "localmodelpool",
+        "cloudexpert",
+        "routingpolicy",
+    ):
+        items = json.loads(kubectl("get", kind, "-n", namespace, "-o", "json").stdout)["items"]
+        for item in items:
+            if kind == "configmap" and item["metadata"]["name"] != "kascade-gateway":
+                continue
+            versions[f"{kind}/{item['metadata']['name']}"] = item["metadata"]["resourceVersion"]
+    return versions
+
+
+def test_hand_edits_are_repaired_and_idle_operator_writes_nothing(
+    operator: ops.OperatorProcess, kubectl: KubectlRunner, namespace: str
+) -> None:
+    kubectl("apply", "--server-side", "-f", str(_kuberay_crds()))
+    _apply(kubectl, namespace, COMPLETE)
+    ops.wait_for(
+        "gateway Deployment", lambda: _get(kubectl, namespace, "deployment", "kascade-gateway")
+    )
+    kubectl(
+        "set",
+        "image",
+        "-n",
+        namespace,
+        "deployment/kascade-gateway",
+        "gateway=evil.example.com/gateway:1",
+    )
+
+    def image() -> str:
+        dep = _get(kubectl, namespace, "deployment", "kascade-gateway") or {}
+        return str(dep["spec"]["template"]["spec"]["containers"][0]["image"])
+
+    ops.wait_for(
+        "the gateway image repaired",
+        lambda: image() == "example.com/kascade/gateway:e2e",
+        timeout=30,
+    )
+    kubectl(
+        "wait",
+        "-n",
+        namespace,
+        "--for=condition=Available",
+        "deployment/kascade-gateway",
+        "--timeout=90s",
+    )
+    ops.wait_for(
+        "policy Ready",
+        lambda: (
+            (ops.condition(_get(kubectl, namespace, "rp", "assistant") or {}, "Ready") or {}).get(
+                "status"
+            )
+            == "True"
+        ),
+    )
+    time.sleep(3)  # let the last status writes land
+
+    before = _children(kubectl, namespace)
+    operator.stop()
+    operator.start()
+    # Two resync intervals of the restarted operator, and more: nothing may move.
+    time.sleep(60)
+    after = _children(kubectl, namespace)
+    assert after == before, "objects were rewritten while nothing changed"
+    assert operator.running(), operator.log()
+
+
+def test_deleting_the_policy_garbage_collects_the_gateway(
+    operator: ops.OperatorProcess, kubectl: KubectlRunner, namespace: str
+) -> None:
+    _apply(kubectl, namespace, COMPLETE)
+    ops.wait_for(
+        "gateway Deployment", lambda: _get(kubectl, namespace, "deployment", "kascade-gateway")
+    )
+    kubectl("delete", "routingpolicy", "assistant", "-n", namespace)
+    for kind in ("deployment", "configmap", "service", "poddisruptionbudget"):
+        ops.wait_for(
+            f"{kind} garbage-collected",
+            lambda kind=kind: _get(kubectl, namespace, kind, "kascade-gateway") is None,
+            timeout=60,
+        )
+    # The pool and experts are untouched.
+    assert _get(kubectl, namespace, "lmp", "smollm2") is not None
