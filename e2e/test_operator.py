@@ -37,7 +37,15 @@ def _kuberay_crds() -> Path:
 @pytest.fixture(scope="module")
 def operator(kubeconfig: str, kubectl: KubectlRunner) -> Iterator[ops.OperatorProcess]:
     kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-    kubectl("wait", "--for=condition=Established", "crd", "-l", "", "--all", "--timeout=60s")
+    kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        *(
+            f"crd/{plural}.kascade.io"
+            for plural in ("localmodelpools", "cloudexperts", "routingpolicies")
+        ),
+    )
     # Start without KubeRay, to see the pool report it and recover once it is installed.
     kubectl("delete", "crd", RAYSERVICE_CRD, "--ignore-not-found")
     helm = subprocess.run(
