@@ -287,3 +287,35 @@ def _contains(big: object, small: object) -> bool:
             and all(_contains(b, s) for b, s in zip(big, small, strict=True))
         )
     return big == small
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (api_invalid_cases.pool(replicas={"max": "2"}), "spec.replicas.max"),
+        (api_invalid_cases.pool(autoscaling={"enabled": "true"}), "spec.autoscaling.enabled"),
+        (api_invalid_cases.pool(autoscaling={"enabled": 1}), "spec.autoscaling.enabled"),
+        (api_invalid_cases.policy(confidence={"threshold": "0.5"}), "spec.confidence.threshold"),
+        (api_invalid_cases.pool(resources={"cpu": 1.5}), "spec.resources.cpu"),
+        (
+            api_invalid_cases.patched(api_invalid_cases.pool(), {"metadata": {"labels": {"a": 1}}}),
+            "metadata.labels.a",
+        ),
+    ],
+    ids=["int-as-string", "bool-as-string", "bool-as-int", "float-as-string", "cpu-float", "label"],
+)
+def test_values_are_not_coerced(body: dict[str, object], field: str) -> None:
+    # The API server rejects a string where a number belongs, so embedded mode must too.
+    with pytest.raises(v1alpha1.ValidationFailed) as raised:
+        v1alpha1.load_objects([body], source="x.yaml")
+    assert f": {field}: " in str(raised.value)
+
+
+def test_integers_are_accepted_where_numbers_belong() -> None:
+    [obj] = v1alpha1.load_objects(
+        [api_invalid_cases.expert(budget={"limitUSD": 10}, pricing={"inputPerMillionTokens": 1})],
+        source="x.yaml",
+    )
+    assert isinstance(obj, v1alpha1.CloudExpert)
+    assert obj.spec.budget.limit_usd == 10.0
+    assert isinstance(obj.spec.budget.limit_usd, float)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import enum
 import re
 from typing import Annotated, ClassVar, Literal
@@ -380,7 +379,7 @@ class CloudExpertSpec(common.KascadeModel):
 class Spend(common.KascadeModel):
     """Money spent in the current budget window."""
 
-    window_start: datetime.datetime | None = pydantic.Field(default=None, alias="windowStart")
+    window_start: common.Timestamp | None = pydantic.Field(default=None, alias="windowStart")
     """Start of the current window."""
 
     spent_usd: Annotated[float, pydantic.Field(ge=0.0)] = pydantic.Field(
@@ -398,7 +397,7 @@ class Spend(common.KascadeModel):
     )
     """limitUSD minus spent and reserved."""
 
-    updated_at: datetime.datetime | None = pydantic.Field(default=None, alias="updatedAt")
+    updated_at: common.Timestamp | None = pydantic.Field(default=None, alias="updatedAt")
     """When these figures were read from the ledger."""
 
 
@@ -408,7 +407,7 @@ class CircuitStatus(common.KascadeModel):
     state: Literal["closed", "open", "half-open"] = "closed"
     """'closed' (calls flow), 'open' (calls skipped) or 'half-open' (probing)."""
 
-    since: datetime.datetime | None = None
+    since: common.Timestamp | None = None
     """When the circuit entered this state."""
 
     recent_failures: Annotated[int, pydantic.Field(ge=0)] = pydantic.Field(

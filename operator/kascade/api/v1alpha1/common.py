@@ -98,7 +98,9 @@ class KascadeModel(pydantic.BaseModel):
         use_attribute_docstrings=True,
         populate_by_name=True,
         extra="forbid",
-        frozen=False,
+        # No coercion ("2" is not 2, 1 is not true): the API server accepts no such
+        # thing, and embedded mode must reject what kubectl apply rejects.
+        strict=True,
     )
 
     __kascade_rules__: ClassVar[tuple[CelRule, ...]] = ()
@@ -202,6 +204,9 @@ DnsLabel = Annotated[str, pydantic.Field(min_length=1, max_length=63, pattern=DN
 ObjectName = Annotated[str, pydantic.Field(min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN)]
 """The name of another object in the same namespace (RFC 1123 subdomain)."""
 
+Timestamp = Annotated[datetime.datetime, pydantic.Field(strict=False)]
+"""An RFC 3339 time; parsed from strings (as they come from YAML and the API server)."""
+
 Fraction = Annotated[float, pydantic.Field(ge=0.0, le=1.0)]
 """A number in [0, 1]."""
 
@@ -247,7 +252,7 @@ class Condition(KascadeModel):
     message: Annotated[str, pydantic.Field(max_length=32768)] = ""
     """Human-readable details about the last transition."""
 
-    last_transition_time: datetime.datetime = pydantic.Field(alias="lastTransitionTime")
+    last_transition_time: Timestamp = pydantic.Field(alias="lastTransitionTime")
     """When the condition last changed status (RFC 3339)."""
 
     observed_generation: Annotated[int, pydantic.Field(ge=0)] | None = pydantic.Field(
@@ -270,7 +275,7 @@ class ObjectMeta(pydantic.BaseModel):
     """
 
     model_config = pydantic.ConfigDict(
-        use_attribute_docstrings=True, populate_by_name=True, extra="allow"
+        use_attribute_docstrings=True, populate_by_name=True, extra="allow", strict=True
     )
 
     name: ObjectName

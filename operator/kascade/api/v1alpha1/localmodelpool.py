@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import enum
 import re
 from typing import Annotated, Any, ClassVar, Literal
@@ -308,7 +307,7 @@ class ReplicaCounts(common.KascadeModel):
 class ScaleDecision(common.KascadeModel):
     """The autoscaler's latest decision and the figures it was based on."""
 
-    time: datetime.datetime
+    time: common.Timestamp
     """When the decision was made."""
 
     from_: Annotated[int, pydantic.Field(ge=0)] = pydantic.Field(alias="from")

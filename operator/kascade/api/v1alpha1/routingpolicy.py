@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import enum
 from typing import Annotated, ClassVar, Literal
 
@@ -435,7 +434,7 @@ class PolicyStats(common.KascadeModel):
     )
     """Expert spend caused by this policy."""
 
-    since: datetime.datetime | None = None
+    since: common.Timestamp | None = None
     """Start of the period these figures cover."""
 
 
