@@ -8,10 +8,14 @@ RBAC that refuses, and CRD schema validation done by the server.
 from __future__ import annotations
 
 import json
+import subprocess
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
+import yaml
+
 from conftest import KubectlRunner
 
 pytestmark = pytest.mark.cluster
@@ -111,12 +115,44 @@ def test_gpu_pod_beyond_capacity_stays_pending(kubectl: KubectlRunner, namespace
     assert "nvidia.com/gpu" in reason
 
 
+def _token_kubeconfig(admin: str, token: str, directory: Path) -> str:
+    config = yaml.safe_load(Path(admin).read_text())
+    cluster = config["clusters"][0]
+    path = directory / "token.kubeconfig"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [cluster],
+                "users": [{"name": "sa", "user": {"token": token}}],
+                "contexts": [{"name": "sa", "context": {"cluster": cluster["name"], "user": "sa"}}],
+                "current-context": "sa",
+            }
+        )
+    )
+    return str(path)
+
+
 def test_service_account_without_permissions_is_refused(
-    kubectl: KubectlRunner, namespace: str
+    kubectl: KubectlRunner, kubeconfig: str, namespace: str, tmp_path: Path
 ) -> None:
     kubectl("create", "serviceaccount", "-n", namespace, "nobody")
     token = kubectl("create", "token", "-n", namespace, "nobody").stdout.strip()
-    denied = kubectl("get", "pods", "-n", namespace, "--token", token, check=False)
+    # A kubeconfig with only the token: the admin kubeconfig's client certificate
+    # would otherwise authenticate the request as the admin.
+    as_nobody = _token_kubeconfig(kubeconfig, token, tmp_path)
+
+    def run_as_nobody() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["kubectl", "--kubeconfig", as_nobody, "get", "pods", "-n", namespace],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    denied = run_as_nobody()
     assert denied.returncode != 0
     assert "Forbidden" in denied.stderr
     assert "cannot list resource" in denied.stderr
@@ -133,7 +169,7 @@ def test_service_account_without_permissions_is_refused(
     )
     deadline = time.monotonic() + 10
     while True:
-        allowed = kubectl("get", "pods", "-n", namespace, "--token", token, check=False)
+        allowed = run_as_nobody()
         if allowed.returncode == 0 or time.monotonic() > deadline:
             break
         time.sleep(0.2)
