@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import math
 import re
 import time
@@ -50,16 +49,29 @@ def _normalise(text: str) -> str:
     return " ".join(text.split())
 
 
-def exact_key(*, policy: str, body: dict[str, Any]) -> str:
-    """Key over the policy, normalised messages and answer-changing parameters."""
-    messages = [
-        [str(m.get("role")), _normalise(_content_text(m.get("content")))]
-        for m in body.get("messages", [])
+ExactKey = tuple[object, ...]
+
+
+def _freeze(value: object) -> object:
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def exact_key(*, policy: str, body: dict[str, Any]) -> ExactKey:
+    """Key over the policy, normalised messages and answer-changing parameters.
+
+    A plain tuple: the dict compares it in full, so different prompts never collide
+    (a digest would be smaller but could)."""
+    messages = tuple(
+        (str(m.get("role")), _normalise(_content_text(m.get("content"))))
+        for m in body.get("messages", ())
         if isinstance(m, dict)
-    ]
-    params = {k: body[k] for k in _KEY_PARAMS if k in body}
-    raw = json.dumps([policy, messages, params], sort_keys=True, separators=(",", ":"))
-    return hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
+    )
+    params = tuple((k, _freeze(body[k])) for k in _KEY_PARAMS if k in body)
+    return (policy, messages, params)
 
 
 class ExactCache:
@@ -68,9 +80,9 @@ class ExactCache:
     def __init__(self, *, ttl_seconds: float, max_entries: int) -> None:
         self.ttl_seconds = ttl_seconds
         self.max_entries = max_entries
-        self._entries: OrderedDict[str, Entry] = OrderedDict()
+        self._entries: OrderedDict[ExactKey, Entry] = OrderedDict()
 
-    def get(self, key: str) -> Entry | None:
+    def get(self, key: ExactKey) -> Entry | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -81,7 +93,7 @@ class ExactCache:
         return entry
 
     def put(
-        self, key: str, *, completion: dict[str, Any], route: str, confidence: float | None
+        self, key: ExactKey, *, completion: dict[str, Any], route: str, confidence: float | None
     ) -> None:
         self._entries[key] = Entry(
             completion=completion,
@@ -287,7 +299,7 @@ def cosine(a: dict[int, float], b: dict[int, float]) -> float:
 
 @dataclass(frozen=True)
 class _SemanticEntry:
-    context: str
+    context: ExactKey
     vector: dict[int, float]
     numbers: frozenset[str]
     negations: frozenset[str]
@@ -300,7 +312,7 @@ class SemanticHit:
     similarity: float
 
 
-def semantic_parts(*, policy: str, body: dict[str, Any]) -> tuple[str, str]:
+def semantic_parts(*, policy: str, body: dict[str, Any]) -> tuple[ExactKey, str]:
     """(context key, last user text): earlier messages and parameters must match exactly."""
     messages = [m for m in body.get("messages", []) if isinstance(m, dict)]
     last = _content_text(messages[-1].get("content")) if messages else ""
@@ -318,7 +330,7 @@ class SemanticCache:
         self._entries: OrderedDict[int, _SemanticEntry] = OrderedDict()
         self._next = 0
 
-    def lookup(self, *, context: str, text: str) -> SemanticHit | None:
+    def lookup(self, *, context: ExactKey, text: str) -> SemanticHit | None:
         """Best entry above the threshold whose guards agree, or None."""
         vector = embed(text)
         numbers, negations = guards(text)
@@ -340,7 +352,7 @@ class SemanticCache:
     def put(
         self,
         *,
-        context: str,
+        context: ExactKey,
         text: str,
         completion: dict[str, Any],
         route: str,

@@ -94,7 +94,7 @@ class Pricing(_Model):
 
 
 class BudgetConfig(_Model):
-    limit_usd: float = Field(alias="limitUSD", ge=0)
+    limit_usd: float = Field(alias="limitUSD", ge=0, le=9_000_000)
     """Most USD that may be spent on this expert per window."""
     window: Window = "calendar-month"
     """`rolling-24h`, `calendar-day` or `calendar-month` (calendar windows in UTC)."""
@@ -181,17 +181,27 @@ class ConfidenceConfig(_Model):
 
 class HeaderMatch(_Model):
     name: str
-    value: str
+    """Header name (case-insensitive)."""
+    values: list[str] = []
+    """Values that match exactly; empty matches any value (the header must be present)."""
 
 
 class RuleWhen(_Model):
-    prompt_tokens_over: int | None = Field(default=None, ge=0)
-    task_label: str | None = None
-    """Matches the request header `x-kascade-task`."""
+    """Request features a rule matches (the RoutingPolicy's `rules[].when`); every set
+    condition must hold."""
+
+    min_prompt_tokens: int | None = Field(default=None, ge=0)
+    """Matches prompts of at least this many (estimated) tokens."""
+    max_prompt_tokens: int | None = Field(default=None, ge=0)
+    """Matches prompts of at most this many (estimated) tokens."""
+    task_labels: list[str] | None = None
+    """Matches when the request header `x-kascade-task` is one of these."""
     header: HeaderMatch | None = None
 
 
 class Rule(_Model):
+    name: str | None = None
+    """Rule name, reported in `x-kascade-reason` and audit lines."""
     when: RuleWhen
     action: Literal["local", "expert", "tier"]
     """`local`: answer locally, never escalate; `expert`: skip the local pass;

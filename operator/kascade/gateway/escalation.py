@@ -9,7 +9,10 @@ unreachable nothing is escalated (fail closed).
 from __future__ import annotations
 
 import asyncio
+import decimal
 import email.utils
+import functools
+import json
 import logging
 import random
 import time
@@ -44,13 +47,20 @@ StreamWriter = Callable[
 ]
 
 
+@functools.lru_cache(maxsize=256)
+def _nanos_per_token(pricing: config_mod.Pricing) -> tuple[Decimal, Decimal]:
+    # USD per million tokens == thousand nano-USD per token; exact in Decimal.
+    return (
+        Decimal(str(pricing.input_per_million_tokens)) * 1000,
+        Decimal(str(pricing.output_per_million_tokens)) * 1000,
+    )
+
+
 def cost_nanos(*, pricing: config_mod.Pricing, prompt_tokens: int, completion_tokens: int) -> int:
-    """Cost of a call in nano-USD, rounded up."""
-    usd = (
-        Decimal(prompt_tokens) * Decimal(str(pricing.input_per_million_tokens))
-        + Decimal(completion_tokens) * Decimal(str(pricing.output_per_million_tokens))
-    ) / Decimal(1_000_000)
-    return ledger.usd_to_nanos(usd)
+    """Cost of a call in nano-USD, rounded up (same rounding as ledger.usd_to_nanos)."""
+    per_in, per_out = _nanos_per_token(pricing)
+    total = prompt_tokens * per_in + completion_tokens * per_out
+    return int(total.to_integral_value(rounding=decimal.ROUND_CEILING))
 
 
 @dataclass
@@ -421,7 +431,8 @@ class Escalator:
                     except (OSError, aiohttp.ClientError, TimeoutError) as exc:
                         raise StreamBroken(str(exc)) from exc
                     return None, pt, ct
-                data = await resp.json(content_type=None)
+                raw = await resp.read()
+                data = json.loads(raw)
         except TimeoutError:
             raise UpstreamFailure(kind="timeout", retryable=True) from None
         except aiohttp.ClientError as exc:
@@ -429,7 +440,7 @@ class Escalator:
         except ValueError:
             raise UpstreamFailure(kind="bad_response", retryable=False) from None
         try:
-            answer = providers.parse_answer(provider=cfg.provider, data=data)
+            answer = providers.parse_answer(provider=cfg.provider, data=data, raw=raw)
         except providers.BadUpstreamBody:
             raise UpstreamFailure(kind="bad_response", retryable=False) from None
         return answer, answer.prompt_tokens, answer.completion_tokens

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -13,6 +15,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         r = self.registry
         self.requests = Counter(
             "kascade_requests_total",
@@ -70,6 +73,20 @@ class Metrics:
             ["policy", "rating"],
             registry=r,
         )
+
+    def observe_request(self, *, policy: str, route: str, reason: str, seconds: float) -> None:
+        """Counts one request and its duration (label children are cached: the
+        prometheus_client label lookup takes a lock and costs more than the update)."""
+        key = (policy, route, reason)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(policy, route, reason),
+                self.duration.labels(route),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -70,6 +70,7 @@ class Decision:
     outcome: escalation.Outcome | None = None
     pii: dict[str, int] = field(default_factory=dict)
     local_error: str | None = None
+    exact_key: cache_mod.ExactKey | None = None
 
     def headers(self) -> dict[str, str]:
         h = {
@@ -317,7 +318,9 @@ async def _escalate(
             return streamed[0]
         assert outcome.answer is not None
         _cache_store(chat, d, completion=outcome.answer.completion)
-        return await _respond(http, chat, d, completion=outcome.answer.completion)
+        return await _respond(
+            http, chat, d, completion=outcome.answer.completion, raw=outcome.answer.raw
+        )
     if streamed:  # The stream broke after it started: nothing else can be sent.
         return streamed[0]
     # 7. Fallback: no expert answered.
@@ -415,11 +418,16 @@ async def _stream_local(
 
 
 async def _respond(
-    http: web.Request, chat: request.ChatRequest, d: Decision, *, completion: dict[str, Any]
+    http: web.Request,
+    chat: request.ChatRequest,
+    d: Decision,
+    *,
+    completion: dict[str, Any],
+    raw: bytes | None = None,
 ) -> web.StreamResponse:
     if not chat.stream:
         return web.Response(
-            body=json.dumps(completion).encode(),
+            body=raw if raw is not None else json.dumps(completion).encode(),
             content_type="application/json",
             headers=d.headers(),
         )
@@ -437,7 +445,8 @@ def _cache_lookup(state: State, chat: request.ChatRequest, d: Decision) -> dict[
         return None
     d.cache = "miss"
     if policy.exact is not None:
-        entry = policy.exact.get(cache_mod.exact_key(policy=policy.name, body=_key_body(chat)))
+        d.exact_key = cache_mod.exact_key(policy=policy.name, body=chat.body)
+        entry = policy.exact.get(d.exact_key)
         if entry is not None:
             d.cache, d.route, d.reason = "exact", "cache", "cache_exact"
             d.confidence = entry.confidence
@@ -466,16 +475,15 @@ def _cache_store(chat: request.ChatRequest, d: Decision, *, completion: dict[str
     policy = d.policy
     if d.degraded is not None or d.cache != "miss":
         return
-    body = _key_body(chat)
-    if policy.exact is not None:
+    if policy.exact is not None and d.exact_key is not None:
         policy.exact.put(
-            cache_mod.exact_key(policy=policy.name, body=body),
+            d.exact_key,
             completion=completion,
             route=d.route,
             confidence=d.confidence,
         )
     if policy.semantic is not None:
-        context, text = cache_mod.semantic_parts(policy=policy.name, body=body)
+        context, text = cache_mod.semantic_parts(policy=policy.name, body=_key_body(chat))
         policy.semantic.put(
             context=context,
             text=text,
@@ -491,8 +499,7 @@ def _record(
     elapsed = time.perf_counter() - started
     m = state.metrics
     route_label = d.route if not d.route.startswith("expert:") else "expert"
-    m.requests.labels(d.policy.name, route_label, d.reason).inc()
-    m.duration.labels(route_label).observe(elapsed)
+    m.observe_request(policy=d.policy.name, route=route_label, reason=d.reason, seconds=elapsed)
     if d.confidence is not None and d.cache in ("off", "miss"):
         m.confidence.labels(d.policy.name).observe(d.confidence)
     if not d.policy.config.audit.enabled or not state.audit.enabled:

@@ -1,8 +1,8 @@
 """Personal-data detection and redaction, compiled once per policy at config load.
 
-One alternation regex finds candidates in a single pass; checksums (Luhn for cards,
-mod-97 for IBANs, `ipaddress` for IPv6) reject look-alikes so that order numbers and
-timestamps are not redacted.
+Each detector is one regex behind a cheap gate (no `@`, no email scan); checksums (Luhn
+for cards, mod-97 for IBANs, `ipaddress` for IPv6) reject look-alikes so that order
+numbers and timestamps are not redacted.
 """
 
 from __future__ import annotations
@@ -14,18 +14,48 @@ from dataclasses import dataclass, field
 
 from kascade.gateway import config as config_mod
 
+# Separate IPv4 and IPv6 patterns: as one alternation they cost 60 µs on a 200-character
+# prompt, apart about 6 µs each. The lookaheads fail within a few characters at almost
+# every position.
+_IPV4 = (
+    r"(?<![\w.])(?=\d{1,3}\.\d)(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}"
+    r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w.])"
+)
+_IPV6 = (
+    r"(?=[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:)(?<![\w:])"
+    r"(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])"
+)
 _BUILTIN: dict[str, str] = {
-    # Order matters: earlier alternatives win at the same position.
     "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
     "iban": r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b",
     "credit-card": r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])",
-    "ip-address": (
-        r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}"
-        r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w.])"
-        r"|(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])"
-    ),
+    "ipv4": _IPV4,
+    "ipv6": _IPV6,
     "phone": r"(?<![\w+])\+?(?:\(\d{1,4}\)[ .-]?)?\d(?:[ .-]?\(?\d\)?){6,14}(?!\w)",
 }
+_HAS_DIGIT = re.compile(r"\d")
+# Each detector runs only when its cheap precondition holds: one pass per detector with
+# a gate is several times faster than one big alternation over every position.
+_GATES: dict[str, Callable[[str], bool]] = {
+    "email": lambda text: "@" in text,
+    "iban": lambda text: _HAS_DIGIT.search(text) is not None,
+    "credit-card": lambda text: _HAS_DIGIT.search(text) is not None,
+    "ipv4": lambda text: "." in text,
+    "ipv6": lambda text: text.count(":") >= 2,
+    "phone": lambda text: _HAS_DIGIT.search(text) is not None,
+}
+# (detector name in the config, internal pattern), in priority order.
+_ORDER = (
+    ("email", "email"),
+    ("iban", "iban"),
+    ("credit-card", "credit-card"),
+    ("ip-address", "ipv4"),
+    ("ip-address", "ipv6"),
+    ("phone", "phone"),
+)
+# A span that looks like these but fails the checksum is not personal data, and the
+# digits inside it are not a phone number either.
+_BLOCKING = frozenset({"iban", "credit-card"})
 
 
 def luhn_valid(digits: str) -> bool:
@@ -59,9 +89,7 @@ def _card_ok(text: str) -> bool:
     return 13 <= len(digits) <= 19 and luhn_valid(digits)
 
 
-def _ip_ok(text: str) -> bool:
-    if "." in text:
-        return True  # The IPv4 alternative already bounds every octet.
+def _ipv6_ok(text: str) -> bool:
     try:
         ipaddress.IPv6Address(text)
     except ValueError:
@@ -81,7 +109,7 @@ def _phone_ok(text: str) -> bool:
 _VALIDATORS: dict[str, Callable[[str], bool]] = {
     "iban": iban_valid,
     "credit-card": _card_ok,
-    "ip-address": _ip_ok,
+    "ipv6": _ipv6_ok,
     "phone": _phone_ok,
 }
 
@@ -112,42 +140,59 @@ class Scanner:
 
     def __init__(self, *, privacy: config_mod.PrivacyConfig) -> None:
         self.action = privacy.action
-        parts: list[str] = []
-        self._kinds: list[str] = []
-        for name in ("email", "iban", "credit-card", "ip-address", "phone"):
+        # (kind, compiled regex, gate or None, validator or None), in priority order.
+        self._detectors: list[
+            tuple[str, re.Pattern[str], Callable[[str], bool] | None, Callable[[str], bool] | None]
+        ] = []
+        for name, pattern_name in _ORDER:
             if name in privacy.detectors:
-                parts.append(f"(?P<g{len(self._kinds)}>{_BUILTIN[name]})")
-                self._kinds.append(name)
+                self._detectors.append(
+                    (
+                        name,
+                        re.compile(_BUILTIN[pattern_name]),
+                        _GATES[pattern_name],
+                        _VALIDATORS.get(pattern_name),
+                    )
+                )
         for pattern in privacy.custom_patterns:
             try:
-                re.compile(pattern.regex)
+                compiled = re.compile(pattern.regex)
             except re.error as exc:
                 raise config_mod.ConfigError(
                     f"privacy.customPatterns[{pattern.name}].regex: invalid regex: {exc}"
                 ) from None
-            parts.append(f"(?P<g{len(self._kinds)}>{pattern.regex})")
-            self._kinds.append(pattern.name)
-        self._regex = re.compile("|".join(parts)) if parts else None
+            self._detectors.append((pattern.name, compiled, None, None))
 
     @property
     def enabled(self) -> bool:
-        return self._regex is not None
+        return bool(self._detectors)
 
     def find(self, text: str) -> list[Finding]:
-        """Validated findings in one text, left to right, non-overlapping."""
-        if self._regex is None:
+        """Validated findings in one text, left to right, non-overlapping (on overlap the
+        earlier start wins, then the detector listed first)."""
+        found: list[tuple[int, int, int, str | None]] = []
+        for priority, (kind, regex, gate, check) in enumerate(self._detectors):
+            if gate is not None and not gate(text):
+                continue
+            for match in regex.finditer(text):
+                if match.end() == match.start():
+                    continue
+                if check is not None and not check(match.group()):
+                    if kind in _BLOCKING:
+                        found.append((match.start(), priority, match.end(), None))
+                    continue
+                found.append((match.start(), priority, match.end(), kind))
+        if not found:
             return []
-        found: list[Finding] = []
-        for match in self._regex.finditer(text):
-            group = match.lastgroup
-            if group is None:
-                continue
-            kind = self._kinds[int(group[1:])]
-            check = _VALIDATORS.get(kind)
-            if check is not None and not check(match.group()):
-                continue
-            found.append(Finding(kind=kind, start=match.start(), end=match.end()))
-        return found
+        found.sort()
+        out: list[Finding] = []
+        pos = 0
+        for start, _, end, found_kind in found:
+            if start >= pos:
+                if found_kind is not None:
+                    out.append(Finding(kind=found_kind, start=start, end=end))
+                pos = end
+        return out
 
     def redact_text(self, text: str, *, counts: dict[str, int]) -> str:
         """Replaces each finding by `[REDACTED:KIND]` and counts it."""
@@ -167,7 +212,7 @@ class Scanner:
     def scan(self, *, messages: list[dict[str, object]]) -> ScanResult:
         """Scans every message's text; builds redacted copies only when something matched."""
         result = ScanResult()
-        if self._regex is None:
+        if not self._detectors:
             return result
         redacted: list[dict[str, object]] = []
         changed = False

@@ -134,13 +134,15 @@ class Answer:
     completion: dict[str, Any]
     prompt_tokens: int | None
     completion_tokens: int | None
+    raw: bytes | None = None
+    """The upstream body when it already is the OpenAI answer (sent on unchanged)."""
 
 
 class BadUpstreamBody(ValueError):
     """The expert answered 2xx with a body that is not a chat completion."""
 
 
-def parse_answer(*, provider: str, data: Any) -> Answer:
+def parse_answer(*, provider: str, data: Any, raw: bytes | None = None) -> Answer:
     """Reads a provider's non-streaming answer."""
     if not isinstance(data, dict):
         raise BadUpstreamBody("answer is not a JSON object")
@@ -182,6 +184,7 @@ def parse_answer(*, provider: str, data: Any) -> Answer:
         completion=data,
         prompt_tokens=_int(usage.get("prompt_tokens")),
         completion_tokens=_int(usage.get("completion_tokens")),
+        raw=raw,
     )
 
 

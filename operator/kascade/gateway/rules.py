@@ -16,13 +16,21 @@ def match(
     headers: Mapping[str, str],
 ) -> tuple[int, config_mod.Rule] | None:
     """First rule whose every set condition holds, with its index; None if none does."""
+    if not rules:
+        return None
+    # Header names are matched case-insensitively whatever mapping the server passes.
+    lowered = {k.lower(): v for k, v in headers.items()}
     for index, rule in enumerate(rules):
         when = rule.when
-        if when.prompt_tokens_over is not None and prompt_tokens <= when.prompt_tokens_over:
+        if when.min_prompt_tokens is not None and prompt_tokens < when.min_prompt_tokens:
             continue
-        if when.task_label is not None and headers.get(TASK_HEADER) != when.task_label:
+        if when.max_prompt_tokens is not None and prompt_tokens > when.max_prompt_tokens:
             continue
-        if when.header is not None and headers.get(when.header.name) != when.header.value:
+        if when.task_labels is not None and lowered.get(TASK_HEADER) not in when.task_labels:
             continue
+        if when.header is not None:
+            value = lowered.get(when.header.name.lower())
+            if value is None or (when.header.values and value not in when.header.values):
+                continue
         return index, rule
     return None
