@@ -14,6 +14,18 @@ from kascade.compile import resources
 from kascade.local import objects
 
 
+class _Dumper(yaml.SafeDumper):
+    """Writes multi-line strings (serveConfigV2, the gateway config) as literal blocks."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="kascade render",
@@ -68,5 +80,5 @@ def main(argv: list[str] | None = None) -> int:
                 service_monitor=False,
             )
         )
-    sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False))
+    sys.stdout.write(yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False))
     return 0
