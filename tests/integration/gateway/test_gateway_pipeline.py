@@ -188,9 +188,9 @@ async def test_rules_route_before_the_local_pass(start_sim, start_gateway, http)
         experts={"e1": expert_config(expert.url)},
         policy={
             "rules": [
-                {"when": {"promptTokensOver": 50}, "action": "expert", "target": "e1"},
-                {"when": {"taskLabel": "code"}, "action": "tier", "target": "big"},
-                {"when": {"header": {"name": "x-keep-local", "value": "yes"}}, "action": "local"},
+                {"when": {"minPromptTokens": 51}, "action": "expert", "target": "e1"},
+                {"when": {"taskLabels": ["code"]}, "action": "tier", "target": "big"},
+                {"when": {"header": {"name": "x-keep-local", "values": ["yes"]}}, "action": "local"},
             ]
         },
         pools={"big": {"endpoint": big.url, "model": "big"}},

@@ -46,9 +46,9 @@ FULL: dict[str, Any] = {
                 "dynamic": {"minThreshold": 0.4, "maxThreshold": 0.8, "budgetPressure": 1.5},
             },
             "rules": [
-                {"when": {"promptTokensOver": 4000}, "action": "expert", "target": "gpt"},
+                {"when": {"minPromptTokens": 4001}, "action": "expert", "target": "gpt"},
                 {
-                    "when": {"header": {"name": "x-tier", "value": "big"}},
+                    "when": {"header": {"name": "x-tier", "values": ["big"]}},
                     "action": "tier",
                     "target": "small",
                 },

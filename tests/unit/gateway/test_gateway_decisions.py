@@ -106,9 +106,9 @@ def test_circuit_breaker_states() -> None:
 
 def test_rules_first_match_wins() -> None:
     rule_list = [
-        config.Rule(when=config.RuleWhen(promptTokensOver=100, taskLabel="code"), action="expert"),
+        config.Rule(when=config.RuleWhen(minPromptTokens=101, taskLabels=["code"]), action="expert"),
         config.Rule(
-            when=config.RuleWhen(header=config.HeaderMatch(name="x-a", value="1")), action="local"
+            when=config.RuleWhen(header=config.HeaderMatch(name="x-a", values=["1"])), action="local"
         ),
     ]
     assert (
