@@ -319,3 +319,29 @@ def test_integers_are_accepted_where_numbers_belong() -> None:
     assert isinstance(obj, v1alpha1.CloudExpert)
     assert obj.spec.budget.limit_usd == 10.0
     assert isinstance(obj.spec.budget.limit_usd, float)
+
+
+def test_duplicate_yaml_keys_are_rejected_with_their_line(tmp_path: Path) -> None:
+    # kubectl refuses a mapping key defined twice; silently keeping the last would hide
+    # half of the user's spec.
+    path = tmp_path / "pool.yaml"
+    path.write_text(
+        "apiVersion: kascade.io/v1alpha1\nkind: LocalModelPool\nmetadata: {name: pool}\n"
+        "spec:\n  model: {runtime: llama-cpp, source: 'builtin://a'}\n"
+        "spec:\n  replicas: {max: 2}\n"
+    )
+    with pytest.raises(v1alpha1.ValidationFailed) as raised:
+        v1alpha1.load_path(path)
+    assert str(raised.value) == f"{path}:6:1: invalid YAML: mapping key 'spec' is defined twice"
+
+
+@pytest.mark.parametrize(
+    ("quantity", "value"),
+    [(2, "2"), ("500m", "0.5"), ("1Gi", "1073741824"), ("1.5k", "1500"), ("100u", "0.0001")],
+)
+def test_quantities_have_their_numeric_value(quantity: int | str, value: str) -> None:
+    from decimal import Decimal
+
+    from kascade.api.v1alpha1 import common
+
+    assert common.decimal_quantity(quantity) == Decimal(value)

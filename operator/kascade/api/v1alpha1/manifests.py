@@ -33,6 +33,27 @@ IMMUTABLE_FIELDS: Mapping[str, tuple[tuple[str, ...], ...]] = {
 }
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """A SafeLoader that rejects duplicate mapping keys, as kubectl does.
+
+    PyYAML would silently keep the last value: a second ``spec:`` in a file would replace
+    the first without a word.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str | int | float | bool | None):
+                continue  # unhashable keys are reported by the base class
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"mapping key {key!r} is defined twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Manifest:
     """One YAML document and where it came from."""
@@ -69,7 +90,7 @@ def read_manifests(path: Path, *, recursive: bool = False) -> list[Manifest]:
     found: list[problems.Problem] = []
     for file in files:
         try:
-            docs = list(yaml.safe_load_all(file.read_text(encoding="utf-8")))
+            docs = list(yaml.load_all(file.read_text(encoding="utf-8"), Loader=_StrictLoader))
         except yaml.YAMLError as error:
             found.append(problems.parse_error(source=str(file), error=error))
             continue
