@@ -345,3 +345,16 @@ def test_quantities_have_their_numeric_value(quantity: int | str, value: str) ->
     from kascade.api.v1alpha1 import common
 
     assert common.decimal_quantity(quantity) == Decimal(value)
+
+
+def test_every_failed_rule_of_an_object_is_reported() -> None:
+    # The API server reports every failed CEL rule; so do the models.
+    body = api_invalid_cases.expert(endpoint="http://api.example.com/v1", credentials=None)
+    del body["spec"]["credentials"]
+    with pytest.raises(v1alpha1.ValidationFailed) as raised:
+        v1alpha1.load_objects([body], source="x.yaml")
+    assert [(p.path, p.message.split(" ")[0]) for p in raised.value.problems] == [
+        ("spec.endpoint", "endpoint"),
+        ("spec.endpoint", "http://"),
+        ("spec.credentials", "credentials.secretRef"),
+    ]

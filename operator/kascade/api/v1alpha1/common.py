@@ -107,23 +107,29 @@ class KascadeModel(pydantic.BaseModel):
 
     @pydantic.model_validator(mode="after")
     def _check_kascade_rules(self) -> KascadeModel:
+        # Every failure is collected, as the API server reports every failed rule; pydantic
+        # takes one error per validator, so the rest travel in its ctx.
+        failures: list[tuple[str, str]] = []
         for field_name, info in type(self).model_fields.items():
             extra = info.json_schema_extra
             if isinstance(extra, dict) and "x-kubernetes-list-type" in extra:
-                _check_unique(
+                duplicate = _duplicate(
                     getattr(self, field_name),
                     keys=extra.get("x-kubernetes-list-map-keys"),
                     wire_name=info.alias or field_name,
                 )
+                if duplicate is not None:
+                    failures.append(duplicate)
         for rule in type(self).__dict__.get("__kascade_rules__", ()):
             if not rule.check(self):
-                # The relative field path travels in ctx so errors can name the exact
-                # field, as the API server does with the rule's fieldPath.
-                raise pydantic_core.PydanticCustomError(
-                    "kascade_rule",
-                    "{message}",
-                    {"message": rule.message, "field_path": rule.field_path or ""},
-                )
+                failures.append((rule.message, rule.field_path or ""))
+        if failures:
+            (message, field_path), *more = failures
+            raise pydantic_core.PydanticCustomError(
+                "kascade_rule",
+                "{message}",
+                {"message": message, "field_path": field_path, "more": more},
+            )
         return self
 
     @classmethod
@@ -145,26 +151,21 @@ class KascadeModel(pydantic.BaseModel):
         return _without_empty(self.model_dump(mode="json", by_alias=True, exclude_none=True))
 
 
-def _check_unique(items: Any, *, keys: Any, wire_name: str) -> None:
-    """Rejects duplicates in a list the CRD declares as a set or a map (by key)."""
+def _duplicate(items: Any, *, keys: Any, wire_name: str) -> tuple[str, str] | None:
+    """(message, field path) for the first duplicate in a list the CRD declares as a set
+    or a map (by key), or None."""
     seen = set()
     for index, item in enumerate(items or ()):
         key = tuple(getattr(item, k) for k in keys) if isinstance(keys, list) else item
         if key in seen:
-            shown = (
-                ", ".join(f"{k}={v!r}" for k, v in zip(keys, key, strict=True))
-                if isinstance(keys, list)
-                else repr(item)
-            )
-            raise pydantic_core.PydanticCustomError(
-                "kascade_duplicate",
-                "{message}",
-                {
-                    "message": f"duplicate value {shown}: entries of {wire_name} must be unique",
-                    "field_path": f".{wire_name}[{index}]",
-                },
-            )
+            if isinstance(keys, list):
+                shown = ", ".join(f"{k}={v!r}" for k, v in zip(keys, key, strict=True))
+            else:
+                shown = repr(item)
+            message = f"duplicate value {shown}: entries of {wire_name} must be unique"
+            return message, f".{wire_name}[{index}]"
         seen.add(key)
+    return None
 
 
 def _parse_quantity(value: object) -> int | str:

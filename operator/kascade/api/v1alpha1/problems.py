@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pydantic
+import pydantic_core
 
 from kascade.api.v1alpha1.common import PATTERN_HINTS
 
@@ -69,27 +70,40 @@ def problems_from_error(
     name: str | None,
 ) -> list[Problem]:
     """One Problem per pydantic error, with messages reworded the way users need them."""
-    problems = []
+    problems: list[Problem] = []
     for item in error.errors(include_url=False):
-        loc = list(item["loc"])
-        message = item["msg"]
-        ctx = item.get("ctx") or {}
-        path = field_path(loc)
-        if item["type"] in ("kascade_rule", "kascade_duplicate"):
-            path += str(ctx.get("field_path", ""))
-        elif item["type"] == "extra_forbidden":
-            accepted = _accepted_fields(model, loc[:-1])
-            message = "unknown field" + (f" (accepted: {', '.join(accepted)})" if accepted else "")
-        elif item["type"] == "missing":
-            message = "required field is missing"
-        elif item["type"] == "string_pattern_mismatch" and ctx.get("pattern") in PATTERN_HINTS:
-            message = f"must be {PATTERN_HINTS[ctx['pattern']]}"
-        elif item["type"] == "value_error":
-            message = message.removeprefix("Value error, ")
-        if item["type"] not in ("kascade_rule", "kascade_duplicate", "missing", "extra_forbidden"):
-            message += _got(item.get("input"))
-        problems.append(Problem(source=source, kind=kind, name=name, path=path, message=message))
+        problems.extend(
+            Problem(source=source, kind=kind, name=name, path=path, message=message)
+            for message, path in _reworded(item, model=model)
+        )
     return problems
+
+
+def _reworded(
+    item: pydantic_core.ErrorDetails, *, model: type[pydantic.BaseModel]
+) -> list[tuple[str, str]]:
+    """(message, field path) pairs for one pydantic error."""
+    loc = list(item["loc"])
+    path = field_path(loc)
+    ctx = item.get("ctx") or {}
+    kind = item["type"]
+    if kind == "kascade_rule":
+        # A rule failure carries the model's other failed rules (see KascadeModel).
+        failures = [(ctx["message"], ctx["field_path"]), *ctx.get("more", ())]
+        return [(str(message), path + str(relative)) for message, relative in failures]
+    if kind == "extra_forbidden":
+        accepted = _accepted_fields(model, loc[:-1])
+        return [
+            ("unknown field" + (f" (accepted: {', '.join(accepted)})" if accepted else ""), path)
+        ]
+    if kind == "missing":
+        return [("required field is missing", path)]
+    message = item["msg"]
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") in PATTERN_HINTS:
+        message = f"must be {PATTERN_HINTS[ctx['pattern']]}"
+    elif kind == "value_error":
+        message = message.removeprefix("Value error, ")
+    return [(message + _got(item.get("input")), path)]
 
 
 def _got(value: Any) -> str:
