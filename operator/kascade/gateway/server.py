@@ -110,7 +110,20 @@ async def _readyz(http: web.Request) -> web.Response:
 
 
 async def _metrics(http: web.Request) -> web.Response:
-    body = http.app[STATE].metrics.render()
+    state = http.app[STATE]
+    # Budget remaining is read from the ledger at scrape time (shared across replicas
+    # with Redis), not tracked per request.
+    for name, expert in state.experts.items():
+        if name not in state.runtime.config.experts:
+            continue
+        try:
+            snap = await state.escalator.ledger.snapshot(expert=name, budget=expert.budget)
+        except ledger.LedgerError:
+            continue
+        state.metrics.budget_remaining.labels(name).set(
+            float(ledger.nanos_to_usd(snap.remaining_nanos))
+        )
+    body = state.metrics.render()
     return web.Response(body=body, headers={"content-type": "text/plain; version=0.0.4"})
 
 

@@ -69,6 +69,10 @@ async def test_low_confidence_escalates_and_settles_actual_cost(
         in text
     )
     assert 'kascade_expert_cost_usd_total{expert="e1"} 0.002' in text
+    # Budget 100 USD per day (expert_config), 0.002 spent.
+    assert 'kascade_budget_remaining_usd{expert="e1"} 99.998' in text
+    assert 'kascade_requests_total{policy="default",reason="low_confidence",route="expert"} 1.0' in text
+    assert 'kascade_request_duration_seconds_count{route="expert"} 1.0' in text
     assert 'kascade_confidence_count{policy="default"} 1.0' in text
 
 
