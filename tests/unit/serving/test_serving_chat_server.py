@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("llama_cpp", reason="the serving extra is not installed")
 
-from kascade.serving import config, server  # noqa: E402
+from kascade.serving import config, server
 
 pytestmark = pytest.mark.serving
 
