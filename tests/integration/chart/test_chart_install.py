@@ -307,6 +307,8 @@ def test_namespaced_install_grants_only_in_watched_namespaces(
     restrict(kubectl, namespace)
     release = install("--set", f"watchNamespaces={{{watched}}}")
     wait_rollout(kubectl, release)
+    assert f"The operator watches these namespaces: {watched}." in release.notes
+    assert f"kubectl -n {watched} apply -f examples/quickstart/" in release.notes
 
     problems = wrong_answers(kubectl, release, NAMESPACED_ALLOWED, namespace=watched,
                              expected=True)  # fmt: skip
