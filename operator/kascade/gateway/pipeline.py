@@ -116,11 +116,23 @@ async def handle_chat(state: State, http: web.Request) -> web.StreamResponse:
     decision = Decision(request_id=request_id, policy=policy)
     status = 200
     try:
-        response = await _route(state, http, chat, decision)
+        response = await _route(state, rt, http, chat, decision)
     except errors.ApiError as exc:
         status = exc.status
         decision.route = "error"
         response = exc.response(extra_headers=decision.headers())
+    except Exception:
+        # A bug or an unexpected upstream failure: answer in the OpenAI shape, and log
+        # it with the request id (never the prompt).
+        log.exception("Failed request_id=%s policy=%s", request_id, policy.name)
+        status = 500
+        decision.route, decision.reason = "error", "internal_error"
+        response = errors.ApiError(
+            status=500,
+            message=f"The gateway failed to handle request {request_id}; see its logs.",
+            type="server_error",
+            code="internal_error",
+        ).response(extra_headers=decision.headers())
     _record(state, chat, decision, status=status, started=started)
     return response
 
@@ -161,7 +173,11 @@ async def _read_body(http: web.Request, *, limit: int) -> bytes:
 
 
 async def _route(
-    state: State, http: web.Request, chat: request.ChatRequest, d: Decision
+    state: State,
+    rt: runtime.Runtime,
+    http: web.Request,
+    chat: request.ChatRequest,
+    d: Decision,
 ) -> web.StreamResponse:
     policy = d.policy
     cfg = policy.config
@@ -193,7 +209,7 @@ async def _route(
             experts = []
         elif rule.action == "tier":
             assert rule.target is not None
-            pool = state.runtime.config.pools.get(rule.target, pool)
+            pool = rt.config.pools.get(rule.target, pool)
         elif rule.action == "expert":
             if rule.target is not None:
                 experts = [state.experts[rule.target]]

@@ -154,3 +154,37 @@ async def test_unreachable_ledger_fails_closed(start_sim, start_gateway, http) -
     assert headers["x-kascade-route"] == "local"
     assert "ledger is unreachable" in headers["x-kascade-degraded"]
     assert expert.records == []
+
+
+async def test_dynamic_threshold_drops_when_experts_are_down(
+    start_sim, start_gateway, http
+) -> None:
+    pool = await start_sim(name="pool", confidence=0.5)
+    flaky = await start_sim(name="flaky", fail_every=1)
+    gw = await start_gateway(
+        gateway_config(
+            pool=pool.url,
+            experts={
+                "flaky": expert_config(
+                    flaky.url, circuitBreaker={"failureThreshold": 1, "openSeconds": 60}
+                )
+            },
+            policy={
+                "confidence": {
+                    "threshold": 0.6,
+                    "dynamic": {"minThreshold": 0.3, "maxThreshold": 0.9, "budgetPressure": 0},
+                }
+            },
+        )
+    )
+    # All experts up: the base threshold 0.6, so confidence 0.5 escalates (and fails).
+    _, headers, _ = await _post(http, gw.url, chat("first"))
+    assert headers["x-kascade-reason"] == "low_confidence"
+    assert "x-kascade-degraded" in headers
+    # The circuit is open now: every expert is unavailable, the threshold in force falls
+    # to minThreshold and the same confidence is good enough locally.
+    _, headers, _ = await _post(http, gw.url, chat("second"))
+    assert headers["x-kascade-reason"] == "confident"
+    assert "x-kascade-degraded" not in headers
+    assert [line["threshold"] for line in gw.audit()] == [0.6, 0.3]
+    assert len(flaky.records) == 1

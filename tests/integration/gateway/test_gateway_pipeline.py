@@ -71,7 +71,10 @@ async def test_low_confidence_escalates_and_settles_actual_cost(
     assert 'kascade_expert_cost_usd_total{expert="e1"} 0.002' in text
     # Budget 100 USD per day (expert_config), 0.002 spent.
     assert 'kascade_budget_remaining_usd{expert="e1"} 99.998' in text
-    assert 'kascade_requests_total{policy="default",reason="low_confidence",route="expert"} 1.0' in text
+    assert (
+        'kascade_requests_total{policy="default",reason="low_confidence",route="expert"} 1.0'
+        in text
+    )
     assert 'kascade_request_duration_seconds_count{route="expert"} 1.0' in text
     assert 'kascade_confidence_count{policy="default"} 1.0' in text
 
@@ -194,7 +197,10 @@ async def test_rules_route_before_the_local_pass(start_sim, start_gateway, http)
             "rules": [
                 {"when": {"minPromptTokens": 51}, "action": "expert", "target": "e1"},
                 {"when": {"taskLabels": ["code"]}, "action": "tier", "target": "big"},
-                {"when": {"header": {"name": "x-keep-local", "values": ["yes"]}}, "action": "local"},
+                {
+                    "when": {"header": {"name": "x-keep-local", "values": ["yes"]}},
+                    "action": "local",
+                },
             ]
         },
         pools={"big": {"endpoint": big.url, "model": "big"}},
