@@ -106,9 +106,12 @@ def test_circuit_breaker_states() -> None:
 
 def test_rules_first_match_wins() -> None:
     rule_list = [
-        config.Rule(when=config.RuleWhen(minPromptTokens=101, taskLabels=["code"]), action="expert"),
         config.Rule(
-            when=config.RuleWhen(header=config.HeaderMatch(name="x-a", values=["1"])), action="local"
+            when=config.RuleWhen(minPromptTokens=101, taskLabels=["code"]), action="expert"
+        ),
+        config.Rule(
+            when=config.RuleWhen(header=config.HeaderMatch(name="x-a", values=["1"])),
+            action="local",
         ),
     ]
     assert (
