@@ -34,6 +34,26 @@ def _kuberay_crds() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
+def _wait_established(kubectl: KubectlRunner, *names: str) -> None:
+    # `kubectl wait` fails outright while a new CRD has no conditions yet: poll instead.
+    for name in names:
+        ops.wait_for(
+            f"CRD {name} Established",
+            lambda name=name: (
+                "True"
+                in kubectl(
+                    "get",
+                    "crd",
+                    name,
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type=='Established')].status}",
+                    check=False,
+                ).stdout
+            ),
+            timeout=60,
+        )
+
+
 @pytest.fixture(scope="module")
 def operator(kubeconfig: str, kubectl: KubectlRunner) -> Iterator[ops.OperatorProcess]:
     kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
@@ -117,7 +137,7 @@ def test_pool_reports_kuberay_missing_then_recovers(
     assert operator.running(), operator.log()
 
     kubectl("apply", "--server-side", "-f", str(_kuberay_crds()))
-    kubectl("wait", "--for=condition=Established", f"crd/{RAYSERVICE_CRD}", "--timeout=60s")
+    _wait_established(kubectl, RAYSERVICE_CRD)
     ops.wait_for(
         "the RayService after KubeRay was installed",
         lambda: _get(kubectl, namespace, "rayservice", "smollm2"),

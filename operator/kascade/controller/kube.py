@@ -109,6 +109,13 @@ class Kube:
         except ApiException as exc:
             raise KubeError(_api_message(exc), status=int(exc.status or 0)) from None
         raw = await response.read()
+        # Without preloading, the client does not raise on errors: check the status here.
+        # Error bodies are usually a JSON Status, but "404 page not found" is plain text.
+        if response.status >= 400:
+            raise KubeError(
+                f"{response.status} {response.reason}: {_status_message(raw)}",
+                status=response.status,
+            )
         return json.loads(raw) if raw else {}
 
     async def get(self, kind: str, *, namespace: str | None, name: str) -> Manifest | None:
@@ -167,6 +174,15 @@ class Kube:
         meta = manifest["metadata"]
         path = RESOURCES[manifest["kind"]].path(namespace=meta.get("namespace"))
         return await self._call("POST", path, body=manifest)
+
+
+def _status_message(raw: bytes) -> str:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return raw.decode(errors="replace").strip()[:500] or "no message"
+    message = body.get("message") if isinstance(body, dict) else None
+    return str(message or "no message")
 
 
 def _api_message(exc: ApiException) -> str:
