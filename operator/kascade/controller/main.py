@@ -24,10 +24,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NS",
         help="watch only this namespace (repeatable)",
     )
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    # The chart sets KASCADE_LOG_LEVEL and KASCADE_HEALTH_PORT on the operator Deployment.
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("KASCADE_LOG_LEVEL", "INFO").upper(),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+    )
+    health_port = os.environ.get("KASCADE_HEALTH_PORT")
     parser.add_argument(
         "--liveness",
-        default=None,
+        default=f"http://0.0.0.0:{health_port}/healthz" if health_port else None,
         metavar="URL",
         help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz",
     )
