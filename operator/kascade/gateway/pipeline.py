@@ -82,7 +82,9 @@ class Decision:
         if self.confidence is not None:
             h["x-kascade-confidence"] = f"{self.confidence:.4f}"
         if self.degraded is not None:
-            h["x-kascade-degraded"] = " ".join(self.degraded.split())[:500]
+            # One line, ASCII only: the policy's message may hold any character.
+            text = " ".join(self.degraded.split())[:500]
+            h["x-kascade-degraded"] = text.encode("ascii", "replace").decode()
         return h
 
 
