@@ -372,3 +372,43 @@ async def test_api_keys_models_feedback_health(start_sim, start_gateway, http, t
     async with http.get(f"{gw.url}/metrics") as resp:
         assert 'kascade_feedback_total{policy="default",rating="negative"} 1.0' in await resp.text()
     assert gw.audit()[-1]["type"] == "feedback"
+
+
+async def test_cheapest_selection_cost_cap_and_context_limit(
+    start_sim, start_gateway, http
+) -> None:
+    pool = await start_sim(name="pool", confidence=0.1)
+    pricey = await start_sim(name="pricey")
+    cheap = await start_sim(name="cheap")
+    experts = {
+        "pricey": expert_config(
+            pricey.url, pricing={"inputPerMillionTokens": 30, "outputPerMillionTokens": 60}
+        ),
+        "cheap": expert_config(
+            cheap.url,
+            pricing={"inputPerMillionTokens": 0.1, "outputPerMillionTokens": 0.2},
+            maxContextTokens=20,
+        ),
+    }
+    gw = await start_gateway(
+        gateway_config(pool=pool.url, experts=experts, policy={"selection": "cheapest"})
+    )
+    _, headers, _ = await _post(http, gw.url, chat("short question", max_tokens=100))
+    assert headers["x-kascade-route"] == "expert:cheap"
+    # Too long for cheap's context: pricey answers.
+    _, headers, _ = await _post(http, gw.url, chat("word " * 100, max_tokens=100))
+    assert headers["x-kascade-route"] == "expert:pricey"
+    assert gw.audit()[-1]["attempts"][0] == {"expert": "cheap", "outcome": "context_too_long"}
+    # A cap below pricey's worst case: (16 + 8 + 500 bytes) x $30/M + 1000 x $60/M = $0.076.
+    capped = await start_gateway(
+        gateway_config(
+            pool=pool.url,
+            experts=experts,
+            policy={"selection": "cheapest", "maxCostPerRequestUSD": 0.01},
+        ),
+        name="capped",
+    )
+    _, headers, _ = await _post(http, capped.url, chat("word " * 100, max_tokens=1000))
+    assert headers["x-kascade-route"] == "local"
+    assert "pricey: over_request_cost_cap" in headers["x-kascade-degraded"]
+    assert len(pricey.records) == 1
