@@ -412,3 +412,28 @@ async def test_cheapest_selection_cost_cap_and_context_limit(
     assert headers["x-kascade-route"] == "local"
     assert "pricey: over_request_cost_cap" in headers["x-kascade-degraded"]
     assert len(pricey.records) == 1
+
+
+async def test_semantic_cache_end_to_end(start_sim, start_gateway, http) -> None:
+    pool = await start_sim(name="pool", confidence=0.1)
+    expert = await start_sim(name="e1")
+    gw = await start_gateway(
+        gateway_config(
+            pool=pool.url,
+            experts={"e1": expert_config(expert.url)},
+            policy={"cache": {"semantic": {"threshold": 0.8, "ttlSeconds": 60}}},
+        )
+    )
+    _, first, body = await _post(http, gw.url, chat("What is the capital of France?"))
+    _, second, again = await _post(http, gw.url, chat("Tell me the capital of France"))
+    assert first["x-kascade-route"] == "expert:e1"
+    assert second["x-kascade-route"] == "cache"
+    assert second["x-kascade-reason"] == "cache_semantic"
+    assert again == body
+    _, h1, _ = await _post(http, gw.url, chat("Is 7 a prime number?"))
+    _, h2, _ = await _post(http, gw.url, chat("Is 9 a prime number?"))
+    assert h1["x-kascade-route"] == h2["x-kascade-route"] == "expert:e1"
+    assert len(expert.records) == 3
+    async with http.get(f"{gw.url}/metrics") as resp:
+        assert 'kascade_cache_hits_total{kind="semantic"} 1.0' in await resp.text()
+    assert [a["cache"] for a in gw.audit()] == ["miss", "semantic", "miss", "miss"]
