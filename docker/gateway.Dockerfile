@@ -4,7 +4,7 @@
 # Build from the repository root:
 #   docker build -f docker/gateway.Dockerfile -t ghcr.io/kascade/gateway:0.1.0 .
 # The operator runs it with the compiled config mounted from a ConfigMap:
-#   kascade gateway --config /etc/kascade/gateway/config.json --port 8080
+#   kascade gateway --config /etc/kascade/gateway/config.json --host 0.0.0.0 --port 8080
 ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS wheels
@@ -23,4 +23,6 @@ USER 65532:65532
 WORKDIR /tmp
 EXPOSE 8080
 ENTRYPOINT ["kascade"]
-CMD ["gateway", "--config", "/etc/kascade/gateway/config.json", "--port", "8080"]
+# The gateway listens on 127.0.0.1 unless told otherwise; in a pod it must listen on all
+# interfaces for the Service and the kubelet's probes to reach it.
+CMD ["gateway", "--config", "/etc/kascade/gateway/config.json", "--host", "0.0.0.0", "--port", "8080"]

@@ -49,8 +49,8 @@ def test_default_commands_match_what_the_chart_and_operator_run() -> None:
     assert 'CMD ["operator", "--all-namespaces"]' in operator
     assert 'ENTRYPOINT ["kascade"]' in gateway
     assert (
-        'CMD ["gateway", "--config", "/etc/kascade/gateway/config.json", "--port", "8080"]'
-        in gateway
+        'CMD ["gateway", "--config", "/etc/kascade/gateway/config.json", "--host", "0.0.0.0", '
+        '"--port", "8080"]' in gateway
     )
 
 

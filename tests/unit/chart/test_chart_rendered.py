@@ -77,10 +77,22 @@ def test_operator_is_one_standalone_replica_replaced_not_rolled(render: Render) 
 
 
 def test_cluster_wide_by_default_and_listed_namespaces_otherwise(render: Render) -> None:
-    assert container(render())["args"] == ["operator", "--all-namespaces"]
+    flags = ["--log-level", "INFO", "--liveness", "http://0.0.0.0:8080/healthz"]
+    assert container(render())["args"] == ["operator", "--all-namespaces", *flags]
     assert container(render("--set", "watchNamespaces={a,b}"))["args"] == [
-        "operator", "--namespace", "a", "--namespace", "b",
+        "operator", "--namespace", "a", "--namespace", "b", *flags,
     ]  # fmt: skip
+
+
+def test_liveness_probe_calls_the_endpoint_kopf_serves(render: Render) -> None:
+    manifests = render("--set", "operator.healthPort=8181", "--set", "operator.logLevel=debug")
+    args = container(manifests)["args"]
+    assert args[args.index("--liveness") + 1] == "http://0.0.0.0:8181/healthz"
+    assert args[args.index("--log-level") + 1] == "DEBUG"
+    probe = container(manifests)["livenessProbe"]["httpGet"]
+    ports = {p["name"]: p["containerPort"] for p in container(manifests)["ports"]}
+    assert probe["path"] == "/healthz"
+    assert ports[probe["port"]] == 8181
 
 
 @pytest.mark.parametrize("extra", [[], ["--values", str(NAMESPACED_VALUES)]])
@@ -112,7 +124,6 @@ def test_gateway_defaults_reach_the_operator_as_environment(render: Render) -> N
     assert values["KASCADE_GATEWAY_MEMORY_LIMIT"] == "512Mi"
     assert values["KASCADE_GATEWAY_HPA_MAX"] == "1"
     assert "KASCADE_GATEWAY_REDIS_URL" not in values
-    assert values["KASCADE_LOG_LEVEL"] == "info"
     assert container(render())["image"] == "ghcr.io/kascade/operator:0.1.0"
 
 
