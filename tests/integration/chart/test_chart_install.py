@@ -365,3 +365,28 @@ def test_users_get_the_kinds_through_admin_edit_and_view(
     # Whether admin/edit/view still grant the kinds afterwards depends on other releases
     # in this shared cluster; what this release owns is checked to be gone.
     uninstall_leaves_nothing(helm, kubectl, release, [namespace])
+
+
+def test_upgrade_from_namespaced_to_cluster_wide_moves_the_grants(
+    helm: Runner, kubectl: Runner, namespace: str, watched: str, install: Installer
+) -> None:
+    release = install("--set", f"watchNamespaces={{{watched}}}")
+    sample = [("list", KINDS[0], ""), ("patch", "deployments.apps", "")]
+    assert wrong_answers(kubectl, release, sample, namespace="default", expected=False) == []
+
+    helm(
+        "upgrade", release.name, str(CHART), "--namespace", namespace, "--skip-crds",
+        "--reuse-values", "--set-json", "watchNamespaces=[]",
+    )  # fmt: skip
+    # The per-namespace Role is gone; the ClusterRole now grants everywhere.
+    roles = kubectl("get", "roles,rolebindings", "-n", watched, "-l",
+                    f"app.kubernetes.io/instance={release.name}", "-o", "name").stdout  # fmt: skip
+    assert roles.split() == []
+    assert wrong_answers(kubectl, release, sample, namespace="default", expected=True) == []
+    assert wrong_answers(kubectl, release, sample, namespace=watched, expected=True) == []
+    jsonpath = "jsonpath={.spec.template.spec.containers[0].args}"
+    deployment = f"deployment/{release.name}-operator"
+    args = json.loads(kubectl("get", deployment, "-n", namespace, "-o", jsonpath).stdout)
+    assert args[:2] == ["operator", "--all-namespaces"]
+
+    uninstall_leaves_nothing(helm, kubectl, release, [namespace, watched])
