@@ -216,8 +216,9 @@ async def _route(
             if rule.target is not None:
                 experts = [state.experts[rule.target]]
             escalate_reason = "rule"
-    if local_only:
+    if local_only:  # Personal data under local-only outranks every rule.
         experts = []
+        escalate_reason = None
     # 4. Local pass (skipped when a rule sends the request straight to an expert).
     answer: local.LocalAnswer | None = None
     if escalate_reason is None:
@@ -225,7 +226,7 @@ async def _route(
             d.reason = "local_only" if local_only else "no_escalation"
             return await _stream_local(state, http, chat, d, pool=pool)
         try:
-            answer = await _local_pass(state, chat, d, pool=pool)
+            answer = await _local_pass(state, chat, d, pool=pool, can_escalate=bool(experts))
         except _LocalRejected as rejected:
             raise rejected.error from None
         except local.Overflow:
@@ -254,7 +255,8 @@ async def _route(
     assert escalate_reason is not None
     d.reason = escalate_reason
     if not experts:
-        raise _no_local_answer(d, detail="no expert may receive this request")
+        detail = f"local pool: {d.local_error or 'saturated'}; no expert may receive this request"
+        raise _no_local_answer(d, detail=detail)
     # 6. Escalation.
     return await _escalate(
         state,
@@ -270,7 +272,12 @@ async def _route(
 
 
 async def _local_pass(
-    state: State, chat: request.ChatRequest, d: Decision, *, pool: Any
+    state: State,
+    chat: request.ChatRequest,
+    d: Decision,
+    *,
+    pool: Any,
+    can_escalate: bool,
 ) -> local.LocalAnswer:
     cfg = d.policy.config
     method = cfg.confidence.method
@@ -281,7 +288,7 @@ async def _local_pass(
                 session=state.session, pool=pool, body=chat.body, method=method
             )
         except local.Overflow as overflow:
-            if cfg.overflow == "escalate" and d.policy.experts:
+            if cfg.overflow == "escalate" and can_escalate:
                 raise
             retry_after = overflow.retry_after if overflow.retry_after is not None else 1.0
             left = deadline - time.monotonic()

@@ -99,3 +99,25 @@ async def test_allow_only_reaches_experts_that_accept_personal_data(
     assert strict.records == []
     assert EMAIL in json.dumps(lenient.records)
     assert gw.audit()[0]["pii_found"]["ticket"] == 1
+
+
+async def test_local_only_outranks_an_expert_rule(start_sim, start_gateway, http) -> None:
+    pool = await start_sim(name="pool", confidence=0.1)
+    expert = await start_sim(name="e1")
+    gw = await start_gateway(
+        gateway_config(
+            pool=pool.url,
+            experts={"e1": expert_config(expert.url)},
+            policy={
+                "privacy": {**PRIVACY, "action": "local-only"},
+                "rules": [{"when": {"promptTokensOver": 0}, "action": "expert"}],
+            },
+        )
+    )
+    status, headers, _ = await _post(http, gw.url, chat(PROMPT))
+    assert status == 200
+    assert headers["x-kascade-route"] == "local"
+    assert expert.records == []
+    _, headers, _ = await _post(http, gw.url, chat("no personal data here"))
+    assert headers["x-kascade-route"] == "expert:e1"
+    assert headers["x-kascade-reason"] == "rule"
