@@ -42,6 +42,8 @@ class Settings:
 
     gateway_image: str = "ghcr.io/kascade/gateway:0.1.0"
     serving_image: str = "ghcr.io/kascade/serving:0.1.0"
+    gateway_image_pull_policy: str = "IfNotPresent"
+    serving_image_pull_policy: str = "IfNotPresent"
     ray_version: str = "2.40.0"
     gateway_replicas: int = 1
     gateway_cpu_request: str = "250m"
@@ -131,6 +133,7 @@ def build_rayservice(
             {
                 "name": "ray-worker",
                 "image": settings.serving_image,
+                "imagePullPolicy": settings.serving_image_pull_policy,
                 "resources": {"requests": requests, "limits": limits},
                 "securityContext": {"allowPrivilegeEscalation": False},
             }
@@ -165,6 +168,7 @@ def build_rayservice(
                                 {
                                     "name": "ray-head",
                                     "image": settings.serving_image,
+                                    "imagePullPolicy": settings.serving_image_pull_policy,
                                     "resources": {
                                         "requests": {"cpu": "500m", "memory": "1Gi"},
                                         "limits": {"memory": "2Gi"},
@@ -279,6 +283,7 @@ def build_gateway(
                         {
                             "name": "gateway",
                             "image": settings.gateway_image,
+                            "imagePullPolicy": settings.gateway_image_pull_policy,
                             "args": [
                                 "gateway",
                                 "--config",

@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 import kopf
+import prometheus_client
 
 from kascade.compile import resources
 from kascade.controller import kube as kube_mod
@@ -34,6 +35,12 @@ def settings_from_env() -> resources.Settings:
     return resources.Settings(
         gateway_image=env.get("KASCADE_GATEWAY_IMAGE", defaults.gateway_image),
         serving_image=env.get("KASCADE_SERVING_IMAGE", defaults.serving_image),
+        gateway_image_pull_policy=env.get(
+            "KASCADE_GATEWAY_IMAGE_PULL_POLICY", defaults.gateway_image_pull_policy
+        ),
+        serving_image_pull_policy=env.get(
+            "KASCADE_SERVING_IMAGE_PULL_POLICY", defaults.serving_image_pull_policy
+        ),
         gateway_replicas=int(env.get("KASCADE_GATEWAY_REPLICAS", defaults.gateway_replicas)),
         gateway_cpu_request=env.get("KASCADE_GATEWAY_CPU_REQUEST", defaults.gateway_cpu_request),
         gateway_memory_request=env.get(
@@ -43,6 +50,13 @@ def settings_from_env() -> resources.Settings:
         gateway_hpa_max=int(env.get("KASCADE_GATEWAY_HPA_MAX", defaults.gateway_hpa_max)),
         redis_url=env.get("KASCADE_GATEWAY_REDIS_URL") or None,
     )
+
+
+RECONCILES = prometheus_client.Counter(
+    "kascade_operator_reconciles_total",
+    "Reconciles run by the operator, by kind and result.",
+    ["kind", "result"],
+)
 
 
 class Coalescer:
@@ -85,6 +99,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.finalizer = "kascade.io/finalizer"  # unused: no deletion handlers
     memo.ctx = reconcile.Context(kube=await kube_mod.Kube.connect(), settings=settings_from_env())
     memo.namespaces = Coalescer()
+    metrics_port = os.environ.get("KASCADE_METRICS_PORT")
+    if metrics_port:
+        prometheus_client.start_http_server(int(metrics_port))
     memo.objects = Coalescer()
 
 
@@ -128,7 +145,7 @@ def _schedule_namespace(
             policies=list(policies.get(namespace, [])),
         )
 
-    memo.namespaces.trigger(namespace, run)
+    memo.namespaces.trigger(f"namespace/{namespace}", run)
 
 
 # ----------------------------------------------------------------------------- watchers
