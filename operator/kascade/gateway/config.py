@@ -201,7 +201,7 @@ class RuleWhen(_Model):
 
 class Rule(_Model):
     name: str | None = None
-    """Rule name, reported in `x-kascade-reason` and audit lines."""
+    """Rule name, reported in audit lines (`rule_name`)."""
     when: RuleWhen
     action: Literal["local", "expert", "tier"]
     """`local`: answer locally, never escalate; `expert`: skip the local pass;

@@ -63,6 +63,7 @@ class Decision:
     confidence: float | None = None
     threshold: float | None = None
     rule: int | None = None
+    rule_name: str | None = None
     cache: str = "off"
     similarity: float | None = None
     cost_nanos: int = 0
@@ -207,6 +208,7 @@ async def _route(
     escalate_reason: str | None = None
     if matched is not None:
         d.rule, rule = matched
+        d.rule_name = rule.name
         if rule.action == "local":
             experts = []
         elif rule.action == "tier":
@@ -544,6 +546,7 @@ def _record(
             "threshold": None if d.threshold is None else round(d.threshold, 4),
             "method": d.policy.config.confidence.method,
             "rule": d.rule,
+            "rule_name": d.rule_name,
             "expert": outcome.expert if outcome else None,
             "attempts": outcome.attempts if outcome else [],
             "cost_usd": usd_text(d.cost_nanos),

@@ -110,7 +110,7 @@ async def test_local_only_outranks_an_expert_rule(start_sim, start_gateway, http
             experts={"e1": expert_config(expert.url)},
             policy={
                 "privacy": {**PRIVACY, "action": "local-only"},
-                "rules": [{"when": {"promptTokensOver": 0}, "action": "expert"}],
+                "rules": [{"when": {"minPromptTokens": 0}, "action": "expert"}],
             },
         )
     )
