@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import aiohttp
+import pytest
 from tests.integration.gateway.conftest import (
     chat,
     expert_config,
@@ -188,3 +189,27 @@ async def test_dynamic_threshold_drops_when_experts_are_down(
     assert "x-kascade-degraded" not in headers
     assert [line["threshold"] for line in gw.audit()] == [0.6, 0.3]
     assert len(flaky.records) == 1
+
+
+@pytest.mark.redis
+async def test_upstream_retry_after_blocks_every_replica(
+    start_sim, start_gateway, http, redis_url: str
+) -> None:
+    pool = await start_sim(name="pool", confidence=0.1)
+    limited = await start_sim(name="limited", throttle_every=1, retry_after=30)
+    config = gateway_config(
+        pool=pool.url,
+        experts={"limited": expert_config(limited.url)},
+        ledger={"url": redis_url},
+    )
+    a = await start_gateway(config, name="a")
+    b = await start_gateway(config, name="b")
+    _, headers, _ = await _post(http, a.url, chat("x"))
+    assert "limited: http_429" in headers["x-kascade-degraded"]
+    # Replica b never called the expert: the Retry-After is shared through Redis.
+    _, headers, _ = await _post(http, b.url, chat("y"))
+    assert "limited: throttled_upstream" in headers["x-kascade-degraded"]
+    assert len(limited.records) == 1
+    async with http.get(f"{b.url}/v1/kascade/status") as resp:
+        blocked = (await resp.json())["experts"]["limited"]["throttle"]["blockedUntil"]
+    assert blocked > time.time() + 20
