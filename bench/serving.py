@@ -195,7 +195,7 @@ def cold_start(*, pool: config.PoolServingConfig) -> dict[str, float]:
         # Through HTTP, for a sanity check against the in-process figures.
         n, t0 = 0, time.perf_counter()
         for prompt in PROMPTS:
-            r = httpx.post(
+            response = httpx.post(
                 f"http://127.0.0.1:{port}/v1/chat/completions",
                 json={
                     "messages": [{"role": "user", "content": prompt}],
@@ -203,7 +203,10 @@ def cold_start(*, pool: config.PoolServingConfig) -> dict[str, float]:
                     "max_tokens": 96,
                 },
                 timeout=120,
-            ).json()
+            )
+            if response.status_code != 200:
+                raise RuntimeError(f"HTTP {response.status_code}: {response.text}")
+            r = response.json()
             n += r["usage"]["completion_tokens"]
         http_tps = n / (time.perf_counter() - t0)
     finally:

@@ -71,8 +71,9 @@ def deployment_options(pool: config.PoolServingConfig) -> dict[str, Any]:
         # Requests beyond capacity reach the replica and get a fast 429 instead of
         # waiting in Ray's router.
         "max_ongoing_requests": capacity + REJECT_HEADROOM,
-        # Bounded: only reached if replicas cannot even answer 429s fast enough.
-        "max_queued_requests": max(1, capacity) * pool.replicas.max,
+        # Bounded, but roomy: Ray's router counts every request it is still placing,
+        # even with replicas free, so a tight bound turns a burst into 503s.
+        "max_queued_requests": (capacity + REJECT_HEADROOM) * pool.replicas.max,
         "health_check_period_s": 10,
         "health_check_timeout_s": 30,
         "graceful_shutdown_timeout_s": 30,

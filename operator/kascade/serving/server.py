@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, Iterator, Sequence
+import weakref
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from typing import Any
 
 from kascade.serving import admission, config, generation, protocol
@@ -197,16 +199,17 @@ class ChatServer:
         common = {protocol.CONFIDENCE_METHOD_HEADER: self._pool.confidence_method.value}
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            return StreamReply(
-                chunks=self._stream(
-                    lease=lease,
-                    events=events,
-                    cancel=cancel,
-                    prompt_tokens=len(prompt),
-                    include_usage=include_usage,
-                ),
-                headers=common,
+            chunks = self._stream(
+                lease=lease,
+                events=events,
+                cancel=cancel,
+                prompt_tokens=len(prompt),
+                include_usage=include_usage,
             )
+            # A stream dropped before its first chunk never runs its finally block:
+            # release the slot when the generator object goes away (release is idempotent).
+            weakref.finalize(chunks, _release_later, asyncio.get_running_loop(), lease, cancel)
+            return StreamReply(chunks=chunks, headers=common)
         try:
             text, finished = await asyncio.get_running_loop().run_in_executor(
                 self._executors[lease.slot], _collect, events
@@ -290,11 +293,27 @@ class ChatServer:
                     yield protocol.sse_event(usage)
             yield protocol.sse_event("[DONE]")
         finally:
-            # Reached on completion and on client disconnect (the generator is closed):
-            # stop the model thread, then give the slot back only once it has stopped.
+            # Reached on completion and on client disconnect. Nothing here may await:
+            # under a cancelled anyio scope (Starlette's disconnect handling) every
+            # await raises again and the slot would never come back. So: tell the model
+            # thread to stop, close the generator on that thread, and release the slot
+            # from the loop once the thread is done with it.
             cancel.set()
-            await loop.run_in_executor(executor, _close, events)
-            lease.release()
+            closing = executor.submit(_close, events)
+            closing.add_done_callback(lambda _: _call_soon(loop, lease.release))
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    # Lease state belongs to the event loop thread; a closed loop has no slots to free.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback)
+
+
+def _release_later(
+    loop: asyncio.AbstractEventLoop, lease: admission.Lease, cancel: threading.Event
+) -> None:
+    cancel.set()
+    _call_soon(loop, lease.release)
 
 
 def _collect(events: Iterator[generation.Event]) -> tuple[str, generation.Finished]:

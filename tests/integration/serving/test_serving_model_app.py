@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import time
 from typing import Any
 
 import httpx
@@ -97,6 +98,19 @@ def test_stream_usage_chunk_when_asked(base_url: str) -> None:
     assert usage["usage"]["total_tokens"] == (
         usage["usage"]["prompt_tokens"] + usage["usage"]["completion_tokens"]
     )
+
+
+def test_client_leaving_a_stream_frees_the_slot(base_url: str) -> None:
+    story = [{"role": "user", "content": "Tell me a very long story about a dragon."}]
+    body = {"messages": story, "temperature": 0, "max_tokens": 1500, "stream": True}
+    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body, timeout=60) as response:
+        for line in response.iter_lines():
+            if '"content":"' in line and '"content":""' not in line:
+                break  # first token seen: hang up
+    started = time.monotonic()
+    after = _chat(base_url, temperature=0, max_tokens=2)
+    assert after.status_code == 200, after.text
+    assert time.monotonic() - started < 10
 
 
 def test_models_and_health(base_url: str) -> None:

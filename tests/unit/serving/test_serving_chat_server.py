@@ -34,6 +34,15 @@ def chat() -> Iterator[server.ChatServer]:
     srv.close()
 
 
+async def _wait_idle(chat: server.ChatServer) -> None:
+    # The slot returns once the model thread has stopped (within one token's time).
+    for _ in range(100):
+        if chat._admission.in_flight == 0:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"slot still held: in_flight={chat._admission.in_flight}")
+
+
 async def _post(chat: server.ChatServer, **body: Any) -> server.Reply:
     body.setdefault("messages", MSGS)
     return await chat.handle(
@@ -110,5 +119,36 @@ async def test_abandoned_stream_releases_its_slot(chat: server.ChatServer) -> No
     first = await anext(reply.chunks)
     assert first.startswith(b"data: ")
     await reply.chunks.aclose()  # the client went away
+    await _wait_idle(chat)
+    after = await _json(chat, temperature=0, max_tokens=2)
+    assert after.status == 200
+
+
+async def test_client_disconnect_under_starlette_releases_the_slot(
+    chat: server.ChatServer,
+) -> None:
+    # Starlette cancels the streaming task on http.disconnect, and anyio re-raises the
+    # cancellation at every await: the slot must still come back.
+    responses = pytest.importorskip("starlette.responses")
+    reply = await _post(chat, temperature=0, max_tokens=200, stream=True)
+    assert isinstance(reply, server.StreamReply)
+    first_body = asyncio.Event()
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body" and message.get("body"):
+            first_body.set()
+
+    async def receive() -> dict[str, Any]:
+        await first_body.wait()
+        return {"type": "http.disconnect"}
+
+    response = responses.StreamingResponse(reply.chunks, media_type="text/event-stream")
+    scope = {"type": "http", "asgi": {"spec_version": "2.3"}, "method": "POST"}
+    await response(scope, receive, send)
+    bodies = [m for m in sent if m["type"] == "http.response.body" and m.get("body")]
+    assert 1 <= len(bodies) < 50  # cut short, not streamed to the end
+    await _wait_idle(chat)
     after = await _json(chat, temperature=0, max_tokens=2)
     assert after.status == 200

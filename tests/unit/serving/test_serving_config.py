@@ -98,7 +98,7 @@ def test_fixed_replicas_and_actor_options() -> None:
         "resources": {"pool-small": 1.0},
     }
     assert options["max_ongoing_requests"] == 8 + deployment.REJECT_HEADROOM
-    assert options["max_queued_requests"] == 8 * 3
+    assert options["max_queued_requests"] == (8 + deployment.REJECT_HEADROOM) * 3
 
 
 def test_autoscaling_when_min_differs_from_max() -> None:
