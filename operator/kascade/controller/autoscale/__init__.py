@@ -4,7 +4,8 @@ Public surface (import the package, then use ``autoscale.<name>``):
 
 - ``ScalingPolicy``, ``Window``, ``Signal``, ``DecisionInputs``, ``Decision``,
   ``decide``: the pure rule (``decision``).
-- ``PoolAutoscaler``: one pool's memory between decisions (``scaler``).
+- ``PoolAutoscaler``, ``policy_of``: one pool's memory between decisions, and the
+  policy read from a LocalModelPoolSpec (``scaler``).
 - ``MetricsSource``, ``Reading``, ``GatewayScrapeSource``, ``PrometheusSource``,
   ``scrape_addresses``: where a pool's window comes from (``sources``).
 - ``parse_metrics``, ``CounterTracker``: the gateway metrics contract (``metrics``).
@@ -27,7 +28,7 @@ from kascade.controller.autoscale.decision import (
 )
 from kascade.controller.autoscale.metrics import CounterTracker
 from kascade.controller.autoscale.metrics import parse as parse_metrics
-from kascade.controller.autoscale.scaler import PoolAutoscaler
+from kascade.controller.autoscale.scaler import PoolAutoscaler, policy_of
 from kascade.controller.autoscale.sources import (
     GatewayScrapeSource,
     MetricsSource,
@@ -50,5 +51,6 @@ __all__ = [
     "Window",
     "decide",
     "parse_metrics",
+    "policy_of",
     "scrape_addresses",
 ]

@@ -287,6 +287,12 @@ def decide(inputs: DecisionInputs) -> Decision:
         if current == 0:
             case = f"{window.requests:g} requests reached a pool with 0 replicas"
             code = "RequestsAtZeroReplicas"
+        elif spend_now and cost == 0:
+            case = (
+                f"{newest.overflow_escalations:g} overflow escalations of {window.requests:g} "
+                f"requests cost {_money(spend)}/h and replicas are free (costPerReplicaHour 0)"
+            )
+            code = "OverflowSpendAboveReplicaCost"
         elif spend_now:
             case = (
                 f"overflow escalations cost {_money(spend)}/h > one replica {_money(cost)}/h "

@@ -9,7 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 
+from kascade.api import v1alpha1
 from kascade.controller.autoscale import decision
+
+
+def policy_of(spec: v1alpha1.LocalModelPoolSpec) -> decision.ScalingPolicy:
+    """The scaling policy of a pool's spec (replicas, capacity, cost, autoscaling)."""
+    return decision.ScalingPolicy(
+        min_replicas=spec.replicas.min,
+        max_replicas=spec.replicas.max,
+        max_concurrent_per_replica=spec.capacity.max_concurrent_per_replica,
+        cost_per_replica_hour=spec.cost_per_replica_hour,
+        target_utilization=spec.autoscaling.target_utilization,
+        scale_up_stabilization_seconds=spec.autoscaling.scale_up_stabilization_seconds,
+        scale_down_stabilization_seconds=spec.autoscaling.scale_down_stabilization_seconds,
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
