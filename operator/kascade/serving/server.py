@@ -348,7 +348,7 @@ def load_server(*, pool: config.PoolServingConfig) -> ChatServer:
     _log.info(
         "Loaded model pool=%s source=%s slots=%d threads_per_slot=%d",
         pool.name,
-        pool.model.source,
+        sources.redact_source(pool.model.source),
         len(slots),
         deployment.llama_threads(pool),
     )

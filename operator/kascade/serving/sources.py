@@ -40,6 +40,7 @@ __all__ = [
     "ModelSourceError",
     "builtin_chat_template",
     "cache_dir",
+    "redact_source",
     "resolve_source",
 ]
 
@@ -69,7 +70,7 @@ class ModelSourceError(Exception):
     """A model source could not be turned into a usable weights file."""
 
     def __init__(self, *, source: str, reason: str) -> None:
-        super().__init__(f"model source {source!r}: {reason}")
+        super().__init__(f"model source {redact_source(source)!r}: {reason}")
         self.source = source
         self.reason = reason
 
@@ -256,7 +257,7 @@ def _download(
             # tampered or bit-rotted cache is not served.
             if sha256 is not None:
                 _verify(source=source, path=final, sha256=sha256)
-            _log.info("Found cached model source=%s path=%s", _redact(source), final)
+            _log.info("Found cached model source=%s path=%s", redact_source(source), final)
             return final
         fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=".part-", suffix=".tmp")
         tmp = pathlib.Path(tmp_name)
@@ -271,7 +272,7 @@ def _download(
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
-    _log.info("Downloaded model source=%s path=%s", _redact(source), final)
+    _log.info("Downloaded model source=%s path=%s", redact_source(source), final)
     return final
 
 
@@ -292,7 +293,7 @@ def _fetch_into(*, source: str, out: BinaryIO, timeout_s: float) -> str:
                     pct = f"{100 * done / total:.0f}%" if total else "?%"
                     _log.info(
                         "Downloading model source=%s bytes=%d total=%d progress=%s",
-                        _redact(source),
+                        redact_source(source),
                         done,
                         total,
                         pct,
@@ -313,10 +314,12 @@ def _fetch_into(*, source: str, out: BinaryIO, timeout_s: float) -> str:
     return digest.hexdigest()
 
 
-def _redact(source: str) -> str:
-    # URLs may carry credentials or signed query strings: log scheme, host and path only.
+def redact_source(source: str) -> str:
+    """The source without credentials or query string (URLs may carry signed tokens)."""
+    if "://" not in source:
+        return source
     parsed = urllib.parse.urlparse(source)
-    host = parsed.hostname or ""
+    host = parsed.netloc.rpartition("@")[2]
     return f"{parsed.scheme}://{host}{parsed.path}"
 
 

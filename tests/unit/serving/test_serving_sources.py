@@ -177,3 +177,15 @@ def test_hf_source_fails_fast_and_clearly_without_network_or_cache(
 def test_hf_source_shape_is_checked() -> None:
     with pytest.raises(sources.ModelSourceError, match="expected hf://ORG/REPO/PATH"):
         sources.resolve_source(source="hf://only-org/file.gguf")
+
+
+def test_errors_and_logs_never_show_credentials_or_query(
+    server: _Server, cache: pathlib.Path
+) -> None:
+    source = f"http://user:hunter2@{server.url.removeprefix('http://')}/nope.gguf?token=s3cret"
+    with pytest.raises(sources.ModelSourceError) as info:
+        sources.resolve_source(source=source)
+    assert "hunter2" not in str(info.value)
+    assert "s3cret" not in str(info.value)
+    assert "/nope.gguf" in str(info.value)
+    assert sources.redact_source("hf://Org/Repo/f.gguf") == "hf://Org/Repo/f.gguf"
