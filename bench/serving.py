@@ -10,7 +10,7 @@ then as its last line one JSON object with at least ``tokens_per_s_confidence_on
   request by request, so background load on a shared machine hits both alike.
 - ``logits_all`` runs the same loop on a model loaded with ``logits_all=True`` (what
   llama-cpp-python's own ``logprobs`` needs), on a long prompt where the cost shows.
-- Cold start is from ``serve.run`` (fresh Ray, fresh application) to the first
+- Cold start is from ``serve.run`` (Ray already running; fresh application) to the first
   streamed token over HTTP.
 """
 
