@@ -366,3 +366,18 @@ def test_utilization_at_zero_replicas() -> None:
     assert decision.utilization(avg_inflight=0, replicas=0, max_concurrent_per_replica=4) == 0
     assert decision.utilization(avg_inflight=2, replicas=0, max_concurrent_per_replica=4) == 1
     assert decision.utilization(avg_inflight=2, replicas=2, max_concurrent_per_replica=4) == 0.25
+
+
+@pytest.mark.parametrize(
+    ("figures", "words"),
+    [
+        ({"window_seconds": 0, "requests": 1}, r"window_seconds=0 \(accepted: > 0\)"),
+        (
+            {"window_seconds": 30, "requests": -1, "escalations": {"overflow": -2}},
+            r"negative window figures: requests=-1, escalations\['overflow'\]=-2",
+        ),
+    ],
+)
+def test_invalid_window_is_refused(figures: dict[str, Any], words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        autoscale.Window(**figures)

@@ -70,6 +70,22 @@ class Window:
     avg_inflight: float = 0.0
     """Average requests in the pool's local pass, all gateway replicas together."""
 
+    def __post_init__(self) -> None:
+        if not self.window_seconds > 0:
+            raise ValueError(f"window_seconds={self.window_seconds} (accepted: > 0)")
+        negative = [
+            f"{name}={value}"
+            for name, value in (
+                ("requests", self.requests),
+                ("overflow_spend_usd", self.overflow_spend_usd),
+                ("avg_inflight", self.avg_inflight),
+                *((f"escalations[{r!r}]", v) for r, v in self.escalations.items()),
+            )
+            if value < 0
+        ]
+        if negative:
+            raise ValueError(f"negative window figures: {', '.join(negative)} (accepted: >= 0)")
+
 
 @dataclass(frozen=True, kw_only=True)
 class Signal:
@@ -131,7 +147,7 @@ def signal_of(
     *, window: Window, replicas: int, policy: ScalingPolicy, covers_seconds: float | None = None
 ) -> Signal:
     """Condense a window into a Signal (age 0) covering ``covers_seconds`` (default: all)."""
-    hours = window.window_seconds / 3600 if window.window_seconds > 0 else math.inf
+    hours = window.window_seconds / 3600
     return Signal(
         age_seconds=0.0,
         covers_seconds=window.window_seconds if covers_seconds is None else covers_seconds,
