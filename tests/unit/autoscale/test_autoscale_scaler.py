@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
+
+import pytest
+
 from kascade.api.v1alpha1 import localmodelpool
 from kascade.controller import autoscale
 
@@ -170,6 +174,24 @@ def test_policy_of_reads_the_pool_spec() -> None:
         scale_up_stabilization_seconds=30,
         scale_down_stabilization_seconds=120,
     )
+
+
+def test_last_scale_decision_is_the_status_record() -> None:
+    scaler = autoscale.PoolAutoscaler()
+    scaler.observe(now=0, window=overflowing(1), current_replicas=1, policy=POLICY)
+    result = scaler.observe(now=60, window=overflowing(1), current_replicas=1, policy=POLICY)
+    at = datetime.datetime(2026, 11, 27, 21, 30, tzinfo=datetime.UTC)
+
+    record = autoscale.last_scale_decision(result=result, from_replicas=1, at=at)
+
+    assert record["time"] == "2026-11-27T21:30:00Z"
+    assert (record["from"], record["to"]) == (1, 2)
+    assert record["reason"].startswith("OverflowSpendAboveReplicaCost: overflow escalations")
+    assert record["inputs"]["overflowSpendUSDPerHour"] == pytest.approx(2.4)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        autoscale.last_scale_decision(
+            result=result, from_replicas=1, at=datetime.datetime(2026, 11, 27)
+        )
 
 
 def test_public_names_are_exactly_all() -> None:

@@ -4,8 +4,8 @@ Public surface (import the package, then use ``autoscale.<name>``):
 
 - ``ScalingPolicy``, ``Window``, ``Signal``, ``DecisionInputs``, ``Decision``,
   ``decide``: the pure rule (``decision``).
-- ``PoolAutoscaler``, ``policy_of``: one pool's memory between decisions, and the
-  policy read from a LocalModelPoolSpec (``scaler``).
+- ``PoolAutoscaler``, ``policy_of``, ``last_scale_decision``: one pool's memory
+  between decisions, the policy of a LocalModelPoolSpec, the status record (``scaler``).
 - ``MetricsSource``, ``Reading``, ``GatewayScrapeSource``, ``PrometheusSource``,
   ``scrape_addresses``: where a pool's window comes from (``sources``).
 - ``parse_metrics``, ``CounterTracker``: the gateway metrics contract (``metrics``).
@@ -28,7 +28,7 @@ from kascade.controller.autoscale.decision import (
 )
 from kascade.controller.autoscale.metrics import CounterTracker
 from kascade.controller.autoscale.metrics import parse as parse_metrics
-from kascade.controller.autoscale.scaler import PoolAutoscaler, policy_of
+from kascade.controller.autoscale.scaler import PoolAutoscaler, last_scale_decision, policy_of
 from kascade.controller.autoscale.sources import (
     GatewayScrapeSource,
     MetricsSource,
@@ -50,6 +50,7 @@ __all__ = [
     "Signal",
     "Window",
     "decide",
+    "last_scale_decision",
     "parse_metrics",
     "policy_of",
     "scrape_addresses",

@@ -8,8 +8,11 @@ and call ``observe`` from the pool's timer with ``now = time.time()``.
 from __future__ import annotations
 
 import dataclasses
+import datetime
+from typing import Any
 
 from kascade.api import v1alpha1
+from kascade.api.v1alpha1 import localmodelpool
 from kascade.controller.autoscale import decision
 
 
@@ -24,6 +27,29 @@ def policy_of(spec: v1alpha1.LocalModelPoolSpec) -> decision.ScalingPolicy:
         scale_up_stabilization_seconds=spec.autoscaling.scale_up_stabilization_seconds,
         scale_down_stabilization_seconds=spec.autoscaling.scale_down_stabilization_seconds,
     )
+
+
+def last_scale_decision(
+    *, result: decision.Decision, from_replicas: int, at: datetime.datetime
+) -> dict[str, Any]:
+    """``status.lastScaleDecision`` for a decision: {time, from, to, reason, inputs}.
+
+    The reason is ``"<Code>: <why>"`` (at most 1024 characters); the dict is validated
+    against the CRD model, so it can be written to status as is. ``at`` must be aware.
+    """
+    if at.tzinfo is None:
+        raise ValueError("at must be timezone-aware (accepted: e.g. datetime.now(tz=UTC))")
+    record = localmodelpool.ScaleDecision.model_validate(
+        {
+            "time": at,
+            "from": from_replicas,
+            "to": result.desired,
+            "reason": f"{result.code}: {result.reason}"[:1024],
+            "inputs": dict(result.inputs),
+        }
+    )
+    dumped: dict[str, Any] = record.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return dumped
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
