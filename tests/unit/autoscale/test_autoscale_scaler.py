@@ -176,6 +176,36 @@ def test_policy_of_reads_the_pool_spec() -> None:
     )
 
 
+def test_no_further_scale_up_while_the_last_replica_is_starting() -> None:
+    scaler = autoscale.PoolAutoscaler()
+    replicas, ready = 1, 1
+    timeline = []
+    scaler.observe(now=0, window=None, current_replicas=1, ready_replicas=1, policy=POLICY)
+    for tick in range(1, 9):
+        if tick == 6:
+            ready = replicas  # the model finished loading on the new replica
+        result = scaler.observe(
+            now=tick * INTERVAL,
+            window=overflowing(replicas),
+            current_replicas=replicas,
+            ready_replicas=ready,
+            policy=POLICY,
+        )
+        timeline.append(result.code)
+        replicas = result.desired
+    assert timeline == [
+        "Stabilizing",
+        "OverflowSpendAboveReplicaCost",  # 60 s: 1 -> 2
+        "WaitingForReplicas",
+        "WaitingForReplicas",
+        "WaitingForReplicas",
+        "OverflowSpendAboveReplicaCost",  # ready at 180 s, held since 90 s: 2 -> 3
+        "WaitingForReplicas",
+        "WaitingForReplicas",
+    ]
+    assert replicas == 3
+
+
 def test_last_scale_decision_is_the_status_record() -> None:
     scaler = autoscale.PoolAutoscaler()
     scaler.observe(now=0, window=overflowing(1), current_replicas=1, policy=POLICY)

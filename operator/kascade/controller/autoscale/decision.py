@@ -115,6 +115,10 @@ class DecisionInputs:
     """Earlier windows at the same replica count, newest first (ages > 0)."""
     seconds_since_last_change: float | None = None
     """Seconds since replicas last changed; None when unknown (treated as long ago)."""
+    ready_replicas: int | None = None
+    """Replicas serving now, if known. Fewer than ``current_replicas`` means the last
+    scale-up is still starting (loading the model): no further scale-up until they are
+    ready, since the missing capacity is already on its way."""
     newest_covers_seconds: float | None = None
     """Seconds the newest window stands for in stabilisation; defaults to its length.
     Overlapping windows (Prometheus ranges longer than the interval) pass the spacing
@@ -217,6 +221,11 @@ def _inputs(inputs: DecisionInputs, newest: Signal | None) -> dict[str, float]:
     policy = inputs.policy
     figures: dict[str, float] = {
         "currentReplicas": float(inputs.current_replicas),
+        **(
+            {"readyReplicas": float(inputs.ready_replicas)}
+            if inputs.ready_replicas is not None
+            else {}
+        ),
         "minReplicas": float(policy.min_replicas),
         "maxReplicas": float(policy.max_replicas),
         "replicaCostUSDPerHour": policy.cost_per_replica_hour,
@@ -321,6 +330,13 @@ def decide(inputs: DecisionInputs) -> Decision:
         if current >= policy.max_replicas:
             return result(
                 current, "AtMaxReplicas", f"{case}, but already at replicas.max {current}"
+            )
+        ready = inputs.ready_replicas
+        if ready is not None and ready < current:
+            return result(
+                current,
+                "WaitingForReplicas",
+                f"{case}; waiting for {current - ready} of {current} replicas to become ready",
             )
         needed = policy.scale_up_stabilization_seconds
         held, _ = _held(signals, up_holds, needed)

@@ -82,13 +82,16 @@ class PoolAutoscaler:
         window: decision.Window | None,
         current_replicas: int,
         policy: decision.ScalingPolicy,
+        ready_replicas: int | None = None,
     ) -> decision.Decision:
         """Record the newest window and decide.
 
         ``current_replicas`` is the count the pool runs with now (as last set on the
-        RayService). When it differs from the previous call, replicas changed: the
-        history is dropped (its utilisation was measured against another capacity) and
-        the change time is the time of the decision that asked for it, else ``now``.
+        RayService); ``ready_replicas``, if known, how many serve (fewer holds further
+        scale-ups until the last one has started). When ``current_replicas`` differs
+        from the previous call, replicas changed: the history is dropped (its
+        utilisation was measured against another capacity) and the change time is the
+        time of the decision that asked for it, else ``now``.
         A decision whose ``desired`` differs from ``current_replicas`` is assumed to be
         applied by the caller; if it was not, the next call simply decides again.
         """
@@ -122,6 +125,7 @@ class PoolAutoscaler:
                 window=window,
                 history=history,
                 seconds_since_last_change=since,
+                ready_replicas=ready_replicas,
                 newest_covers_seconds=covers,
             )
         )
