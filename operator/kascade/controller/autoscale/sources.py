@@ -90,15 +90,14 @@ class GatewayScrapeSource:
         self._clock = clock
         self._tracker = metrics.CounterTracker()
 
-    async def _scrape(self, address: str) -> metrics.Snapshot | str:
+    async def _scrape(self, address: str) -> dict[str, metrics.PoolCounters] | str:
         url = f"http://{address}/metrics"
         try:
             async with self._session.get(url, timeout=self._timeout) as response:
                 if response.status != 200:
                     return f"{address}: HTTP {response.status} from /metrics"
                 text = await response.text()
-            at = self._clock()
-            return metrics.Snapshot(at=at, pools=metrics.parse(text))
+            return metrics.parse(text)
         except TimeoutError:
             return f"{address}: no answer within {self._timeout_seconds:g}s"
         except aiohttp.ClientError as error:
@@ -111,14 +110,15 @@ class GatewayScrapeSource:
         addresses = list(await self._endpoints())
         at = self._clock()
         results = await asyncio.gather(*(self._scrape(a) for a in addresses))
+        # One timestamp per round keeps the window lengths of all replicas equal.
         snapshots = {
-            a: r for a, r in zip(addresses, results, strict=True) if isinstance(r, metrics.Snapshot)
+            a: metrics.Snapshot(at=at, pools=r)
+            for a, r in zip(addresses, results, strict=True)
+            if not isinstance(r, str)
         }
         errors = tuple(r for r in results if isinstance(r, str))
         if not addresses:
             errors = ("no gateway endpoints to scrape",)
-        # One timestamp per round keeps the window lengths of all replicas equal.
-        snapshots = {a: metrics.Snapshot(at=at, pools=s.pools) for a, s in snapshots.items()}
         window = self._tracker.advance(
             pool=self._pool, at=at, snapshots=snapshots, endpoints=addresses
         )
