@@ -13,12 +13,17 @@ from typing import Any, Literal
 import pydantic
 
 __all__ = [
+    "CONFIDENCE_HEADER",
+    "CONFIDENCE_METHOD_HEADER",
     "ApiError",
     "ChatMessage",
     "ChatRequest",
+    "chunk_body",
     "completion_body",
     "error_body",
     "parse_chat_request",
+    "sse_event",
+    "usage_body",
 ]
 
 CONFIDENCE_HEADER = "x-kascade-confidence"
