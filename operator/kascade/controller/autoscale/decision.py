@@ -249,6 +249,145 @@ def _inputs(inputs: DecisionInputs, newest: Signal | None) -> dict[str, float]:
     return figures
 
 
+@dataclass(frozen=True)
+class _Outcome:
+    desired: int
+    code: str
+    reason: str
+
+
+def _ignored(window: Window) -> str:
+    count = window.escalations.get(LOW_CONFIDENCE, 0.0)
+    if count <= 0:
+        return ""
+    return f"; {count:g} low_confidence escalations ignored (more replicas do not raise confidence)"
+
+
+def _waiting(held: float, since: float | None, needed: float) -> float | None:
+    """Seconds waited so far when stabilisation is not yet met, else None."""
+    if held < needed or (since is not None and since < needed):
+        return held if since is None else min(held, since)
+    return None
+
+
+def _up_case(inputs: DecisionInputs, window: Window, newest: Signal) -> tuple[str, str]:
+    """(code, words) naming why scaling up is argued for."""
+    policy = inputs.policy
+    spend = newest.overflow_spend_usd_per_hour
+    cost = policy.cost_per_replica_hour
+    if inputs.current_replicas == 0:
+        return "RequestsAtZeroReplicas", (
+            f"{window.requests:g} requests reached a pool with 0 replicas"
+        )
+    if _spend_case(newest, policy) and cost == 0:
+        return "OverflowSpendAboveReplicaCost", (
+            f"{newest.overflow_escalations:g} overflow escalations of {window.requests:g} "
+            f"requests cost {_money(spend)}/h and replicas are free (costPerReplicaHour 0)"
+        )
+    if _spend_case(newest, policy):
+        return "OverflowSpendAboveReplicaCost", (
+            f"overflow escalations cost {_money(spend)}/h > one replica {_money(cost)}/h "
+            f"({newest.overflow_escalations:g} overflow of {window.requests:g} requests)"
+        )
+    return "UtilizationAboveTarget", (
+        f"utilisation {newest.utilization:.2f} > target {policy.target_utilization:.2f}"
+    )
+
+
+def _scale_up(
+    inputs: DecisionInputs, window: Window, signals: tuple[Signal, ...]
+) -> _Outcome | None:
+    """The scale-up (or the reason for holding it back), or None if nothing argues for it."""
+    policy = inputs.policy
+    current = inputs.current_replicas
+    holds = {
+        i: _spend_case(s, policy) or _busy_case(s, policy, current) for i, s in enumerate(signals)
+    }
+    if not holds[0]:
+        return None
+    newest = signals[0]
+    code, case = _up_case(inputs, window, newest)
+    if current >= policy.max_replicas:
+        return _Outcome(current, "AtMaxReplicas", f"{case}, but already at replicas.max {current}")
+    ready = inputs.ready_replicas
+    if ready is not None and ready < current:
+        return _Outcome(
+            current,
+            "WaitingForReplicas",
+            f"{case}; waiting for {current - ready} of {current} replicas to become ready",
+        )
+    needed = policy.scale_up_stabilization_seconds
+    held, _ = _held(signals, holds, needed)
+    waited = _waiting(held, inputs.seconds_since_last_change, needed)
+    if waited is not None:
+        return _Outcome(
+            current,
+            "Stabilizing",
+            f"{case}; held {waited:.0f}s of {needed:.0f}s scale-up stabilisation",
+        )
+    desired = current + 1
+    if code == "UtilizationAboveTarget":
+        # Utilisation says how far: enough replicas to bring it back to target.
+        wanted = math.ceil(current * newest.utilization / policy.target_utilization - 1e-9)
+        desired = max(desired, wanted)
+    return _Outcome(min(desired, policy.max_replicas), code, f"{case} for {held:.0f}s")
+
+
+def _scale_down(
+    inputs: DecisionInputs, window: Window, signals: tuple[Signal, ...]
+) -> _Outcome | None:
+    """The scale-down (or the reason for holding it back), or None if the pool is busy."""
+    policy = inputs.policy
+    current = inputs.current_replicas
+    holds = {i: _low_case(s, policy, current) for i, s in enumerate(signals)}
+    if not holds[0]:
+        return None
+    ignored = _ignored(window)
+    if current == 1:
+        case = "no requests and no overflow"
+    else:
+        case = (
+            f"utilisation {signals[0].utilization:.2f} < {_low_threshold(policy, current):.2f} "
+            f"(target {policy.target_utilization:.2f} * {current - 1}/{current}) "
+            "with no overflow"
+        )
+    if current <= policy.min_replicas:
+        return _Outcome(
+            current, "AtMinReplicas", f"{case}, but already at replicas.min {current}{ignored}"
+        )
+    needed = policy.scale_down_stabilization_seconds
+    held, stretch = _held(signals, holds, needed)
+    waited = _waiting(held, inputs.seconds_since_last_change, needed)
+    if waited is not None:
+        return _Outcome(
+            current,
+            "Stabilizing",
+            f"{case}; held {waited:.0f}s of {needed:.0f}s scale-down stabilisation{ignored}",
+        )
+    desired = 0
+    if current > 1:
+        # The busiest window of the held stretch decides how many replicas stay.
+        peak = max(s.utilization for s in stretch)
+        desired = math.floor(current * peak / policy.target_utilization) + 1
+    desired = max(policy.min_replicas, min(desired, current - 1))
+    return _Outcome(desired, "UtilizationBelowTarget", f"{case} for {held:.0f}s{ignored}")
+
+
+def _steady(inputs: DecisionInputs, window: Window, newest: Signal) -> _Outcome:
+    policy = inputs.policy
+    ignored = _ignored(window)
+    if inputs.current_replicas == 0:
+        return _Outcome(0, "Steady", f"no requests at 0 replicas{ignored}")
+    blocked = " (overflow blocks scale-down)" if newest.overflow_escalations > 0 else ""
+    return _Outcome(
+        inputs.current_replicas,
+        "Steady",
+        f"utilisation {newest.utilization:.2f} within target {policy.target_utilization:.2f}, "
+        f"overflow spend {_money(newest.overflow_spend_usd_per_hour)}/h <= one replica "
+        f"{_money(policy.cost_per_replica_hour)}/h{blocked}{ignored}",
+    )
+
+
 def decide(inputs: DecisionInputs) -> Decision:
     """Decide the pool's replicas for the newest window.
 
@@ -263,143 +402,43 @@ def decide(inputs: DecisionInputs) -> Decision:
     if current < 0:
         raise ValueError(f"current_replicas={current} (accepted: >= 0)")
     window = inputs.window
-    newest = (
-        None
-        if window is None
-        else signal_of(
+    newest = None
+    if window is not None:
+        newest = signal_of(
             window=window,
             replicas=current,
             policy=policy,
             covers_seconds=inputs.newest_covers_seconds,
         )
-    )
-    figures = _inputs(inputs, newest)
-
-    def result(desired: int, code: str, reason: str) -> Decision:
-        direction: Direction = (
-            "up" if desired > current else "down" if desired < current else "hold"
-        )
-        return Decision(
-            desired=desired, direction=direction, reason=reason, code=code, inputs=figures
-        )
 
     if current < policy.min_replicas:
-        return result(
+        outcome = _Outcome(
             policy.min_replicas,
             "BelowMinReplicas",
             f"{current} replicas < replicas.min {policy.min_replicas}",
         )
-    if current > policy.max_replicas:
-        return result(
+    elif current > policy.max_replicas:
+        outcome = _Outcome(
             policy.max_replicas,
             "AboveMaxReplicas",
             f"{current} replicas > replicas.max {policy.max_replicas}",
         )
-    if window is None or newest is None:
-        return result(current, "NoMetrics", "no metrics window yet; keeping replicas")
-
-    signals = (newest, *inputs.history)
-    since = inputs.seconds_since_last_change
-    spend = newest.overflow_spend_usd_per_hour
-    cost = policy.cost_per_replica_hour
-    low_confidence = window.escalations.get(LOW_CONFIDENCE, 0.0)
-
-    up_holds = {
-        i: _spend_case(s, policy) or _busy_case(s, policy, current) for i, s in enumerate(signals)
-    }
-    if up_holds[0]:
-        spend_now = _spend_case(newest, policy)
-        if current == 0:
-            case = f"{window.requests:g} requests reached a pool with 0 replicas"
-            code = "RequestsAtZeroReplicas"
-        elif spend_now and cost == 0:
-            case = (
-                f"{newest.overflow_escalations:g} overflow escalations of {window.requests:g} "
-                f"requests cost {_money(spend)}/h and replicas are free (costPerReplicaHour 0)"
-            )
-            code = "OverflowSpendAboveReplicaCost"
-        elif spend_now:
-            case = (
-                f"overflow escalations cost {_money(spend)}/h > one replica {_money(cost)}/h "
-                f"({newest.overflow_escalations:g} overflow of {window.requests:g} requests)"
-            )
-            code = "OverflowSpendAboveReplicaCost"
-        else:
-            case = f"utilisation {newest.utilization:.2f} > target {policy.target_utilization:.2f}"
-            code = "UtilizationAboveTarget"
-        if current >= policy.max_replicas:
-            return result(
-                current, "AtMaxReplicas", f"{case}, but already at replicas.max {current}"
-            )
-        ready = inputs.ready_replicas
-        if ready is not None and ready < current:
-            return result(
-                current,
-                "WaitingForReplicas",
-                f"{case}; waiting for {current - ready} of {current} replicas to become ready",
-            )
-        needed = policy.scale_up_stabilization_seconds
-        held, _ = _held(signals, up_holds, needed)
-        if held < needed or (since is not None and since < needed):
-            waited = held if since is None else min(held, since)
-            return result(
-                current,
-                "Stabilizing",
-                f"{case}; held {waited:.0f}s of {needed:.0f}s scale-up stabilisation",
-            )
-        desired = current + 1
-        if current > 0 and not spend_now:
-            # Utilisation says how far: enough replicas to bring it back to target.
-            wanted = math.ceil(current * newest.utilization / policy.target_utilization - 1e-9)
-            desired = max(desired, wanted)
-        desired = min(desired, policy.max_replicas)
-        return result(desired, code, f"{case} for {held:.0f}s")
-
-    ignored = (
-        f"; {low_confidence:g} low_confidence escalations ignored "
-        "(more replicas do not raise confidence)"
-        if low_confidence > 0
-        else ""
+    elif window is None or newest is None:
+        outcome = _Outcome(current, "NoMetrics", "no metrics window yet; keeping replicas")
+    else:
+        signals = (newest, *inputs.history)
+        outcome = (
+            _scale_up(inputs, window, signals)
+            or (None if current == 0 else _scale_down(inputs, window, signals))
+            or _steady(inputs, window, newest)
+        )
+    direction: Direction = (
+        "up" if outcome.desired > current else "down" if outcome.desired < current else "hold"
     )
-    if current == 0:
-        return result(current, "Steady", f"no requests at 0 replicas{ignored}")
-
-    down_holds = {i: _low_case(s, policy, current) for i, s in enumerate(signals)}
-    if down_holds[0]:
-        if current == 1:
-            case = "no requests and no overflow"
-        else:
-            case = (
-                f"utilisation {newest.utilization:.2f} < {_low_threshold(policy, current):.2f} "
-                f"(target {policy.target_utilization:.2f} * {current - 1}/{current}) "
-                "with no overflow"
-            )
-        if current <= policy.min_replicas:
-            return result(
-                current, "AtMinReplicas", f"{case}, but already at replicas.min {current}{ignored}"
-            )
-        needed = policy.scale_down_stabilization_seconds
-        held, stretch = _held(signals, down_holds, needed)
-        if held < needed or (since is not None and since < needed):
-            waited = held if since is None else min(held, since)
-            return result(
-                current,
-                "Stabilizing",
-                f"{case}; held {waited:.0f}s of {needed:.0f}s scale-down stabilisation{ignored}",
-            )
-        if current == 1:
-            desired = 0
-        else:
-            # The busiest window of the held stretch decides how many replicas stay.
-            peak = max(s.utilization for s in stretch)
-            desired = math.floor(current * peak / policy.target_utilization) + 1
-        desired = max(policy.min_replicas, min(desired, current - 1))
-        return result(desired, "UtilizationBelowTarget", f"{case} for {held:.0f}s{ignored}")
-
-    return result(
-        current,
-        "Steady",
-        f"utilisation {newest.utilization:.2f} within target {policy.target_utilization:.2f}, "
-        f"overflow spend {_money(spend)}/h <= one replica {_money(cost)}/h"
-        f"{' (overflow blocks scale-down)' if newest.overflow_escalations > 0 else ''}{ignored}",
+    return Decision(
+        desired=outcome.desired,
+        direction=direction,
+        reason=outcome.reason,
+        code=outcome.code,
+        inputs=_inputs(inputs, newest),
     )
