@@ -35,7 +35,13 @@ def deployment_name(pool: config.PoolServingConfig) -> str:
 
 
 def slot_count(pool: config.PoolServingConfig) -> int:
-    """Concurrent generations per replica (one model context each)."""
+    """Concurrent generations per replica (one model context each).
+
+    vLLM gets one slot: a second engine would claim the GPU memory again, and the
+    synchronous ``LLM`` API is not thread-safe (batching needs the async engine).
+    """
+    if pool.model.runtime is config.Runtime.VLLM:
+        return 1
     return pool.capacity.max_concurrent_per_replica
 
 

@@ -1,0 +1,71 @@
+"""Runtime loading: lazy vLLM, clear load errors, vLLM logprob scoring."""
+
+from __future__ import annotations
+
+import collections
+import importlib.util
+import math
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from kascade.serving import config, runtimes
+from kascade.serving.runtimes import base
+
+
+def test_cpu_code_paths_never_import_vllm() -> None:
+    code = (
+        "import sys\n"
+        "import kascade.serving.app, kascade.serving.server, kascade.serving.runtimes\n"
+        "import kascade.serving.runtimes.llama_cpp\n"
+        "assert 'vllm' not in sys.modules, 'vllm was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed")
+def test_vllm_pool_without_vllm_fails_with_an_actionable_message(tmp_path: pathlib.Path) -> None:
+    pool = config.PoolServingConfig.from_args(
+        {
+            "name": "gpu",
+            "model": {"runtime": "vllm", "source": f"file://{tmp_path}"},
+            "resources": {"cpu": 4, "gpu": 1},
+        }
+    )
+    with pytest.raises(base.ModelLoadError, match=r"needs the vllm extra .*kascade\[vllm\]"):
+        runtimes.load_runtime(pool=pool, model_path=tmp_path)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="no serving extra")
+def test_llama_cpp_rejects_a_file_that_is_not_gguf(tmp_path: pathlib.Path) -> None:
+    bogus = tmp_path / "model.gguf"
+    bogus.write_bytes(b"this is not a gguf file" * 100)
+    pool = config.PoolServingConfig.from_args(
+        {"name": "cpu", "model": {"source": f"file://{bogus}"}}
+    )
+    with pytest.raises(base.ModelLoadError, match=r"llama.cpp could not load .*model.gguf"):
+        runtimes.load_runtime(pool=pool, model_path=bogus)
+
+
+# vLLM's per-step logprobs: {token_id: Logprob(logprob, rank, decoded_token)}.
+Logprob = collections.namedtuple("Logprob", ["logprob", "rank", "decoded_token"])
+
+
+def test_vllm_step_scores_from_top_logprobs() -> None:
+    from kascade.serving.runtimes import vllm as vllm_runtime  # no vllm import at module level
+
+    top = {
+        5: Logprob(math.log(0.6), 1, "a"),
+        9: Logprob(math.log(0.3), 2, "b"),
+    }
+    score = vllm_runtime._score(token=9, top=top)
+    assert score.prob == pytest.approx(0.3)
+    assert score.top1 == pytest.approx(0.6)
+    assert score.top2 == pytest.approx(0.3)
+    # A sampled token outside the top 2 comes as a third entry.
+    top[42] = Logprob(math.log(0.05), 7, "c")
+    outside = vllm_runtime._score(token=42, top=top)
+    assert outside.prob == pytest.approx(0.05)
+    assert (outside.top1, outside.top2) == (pytest.approx(0.6), pytest.approx(0.3))
