@@ -53,9 +53,10 @@ def _wait(url: str, timeout: float = 30) -> None:
 
 
 @contextlib.contextmanager
-def _proc(args: list[str], log: Path) -> Iterator[None]:
+def _proc(args: list[str], log: Path, *, python: bool = True) -> Iterator[None]:
     with open(log, "wb") as out:
-        proc = subprocess.Popen([PYTHON, *args], stdout=out, stderr=subprocess.STDOUT)
+        command = [PYTHON, *args] if python else args
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     try:
         yield
     finally:
@@ -111,6 +112,8 @@ def _load_main(url: str, model: str, concurrency: int, duration: float) -> None:
         latencies: list[float] = []
         errors = 0
         counter = 0
+        # Unique prompts in every phase and round, so the gateway's cache never hits.
+        nonce = os.urandom(6).hex()
         connector = aiohttp.TCPConnector(limit=concurrency)
         async with aiohttp.ClientSession(connector=connector) as session:
 
@@ -120,7 +123,7 @@ def _load_main(url: str, model: str, concurrency: int, duration: float) -> None:
                     counter += 1
                     body = json.dumps({
                         "model": model, "max_tokens": 64,
-                        "messages": [{"role": "user", "content": f"{PROMPT}{counter}"}],
+                        "messages": [{"role": "user", "content": f"{PROMPT}{nonce}-{counter}"}],
                     }).encode()  # fmt: skip
                     t0 = time.perf_counter()
                     async with session.post(
@@ -195,55 +198,89 @@ def _gateway_config(expert_url: str, pool_url: str) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
+    parser.add_argument(
+        "--redis",
+        action="store_true",
+        help="also measure a gateway on the Redis ledger (starts redis-server)",
+    )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="kascade-bench-"))
     sim_port, proxy_port, gw_port = _free_port(), _free_port(), _free_port()
     sim = f"http://127.0.0.1:{sim_port}"
-    proxy = f"http://127.0.0.1:{proxy_port}"
-    gateway = f"http://127.0.0.1:{gw_port}"
     config = tmp / "gateway.json"
     config.write_text(json.dumps(_gateway_config(sim, sim)))
-    with (
-        _proc(["-m", "kascade.simexpert", "--port", str(sim_port), "--name", "fast",
-               "--record-body", "false"], tmp / "sim.log"),
-        _proc([__file__, "--proxy", str(proxy_port), sim], tmp / "proxy.log"),
-        _proc(["-m", "kascade.gateway.server", "--config", str(config), "--port", str(gw_port),
-               "--audit-log", str(tmp / "audit.jsonl"), "--log-level", "WARNING"],
-              tmp / "gateway.log"),
-    ):  # fmt: skip
-        for url in (sim, proxy, gateway):
+    targets = {
+        "direct": (sim, "sim"),
+        "baseline": (f"http://127.0.0.1:{proxy_port}", "sim"),
+        "gateway": (f"http://127.0.0.1:{gw_port}", "bench"),
+    }
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(
+            _proc(["-m", "kascade.simexpert", "--port", str(sim_port), "--name", "fast",
+                   "--record-body", "false"], tmp / "sim.log")
+        )  # fmt: skip
+        stack.enter_context(_proc([__file__, "--proxy", str(proxy_port), sim], tmp / "proxy.log"))
+        stack.enter_context(
+            _proc(["-m", "kascade.gateway.server", "--config", str(config), "--port",
+                   str(gw_port), "--audit-log", str(tmp / "audit.jsonl"), "--log-level",
+                   "WARNING"], tmp / "gateway.log")
+        )  # fmt: skip
+        if args.redis:
+            targets["gateway_redis"] = _start_redis_gateway(stack, tmp, sim)
+        for url, _ in targets.values():
             _wait(url + "/healthz")
-        # The machine is shared: phases alternate in rounds so that background load
-        # hits every target alike; each figure pools its rounds.
-        rounds = 3
-        d = args.duration / rounds
-        targets = {
-            "direct": (sim, "sim"),
-            "baseline": (proxy, "sim"),
-            "gateway": (gateway, "bench"),
-        }
-        samples: dict[str, list[dict[str, Any]]] = {}
-        for _ in range(rounds):
-            for name, (url, model) in targets.items():
-                r = _measure(url + "/v1/chat/completions", model, 1, d)
-                samples.setdefault(f"{name}_c1", []).append(r)
-            for name in ("baseline", "gateway"):
-                url, model = targets[name]
+        figures = _run(targets, duration=args.duration)
+    print(json.dumps(_result(figures, tmp)))
+    return 0
+
+
+def _start_redis_gateway(stack: contextlib.ExitStack, tmp: Path, sim: str) -> tuple[str, str]:
+    redis_port, port = _free_port(), _free_port()
+    stack.enter_context(
+        _proc(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+               "--appendonly", "no", "--dir", str(tmp)], tmp / "redis.log", python=False)
+    )  # fmt: skip
+    config = _gateway_config(sim, sim)
+    config["ledger"] = {"url": f"redis://127.0.0.1:{redis_port}/0"}
+    path = tmp / "gateway-redis.json"
+    path.write_text(json.dumps(config))
+    stack.enter_context(
+        _proc(["-m", "kascade.gateway.server", "--config", str(path), "--port", str(port),
+               "--log-level", "WARNING"], tmp / "gateway-redis.log")
+    )  # fmt: skip
+    return f"http://127.0.0.1:{port}", "bench"
+
+
+def _run(targets: dict[str, tuple[str, str]], *, duration: float) -> dict[str, dict[str, Any]]:
+    # The machine is shared: phases alternate in rounds so that background load hits
+    # every target alike; each figure pools its rounds.
+    rounds = 3
+    d = duration / rounds
+    samples: dict[str, list[dict[str, Any]]] = {}
+    for _ in range(rounds):
+        for name, (url, model) in targets.items():
+            r = _measure(url + "/v1/chat/completions", model, 1, d)
+            samples.setdefault(f"{name}_c1", []).append(r)
+        for name, (url, model) in targets.items():
+            if name != "direct":
                 r = _measure(url + "/v1/chat/completions", model, 32, d)
                 samples.setdefault(f"{name}_c32", []).append(r)
-        figures: dict[str, dict[str, Any]] = {}
-        for key, runs in samples.items():
-            figures[key] = {
-                "requests": sum(r["requests"] for r in runs),
-                "rps": statistics.mean(r["rps"] for r in runs),
-                "p50_ms": statistics.median(r["p50_ms"] for r in runs),
-                "p99_ms": max(r["p99_ms"] for r in runs),
-                "rounds": [round(r["rps"], 1) if "c32" in key else round(r["p50_ms"], 3)
-                           for r in runs],
-            }  # fmt: skip
-            print(f"{key}: {json.dumps(figures[key])}", flush=True)
-        audit_lines = len((tmp / "audit.jsonl").read_text().splitlines())
-    result = {
+    figures: dict[str, dict[str, Any]] = {}
+    for key, runs in samples.items():
+        figures[key] = {
+            "requests": sum(r["requests"] for r in runs),
+            "rps": statistics.mean(r["rps"] for r in runs),
+            "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+            "p99_ms": max(r["p99_ms"] for r in runs),
+            "rounds": [round(r["rps"] if "c32" in key else r["p50_ms"], 3) for r in runs],
+        }
+        print(f"{key}: {json.dumps(figures[key])}", flush=True)
+    return figures
+
+
+def _result(figures: dict[str, dict[str, Any]], tmp: Path) -> dict[str, Any]:
+    audit_lines = len((tmp / "audit.jsonl").read_text().splitlines())
+    result: dict[str, Any] = {
         "baseline_rps_c32": round(figures["baseline_c32"]["rps"], 1),
         "gateway_rps_c32": round(figures["gateway_c32"]["rps"], 1),
         "baseline_p50_ms_c1": round(figures["baseline_c1"]["p50_ms"], 3),
@@ -258,8 +295,10 @@ def main() -> int:
         "gateway_audit_lines": audit_lines,
         "cpus": os.cpu_count(),
     }
-    print(json.dumps(result))
-    return 0
+    if "gateway_redis_c32" in figures:
+        result["gateway_redis_rps_c32"] = round(figures["gateway_redis_c32"]["rps"], 1)
+        result["gateway_redis_p50_ms_c1"] = round(figures["gateway_redis_c1"]["p50_ms"], 3)
+    return result
 
 
 if __name__ == "__main__":

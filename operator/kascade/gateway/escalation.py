@@ -365,7 +365,7 @@ class Escalator:
             outcome.expert = expert.name
             outcome.cost_nanos = actual
             outcome.streamed = writer is not None
-            self.metrics.expert_cost.labels(expert.name).inc(float(ledger.nanos_to_usd(actual)))
+            self.metrics.observe_cost(expert=expert.name, usd=actual / 1_000_000_000)
             return "ok"
         return last
 

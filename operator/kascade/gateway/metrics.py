@@ -16,6 +16,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._escalation_children: dict[tuple[str, str, str], Any] = {}
+        self._cost_children: dict[str, Any] = {}
         r = self.registry
         self.requests = Counter(
             "kascade_requests_total",
@@ -87,6 +89,21 @@ class Metrics:
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def observe_escalation(self, *, policy: str, expert: str, reason: str) -> None:
+        """Counts one answered escalation."""
+        key = (policy, expert, reason)
+        child = self._escalation_children.get(key)
+        if child is None:
+            child = self._escalation_children[key] = self.escalations.labels(*key)
+        child.inc()
+
+    def observe_cost(self, *, expert: str, usd: float) -> None:
+        """Adds settled cost."""
+        child = self._cost_children.get(expert)
+        if child is None:
+            child = self._cost_children[expert] = self.expert_cost.labels(expert)
+        child.inc(usd)
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -340,7 +340,9 @@ async def _escalate(
     d.cost_nanos = outcome.cost_nanos
     if outcome.expert is not None:
         d.route = f"expert:{outcome.expert}"
-        state.metrics.escalations.labels(d.policy.name, outcome.expert, d.reason).inc()
+        state.metrics.observe_escalation(
+            policy=d.policy.name, expert=outcome.expert, reason=d.reason
+        )
         if streamed:
             return streamed[0]
         assert outcome.answer is not None

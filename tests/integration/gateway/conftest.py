@@ -75,6 +75,7 @@ class Gateway:
         return self.app[server.STATE]
 
     def audit(self) -> list[dict[str, Any]]:
+        self.state.audit.flush()  # lines are buffered for up to 0.2 s
         if not self.audit_path.exists():
             return []
         return [json.loads(line) for line in self.audit_path.read_text().splitlines()]

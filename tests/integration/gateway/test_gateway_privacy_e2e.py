@@ -45,6 +45,7 @@ async def test_redact_sends_no_personal_data_to_the_expert(start_sim, start_gate
     assert "Why was I charged twice?" in sent
     # The local pool is inside the cluster: it saw the original text.
     assert EMAIL in json.dumps(pool.records)
+    gw.state.audit.flush()
     audit = gw.audit_path.read_text()
     for secret in (EMAIL, CARD, PHONE, IBAN):
         assert secret not in audit
