@@ -165,7 +165,7 @@ def test_policy_of_reads_the_pool_spec() -> None:
             },
         }
     )
-    assert autoscale.policy_of(spec) == autoscale.ScalingPolicy(
+    assert autoscale.policy_of(spec=spec) == autoscale.ScalingPolicy(
         min_replicas=1,
         max_replicas=3,
         max_concurrent_per_replica=2,

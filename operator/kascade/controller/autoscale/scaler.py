@@ -16,7 +16,7 @@ from kascade.api.v1alpha1 import localmodelpool
 from kascade.controller.autoscale import decision
 
 
-def policy_of(spec: v1alpha1.LocalModelPoolSpec) -> decision.ScalingPolicy:
+def policy_of(*, spec: v1alpha1.LocalModelPoolSpec) -> decision.ScalingPolicy:
     """The scaling policy of a pool's spec (replicas, capacity, cost, autoscaling)."""
     return decision.ScalingPolicy(
         min_replicas=spec.replicas.min,
