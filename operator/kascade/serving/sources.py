@@ -337,8 +337,12 @@ def _huggingface(*, source: str, rest: str, timeout_s: float) -> pathlib.Path:
             "or use an https:// source",
         ) from None
     try:
+        # HF_HUB_CACHE is read per call (huggingface_hub reads it once, at import).
         cached = huggingface_hub.hf_hub_download(
-            repo_id=repo_id, filename=filename, local_files_only=True
+            repo_id=repo_id,
+            filename=filename,
+            local_files_only=True,
+            cache_dir=os.environ.get("HF_HUB_CACHE"),
         )
         return pathlib.Path(cached)
     except Exception:
@@ -361,7 +365,10 @@ def _huggingface(*, source: str, rest: str, timeout_s: float) -> pathlib.Path:
     try:
         return pathlib.Path(
             huggingface_hub.hf_hub_download(
-                repo_id=repo_id, filename=filename, etag_timeout=timeout_s
+                repo_id=repo_id,
+                filename=filename,
+                etag_timeout=timeout_s,
+                cache_dir=os.environ.get("HF_HUB_CACHE"),
             )
         )
     except Exception as exc:  # the hub raises many types: name the type and reason

@@ -161,6 +161,7 @@ def test_hf_source_fails_fast_and_clearly_without_network_or_cache(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     source = "hf://HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/smollm2-135m-instruct-q8_0.gguf"
     started = time.monotonic()
     with pytest.raises(sources.ModelSourceError) as info:
@@ -189,3 +190,22 @@ def test_errors_and_logs_never_show_credentials_or_query(
     assert "s3cret" not in str(info.value)
     assert "/nope.gguf" in str(info.value)
     assert sources.redact_source("hf://Org/Repo/f.gguf") == "hf://Org/Repo/f.gguf"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("huggingface_hub") is None, reason="no hf hub")
+def test_hf_source_is_served_from_the_local_hugging_face_cache(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cache layout huggingface_hub itself reads: refs/main -> snapshots/<commit>/file.
+    hub = tmp_path / "hf" / "hub"
+    repo = hub / "models--Org--Tiny-GGUF"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "tiny.gguf").write_bytes(PAYLOAD)
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    path = sources.resolve_source(source="hf://Org/Tiny-GGUF/tiny.gguf", sha256=PAYLOAD_SHA)
+    assert path.read_bytes() == PAYLOAD
