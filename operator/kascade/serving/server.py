@@ -72,6 +72,9 @@ class ChatServer:
             max_wait_s=pool.capacity.max_queue_wait_millis / 1000,
         )
         self._closed = False
+        # Cancel flags of generations in progress, so close() can stop them: a replica
+        # shutting down must not wait for long completions nobody will read.
+        self._active: weakref.WeakSet[threading.Event] = weakref.WeakSet()
 
     @property
     def pool(self) -> config.PoolServingConfig:
@@ -86,6 +89,8 @@ class ChatServer:
     def close(self) -> None:
         """Frees the runtimes and their threads."""
         self._closed = True
+        for cancel in list(self._active):
+            cancel.set()
         for executor in self._executors:
             executor.shutdown(wait=True, cancel_futures=True)
         for runtime in self._runtimes:
@@ -188,6 +193,7 @@ class ChatServer:
                 retry_after_s=exc.retry_after_s,
             ) from None
         cancel = threading.Event()
+        self._active.add(cancel)
         events = generation.run_generation(
             runtime=self._runtimes[lease.slot],
             prompt=prompt,

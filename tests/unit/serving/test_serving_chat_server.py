@@ -152,3 +152,24 @@ async def test_client_disconnect_under_starlette_releases_the_slot(
     await _wait_idle(chat)
     after = await _json(chat, temperature=0, max_tokens=2)
     assert after.status == 200
+
+
+async def test_close_stops_generations_in_progress() -> None:
+    pool = config.PoolServingConfig.from_args(
+        {
+            "name": "closing",
+            "model": {"source": "builtin://smollm2-135m-instruct", "contextLength": 1024},
+            "resources": {"cpu": 1},
+        }
+    )
+    srv = server.load_server(pool=pool)
+    counting = [{"role": "user", "content": "Count from 1 to 500, separated by commas."}]
+    long = asyncio.create_task(_json(srv, messages=counting, temperature=0, max_tokens=900))
+    await asyncio.sleep(0.3)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.to_thread(srv.close)
+    assert loop.time() - started < 2.0  # not the ~900 tokens of the running request
+    reply = await long
+    assert reply.status == 500
+    assert "generation" in reply.body["error"]["message"]
