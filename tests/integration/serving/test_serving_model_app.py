@@ -194,3 +194,27 @@ def test_bad_source_error_names_source_and_reason() -> None:
         sources.resolve_source(source="builtin://no-such-model")
     assert info.value.source == "builtin://no-such-model"
     assert "available: gemma3-270m, smollm2-135m-instruct" in str(info.value)
+
+
+def test_application_under_a_route_prefix(ray_serve: int, base_url: str) -> None:
+    serve = pytest.importorskip("ray.serve")
+    pool = {
+        "name": "prefixed",
+        "model": {"source": "builtin://smollm2-135m-instruct"},
+        "resources": {"cpu": 0.5},
+        "routePrefix": "/pools/prefixed",
+    }
+    serve.run(app.build_app(pool), name="prefixed", route_prefix="/pools/prefixed")
+    try:
+        root = f"http://127.0.0.1:{ray_serve}/pools/prefixed"
+        health = httpx.get(f"{root}/healthz", timeout=30)
+        assert health.json() == {"status": "ok", "model": "prefixed"}
+        response = httpx.post(
+            f"{root}/v1/chat/completions",
+            json={"messages": EASY, "temperature": 0, "max_tokens": 4},
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["model"] == "prefixed"
+    finally:
+        serve.delete("prefixed")
