@@ -149,7 +149,10 @@ def build_rayservice(
     if placement.affinity:
         worker_pod["affinity"] = placement.affinity
     replicas = spec.replicas
-    initial = replicas.initial if replicas.initial is not None else max(replicas.min, 1)
+    # The worker group holds as many Ray nodes as Serve replicas (one replica per worker).
+    initial = serving.replicas.initial if serving.replicas.initial is not None else max(
+        serving.replicas.min, 1
+    )
     manifest: Manifest = {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
@@ -158,7 +161,7 @@ def build_rayservice(
             "serveConfigV2": yaml.safe_dump(serve_config, sort_keys=True),
             "rayClusterConfig": {
                 "rayVersion": settings.ray_version,
-                "enableInTreeAutoscaling": replicas.min < replicas.max,
+                "enableInTreeAutoscaling": serving.replicas.min < serving.replicas.max,
                 "headGroupSpec": {
                     # The head runs no replicas, so model pods land only on pool nodes.
                     "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},

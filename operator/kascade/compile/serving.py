@@ -13,9 +13,16 @@ QUEUE_SLOTS_PER_CONCURRENT = 2
 
 
 def pool_serving_config(
-    pool: v1alpha1.LocalModelPool, *, confidence_method: str | None = None
+    pool: v1alpha1.LocalModelPool,
+    *,
+    confidence_method: str | None = None,
+    replicas: int | None = None,
 ) -> serving_config.PoolServingConfig:
-    """The serving config of one pool; ``confidence_method`` comes from the policies using it."""
+    """The serving config of one pool; ``confidence_method`` comes from the policies using it.
+
+    ``replicas`` pins the replica count: with ``spec.autoscaling.enabled`` Kascade's own
+    autoscaler decides it (on why requests escalate), so Ray Serve must not autoscale too.
+    """
     spec = pool.spec
     cpu = float(common.decimal_quantity(spec.resources.cpu))
     memory = int(common.decimal_quantity(spec.resources.memory))
@@ -36,7 +43,9 @@ def pool_serving_config(
         ),
         replicas=serving_config.Replicas(
             min=spec.replicas.min, max=spec.replicas.max, initial=spec.replicas.initial
-        ),
+        )
+        if replicas is None
+        else serving_config.Replicas(min=replicas, max=replicas, initial=replicas),
         resources=serving_config.Resources(
             # Ray schedules whole or fractional CPUs; never ask for less than a millicore.
             cpu=max(cpu, 0.001),

@@ -18,8 +18,8 @@ import kopf
 import prometheus_client
 
 from kascade.compile import resources
+from kascade.controller import autoscaling, reconcile
 from kascade.controller import kube as kube_mod
-from kascade.controller import reconcile
 
 GROUP, VERSION = "kascade.io", "v1alpha1"
 RESYNC_SECONDS = float(os.environ.get("KASCADE_RESYNC_SECONDS", "60"))
@@ -256,3 +256,15 @@ async def pool_resync(
             memo.ctx, snapshot, policies=list(policies.get(namespace, []))
         ),
     )
+
+
+# ----------------------------------------------------------------------------- autoscaling
+
+
+def _autoscaling_enabled(spec: kopf.Spec, **_: Any) -> bool:
+    return bool((spec.get("autoscaling") or {}).get("enabled"))
+
+
+@kopf.daemon(GROUP, VERSION, "localmodelpools", when=_autoscaling_enabled, cancellation_timeout=5)
+async def pool_autoscaler(body: kopf.Body, stopped: Any, memo: kopf.Memo, **_: Any) -> None:
+    await autoscaling.run(memo.ctx, body=body, stopped=stopped)

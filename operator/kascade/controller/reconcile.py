@@ -67,18 +67,34 @@ def _rayservice_readiness(live: dict[str, Any]) -> tuple[int, bool, str]:
     return ready, serving, str(message)
 
 
+def parse_pool(body: dict[str, Any]) -> v1alpha1.LocalModelPool:
+    """The typed pool of a raw body (status and server-managed metadata dropped)."""
+    pool: v1alpha1.LocalModelPool = _parse(v1alpha1.LocalModelPool, body)
+    return pool
+
+
+def desired_pool_replicas(pool: v1alpha1.LocalModelPool, status: dict[str, Any] | None) -> int:
+    """Replicas the pool should run: the autoscaler's last decision (kept in
+    ``status.replicas.desired``) when autoscaling is on, else the spec's initial count."""
+    spec = pool.spec.replicas
+    initial = spec.initial if spec.initial is not None else max(spec.min, 1)
+    if not pool.spec.autoscaling.enabled:
+        return initial
+    decided = ((status or {}).get("replicas") or {}).get("desired")
+    if not isinstance(decided, int):
+        return initial
+    return min(max(decided, spec.min), spec.max)
+
+
 async def reconcile_pool(
     ctx: Context, body: dict[str, Any], *, policies: Sequence[dict[str, Any]]
 ) -> None:
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     generation = _generation(body)
     conds = _conditions(body)
-    pool: v1alpha1.LocalModelPool = _parse(v1alpha1.LocalModelPool, body)
-    desired_replicas = (
-        pool.spec.replicas.initial
-        if pool.spec.replicas.initial is not None
-        else max(pool.spec.replicas.min, 1)
-    )
+    pool = parse_pool(body)
+    desired_replicas = desired_pool_replicas(pool, body.get("status"))
+    pinned = desired_replicas if pool.spec.autoscaling.enabled else None
     ready = 0
     endpoint: str | None = None
     if not await ctx.kube.has_crd(RAYSERVICE_CRD):
@@ -114,7 +130,9 @@ async def reconcile_pool(
     else:
         parsed_policies = [_parse(v1alpha1.RoutingPolicy, p) for p in policies]
         method = compile_gateway.confidence_methods(parsed_policies).get(name)
-        serving = compile_serving.pool_serving_config(pool, confidence_method=method)
+        serving = compile_serving.pool_serving_config(
+            pool, confidence_method=method, replicas=pinned
+        )
         desired = resources.build_rayservice(
             pool=pool,
             serving=serving,
