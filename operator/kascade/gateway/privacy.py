@@ -38,12 +38,13 @@ _HAS_DIGIT = re.compile(r"\d")
 # a gate is several times faster than one big alternation over every position.
 _GATES: dict[str, Callable[[str], bool]] = {
     "email": lambda text: "@" in text,
-    "iban": lambda text: _HAS_DIGIT.search(text) is not None,
-    "credit-card": lambda text: _HAS_DIGIT.search(text) is not None,
+    "iban": lambda text: True,  # digits checked once for all digit-based detectors
+    "credit-card": lambda text: True,
     "ipv4": lambda text: "." in text,
     "ipv6": lambda text: text.count(":") >= 2,
-    "phone": lambda text: _HAS_DIGIT.search(text) is not None,
+    "phone": lambda text: True,
 }
+_NEEDS_DIGIT = frozenset({"iban", "credit-card", "phone"})  # config detector names
 # (detector name in the config, internal pattern), in priority order.
 _ORDER = (
     ("email", "email"),
@@ -171,9 +172,16 @@ class Scanner:
         """Validated findings in one text, left to right, non-overlapping (on overlap the
         earlier start wins, then the detector listed first)."""
         found: list[tuple[int, int, int, str | None]] = []
+        has_digit: bool | None = None
         for priority, (kind, regex, gate, check) in enumerate(self._detectors):
-            if gate is not None and not gate(text):
-                continue
+            if gate is not None:
+                if kind in _NEEDS_DIGIT:
+                    if has_digit is None:
+                        has_digit = _HAS_DIGIT.search(text) is not None
+                    if not has_digit:
+                        continue
+                if not gate(text):
+                    continue
             for match in regex.finditer(text):
                 if match.end() == match.start():
                     continue

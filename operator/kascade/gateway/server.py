@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -205,6 +206,15 @@ def build_app(
     return app
 
 
+async def _tune_gc(app: web.Application) -> None:
+    # Startup objects (modules, config, compiled regexes) live for the whole process:
+    # freezing them keeps every full collection from walking them again, and a larger
+    # first-generation threshold makes collections rarer. Both cut CPU per request.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kascade gateway", description=__doc__)
     p.add_argument("--config", required=True, help="gateway config file (YAML or JSON)")
@@ -234,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
         loop = asyncio.new_event_loop()
     app = build_app(config=config, config_path=Path(args.config), audit_path=args.audit_log)
+    app.on_startup.append(_tune_gc)
     try:
         web.run_app(
             app,
