@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from conftest import KubectlRunner
+from tests.testkit import KubectlRunner
 
 pytestmark = pytest.mark.cluster
 

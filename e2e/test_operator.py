@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.testkit import KubectlRunner
 
-from conftest import KubectlRunner
 from e2e import operator_support as ops
 from kascade.gateway import config as gw
 

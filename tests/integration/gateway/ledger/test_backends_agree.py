@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from conftest import FakeClock
+from tests.integration.gateway.ledger.conftest import FakeClock
 
 from kascade.gateway import ledger
 

@@ -7,7 +7,7 @@ import calendar
 from collections.abc import Callable
 
 import pytest
-from conftest import FakeClock
+from tests.integration.gateway.ledger.conftest import FakeClock
 
 from kascade.gateway import ledger
 

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
-from conftest import FakeClock
+from tests.integration.gateway.ledger.conftest import FakeClock
 
 from kascade.gateway import ledger
 
