@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import pydantic
 import pytest
-
-pytest.importorskip("ray.serve")
-
 from ray._common.utils import import_attr
 from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 

@@ -174,7 +174,8 @@ def test_saturated_replica_answers_429_and_accepted_requests_complete(base_url: 
 
 
 def test_bad_source_fails_clearly_under_serve(ray_serve: int) -> None:
-    serve = pytest.importorskip("ray.serve")
+    from ray import serve
+
     bad = {
         "name": "broken",
         "model": {"source": "file:///nonexistent/model.gguf"},
@@ -197,7 +198,8 @@ def test_bad_source_error_names_source_and_reason() -> None:
 
 
 def test_application_under_a_route_prefix(ray_serve: int, base_url: str) -> None:
-    serve = pytest.importorskip("ray.serve")
+    from ray import serve
+
     pool = {
         "name": "prefixed",
         "model": {"source": "builtin://smollm2-135m-instruct"},

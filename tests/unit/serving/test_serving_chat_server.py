@@ -7,9 +7,8 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import llama_cpp  # noqa: F401  (the serving extra is part of the test environment)
 import pytest
-
-pytest.importorskip("llama_cpp", reason="the serving extra is not installed")
 
 from kascade.serving import config, server
 
@@ -129,7 +128,8 @@ async def test_client_disconnect_under_starlette_releases_the_slot(
 ) -> None:
     # Starlette cancels the streaming task on http.disconnect, and anyio re-raises the
     # cancellation at every await: the slot must still come back.
-    responses = pytest.importorskip("starlette.responses")
+    from starlette import responses
+
     reply = await _post(chat, temperature=0, max_tokens=200, stream=True)
     assert isinstance(reply, server.StreamReply)
     first_body = asyncio.Event()

