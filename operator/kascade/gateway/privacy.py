@@ -38,13 +38,18 @@ _HAS_DIGIT = re.compile(r"\d")
 # a gate is several times faster than one big alternation over every position.
 _GATES: dict[str, Callable[[str], bool]] = {
     "email": lambda text: "@" in text,
-    "iban": lambda text: True,  # digits checked once for all digit-based detectors
-    "credit-card": lambda text: True,
-    "ipv4": lambda text: "." in text,
+    "iban": lambda text: _HAS_DIGIT.search(text) is not None,
     "ipv6": lambda text: text.count(":") >= 2,
-    "phone": lambda text: True,
 }
-_NEEDS_DIGIT = frozenset({"iban", "credit-card", "phone"})  # config detector names
+# Cards, phones and IPv4 addresses consist only of digits and `( ) . + -` and spaces, so
+# every match lies inside a maximal run of those characters. One pass finds the runs;
+# the detectors then scan only runs with enough digits (usually none), instead of the
+# whole prompt each. Windows end one character after the run so lookaheads see the
+# real next character; lookbehinds see before `pos` anyway.
+_DIGIT_RUN = re.compile(r"[\d(+][\d ().+\-]*[\d)]")
+_NO_DIGITS = str.maketrans("", "", "0123456789")
+# Internal pattern -> least digits a match can have, and least dots.
+_IN_RUNS: dict[str, tuple[int, int]] = {"credit-card": (13, 0), "phone": (7, 0), "ipv4": (4, 3)}
 # (detector name in the config, internal pattern), in priority order.
 _ORDER = (
     ("email", "email"),
@@ -57,6 +62,16 @@ _ORDER = (
 # A span that looks like these but fails the checksum is not personal data, and the
 # digits inside it are not a phone number either.
 _BLOCKING = frozenset({"iban", "credit-card"})
+
+
+def _digit_runs(text: str) -> list[tuple[int, int, int, int]]:
+    runs = []
+    for run in _DIGIT_RUN.finditer(text):
+        chunk = run.group()
+        digits = len(chunk) - len(chunk.translate(_NO_DIGITS))
+        if digits >= 4:
+            runs.append((run.start(), run.end(), digits, chunk.count(".")))
+    return runs
 
 
 def luhn_valid(digits: str) -> bool:
@@ -145,13 +160,17 @@ class Scanner:
         self._detectors: list[
             tuple[str, re.Pattern[str], Callable[[str], bool] | None, Callable[[str], bool] | None]
         ] = []
+        # Run-scanned detectors get the pattern name as gate key (None: whole text).
+        self._run_limits: dict[int, tuple[int, int]] = {}
         for name, pattern_name in _ORDER:
             if name in privacy.detectors:
+                if pattern_name in _IN_RUNS:
+                    self._run_limits[len(self._detectors)] = _IN_RUNS[pattern_name]
                 self._detectors.append(
                     (
                         name,
                         re.compile(_BUILTIN[pattern_name]),
-                        _GATES[pattern_name],
+                        _GATES.get(pattern_name),
                         _VALIDATORS.get(pattern_name),
                     )
                 )
@@ -172,17 +191,25 @@ class Scanner:
         """Validated findings in one text, left to right, non-overlapping (on overlap the
         earlier start wins, then the detector listed first)."""
         found: list[tuple[int, int, int, str | None]] = []
-        has_digit: bool | None = None
+        runs: list[tuple[int, int, int, int]] | None = None  # (start, end, digits, dots)
         for priority, (kind, regex, gate, check) in enumerate(self._detectors):
-            if gate is not None:
-                if kind in _NEEDS_DIGIT:
-                    if has_digit is None:
-                        has_digit = _HAS_DIGIT.search(text) is not None
-                    if not has_digit:
-                        continue
-                if not gate(text):
+            limits = self._run_limits.get(priority)
+            if limits is None:
+                if gate is not None and not gate(text):
                     continue
-            for match in regex.finditer(text):
+                matches = list(regex.finditer(text))
+            else:
+                if runs is None:
+                    runs = _digit_runs(text)
+                min_digits, min_dots = limits
+                end = len(text)
+                matches = [
+                    m
+                    for start, stop, digits, dots in runs
+                    if digits >= min_digits and dots >= min_dots
+                    for m in regex.finditer(text, start, min(stop + 1, end))
+                ]
+            for match in matches:
                 if match.end() == match.start():
                     continue
                 if check is not None and not check(match.group()):

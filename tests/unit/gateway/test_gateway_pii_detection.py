@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+import re
+
 import pytest
 
 from kascade.gateway import config, privacy
@@ -86,3 +89,43 @@ def test_no_detectors_means_disabled() -> None:
     scanner = privacy.Scanner(privacy=config.PrivacyConfig())
     assert not scanner.enabled
     assert not scanner.scan(messages=[{"role": "user", "content": "a@b.io"}]).found
+
+
+def _reference_find(text: str) -> list[tuple[str, int, int]]:
+    """Every built-in detector over the whole text, merged like the scanner does."""
+    order = [("email", "email"), ("iban", "iban"), ("credit-card", "credit-card"),
+             ("ip-address", "ipv4"), ("ip-address", "ipv6"), ("phone", "phone")]  # fmt: skip
+    found = []
+    for priority, (kind, name) in enumerate(order):
+        check = privacy._VALIDATORS.get(name)
+        for m in re.finditer(privacy._BUILTIN[name], text):
+            if m.end() == m.start():
+                continue
+            ok = check is None or check(m.group())
+            if ok or kind in ("iban", "credit-card"):
+                found.append((m.start(), priority, m.end(), kind if ok else None))
+    found.sort()
+    out, pos = [], 0
+    for start, _, end, kind in found:
+        if start >= pos:
+            if kind is not None:
+                out.append((kind, start, end))
+            pos = end
+    return out
+
+
+def test_run_windows_find_exactly_what_whole_text_scans_find() -> None:
+    # The scanner only scans runs of digits/separators for cards, phones and IPv4;
+    # on random texts full of near-misses it must agree with scanning everything.
+    rng = random.Random(7)
+    pieces = ["4111 1111 1111 1111", "4111-1111-1111-1112", "+1 (415) 555-2671", "555.1234",
+              "10.0.0.1", "300.1.1.1", "1.2.3.4.5", "2024-05-01", "(020) 7946 0958", "a@b.io",
+              "GB82 WEST 1234 5698 7654 32", "12:30:45", "fe80::1", "x9", "-", "(", ")", "+",
+              ".", " ", "word", "7", "12345678901234567890", "abc123def"]  # fmt: skip
+    scanner = privacy.Scanner(privacy=ALL)
+    for _ in range(500):
+        text = "".join(
+            rng.choice(pieces) + rng.choice(["", " ", "  ", "-", "."]) for _ in range(12)
+        )
+        got = [(f.kind, f.start, f.end) for f in scanner.find(text)]
+        assert got == _reference_find(text), text
