@@ -150,8 +150,10 @@ def build_rayservice(
         worker_pod["affinity"] = placement.affinity
     replicas = spec.replicas
     # The worker group holds as many Ray nodes as Serve replicas (one replica per worker).
-    initial = serving.replicas.initial if serving.replicas.initial is not None else max(
-        serving.replicas.min, 1
+    initial = (
+        serving.replicas.initial
+        if serving.replicas.initial is not None
+        else max(serving.replicas.min, 1)
     )
     manifest: Manifest = {
         "apiVersion": "ray.io/v1",
