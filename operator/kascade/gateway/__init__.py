@@ -14,7 +14,9 @@ Modules, in request order:
 - ``escalation``: reserve → throttle → call → settle/release, retries and fallback
   chain; ``providers``: OpenAI / Azure / Anthropic adapters; ``breaker``: circuit
   breakers; ``sse``: chunk helpers.
-- ``pipeline``: the recipe tying the steps together, and the record step;
-  ``metrics``, ``audit``, ``status``, ``feedback``.
+- ``pipeline``: the recipe tying the steps together; ``decision``: what happened to a
+  request; ``inbound``: API keys and bounded body reads; ``responses``: JSON and SSE
+  answers; ``record``: metrics and the audit line (``metrics``, ``audit``);
+  ``status`` and ``feedback`` endpoints.
 - ``ledger``: budgets and throttles (memory and Redis backends).
 """

@@ -4,11 +4,10 @@ escalation → record. One function per step; `handle_chat` reads as the recipe.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -17,26 +16,22 @@ from aiohttp import web
 from kascade.gateway import audit as audit_mod
 from kascade.gateway import cache as cache_mod
 from kascade.gateway import confidence as confidence_mod
+from kascade.gateway import decision as decision_mod
 from kascade.gateway import (
     errors,
     escalation,
-    ledger,
+    inbound,
     local,
     pressure,
-    providers,
+    record,
     request,
+    responses,
     rules,
     runtime,
-    sse,
 )
 from kascade.gateway import metrics as metrics_mod
 
 log = logging.getLogger("kascade.gateway")
-
-
-def usd_text(nanos: int) -> str:
-    """Nano-USD as a plain decimal string without trailing zeros ("0.002", "0")."""
-    return format(ledger.nanos_to_usd(nanos).normalize(), "f")
 
 
 @dataclass
@@ -52,43 +47,6 @@ class State:
     experts: dict[str, escalation.ExpertState]
 
 
-@dataclass
-class Decision:
-    """What happened to one request; becomes headers, metrics and the audit line."""
-
-    request_id: str
-    policy: runtime.PolicyRuntime
-    route: str = "local"
-    reason: str = "confident"
-    confidence: float | None = None
-    threshold: float | None = None
-    rule: int | None = None
-    rule_name: str | None = None
-    cache: str = "off"
-    similarity: float | None = None
-    cost_nanos: int = 0
-    degraded: str | None = None
-    outcome: escalation.Outcome | None = None
-    pii: dict[str, int] = field(default_factory=dict)
-    local_error: str | None = None
-    exact_key: cache_mod.ExactKey | None = None
-
-    def headers(self) -> dict[str, str]:
-        h = {
-            "x-kascade-request-id": self.request_id,
-            "x-kascade-route": self.route,
-            "x-kascade-reason": self.reason,
-            "x-kascade-cost-usd": usd_text(self.cost_nanos),
-        }
-        if self.confidence is not None:
-            h["x-kascade-confidence"] = f"{self.confidence:.4f}"
-        if self.degraded is not None:
-            # One line, ASCII only: the policy's message may hold any character.
-            text = " ".join(self.degraded.split())[:500]
-            h["x-kascade-degraded"] = text.encode("ascii", "replace").decode()
-        return h
-
-
 class _LocalRejected(Exception):
     def __init__(self, error: errors.ApiError) -> None:
         self.error = error
@@ -101,8 +59,8 @@ async def handle_chat(state: State, http: web.Request) -> web.StreamResponse:
     request_id = os.urandom(16).hex()  # as unique as uuid4, a quarter of the cost
     ids = {"x-kascade-request-id": request_id}
     try:
-        _authenticate(rt, http)
-        raw = await _read_body(http, limit=rt.config.limits.max_body_bytes)
+        inbound.authenticate(rt, http)
+        raw = await inbound.read_body(http, limit=rt.config.limits.max_body_bytes)
         chat = request.parse(raw)
         policy = rt.policies.get(chat.model)
         if policy is None:
@@ -116,7 +74,7 @@ async def handle_chat(state: State, http: web.Request) -> web.StreamResponse:
     except errors.ApiError as exc:
         state.metrics.requests.labels("", "error", exc.code or "invalid_request").inc()
         return exc.response(extra_headers=ids)
-    decision = Decision(request_id=request_id, policy=policy)
+    decision = decision_mod.Decision(request_id=request_id, policy=policy)
     status = 200
     try:
         response = await _route(state, rt, http, chat, decision)
@@ -136,43 +94,15 @@ async def handle_chat(state: State, http: web.Request) -> web.StreamResponse:
             type="server_error",
             code="internal_error",
         ).response(extra_headers=decision.headers())
-    _record(state, chat, decision, status=status, started=started)
-    return response
-
-
-def _authenticate(rt: runtime.Runtime, http: web.Request) -> None:
-    if rt.api_keys is None:
-        return
-    header = http.headers.get("authorization", "")
-    key = header[7:].strip() if header[:7].lower() == "bearer " else http.headers.get("api-key")
-    if not key or key not in rt.api_keys:
-        raise errors.ApiError(
-            status=401,
-            message="Missing or invalid API key: send `Authorization: Bearer <key>`.",
-            type="authentication_error",
-            code="invalid_api_key",
-        )
-
-
-async def _read_body(http: web.Request, *, limit: int) -> bytes:
-    too_big = errors.ApiError(
-        status=413,
-        message=f"Request body is larger than the gateway's limit of {limit} bytes.",
-        code="request_too_large",
+    record.record(
+        metrics=state.metrics,
+        audit=state.audit,
+        chat=chat,
+        d=decision,
+        status=status,
+        started=started,
     )
-    length = http.content_length
-    if length is not None:
-        if length > limit:
-            raise too_big
-        return await http.read()
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in http.content.iter_chunked(65536):
-        total += len(chunk)
-        if total > limit:
-            raise too_big
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return response
 
 
 async def _route(
@@ -180,7 +110,7 @@ async def _route(
     rt: runtime.Runtime,
     http: web.Request,
     chat: request.ChatRequest,
-    d: Decision,
+    d: decision_mod.Decision,
 ) -> web.StreamResponse:
     policy = d.policy
     cfg = policy.config
@@ -200,7 +130,7 @@ async def _route(
     # 2. Cache.
     hit = _cache_lookup(state, chat, d)
     if hit is not None:
-        return await _respond(http, chat, d, completion=hit)
+        return await responses.respond(http, chat, d, completion=hit)
     # 3. Rules.
     matched = rules.match(rules=cfg.rules, prompt_tokens=chat.prompt_estimate, headers=http.headers)
     pool = policy.pool
@@ -226,7 +156,7 @@ async def _route(
     if escalate_reason is None:
         if chat.stream and not experts:
             d.reason = "local_only" if local_only else "no_escalation"
-            return await _stream_local(state, http, chat, d, pool=pool)
+            return await responses.stream_local(state.session, http, chat, d, pool=pool)
         try:
             answer = await _local_pass(state, chat, d, pool=pool, can_escalate=bool(experts))
         except _LocalRejected as rejected:
@@ -253,12 +183,12 @@ async def _route(
                 if escalate_reason is not None:
                     d.reason = "local_only" if local_only else "no_experts"
                 _cache_store(chat, d, completion=answer.completion)
-                return await _respond(http, chat, d, completion=answer.completion)
+                return await responses.respond(http, chat, d, completion=answer.completion)
     assert escalate_reason is not None
     d.reason = escalate_reason
     if not experts:
         detail = f"local pool: {d.local_error or 'saturated'}; no expert may receive this request"
-        raise _no_local_answer(d, detail=detail)
+        raise responses.no_local_answer(d, detail=detail)
     # 6. Escalation.
     return await _escalate(
         state,
@@ -276,7 +206,7 @@ async def _route(
 async def _local_pass(
     state: State,
     chat: request.ChatRequest,
-    d: Decision,
+    d: decision_mod.Decision,
     *,
     pool: Any,
     can_escalate: bool,
@@ -313,7 +243,7 @@ async def _escalate(
     state: State,
     http: web.Request,
     chat: request.ChatRequest,
-    d: Decision,
+    d: decision_mod.Decision,
     *,
     experts: list[escalation.ExpertState],
     outbound: list[dict[str, Any]],
@@ -334,7 +264,7 @@ async def _escalate(
     )
     ordered = state.escalator.order(experts=experts, selection=cfg.selection, call=call)
     streamed: list[web.StreamResponse] = []
-    writer = _expert_stream_writer(http, d, streamed) if chat.stream else None
+    writer = responses.expert_stream_writer(http, d, streamed) if chat.stream else None
     outcome = await state.escalator.run(experts=ordered, call=call, stream_writer=writer)
     d.outcome = outcome
     d.cost_nanos = outcome.cost_nanos
@@ -347,7 +277,7 @@ async def _escalate(
             return streamed[0]
         assert outcome.answer is not None
         _cache_store(chat, d, completion=outcome.answer.completion)
-        return await _respond(
+        return await responses.respond(
             http, chat, d, completion=outcome.answer.completion, raw=outcome.answer.raw
         )
     if streamed:  # The stream broke after it started: nothing else can be sent.
@@ -379,96 +309,15 @@ async def _escalate(
                 method=cfg.confidence.method,
             )
         except (local.Overflow, local.LocalFailure) as exc:
-            raise _no_local_answer(d, detail=f"{summary}; local pool: {exc}") from None
+            raise responses.no_local_answer(d, detail=f"{summary}; local pool: {exc}") from None
         d.confidence = answer.confidence
     d.degraded = f"{cfg.fallback.message} ({summary})"
-    return await _respond(http, chat, d, completion=answer.completion)
+    return await responses.respond(http, chat, d, completion=answer.completion)
 
 
-def _no_local_answer(d: Decision, *, detail: str) -> errors.ApiError:
-    return errors.ApiError(
-        status=503,
-        message=f"Neither the local pool nor an expert could answer ({detail}).",
-        type="server_error",
-        code="no_answer",
-    )
-
-
-def _expert_stream_writer(
-    http: web.Request, d: Decision, streamed: list[web.StreamResponse]
-) -> escalation.StreamWriter:
-    async def write(
-        upstream: aiohttp.ClientResponse,
-        translator: providers.StreamTranslator,
-        start: escalation.StreamStart,
-    ) -> tuple[int | None, int | None]:
-        d.route = f"expert:{start.expert}"
-        # The actual cost is known only at the end: the header carries the reserved
-        # worst case, the audit line and metrics the settled cost.
-        d.cost_nanos = start.worst_case_nanos
-        response = web.StreamResponse(headers=_sse_headers(d))
-        streamed.append(response)
-        await response.prepare(http)
-        async for line in upstream.content:
-            out = translator.feed(line)
-            if out is not None:
-                await response.write(out)
-        await response.write_eof()
-        return translator.prompt_tokens, translator.completion_tokens
-
-    return write
-
-
-def _sse_headers(d: Decision) -> dict[str, str]:
-    return {**d.headers(), "content-type": "text/event-stream", "cache-control": "no-cache"}
-
-
-async def _stream_local(
-    state: State, http: web.Request, chat: request.ChatRequest, d: Decision, *, pool: Any
-) -> web.StreamResponse:
-    try:
-        async with local.open_stream(session=state.session, pool=pool, body=chat.body) as up:
-            response = web.StreamResponse(headers=_sse_headers(d))
-            await response.prepare(http)
-            async for chunk in up.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
-            return response
-    except local.Overflow as overflow:
-        raise errors.ApiError(
-            status=429,
-            message="The local model pool is saturated; retry later.",
-            type="rate_limit_error",
-            code="pool_saturated",
-            headers={"retry-after": str(max(1, round(overflow.retry_after or 1)))},
-        ) from None
-    except local.LocalFailure as failure:
-        raise _no_local_answer(d, detail=f"local pool: {failure.kind}") from None
-
-
-async def _respond(
-    http: web.Request,
-    chat: request.ChatRequest,
-    d: Decision,
-    *,
-    completion: dict[str, Any],
-    raw: bytes | None = None,
-) -> web.StreamResponse:
-    if not chat.stream:
-        return web.Response(
-            body=raw if raw is not None else json.dumps(completion).encode(),
-            content_type="application/json",
-            headers=d.headers(),
-        )
-    response = web.StreamResponse(headers=_sse_headers(d))
-    await response.prepare(http)
-    for chunk in sse.chunks_from_completion(completion):
-        await response.write(chunk)
-    await response.write_eof()
-    return response
-
-
-def _cache_lookup(state: State, chat: request.ChatRequest, d: Decision) -> dict[str, Any] | None:
+def _cache_lookup(
+    state: State, chat: request.ChatRequest, d: decision_mod.Decision
+) -> dict[str, Any] | None:
     policy = d.policy
     if policy.exact is None and policy.semantic is None:
         return None
@@ -500,7 +349,9 @@ def _key_body(chat: request.ChatRequest) -> dict[str, Any]:
     return body
 
 
-def _cache_store(chat: request.ChatRequest, d: Decision, *, completion: dict[str, Any]) -> None:
+def _cache_store(
+    chat: request.ChatRequest, d: decision_mod.Decision, *, completion: dict[str, Any]
+) -> None:
     policy = d.policy
     if d.degraded is not None or d.cache != "miss":
         return
@@ -520,45 +371,3 @@ def _cache_store(chat: request.ChatRequest, d: Decision, *, completion: dict[str
             route=d.route,
             confidence=d.confidence,
         )
-
-
-def _record(
-    state: State, chat: request.ChatRequest, d: Decision, *, status: int, started: float
-) -> None:
-    elapsed = time.perf_counter() - started
-    m = state.metrics
-    route_label = d.route if not d.route.startswith("expert:") else "expert"
-    m.observe_request(policy=d.policy.name, route=route_label, reason=d.reason, seconds=elapsed)
-    if d.confidence is not None and d.cache in ("off", "miss"):
-        m.confidence.labels(d.policy.name).observe(d.confidence)
-    if not d.policy.config.audit.enabled or not state.audit.enabled:
-        return
-    outcome = d.outcome
-    state.audit.write(
-        {
-            "type": "request",
-            "request_id": d.request_id,
-            "policy": d.policy.name,
-            "generation": d.policy.config.generation,
-            "status": status,
-            "route": d.route,
-            "reason": d.reason,
-            "degraded": d.degraded is not None,
-            "confidence": d.confidence,
-            "threshold": None if d.threshold is None else round(d.threshold, 4),
-            "method": d.policy.config.confidence.method,
-            "rule": d.rule,
-            "rule_name": d.rule_name,
-            "expert": outcome.expert if outcome else None,
-            "attempts": outcome.attempts if outcome else [],
-            "cost_usd": usd_text(d.cost_nanos),
-            "cache": d.cache,
-            "similarity": d.similarity,
-            "privacy_action": d.policy.config.privacy.action,
-            "pii_found": d.pii,
-            "local_error": d.local_error,
-            "stream": chat.stream,
-            "prompt_tokens_estimate": chat.prompt_estimate,
-            "duration_ms": round(elapsed * 1000, 3),
-        }
-    )

@@ -20,6 +20,7 @@ from kascade.gateway import (
     errors,
     escalation,
     feedback,
+    inbound,
     ledger,
     pipeline,
     pressure,
@@ -95,7 +96,7 @@ async def _chat(http: web.Request) -> web.StreamResponse:
 async def _models(http: web.Request) -> web.Response:
     state = http.app[STATE]
     try:
-        pipeline._authenticate(state.runtime, http)
+        inbound.authenticate(state.runtime, http)
     except errors.ApiError as exc:
         return exc.response()
     return web.Response(body=state.runtime.models_body, content_type="application/json")
@@ -131,7 +132,7 @@ async def _metrics(http: web.Request) -> web.Response:
 async def _status(http: web.Request) -> web.Response:
     state = http.app[STATE]
     try:
-        pipeline._authenticate(state.runtime, http)
+        inbound.authenticate(state.runtime, http)
     except errors.ApiError as exc:
         return exc.response()
     return _json(await status.collect(state))
@@ -140,8 +141,8 @@ async def _status(http: web.Request) -> web.Response:
 async def _feedback(http: web.Request) -> web.Response:
     state = http.app[STATE]
     try:
-        pipeline._authenticate(state.runtime, http)
-        raw = await pipeline._read_body(http, limit=state.runtime.config.limits.max_body_bytes)
+        inbound.authenticate(state.runtime, http)
+        raw = await inbound.read_body(http, limit=state.runtime.config.limits.max_body_bytes)
         recorded = feedback.record(state, raw=raw)
     except errors.ApiError as exc:
         return exc.response()
