@@ -4,6 +4,7 @@ ledger, and two real gateway processes sharing one real Redis."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -53,10 +54,14 @@ async def _fire(http: aiohttp.ClientSession, urls: list[str], n: int) -> list[tu
 
 
 def _check_outcomes(results: list[tuple[int, Any]], *, expert_calls: int) -> None:
-    assert all(status == 200 for status, _ in results)
+    summary = collections.Counter(
+        (status, h.get("x-kascade-route"), h.get("x-kascade-degraded", "")[-60:])
+        for status, h in results
+    )
+    assert all(status == 200 for status, _ in results), summary
     escalated = [h for _, h in results if h["x-kascade-route"] == "expert:e1"]
     fallback = [h for _, h in results if h["x-kascade-route"] == "local"]
-    assert len(escalated) == expert_calls == 100
+    assert len(escalated) == expert_calls == 100, (expert_calls, summary)
     assert len(fallback) == REQUESTS - 100
     for h in fallback:  # the documented fallback: degraded local answer with the reason
         assert "e1: budget_exhausted" in h["x-kascade-degraded"]
