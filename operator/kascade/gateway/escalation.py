@@ -191,6 +191,7 @@ class Escalator:
         self.throttle = throttle
         self.credentials = credentials
         self.metrics = metrics
+        self._remote = not isinstance(ledger_backend, ledger.MemoryLedger)
 
     def order(self, *, experts: list[ExpertState], selection: str, call: Call) -> list[ExpertState]:
         """Experts in policy order, or cheapest worst case first."""
@@ -274,7 +275,7 @@ class Escalator:
                 worst=worst,
                 reservation=reservation,
             )
-            settled = result == "ok"
+            settled = result in ("ok", "stream_broken")  # both settled already
             return result
         finally:
             if not settled:
@@ -328,11 +329,12 @@ class Escalator:
                 usage = await self._send(expert=expert, request=request, writer=writer, worst=worst)
             except StreamBroken:
                 # The expert was called and may bill it: charge the worst case, no retry.
-                await self._settle(reservation, actual=worst)
+                await self._finish(permit, reservation, actual=worst)
                 outcome.cost_nanos = worst
                 outcome.streamed = True
                 return "stream_broken"
             except UpstreamFailure as failure:
+                await self._release_permit(permit)
                 last = failure.kind
                 self.metrics.expert_errors.labels(expert.name, failure.kind).inc()
                 if failure.unhealthy:
@@ -344,8 +346,9 @@ class Escalator:
                     return last
                 await asyncio.sleep(delay)
                 continue
-            finally:
+            except BaseException:  # cancelled (client gone) or a bug: free the slot
                 await self._release_permit(permit)
+                raise
             expert.breaker.record_success()
             answer, pt, ct = usage
             if pt is None or ct is None:
@@ -360,7 +363,7 @@ class Escalator:
                         actual,
                         worst,
                     )
-            await self._settle(reservation, actual=actual)
+            await self._finish(permit, reservation, actual=actual)
             outcome.answer = answer
             outcome.expert = expert.name
             outcome.cost_nanos = actual
@@ -368,6 +371,19 @@ class Escalator:
             self.metrics.observe_cost(expert=expert.name, usd=actual / 1_000_000_000)
             return "ok"
         return last
+
+    async def _finish(
+        self, permit: ledger.Permit, reservation: ledger.Reservation, *, actual: int
+    ) -> None:
+        """Ends the concurrency slot and settles; with Redis both round trips overlap
+        (in memory they are synchronous, and a task per call would only add cost)."""
+        if self._remote:
+            await asyncio.gather(
+                self._release_permit(permit), self._settle(reservation, actual=actual)
+            )
+        else:
+            await self._release_permit(permit)
+            await self._settle(reservation, actual=actual)
 
     async def _settle(self, reservation: ledger.Reservation, *, actual: int) -> None:
         try:
