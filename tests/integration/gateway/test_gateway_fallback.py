@@ -213,3 +213,24 @@ async def test_upstream_retry_after_blocks_every_replica(
     async with http.get(f"{b.url}/v1/kascade/status") as resp:
         blocked = (await resp.json())["experts"]["limited"]["throttle"]["blockedUntil"]
     assert blocked > time.time() + 20
+
+
+async def test_streamed_request_falls_back_to_a_degraded_local_stream(
+    start_sim, start_gateway, http
+) -> None:
+    pool = await start_sim(name="pool", confidence=0.1)
+    broken = await start_sim(name="broken", fail_every=1)
+    gw = await start_gateway(
+        gateway_config(pool=pool.url, experts={"broken": expert_config(broken.url)})
+    )
+    async with http.post(
+        f"{gw.url}/v1/chat/completions", json=chat("stream please", stream=True)
+    ) as resp:
+        assert resp.status == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        assert "broken: http_500" in resp.headers["x-kascade-degraded"]
+        body = await resp.text()
+    assert '"content": "[pool] stream please"' in body
+    assert body.rstrip().endswith("data: [DONE]")
+    assert len(broken.records) == 1
+    assert broken.records[0]["body"]["stream"] is True
