@@ -7,7 +7,8 @@ Modules, in request order:
 - ``runtime``: a config compiled for serving (regexes, caches, expert state).
 - ``request``: validating a chat request; ``errors``: OpenAI-style error bodies.
 - ``privacy``: PII detection and redaction.
-- ``cache``: exact and semantic response caches.
+- ``cache``: exact and semantic response caches; ``shared_cache``: the exact cache
+  shared by replicas through Redis.
 - ``rules``: pre-generation routing rules.
 - ``local``: the local first pass; ``confidence``: reading confidence and the
   (dynamic) threshold; ``pressure``: burn rate and availability behind it.

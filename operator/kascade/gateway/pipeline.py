@@ -30,6 +30,7 @@ from kascade.gateway import (
     runtime,
 )
 from kascade.gateway import metrics as metrics_mod
+from kascade.gateway import shared_cache as shared_cache_mod
 
 log = logging.getLogger("kascade.gateway")
 
@@ -45,6 +46,7 @@ class State:
     metrics: metrics_mod.Metrics
     audit: audit_mod.AuditLog
     experts: dict[str, escalation.ExpertState]
+    shared_cache: shared_cache_mod.SharedExactCache | None = None
 
 
 class _LocalRejected(Exception):
@@ -129,6 +131,8 @@ async def _route(
                 raw_pii = True
     # 2. Cache.
     hit = _cache_lookup(state, chat, d)
+    if hit is None and d.exact_key is not None and state.shared_cache is not None:
+        hit = await _shared_lookup(state, d)
     if hit is not None:
         return await responses.respond(http, chat, d, completion=hit)
     # 3. Rules.
@@ -182,7 +186,7 @@ async def _route(
             if escalate_reason is None or not experts:
                 if escalate_reason is not None:
                     d.reason = "local_only" if local_only else "no_experts"
-                _cache_store(chat, d, completion=answer.completion)
+                _cache_store(state, chat, d, completion=answer.completion)
                 return await responses.respond(http, chat, d, completion=answer.completion)
     assert escalate_reason is not None
     d.reason = escalate_reason
@@ -276,7 +280,7 @@ async def _escalate(
         if streamed:
             return streamed[0]
         assert outcome.answer is not None
-        _cache_store(chat, d, completion=outcome.answer.completion)
+        _cache_store(state, chat, d, completion=outcome.answer.completion)
         return await responses.respond(
             http, chat, d, completion=outcome.answer.completion, raw=outcome.answer.raw
         )
@@ -342,6 +346,25 @@ def _cache_lookup(
     return None
 
 
+async def _shared_lookup(state: State, d: decision_mod.Decision) -> dict[str, Any] | None:
+    assert state.shared_cache is not None
+    assert d.exact_key is not None
+    entry = await state.shared_cache.get(d.exact_key)
+    if entry is None:
+        return None
+    completion: dict[str, Any] = entry["completion"]
+    confidence = entry.get("confidence")
+    d.cache, d.route, d.reason = "exact", "cache", "cache_exact"
+    d.confidence = confidence if isinstance(confidence, int | float) else None
+    state.metrics.cache_hits.labels("exact").inc()
+    if d.policy.exact is not None:  # Keep it near: the next hit costs no round trip.
+        d.policy.exact.put(
+            d.exact_key, completion=completion, route=str(entry.get("route")),
+            confidence=d.confidence,
+        )  # fmt: skip
+    return completion
+
+
 def _key_body(chat: request.ChatRequest) -> dict[str, Any]:
     body = dict(chat.body)
     body.pop("stream", None)
@@ -350,7 +373,11 @@ def _key_body(chat: request.ChatRequest) -> dict[str, Any]:
 
 
 def _cache_store(
-    chat: request.ChatRequest, d: decision_mod.Decision, *, completion: dict[str, Any]
+    state: State,
+    chat: request.ChatRequest,
+    d: decision_mod.Decision,
+    *,
+    completion: dict[str, Any],
 ) -> None:
     policy = d.policy
     if d.degraded is not None or d.cache != "miss":
@@ -362,6 +389,14 @@ def _cache_store(
             route=d.route,
             confidence=d.confidence,
         )
+        if state.shared_cache is not None:
+            state.shared_cache.put(
+                d.exact_key,
+                completion=completion,
+                route=d.route,
+                confidence=d.confidence,
+                ttl_seconds=policy.exact.ttl_seconds,
+            )
     if policy.semantic is not None:
         context, text = cache_mod.semantic_parts(policy=policy.name, body=_key_body(chat))
         policy.semantic.put(

@@ -26,6 +26,7 @@ from kascade.gateway import (
     pressure,
     providers,
     runtime,
+    shared_cache,
     status,
 )
 from kascade.gateway import metrics as metrics_mod
@@ -183,6 +184,10 @@ def build_app(
             audit=audit_mod.AuditLog(path=audit_path),
             experts=experts,
         )
+        url = config.ledger.url or ""
+        if url.startswith(("redis://", "rediss://")):
+            # Replicas sharing a Redis ledger also share exact-cache answers.
+            state.shared_cache = shared_cache.SharedExactCache(url=url, namespace=config.namespace)
         app[STATE] = state
         watcher_task = None
         if config_path is not None:
@@ -191,6 +196,8 @@ def build_app(
         yield
         if watcher_task is not None:
             watcher_task.cancel()
+        if state.shared_cache is not None:
+            await state.shared_cache.close()
         await session.close()
         await ledger_backend.close()
         await throttle.close()

@@ -3,10 +3,12 @@ providers, streaming, rules, overflow, cache, endpoints."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import aiohttp
+import pytest
 from tests.integration.gateway.conftest import chat, expert_config, gateway_config
 
 
@@ -437,3 +439,30 @@ async def test_semantic_cache_end_to_end(start_sim, start_gateway, http) -> None
     async with http.get(f"{gw.url}/metrics") as resp:
         assert 'kascade_cache_hits_total{kind="semantic"} 1.0' in await resp.text()
     assert [a["cache"] for a in gw.audit()] == ["miss", "semantic", "miss", "miss"]
+
+
+@pytest.mark.redis
+async def test_exact_cache_is_shared_by_replicas_on_redis(
+    start_sim, start_gateway, http, redis_url: str
+) -> None:
+    pool = await start_sim(name="pool", confidence=0.1)
+    expert = await start_sim(name="e1")
+    config = gateway_config(
+        pool=pool.url,
+        experts={"e1": expert_config(expert.url)},
+        policy={"cache": {"exact": {"ttlSeconds": 60}}},
+        ledger={"url": redis_url},
+    )
+    a = await start_gateway(config, name="a")
+    b = await start_gateway(config, name="b")
+    _, first, body = await _post(http, a.url, chat("shared question"))
+    assert first["x-kascade-route"] == "expert:e1"
+    await asyncio.sleep(0.2)  # the store is written in the background
+    _, second, again = await _post(http, b.url, chat("shared  question"))
+    assert second["x-kascade-route"] == "cache"
+    assert second["x-kascade-reason"] == "cache_exact"
+    assert again == body
+    assert len(expert.records) == 1
+    assert len(pool.records) == 1
+    _, third, _ = await _post(http, b.url, chat("another question"))
+    assert third["x-kascade-route"] == "expert:e1"
