@@ -354,6 +354,27 @@ async def _ok() -> web.Response:
     return web.Response(text="ok")
 
 
+_HELP = {
+    "name": "name in answers ([name] <last user message>) and ids",
+    "latency_ms": "delay before answering",
+    "prompt_tokens": "reported prompt tokens (default: characters / 4)",
+    "completion_tokens": "reported completion tokens (default: words of the answer)",
+    "report_usage": "true/false: include usage in answers",
+    "fail_every": "every Nth request answers --fail-status",
+    "fail_fraction": "this fraction of requests answers --fail-status (deterministic)",
+    "fail_status": "status of simulated failures (default 500)",
+    "throttle_every": "every Nth request answers 429 with Retry-After",
+    "throttle_fraction": "this fraction of requests answers 429",
+    "retry_after": "seconds in the Retry-After of simulated 429s",
+    "hang_every": "every Nth request hangs for --hang-seconds (a timeout)",
+    "hang_fraction": "this fraction of requests hangs",
+    "hang_seconds": "how long a hang lasts",
+    "confidence": "add this confidence to answers (act as a local pool)",
+    "answer": "fixed answer text",
+    "record_body": "true/false: keep request bodies in the record",
+}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kascade sim-expert", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
@@ -361,16 +382,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--record", default=None, help="append what was received to this JSONL file")
     for f in dataclasses.fields(Settings):
         flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool",):
-            p.add_argument(flag, type=lambda v: v.lower() in ("1", "true", "yes"), default=None)
-        elif f.type in ("int",):
-            p.add_argument(flag, type=int, default=None)
+        help_text = _HELP.get(f.name)
+        if f.type == "bool":
+            p.add_argument(
+                flag,
+                type=lambda v: v.lower() in ("1", "true", "yes"),
+                default=None,
+                help=help_text,
+            )
+        elif f.type in ("int", "int | None"):
+            p.add_argument(flag, type=int, default=None, help=help_text)
         elif f.type in ("float", "float | None"):
-            p.add_argument(flag, type=float, default=None)
-        elif f.type == "int | None":
-            p.add_argument(flag, type=int, default=None)
+            p.add_argument(flag, type=float, default=None, help=help_text)
         else:
-            p.add_argument(flag, default=None)
+            p.add_argument(flag, default=None, help=help_text)
     return p
 
 
