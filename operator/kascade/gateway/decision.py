@@ -33,6 +33,10 @@ class Decision:
     pii: dict[str, int] = field(default_factory=dict)
     local_error: str | None = None
     exact_key: cache_mod.ExactKey | None = None
+    pool: str = ""
+    """The pool whose local pass this request used (or would have used)."""
+    privacy: str | None = None
+    """What was done about detected personal data, e.g. ``redacted:email,phone``."""
 
     def headers(self) -> dict[str, str]:
         h = {
@@ -43,6 +47,8 @@ class Decision:
         }
         if self.confidence is not None:
             h["x-kascade-confidence"] = f"{self.confidence:.4f}"
+        if self.privacy is not None:
+            h["x-kascade-privacy"] = self.privacy
         if self.degraded is not None:
             # One line, ASCII only: the policy's message may hold any character.
             text = " ".join(self.degraded.split())[:500]

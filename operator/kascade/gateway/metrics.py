@@ -69,6 +69,38 @@ class Metrics:
             ["expert", "error"],
             registry=r,
         )
+        # Per-pool figures the operator's autoscaler reads (docs/autoscaling.md): more
+        # replicas only help against overflow, so escalations are counted by reason.
+        self.pool_requests = Counter(
+            "kascade_pool_requests_total",
+            "Requests that reached (or tried) a pool's local pass.",
+            ["pool"],
+            registry=r,
+        )
+        self.pool_escalations = Counter(
+            "kascade_pool_escalations_total",
+            "Escalations of a pool's requests by reason.",
+            ["pool", "reason"],
+            registry=r,
+        )
+        self.pool_escalation_cost = Counter(
+            "kascade_pool_escalation_cost_usd_total",
+            "USD settled for escalations of a pool's requests, by reason.",
+            ["pool", "reason"],
+            registry=r,
+        )
+        self.pool_inflight = Gauge(
+            "kascade_pool_inflight_requests",
+            "Requests in a pool's local pass at this gateway replica.",
+            ["pool"],
+            registry=r,
+        )
+        self.privacy_detections = Counter(
+            "kascade_privacy_detections_total",
+            "Requests in which personal data was detected, by detector and action taken.",
+            ["policy", "kind", "action"],
+            registry=r,
+        )
         self.feedback = Counter(
             "kascade_feedback_total",
             "Feedback ratings received.",
@@ -104,6 +136,12 @@ class Metrics:
         if child is None:
             child = self._cost_children[expert] = self.expert_cost.labels(expert)
         child.inc(usd)
+
+    def observe_pool_escalation(self, *, pool: str, reason: str, usd: float) -> None:
+        """Counts one escalation of a pool's request and what it cost."""
+        self.pool_escalations.labels(pool, reason).inc()
+        if usd > 0:
+            self.pool_escalation_cost.labels(pool, reason).inc(usd)
 
     def render(self) -> bytes:
         """The text exposition format."""

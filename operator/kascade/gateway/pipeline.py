@@ -125,10 +125,17 @@ async def _route(
         if scan.found:
             if cfg.privacy.action == "redact" and scan.redacted_messages is not None:
                 outbound = scan.redacted_messages
+                done = "redacted"
             elif cfg.privacy.action == "local-only":
                 local_only = True
+                done = "local-only"
             else:
                 raw_pii = True
+                done = "allowed"
+            kinds = sorted(kind for kind, count in scan.counts.items() if count)
+            d.privacy = f"{done}:{','.join(kinds)}"
+            for kind in kinds:
+                state.metrics.privacy_detections.labels(policy.name, kind, done).inc()
     # 2. Cache.
     hit = _cache_lookup(state, chat, d)
     if hit is None and d.exact_key is not None and state.shared_cache is not None:
@@ -138,6 +145,7 @@ async def _route(
     # 3. Rules.
     matched = rules.match(rules=cfg.rules, prompt_tokens=chat.prompt_estimate, headers=http.headers)
     pool = policy.pool
+    d.pool = cfg.local_pool
     experts = policy.experts
     escalate_reason: str | None = None
     if matched is not None:
@@ -148,6 +156,7 @@ async def _route(
         elif rule.action == "tier":
             assert rule.target is not None
             pool = rt.config.pools.get(rule.target, pool)
+            d.pool = rule.target
         elif rule.action == "expert":
             if rule.target is not None:
                 experts = [state.experts[rule.target]]
@@ -218,7 +227,10 @@ async def _local_pass(
     cfg = d.policy.config
     method = cfg.confidence.method
     deadline = time.monotonic() + cfg.overflow_wait_millis / 1000
+    state.metrics.pool_requests.labels(d.pool).inc()
+    inflight = state.metrics.pool_inflight.labels(d.pool)
     while True:
+        inflight.inc()
         try:
             return await local.complete(
                 session=state.session, pool=pool, body=chat.body, method=method
@@ -241,6 +253,8 @@ async def _local_pass(
                     headers={"retry-after": str(max(1, round(retry_after)))},
                 )
             ) from None
+        finally:
+            inflight.dec()
 
 
 async def _escalate(
@@ -272,6 +286,9 @@ async def _escalate(
     outcome = await state.escalator.run(experts=ordered, call=call, stream_writer=writer)
     d.outcome = outcome
     d.cost_nanos = outcome.cost_nanos
+    state.metrics.observe_pool_escalation(
+        pool=d.pool, reason=d.reason, usd=outcome.cost_nanos / 1_000_000_000
+    )
     if outcome.expert is not None:
         d.route = f"expert:{outcome.expert}"
         state.metrics.observe_escalation(
