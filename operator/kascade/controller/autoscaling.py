@@ -47,7 +47,8 @@ def make_source(
             pool=pool.metadata.name,
             base_url=spec.prometheus_url,
             session=session,
-            window_seconds=max(spec.interval_seconds * 2, 60),
+            # Two intervals: each decision sees the latest interval and the one before.
+            window_seconds=max(spec.interval_seconds * 2, 15),
         )
     return autoscale.GatewayScrapeSource(
         pool=pool.metadata.name, endpoints=_endpoint_lister(ctx, namespace), session=session

@@ -1,0 +1,315 @@
+"""Autoscaling on why requests escalate, end to end with real parts.
+
+Real API server and operator process; the real model app (SmolLM2 on local Ray Serve,
+deployed from the RayService the operator rendered); the real gateway (from the rendered
+ConfigMap); a real simulated expert process; a real Prometheus scraping the gateway.
+A load that saturates the pool makes overflow escalations; the operator raises the
+pool's replicas on the API server; the model app runs more replicas; overflow falls.
+When the load stops the pool scales back down after its stabilisation window. A load
+whose escalations are all low_confidence never scales up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from tests.testkit import KubectlRunner, free_port, wait_for_port
+
+from e2e import dataplane
+from e2e import operator_support as ops
+
+pytestmark = [pytest.mark.cluster, pytest.mark.serving]
+
+INTERVAL = 5
+SCALE_DOWN_STABILIZATION = 20
+
+
+def _prometheus_binary() -> str:
+    cache = Path(os.environ.get("KASCADE_CACHE", Path.home() / ".cache" / "kascade"))
+    binary = cache / "bin" / "current" / "prometheus"
+    if not binary.exists():
+        raise RuntimeError(f"{binary} missing: run e2e/cluster/build")
+    return str(binary)
+
+
+def _manifests(*, sim_port: int, prom_port: int, threshold: float) -> str:
+    return textwrap.dedent(
+        f"""
+        apiVersion: kascade.io/v1alpha1
+        kind: LocalModelPool
+        metadata: {{name: tiny}}
+        spec:
+          model: {{runtime: llama-cpp, source: "builtin://smollm2-135m-instruct",
+                   contextLength: 512}}
+          replicas: {{min: 1, max: 2}}
+          resources: {{cpu: "1", memory: 1Gi}}
+          capacity: {{maxConcurrentPerReplica: 1, maxQueueWaitMillis: 0}}
+          costPerReplicaHour: 0.01
+          autoscaling:
+            enabled: true
+            intervalSeconds: {INTERVAL}
+            scaleUpStabilizationSeconds: 0
+            scaleDownStabilizationSeconds: {SCALE_DOWN_STABILIZATION}
+            targetUtilization: 0.9
+            metricsSource: prometheus
+            prometheusUrl: http://127.0.0.1:{prom_port}
+        ---
+        apiVersion: kascade.io/v1alpha1
+        kind: CloudExpert
+        metadata: {{name: sim}}
+        spec:
+          provider: openai-compatible
+          endpoint: http://127.0.0.1:{sim_port}
+          allowInsecureHttp: true
+          model: sim-large
+          pricing: {{inputPerMillionTokens: 50, outputPerMillionTokens: 100}}
+          budget: {{limitUSD: 100, window: calendar-day}}
+        ---
+        apiVersion: kascade.io/v1alpha1
+        kind: RoutingPolicy
+        metadata: {{name: scaled}}
+        spec:
+          localPool: tiny
+          experts: [sim]
+          confidence: {{method: mean-token-prob, threshold: {threshold}}}
+          overflow: escalate
+          privacy: {{action: allow}}
+        """
+    )
+
+
+class Load:
+    """Concurrent clients sending distinct prompts; records (time, reason) per answer."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.results: list[tuple[float, str]] = []
+
+    async def run(self, *, clients: int, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        async with aiohttp.ClientSession() as session:
+
+            async def client(index: int) -> None:
+                n = 0
+                while time.monotonic() < deadline:
+                    n += 1
+                    body = {
+                        "model": "scaled",
+                        "max_tokens": 8,
+                        "temperature": 0,
+                        "messages": [{"role": "user", "content": f"Say the number {index}-{n}."}],
+                    }
+                    async with session.post(self.url, json=body) as reply:
+                        await reply.read()
+                        assert reply.status == 200, await reply.text()
+                        self.results.append((time.time(), reply.headers["x-kascade-reason"]))
+
+            await asyncio.gather(*(client(i) for i in range(clients)))
+
+    def overflow_fraction(self, start: float, end: float) -> float:
+        window = [r for t, r in self.results if start <= t < end]
+        return sum(r == "overflow" for r in window) / max(1, len(window))
+
+
+def _pool(kubectl: KubectlRunner, namespace: str) -> dict[str, Any]:
+    return json.loads(kubectl("get", "lmp", "tiny", "-n", namespace, "-o", "json").stdout)
+
+
+@pytest.fixture
+def stack(kubeconfig: str, kubectl: KubectlRunner, namespace: str) -> Iterator[dict[str, Any]]:
+    import ray
+    from ray import serve
+
+    kubectl("apply", "--server-side", "-f", str(ops.REPO / "crds"))
+    crds = subprocess.run(
+        [str(ops.REPO / "e2e" / "cluster" / "kuberay-crds")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[-1]
+    kubectl("apply", "--server-side", "-f", crds)
+    sim_port, prom_port, gw_port, serve_port = free_port(), free_port(), free_port(), free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="kascade-e2e-autoscale-"))
+    record = workdir / "sim.jsonl"
+    procs: list[subprocess.Popen[bytes]] = []
+    sim = subprocess.Popen(
+        [
+            "python",
+            "-m",
+            "kascade.cli",
+            "sim-expert",
+            "--port",
+            str(sim_port),
+            "--record",
+            str(record),
+        ]
+    )
+    procs.append(sim)
+    (workdir / "prometheus.yml").write_text(
+        textwrap.dedent(
+            f"""
+            global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+            scrape_configs:
+              - job_name: kascade-gateway
+                static_configs: [{{targets: ["127.0.0.1:{gw_port}"]}}]
+            """
+        )
+    )
+    prometheus = subprocess.Popen(
+        [
+            _prometheus_binary(),
+            f"--config.file={workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={workdir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    procs.append(prometheus)
+    operator = ops.OperatorProcess(kubeconfig, resync_seconds=10)
+    operator.start()
+    ray.init(
+        num_cpus=4, include_dashboard=False, object_store_memory=200_000_000, log_to_driver=False
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
+    kuberay = dataplane.KubeRayStandIn(kubectl, namespace=namespace, name="tiny")
+    gateway = dataplane.GatewayFromConfigMap(
+        kubectl, namespace=namespace, port=gw_port, serve_base=f"http://127.0.0.1:{serve_port}"
+    )
+    try:
+        wait_for_port(sim_port)
+        wait_for_port(prom_port)
+        kubectl(
+            "apply",
+            "-n",
+            namespace,
+            "-f",
+            "-",
+            input=_manifests(sim_port=sim_port, prom_port=prom_port, threshold=0.0),
+        )
+        ops.wait_for(
+            "the rendered RayService",
+            lambda: (
+                kubectl("get", "rayservice", "tiny", "-n", namespace, check=False).returncode == 0
+            ),
+        )
+        ops.wait_for("the gateway ConfigMap", gateway.sync)
+        kuberay.sync()
+        kuberay.start()
+        gateway.start()
+        yield {
+            "url": f"http://127.0.0.1:{gw_port}/v1/chat/completions",
+            "kuberay": kuberay,
+            "gateway": gateway,
+            "operator": operator,
+            "ports": (sim_port, prom_port),
+            "record": record,
+        }
+    finally:
+        kuberay.stop()
+        gateway.stop()
+        operator.stop()
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=20)
+        serve.shutdown()
+        ray.shutdown()
+        if kuberay.error is not None:
+            print(f"KubeRay stand-in failed: {kuberay.error!r}")
+        print(f"---- operator log ----\n{operator.log()[-15000:]}")
+
+
+def test_overflow_scales_up_then_down_and_low_confidence_never_scales(
+    stack: dict[str, Any], kubectl: KubectlRunner, namespace: str
+) -> None:
+    load = Load(stack["url"])
+    kuberay: dataplane.KubeRayStandIn = stack["kuberay"]
+    assert kuberay.replicas == 1
+    started = time.time()
+
+    async def saturate_until_scaled() -> None:
+        task = asyncio.create_task(load.run(clients=3, seconds=150))
+        while not task.done():
+            if kuberay.replicas == 2 and time.time() - kuberay.deployments[-1][0] > 15:
+                break  # measured long enough after the new replica started
+            await asyncio.sleep(0.5)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(saturate_until_scaled())
+    pool = _pool(kubectl, namespace)
+    decision = pool["status"]["lastScaleDecision"]
+    assert (decision["from"], decision["to"]) == (1, 2), decision
+    assert decision["reason"].startswith(("OverflowSpend", "Utilization")), decision
+    assert pool["status"]["replicas"]["desired"] == 2
+    assert kuberay.replicas == 2
+    first_overflow = min(t for t, r in load.results if r == "overflow")
+    decided_at = pool["status"]["lastScaleDecision"]["time"]
+    decided = time.mktime(time.strptime(decided_at[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+    scaled_at = kuberay.deployments[-1][0]
+    before = load.overflow_fraction(started, scaled_at)
+    after = load.overflow_fraction(scaled_at + 5, time.time())
+    reaction = decided - first_overflow
+    print(
+        f"AUTOSCALE reaction_s={reaction:.1f} overflow_before={before:.2f} "
+        f"overflow_after={after:.2f} requests={len(load.results)}"
+    )
+    # Target: a decision within two intervals of sustained overflow (Prometheus needs a
+    # few scrapes first, hence the extra seconds).
+    assert reaction <= 2 * INTERVAL + 10, reaction
+    assert before > 0.2, before
+    assert after < before / 2, (before, after)
+
+    # Load stops: back to one replica after the scale-down stabilisation window.
+    idle_from = time.time()
+    ops.wait_for(
+        "scale-down to 1",
+        lambda: _pool(kubectl, namespace)["status"]["replicas"]["desired"] == 1,
+        timeout=SCALE_DOWN_STABILIZATION + 6 * INTERVAL + 30,
+        interval=1,
+    )
+    assert time.time() - idle_from >= SCALE_DOWN_STABILIZATION
+    ops.wait_for("one Serve replica", lambda: kuberay.replicas == 1, timeout=30)
+
+    # Every answer below threshold 1.0 escalates as low_confidence; one client never
+    # saturates the pool. However much that costs, the pool must not scale up.
+    sim_port, prom_port = stack["ports"]
+    kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        input=_manifests(sim_port=sim_port, prom_port=prom_port, threshold=1.0),
+    )
+    ops.wait_for(
+        "gateway config with threshold 1.0",
+        lambda: (
+            stack["gateway"].sync()
+            and (
+                '"threshold": 1.0' in stack["gateway"].config_path.read_text()
+                or '"threshold":1.0' in stack["gateway"].config_path.read_text()
+            )
+        ),
+    )
+    time.sleep(3)  # the gateway reloads its config file
+    low = Load(stack["url"])
+    asyncio.run(low.run(clients=1, seconds=6 * INTERVAL))
+    reasons = {r for _, r in low.results}
+    assert reasons == {"low_confidence"}, reasons
+    pool = _pool(kubectl, namespace)
+    assert pool["status"]["replicas"]["desired"] == 1
+    assert kuberay.replicas == 1
