@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import prometheus_client
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -55,6 +56,13 @@ RESOURCES: dict[str, ResourceType] = {
 }
 
 
+API_REQUESTS = prometheus_client.Counter(
+    "kascade_operator_api_requests_total",
+    "Requests the operator's reconciles made to the API server (kopf's watches excluded).",
+    ["verb"],
+)
+
+
 class KubeError(Exception):
     """An API call failed; ``status`` is the HTTP status (0 when unreachable)."""
 
@@ -95,6 +103,7 @@ class Kube:
         content_type: str = "application/json",
     ) -> Manifest:
         self.requests += 1
+        API_REQUESTS.labels(method).inc()
         try:
             response = await self._api.call_api(
                 path,
