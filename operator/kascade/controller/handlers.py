@@ -60,30 +60,32 @@ RECONCILES = prometheus_client.Counter(
 
 
 class Coalescer:
-    """Runs at most one reconcile per key at a time; events during a run cause one rerun."""
+    """Runs at most one reconcile per key at a time; events during a run cause one rerun,
+    with the newest event's work (so a rerun never acts on an older snapshot)."""
 
     def __init__(self) -> None:
         self._running: dict[str, asyncio.Task[None]] = {}
-        self._dirty: set[str] = set()
+        self._latest: dict[str, Any] = {}
 
     def trigger(self, key: str, run: Any) -> None:
-        if key in self._running:
-            self._dirty.add(key)
-            return
-        self._running[key] = asyncio.create_task(self._loop(key, run))
+        self._latest[key] = run
+        if key not in self._running:
+            self._running[key] = asyncio.create_task(self._loop(key))
 
-    async def _loop(self, key: str, run: Any) -> None:
+    async def _loop(self, key: str) -> None:
+        kind = key.split("/", 1)[0]
         try:
-            while True:
-                self._dirty.discard(key)
+            while key in self._latest:
+                run = self._latest.pop(key)
                 try:
                     await run()
                 except Exception:
+                    RECONCILES.labels(kind=kind, result="error").inc()
                     log.exception(
                         "Reconcile failed key=%s; retrying on the next event or tick", key
                     )
-                if key not in self._dirty:
-                    return
+                else:
+                    RECONCILES.labels(kind=kind, result="ok").inc()
         finally:
             self._running.pop(key, None)
 
@@ -99,6 +101,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.finalizer = "kascade.io/finalizer"  # unused: no deletion handlers
     memo.ctx = reconcile.Context(kube=await kube_mod.Kube.connect(), settings=settings_from_env())
     memo.namespaces = Coalescer()
+    memo.generations = {}
     metrics_port = os.environ.get("KASCADE_METRICS_PORT")
     if metrics_port:
         prometheus_client.start_http_server(int(metrics_port))
@@ -151,6 +154,23 @@ def _schedule_namespace(
 # ----------------------------------------------------------------------------- watchers
 
 
+def _spec_changed(memo: kopf.Memo, event: kopf.RawEvent, body: kopf.Body) -> bool:
+    """Whether an event can change the gateway: a new, deleted or re-specified object.
+
+    Status-only updates (most of them are the operator's own writes) do not re-render
+    the namespace's gateway, which keeps a busy namespace from reconciling in a loop.
+    """
+    meta = body.get("metadata", {})
+    key = (body.get("kind"), meta.get("namespace"), meta.get("name"))
+    if event["type"] == "DELETED":
+        memo.generations.pop(key, None)
+        return True
+    generation = meta.get("generation")
+    changed = bool(memo.generations.get(key) != generation)
+    memo.generations[key] = generation
+    return changed
+
+
 @kopf.on.event(GROUP, VERSION, "localmodelpools")
 async def pool_event(
     event: kopf.RawEvent,
@@ -171,7 +191,8 @@ async def pool_event(
                 memo.ctx, snapshot, policies=list(policies.get(namespace, []))
             ),
         )
-    _schedule_namespace(memo, namespace, pools, experts, policies)
+    if _spec_changed(memo, event, body):
+        _schedule_namespace(memo, namespace, pools, experts, policies)
 
 
 @kopf.on.event(GROUP, VERSION, "cloudexperts")
@@ -189,11 +210,14 @@ async def expert_event(
         snapshot = _snapshot(body)
         key = f"expert/{namespace}/{body['metadata']['name']}"
         memo.objects.trigger(key, lambda: reconcile.reconcile_expert(memo.ctx, snapshot))
-    _schedule_namespace(memo, namespace, pools, experts, policies)
+    if _spec_changed(memo, event, body):
+        _schedule_namespace(memo, namespace, pools, experts, policies)
 
 
 @kopf.on.event(GROUP, VERSION, "routingpolicies")
 async def policy_event(
+    event: kopf.RawEvent,
+    body: kopf.Body,
     namespace: str,
     memo: kopf.Memo,
     pools: kopf.Index,
@@ -201,7 +225,27 @@ async def policy_event(
     policies: kopf.Index,
     **_: Any,
 ) -> None:
-    _schedule_namespace(memo, namespace, pools, experts, policies)
+    if _spec_changed(memo, event, body):
+        _schedule_namespace(memo, namespace, pools, experts, policies)
+
+
+# KubeRay reports a pool's readiness on its RayService: mirror it into the pool at once.
+@kopf.on.event("ray.io", "v1", "rayservices", labels=MANAGED)
+async def rayservice_event(
+    body: kopf.Body, namespace: str, memo: kopf.Memo, policies: kopf.Index, **_: Any
+) -> None:
+    name = body.get("metadata", {}).get("labels", {}).get("kascade.io/pool")
+    if not name:
+        return
+    pool = await memo.ctx.kube.get("LocalModelPool", namespace=namespace, name=name)
+    if pool is None:
+        return
+    memo.objects.trigger(
+        f"pool/{namespace}/{name}",
+        lambda: reconcile.reconcile_pool(
+            memo.ctx, pool, policies=list(policies.get(namespace, []))
+        ),
+    )
 
 
 # A hand edit of a child is repaired at once: its watch event re-renders the namespace.

@@ -8,6 +8,7 @@ and server-side apply takes them as they are.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,9 +75,14 @@ class KubeError(Exception):
 class Kube:
     """JSON-in, JSON-out access to the API server, counting the requests it makes."""
 
+    # How long a CRD's presence is remembered: reconciles of many objects ask the same
+    # question, and KubeRay being installed is noticed within this time.
+    CRD_CACHE_SECONDS = 5.0
+
     def __init__(self, api: client.ApiClient) -> None:
         self._api = api
         self.requests = 0
+        self._crds: dict[str, tuple[float, bool]] = {}
 
     @classmethod
     async def connect(cls, *, kubeconfig: str | None = None) -> Kube:
@@ -177,7 +183,13 @@ class Kube:
 
     async def has_crd(self, name: str) -> bool:
         """Whether a CustomResourceDefinition (e.g. rayservices.ray.io) is installed."""
-        return await self.get("CustomResourceDefinition", namespace=None, name=name) is not None
+        now = time.monotonic()
+        cached = self._crds.get(name)
+        if cached is not None and now - cached[0] < self.CRD_CACHE_SECONDS:
+            return cached[1]
+        found = await self.get("CustomResourceDefinition", namespace=None, name=name) is not None
+        self._crds[name] = (now, found)
+        return found
 
     async def create(self, manifest: Manifest) -> Manifest:
         meta = manifest["metadata"]
