@@ -73,3 +73,22 @@ def set_condition(
         updated["observedGeneration"] = generation
     others = [c for c in conditions if c.get("type") != type_]
     return sorted([*others, updated], key=lambda c: str(c.get("type")))
+
+
+def set_conditions(
+    conditions: list[dict[str, Any]],
+    *,
+    generation: int | None,
+    updates: list[tuple[ConditionType, bool, Reason, str]],
+) -> list[dict[str, Any]]:
+    """Sets several conditions at once: ``(type, status, reason, message)`` each."""
+    for type_, status, reason, message in updates:
+        conditions = set_condition(
+            conditions,
+            type_=type_,
+            status=status,
+            reason=reason,
+            message=message,
+            generation=generation,
+        )
+    return conditions

@@ -103,29 +103,14 @@ async def reconcile_pool(
             "(helm install kuberay-operator kuberay/kuberay-operator) and the pool will "
             "be reconciled automatically."
         )
-        conds = cond.set_condition(
+        conds = cond.set_conditions(
             conds,
-            type_=cond.ConditionType.DEGRADED,
-            status=True,
-            reason=cond.Reason.KUBERAY_MISSING,
-            message=message,
             generation=generation,
-        )
-        conds = cond.set_condition(
-            conds,
-            type_=cond.ConditionType.READY,
-            status=False,
-            reason=cond.Reason.KUBERAY_MISSING,
-            message=message,
-            generation=generation,
-        )
-        conds = cond.set_condition(
-            conds,
-            type_=cond.ConditionType.PROGRESSING,
-            status=False,
-            reason=cond.Reason.KUBERAY_MISSING,
-            message=message,
-            generation=generation,
+            updates=[
+                (cond.ConditionType.DEGRADED, True, cond.Reason.KUBERAY_MISSING, message),
+                (cond.ConditionType.READY, False, cond.Reason.KUBERAY_MISSING, message),
+                (cond.ConditionType.PROGRESSING, False, cond.Reason.KUBERAY_MISSING, message),
+            ],
         )
     else:
         parsed_policies = [_parse(v1alpha1.RoutingPolicy, p) for p in policies]
@@ -145,29 +130,24 @@ async def reconcile_pool(
             log.info("Applied RayService namespace=%s name=%s", namespace, name)
         ready, serving_now, message = _rayservice_readiness(live)
         endpoint = resources.serve_endpoint(pool=name, namespace=namespace)
-        conds = cond.set_condition(
+        conds = cond.set_conditions(
             conds,
-            type_=cond.ConditionType.DEGRADED,
-            status=False,
-            reason=cond.Reason.RECONCILED,
-            message="RayService applied",
             generation=generation,
-        )
-        conds = cond.set_condition(
-            conds,
-            type_=cond.ConditionType.READY,
-            status=serving_now,
-            reason=cond.Reason.RAYSERVICE_READY if serving_now else cond.Reason.RAYSERVICE_PENDING,
-            message=message,
-            generation=generation,
-        )
-        conds = cond.set_condition(
-            conds,
-            type_=cond.ConditionType.PROGRESSING,
-            status=not serving_now,
-            reason=cond.Reason.RAYSERVICE_PENDING if not serving_now else cond.Reason.RECONCILED,
-            message=message,
-            generation=generation,
+            updates=[
+                (cond.ConditionType.DEGRADED, False, cond.Reason.RECONCILED, "RayService applied"),
+                (
+                    cond.ConditionType.READY,
+                    serving_now,
+                    cond.Reason.RAYSERVICE_READY if serving_now else cond.Reason.RAYSERVICE_PENDING,
+                    message,
+                ),
+                (
+                    cond.ConditionType.PROGRESSING,
+                    not serving_now,
+                    cond.Reason.RAYSERVICE_PENDING if not serving_now else cond.Reason.RECONCILED,
+                    message,
+                ),
+            ],
         )
     desired_status: dict[str, Any] = {
         "conditions": conds,
@@ -247,40 +227,39 @@ async def _policy_status(
     conds = _conditions(body)
     if missing:
         message = "Missing: " + ", ".join(missing) + " (in this namespace)"
-        conds = cond.set_condition(
+        conds = cond.set_conditions(
             conds,
-            type_=cond.ConditionType.REFERENCES_RESOLVED,
-            status=False,
-            reason=cond.Reason.MISSING_REFERENCES,
-            message=message,
             generation=generation,
-        )
-        conds = cond.set_condition(
-            conds,
-            type_=cond.ConditionType.READY,
-            status=False,
-            reason=cond.Reason.MISSING_REFERENCES,
-            message=message,
-            generation=generation,
+            updates=[
+                (
+                    cond.ConditionType.REFERENCES_RESOLVED,
+                    False,
+                    cond.Reason.MISSING_REFERENCES,
+                    message,
+                ),
+                (cond.ConditionType.READY, False, cond.Reason.MISSING_REFERENCES, message),
+            ],
         )
     else:
-        conds = cond.set_condition(
+        conds = cond.set_conditions(
             conds,
-            type_=cond.ConditionType.REFERENCES_RESOLVED,
-            status=True,
-            reason=cond.Reason.ALL_REFERENCES_FOUND,
-            message="All references exist",
             generation=generation,
-        )
-        conds = cond.set_condition(
-            conds,
-            type_=cond.ConditionType.READY,
-            status=gateway_ready,
-            reason=cond.Reason.RECONCILED,
-            message="Gateway is serving this policy"
-            if gateway_ready
-            else "Waiting for the gateway Deployment to become available",
-            generation=generation,
+            updates=[
+                (
+                    cond.ConditionType.REFERENCES_RESOLVED,
+                    True,
+                    cond.Reason.ALL_REFERENCES_FOUND,
+                    "All references exist",
+                ),
+                (
+                    cond.ConditionType.READY,
+                    gateway_ready,
+                    cond.Reason.RECONCILED,
+                    "Gateway is serving this policy"
+                    if gateway_ready
+                    else "Waiting for the gateway Deployment to become available",
+                ),
+            ],
         )
     await status.write(ctx.kube, body, {"conditions": conds, "observedGeneration": generation})
 
@@ -309,20 +288,22 @@ async def reconcile_expert(ctx: Context, body: dict[str, Any]) -> None:
             message = f"Secret {ref.name!r} has no key {ref.key!r}"
     else:
         message = "No credentials configured"
-    conds = cond.set_condition(
+    conds = cond.set_conditions(
         conds,
-        type_=cond.ConditionType.CREDENTIALS_MISSING,
-        status=missing_reason is not None,
-        reason=missing_reason or cond.Reason.SECRET_FOUND,
-        message=message,
         generation=generation,
-    )
-    conds = cond.set_condition(
-        conds,
-        type_=cond.ConditionType.READY,
-        status=missing_reason is None,
-        reason=missing_reason or cond.Reason.RECONCILED,
-        message=message,
-        generation=generation,
+        updates=[
+            (
+                cond.ConditionType.CREDENTIALS_MISSING,
+                missing_reason is not None,
+                missing_reason or cond.Reason.SECRET_FOUND,
+                message,
+            ),
+            (
+                cond.ConditionType.READY,
+                missing_reason is None,
+                missing_reason or cond.Reason.RECONCILED,
+                message,
+            ),
+        ],
     )
     await status.write(ctx.kube, body, {"conditions": conds, "observedGeneration": generation})
