@@ -44,8 +44,11 @@ def service_account_kubeconfig(
 class OperatorProcess:
     """``kascade operator`` as a child process with its log captured to a file."""
 
-    def __init__(self, kubeconfig: str, *, resync_seconds: int = 10) -> None:
+    def __init__(
+        self, kubeconfig: str, *, resync_seconds: int = 10, env: dict[str, str] | None = None
+    ) -> None:
         self.kubeconfig = kubeconfig
+        self.extra_env = env or {}
         self.log_path = Path(tempfile.mkstemp(prefix="kascade-operator-", suffix=".log")[1])
         self.resync_seconds = resync_seconds
         self.proc: subprocess.Popen[bytes] | None = None
@@ -57,6 +60,7 @@ class OperatorProcess:
             "KASCADE_RESYNC_SECONDS": str(self.resync_seconds),
             "KASCADE_GATEWAY_IMAGE": "example.com/kascade/gateway:e2e",
             "KASCADE_SERVING_IMAGE": "example.com/kascade/serving:e2e",
+            **self.extra_env,
         }
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(

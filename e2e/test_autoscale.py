@@ -210,7 +210,12 @@ def stack(kubeconfig: str, kubectl: KubectlRunner, namespace: str) -> Iterator[d
         stderr=subprocess.DEVNULL,
     )
     procs.append(prometheus)
-    operator = ops.OperatorProcess(kubeconfig, resync_seconds=10)
+    # Off-cluster, the operator reaches the gateway (for spend) at its local address.
+    operator = ops.OperatorProcess(
+        kubeconfig,
+        resync_seconds=5,
+        env={"KASCADE_GATEWAY_URL_TEMPLATE": f"http://127.0.0.1:{gw_port}"},
+    )
     operator.start()
     ray.init(
         num_cpus=4, include_dashboard=False, object_store_memory=200_000_000, log_to_driver=False
@@ -345,6 +350,13 @@ def test_overflow_scales_up_then_down_and_low_confidence_never_scales(
     assert reasons == {"low_confidence"}, reasons
     pool = _pool(kubectl, namespace)
     assert len(low.results) >= 10
+
+    # The expert's spend is mirrored from the gateway's ledger into its status.
+    def spent() -> float:
+        expert = json.loads(kubectl("get", "cx", "sim", "-n", namespace, "-o", "json").stdout)
+        return float(((expert.get("status") or {}).get("spend") or {}).get("spentUSD", 0))
+
+    assert ops.wait_for("spend mirrored", lambda: spent() > 0, timeout=30) is True
     assert pool["status"]["lastScaleDecision"] == before_low, pool["status"]["lastScaleDecision"]
     assert pool["status"]["replicas"]["desired"] == 1
     assert kuberay.replicas == 1

@@ -18,7 +18,7 @@ import kopf
 import prometheus_client
 
 from kascade.compile import resources
-from kascade.controller import autoscaling, reconcile
+from kascade.controller import autoscaling, reconcile, spend
 from kascade.controller import kube as kube_mod
 
 GROUP, VERSION = "kascade.io", "v1alpha1"
@@ -99,7 +99,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.persistence.finalizer = "kascade.io/finalizer"  # unused: no deletion handlers
-    memo.ctx = reconcile.Context(kube=await kube_mod.Kube.connect(), settings=settings_from_env())
+    memo.ctx = reconcile.Context(
+        kube=await kube_mod.Kube.connect(),
+        settings=settings_from_env(),
+        gateway_status=spend.GatewayStatusReader(
+            url_template=os.environ.get("KASCADE_GATEWAY_URL_TEMPLATE", spend.DEFAULT_URL_TEMPLATE)
+        ),
+    )
     memo.namespaces = Coalescer()
     memo.generations = {}
     metrics_port = os.environ.get("KASCADE_METRICS_PORT")
@@ -111,6 +117,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     await memo.ctx.kube.close()
+    if memo.ctx.gateway_status is not None:
+        await memo.ctx.gateway_status.close()
 
 
 # ----------------------------------------------------------------------------- indexes

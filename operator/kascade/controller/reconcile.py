@@ -17,7 +17,7 @@ from kascade.api import v1alpha1
 from kascade.compile import gateway as compile_gateway
 from kascade.compile import resources
 from kascade.compile import serving as compile_serving
-from kascade.controller import children, status
+from kascade.controller import children, spend, status
 from kascade.controller import conditions as cond
 from kascade.controller import kube as kube_mod
 
@@ -31,6 +31,7 @@ SERVICEMONITOR_CRD = "servicemonitors.monitoring.coreos.com"
 class Context:
     kube: kube_mod.Kube
     settings: resources.Settings
+    gateway_status: spend.GatewayStatusReader | None = None
 
 
 def _generation(body: dict[str, Any]) -> int | None:
@@ -306,4 +307,22 @@ async def reconcile_expert(ctx: Context, body: dict[str, Any]) -> None:
             ),
         ],
     )
-    await status.write(ctx.kube, body, {"conditions": conds, "observedGeneration": generation})
+    desired: dict[str, Any] = {"conditions": conds, "observedGeneration": generation}
+    if ctx.gateway_status is not None:
+        document = await ctx.gateway_status.read(namespace)
+        mirrored = spend.expert_status(
+            document, expert=body["metadata"]["name"], previous=body.get("status")
+        )
+        if mirrored:
+            exhausted = mirrored["spend"]["remainingUSD"] <= 0
+            desired["conditions"] = cond.set_condition(
+                conds,
+                type_=cond.ConditionType.BUDGET_EXHAUSTED,
+                status=exhausted,
+                reason=cond.Reason.BUDGET_SPENT if exhausted else cond.Reason.WITHIN_BUDGET,
+                message=f"Spent ${mirrored['spend']['spentUSD']:g} in the current window, "
+                f"${mirrored['spend']['remainingUSD']:g} left",
+                generation=generation,
+            )
+            desired.update(mirrored)
+    await status.write(ctx.kube, body, desired)

@@ -1,0 +1,90 @@
+"""Mirroring an expert's spend from its namespace's gateway into ``CloudExpert.status``.
+
+The gateway's ``GET /v1/kascade/status`` is the source of truth (its ledger); the
+operator only copies it, so ``kubectl get cx`` shows spent/limit. Reads are cached per
+namespace for a few seconds: one answer serves every expert of the namespace.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+log = logging.getLogger("kascade.operator.spend")
+
+# Where the operator reaches a namespace's gateway. In a cluster that is the gateway
+# Service; an operator run outside the cluster (development) can point elsewhere.
+DEFAULT_URL_TEMPLATE = "http://kascade-gateway.{namespace}.svc"
+
+
+def _rfc3339(epoch: float) -> str:
+    stamp = datetime.fromtimestamp(epoch, UTC).replace(microsecond=0).isoformat()
+    return stamp.replace("+00:00", "Z")
+
+
+class GatewayStatusReader:
+    """Reads (and briefly caches) each namespace's gateway status document."""
+
+    def __init__(self, *, url_template: str = DEFAULT_URL_TEMPLATE, ttl_s: float = 5.0) -> None:
+        self._template = url_template
+        self._ttl = ttl_s
+        self._cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def read(self, namespace: str) -> dict[str, Any] | None:
+        """The status document, or None when the gateway cannot be reached."""
+        now = time.monotonic()
+        cached = self._cache.get(namespace)
+        if cached is not None and now - cached[0] < self._ttl:
+            return cached[1]
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
+        url = self._template.format(namespace=namespace).rstrip("/") + "/v1/kascade/status"
+        document: dict[str, Any] | None = None
+        try:
+            async with self._session.get(url) as reply:
+                if reply.status == 200:
+                    document = await reply.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.debug("Gateway status unreachable namespace=%s: %s", namespace, exc)
+        self._cache[namespace] = (now, document)
+        return document
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def expert_status(
+    document: dict[str, Any] | None, *, expert: str, previous: dict[str, Any] | None
+) -> dict[str, Any]:
+    """``spend`` and ``circuit`` for an expert's status from a gateway status document.
+
+    ``updatedAt`` only moves when a figure changed, so an idle expert's status stays
+    byte-identical and is not rewritten.
+    """
+    entry = ((document or {}).get("experts") or {}).get(expert)
+    if not entry or "budget" not in entry:
+        return {}
+    budget = entry["budget"]
+    spend = {
+        "windowStart": _rfc3339(float(budget["windowStart"])),
+        "spentUSD": float(budget["spentUSD"]),
+        "reservedUSD": float(budget["reservedUSD"]),
+        "remainingUSD": float(budget["remainingUSD"]),
+    }
+    old = dict((previous or {}).get("spend") or {})
+    old_updated = old.pop("updatedAt", None)
+    spend["updatedAt"] = old_updated if old == spend and old_updated else _rfc3339(time.time())
+    circuit = entry.get("circuit") or {}
+    return {
+        "spend": spend,
+        "circuit": {
+            "state": circuit.get("state", "closed"),
+            "recentFailures": int(circuit.get("consecutiveFailures", 0)),
+        },
+    }
