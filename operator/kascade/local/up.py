@@ -161,7 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         stopping.set()
         raise KeyboardInterrupt
 
+    # Both, explicitly: a shell script's background job starts with SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt handler of its own.
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     try:
         _say(f"Starting Ray (serve on {serve_base})")
         ray.init(
