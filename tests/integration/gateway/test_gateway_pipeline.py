@@ -246,7 +246,6 @@ async def test_overflow_escalate_reject_wait(start_sim, start_gateway, http) -> 
         name="gw3",
     )
     pool.set(throttle_every=2, retry_after=0.1)  # every other call is saturated
-    pool.app  # noqa: B018
     status, headers, body = await _post(http, gw3.url, chat("wait for it"))
     assert status == 200
     assert headers["x-kascade-route"] == "local"
