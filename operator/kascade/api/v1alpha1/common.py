@@ -309,6 +309,7 @@ class CrdSchemaGenerator(pydantic_json_schema.GenerateJsonSchema):
         if factory is None or schema.get("default_factory_takes_data"):
             return super().default_schema(schema)
         json_schema = self.generate_inner(schema["schema"])
+        # pydantic types the factory as taking data or not; the branch above ruled data out.
         value = factory()  # type: ignore[call-arg]
         if isinstance(value, pydantic.BaseModel):
             default: Any = _without_empty(
