@@ -24,8 +24,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from e2e import operator_support as ops  # noqa: E402
-from tests.testkit import free_port  # noqa: E402
+from e2e import operator_support as ops  # noqa: E402  (needs the repo root on sys.path)
+from tests.testkit import free_port  # noqa: E402  (same)
 
 
 def kubectl(kubeconfig: str, *args: str, stdin: str | None = None) -> str:

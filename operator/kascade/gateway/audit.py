@@ -27,7 +27,7 @@ class AuditLog:
         elif path == "-":
             self._stream = sys.stdout
         else:
-            self._stream = open(path, "a", encoding="utf-8")  # noqa: SIM115
+            self._stream = open(path, "a", encoding="utf-8")  # noqa: SIM115  (held for the process; close() ends it)
             self._owned = True
 
     @property

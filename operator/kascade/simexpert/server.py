@@ -332,7 +332,7 @@ def build_app(*, settings: Settings, record_path: str | None = None) -> web.Appl
 
     async def lifecycle(app: web.Application) -> Any:
         if record_path is not None:
-            sim.record_file = open(record_path, "a", encoding="utf-8")  # noqa: SIM115, ASYNC230
+            sim.record_file = open(record_path, "a", encoding="utf-8")  # noqa: SIM115, ASYNC230  (held for the app; closed below; one open at startup)
         yield
         if sim.record_file is not None:
             sim.record_file.close()

@@ -245,8 +245,7 @@ def test_runtime_is_immutable(kubectl: Kubectl, namespace: str, crds: None) -> N
 
 
 def test_explain_prints_the_model_descriptions(kubectl: Kubectl, crds: None) -> None:
-    model = v1alpha1.LocalModelPoolSpec.model_fields["model"].annotation
-    fields = model.model_fields  # type: ignore[union-attr]
+    fields = v1alpha1.localmodelpool.ModelSpec.model_fields
     deadline = time.monotonic() + 60
     while True:
         # The OpenAPI document the API server publishes lags CRD creation a little.

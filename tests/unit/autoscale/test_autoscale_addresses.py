@@ -63,4 +63,4 @@ def test_a_slice_that_is_not_a_dict_is_refused() -> None:
     with pytest.raises(
         ValueError, match=r"endpoint_slices\[0\] is str; accepted: an EndpointSlice"
     ):
-        autoscale.scrape_addresses(endpoint_slices=["10.0.0.1:8080"])  # type: ignore[list-item]
+        autoscale.scrape_addresses(endpoint_slices=["10.0.0.1:8080"])  # type: ignore[list-item]  (on purpose)

@@ -42,7 +42,7 @@ async def test_ledgers_agree_on_random_sequences(redis_url: str, seed: int) -> N
             if op < 0.4:
                 budget = rng.choice(BUDGETS)
                 amount = rng.randint(0, 12_000)
-                results = []
+                results: list[object] = []
                 for books in (memory, shared):
                     try:
                         results.append(
@@ -51,9 +51,7 @@ async def test_ledgers_agree_on_random_sequences(redis_url: str, seed: int) -> N
                             )
                         )
                     except ledger.BudgetExhausted as exc:
-                        results.append(
-                            (exc.spent_nanos, exc.reserved_nanos, exc.requested_nanos)  # type: ignore[arg-type]
-                        )
+                        results.append((exc.spent_nanos, exc.reserved_nanos, exc.requested_nanos))
                 m, r = results
                 if isinstance(m, ledger.Reservation) or isinstance(r, ledger.Reservation):
                     assert isinstance(m, ledger.Reservation), (i, m, r)

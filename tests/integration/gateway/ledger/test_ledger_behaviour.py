@@ -250,4 +250,4 @@ async def test_bad_arguments_are_refused_with_a_clear_message(
 ) -> None:
     books = make_ledger()
     with pytest.raises(ValueError, match=message):
-        await books.reserve(budget=day_budget(10), **kwargs)  # type: ignore[arg-type]
+        await books.reserve(budget=day_budget(10), **kwargs)  # type: ignore[arg-type]  (bad values on purpose)

@@ -182,8 +182,9 @@ async def test_every_key_expires_and_rolling_state_is_per_minute(redis_url: str)
     books = ledger.RedisLedger(url=redis_url)
     throttle = ledger.RedisThrottle(url=redis_url)
     try:
-        for window in ("rolling-24h", "calendar-day", "calendar-month"):
-            budget = ledger.Budget(limit_nanos=10**12, window=window)  # type: ignore[arg-type]
+        windows: tuple[ledger.Window, ...] = ("rolling-24h", "calendar-day", "calendar-month")
+        for window in windows:
+            budget = ledger.Budget(limit_nanos=10**12, window=window)
             for i in range(200):
                 held = await books.reserve(
                     expert="e", budget=budget, amount_nanos=10, request_id=f"{i}"

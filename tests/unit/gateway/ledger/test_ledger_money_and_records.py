@@ -34,7 +34,7 @@ def test_usd_to_nanos_is_exact_and_rounds_up(
 @pytest.mark.parametrize("value", ["-0.01", "abc", float("nan"), float("inf"), "1e10", True])
 def test_usd_to_nanos_refuses_what_is_not_money(value: object) -> None:
     with pytest.raises(ValueError, match="USD amount"):
-        ledger.usd_to_nanos(value)  # type: ignore[arg-type]
+        ledger.usd_to_nanos(value)  # type: ignore[arg-type]  (not money, on purpose)
 
 
 def test_nanos_to_usd_round_trips() -> None:
@@ -46,7 +46,7 @@ def test_nanos_to_usd_round_trips() -> None:
 
 def test_budget_and_limits_refuse_bad_values() -> None:
     with pytest.raises(ValueError, match="window 'weekly' is not one of rolling-24h"):
-        ledger.Budget(limit_nanos=1, window="weekly")  # type: ignore[arg-type]
+        ledger.Budget(limit_nanos=1, window="weekly")  # type: ignore[arg-type]  (on purpose)
     with pytest.raises(ValueError, match="limit_nanos"):
         ledger.Budget(limit_nanos=-1, window="calendar-day")
     with pytest.raises(ValueError, match="max_concurrency must be None"):
