@@ -159,6 +159,22 @@ def _schedule_namespace(
     memo.namespaces.trigger(f"namespace/{namespace}", run)
 
 
+def _schedule_pool(
+    memo: kopf.Memo, namespace: str, body: dict[str, Any], policies: kopf.Index
+) -> None:
+    async def run() -> None:
+        await reconcile.reconcile_pool(memo.ctx, body, policies=list(policies.get(namespace, [])))
+
+    memo.objects.trigger(f"pool/{namespace}/{body['metadata']['name']}", run)
+
+
+def _schedule_expert(memo: kopf.Memo, namespace: str, body: dict[str, Any]) -> None:
+    async def run() -> None:
+        await reconcile.reconcile_expert(memo.ctx, body)
+
+    memo.objects.trigger(f"expert/{namespace}/{body['metadata']['name']}", run)
+
+
 # ----------------------------------------------------------------------------- watchers
 
 
@@ -191,14 +207,7 @@ async def pool_event(
     **_: Any,
 ) -> None:
     if event["type"] != "DELETED":
-        snapshot = _snapshot(body)
-        key = f"pool/{namespace}/{body['metadata']['name']}"
-        memo.objects.trigger(
-            key,
-            lambda: reconcile.reconcile_pool(
-                memo.ctx, snapshot, policies=list(policies.get(namespace, []))
-            ),
-        )
+        _schedule_pool(memo, namespace, _snapshot(body), policies)
     if _spec_changed(memo, event, body):
         _schedule_namespace(memo, namespace, pools, experts, policies)
 
@@ -215,9 +224,7 @@ async def expert_event(
     **_: Any,
 ) -> None:
     if event["type"] != "DELETED":
-        snapshot = _snapshot(body)
-        key = f"expert/{namespace}/{body['metadata']['name']}"
-        memo.objects.trigger(key, lambda: reconcile.reconcile_expert(memo.ctx, snapshot))
+        _schedule_expert(memo, namespace, _snapshot(body))
     if _spec_changed(memo, event, body):
         _schedule_namespace(memo, namespace, pools, experts, policies)
 
@@ -246,14 +253,8 @@ async def rayservice_event(
     if not name:
         return
     pool = await memo.ctx.kube.get("LocalModelPool", namespace=namespace, name=name)
-    if pool is None:
-        return
-    memo.objects.trigger(
-        f"pool/{namespace}/{name}",
-        lambda: reconcile.reconcile_pool(
-            memo.ctx, pool, policies=list(policies.get(namespace, []))
-        ),
-    )
+    if pool is not None:
+        _schedule_pool(memo, namespace, pool, policies)
 
 
 # A hand edit of a child is repaired at once: its watch event re-renders the namespace.
@@ -291,23 +292,14 @@ async def policy_resync(
 async def expert_resync(body: kopf.Body, namespace: str, memo: kopf.Memo, **_: Any) -> None:
     # Secrets are not watched (that would mean reading every Secret in the cluster);
     # a Secret created later is noticed within one resync interval.
-    snapshot = _snapshot(body)
-    key = f"expert/{namespace}/{body['metadata']['name']}"
-    memo.objects.trigger(key, lambda: reconcile.reconcile_expert(memo.ctx, snapshot))
+    _schedule_expert(memo, namespace, _snapshot(body))
 
 
 @kopf.timer(GROUP, VERSION, "localmodelpools", interval=RESYNC_SECONDS, initial_delay=5)
 async def pool_resync(
     body: kopf.Body, namespace: str, memo: kopf.Memo, policies: kopf.Index, **_: Any
 ) -> None:
-    snapshot = _snapshot(body)
-    key = f"pool/{namespace}/{body['metadata']['name']}"
-    memo.objects.trigger(
-        key,
-        lambda: reconcile.reconcile_pool(
-            memo.ctx, snapshot, policies=list(policies.get(namespace, []))
-        ),
-    )
+    _schedule_pool(memo, namespace, _snapshot(body), policies)
 
 
 # ----------------------------------------------------------------------------- autoscaling
