@@ -7,7 +7,9 @@ from decimal import Decimal
 
 import pytest
 
-from kascade.gateway import config, escalation, ledger, providers
+from kascade.gateway import config, ledger
+from kascade.gateway.experts import escalation
+from kascade.gateway.experts import providers
 
 
 def _expert(**kw: object) -> config.ExpertConfig:

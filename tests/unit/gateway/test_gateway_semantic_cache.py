@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kascade.gateway import cache, config
+from kascade.gateway import config
+from kascade.gateway.cache.memory import memory as cache
 
 THRESHOLD = 0.8
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from kascade.gateway import errors, runtime
+from kascade.gateway import runtime
+from kascade.gateway.endpoints import errors
 
 
 def authenticate(rt: runtime.Runtime, http: web.Request) -> None:

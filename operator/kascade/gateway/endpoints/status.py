@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from kascade.gateway import ledger
 
 if TYPE_CHECKING:
-    from kascade.gateway import pipeline
+    from kascade.gateway.route import pipeline
 
 
 def _usd(nanos: int) -> str:

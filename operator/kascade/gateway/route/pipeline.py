@@ -13,24 +13,22 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from kascade.gateway import audit as audit_mod
-from kascade.gateway import cache as cache_mod
-from kascade.gateway import confidence as confidence_mod
-from kascade.gateway import decision as decision_mod
-from kascade.gateway import (
-    errors,
-    escalation,
-    inbound,
-    local,
-    pressure,
-    record,
-    request,
-    responses,
-    rules,
-    runtime,
-)
-from kascade.gateway import metrics as metrics_mod
-from kascade.gateway import shared_cache as shared_cache_mod
+from kascade.gateway.observe import audit as audit_mod
+from kascade.gateway.cache.memory import memory as cache_mod
+from kascade.gateway.route import confidence as confidence_mod
+from kascade.gateway.route import decision as decision_mod
+from kascade.gateway import runtime
+from kascade.gateway.endpoints import errors
+from kascade.gateway.experts import escalation
+from kascade.gateway.endpoints import inbound
+from kascade.gateway.route import local
+from kascade.gateway.route import pressure
+from kascade.gateway.observe import record
+from kascade.gateway.route import request
+from kascade.gateway.endpoints import responses
+from kascade.gateway.route import rules
+from kascade.gateway.observe import metrics as metrics_mod
+from kascade.gateway.cache.memory import shared as shared_cache_mod
 
 log = logging.getLogger("kascade.gateway")
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-from kascade.gateway import audit as audit_mod
-from kascade.gateway import decision as decision_mod
-from kascade.gateway import metrics as metrics_mod
-from kascade.gateway import request
+from kascade.gateway.observe import audit as audit_mod
+from kascade.gateway.route import decision as decision_mod
+from kascade.gateway.observe import metrics as metrics_mod
+from kascade.gateway.route import request
 
 
 def record(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kascade.gateway import cache as cache_mod
-from kascade.gateway import escalation, ledger, runtime
+from kascade.gateway.cache.memory import memory as cache_mod
+from kascade.gateway import ledger, runtime
+from kascade.gateway.experts import escalation
 
 
 def usd_text(nanos: int) -> str:

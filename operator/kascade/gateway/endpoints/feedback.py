@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from kascade.gateway import errors
+from kascade.gateway.endpoints import errors
 
 if TYPE_CHECKING:
-    from kascade.gateway import pipeline
+    from kascade.gateway.route import pipeline
 
 _RATINGS = {
     "up": "positive",

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from kascade.gateway import errors
+from kascade.gateway.endpoints import errors
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 _NUMBER_BOUNDS = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0)}

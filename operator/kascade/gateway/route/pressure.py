@@ -13,8 +13,9 @@ import logging
 import time
 from dataclasses import dataclass
 
-from kascade.gateway import escalation, ledger
-from kascade.gateway import metrics as metrics_mod
+from kascade.gateway import ledger
+from kascade.gateway.experts import escalation
+from kascade.gateway.observe import metrics as metrics_mod
 
 log = logging.getLogger("kascade.gateway")
 REFRESH_SECONDS = 1.0

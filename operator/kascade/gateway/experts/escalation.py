@@ -23,10 +23,11 @@ from typing import Any
 
 import aiohttp
 
-from kascade.gateway import breaker as breaker_mod
+from kascade.gateway.experts import breaker as breaker_mod
 from kascade.gateway import config as config_mod
-from kascade.gateway import ledger, providers
-from kascade.gateway import metrics as metrics_mod
+from kascade.gateway import ledger
+from kascade.gateway.experts import providers
+from kascade.gateway.observe import metrics as metrics_mod
 
 log = logging.getLogger("kascade.gateway")
 

@@ -9,8 +9,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from kascade.gateway import decision as decision_mod
-from kascade.gateway import errors, escalation, local, providers, request, sse
+from kascade.gateway.route import decision as decision_mod
+from kascade.gateway.endpoints import errors
+from kascade.gateway.experts import escalation
+from kascade.gateway.route import local
+from kascade.gateway.experts import providers
+from kascade.gateway.route import request
+from kascade.gateway.endpoints import sse
 
 
 def no_local_answer(d: decision_mod.Decision, *, detail: str) -> errors.ApiError:
