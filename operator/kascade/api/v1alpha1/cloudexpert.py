@@ -8,12 +8,13 @@ from typing import Annotated, ClassVar, Literal
 
 import pydantic
 
+from kascade.api import limits
 from kascade.api.v1alpha1 import common
 
 KIND = "CloudExpert"
 PLURAL = "cloudexperts"
 
-ENDPOINT = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
+ENDPOINT = limits.ENDPOINT
 # Plain http is only acceptable where traffic never leaves the node or the cluster:
 # loopback, or a Service's cluster DNS name (<svc>.<ns>.svc[.cluster.local]).
 INSECURE_ENDPOINT = (
@@ -173,7 +174,7 @@ def _all_retry_conditions() -> list[RetryCondition]:
 class Retries(common.KascadeModel):
     """Bounded retries of a failed call, with exponential backoff and jitter."""
 
-    max_retries: Annotated[int, pydantic.Field(ge=0, le=10)] = pydantic.Field(
+    max_retries: Annotated[int, pydantic.Field(ge=0, le=limits.MAX_RETRIES)] = pydantic.Field(
         default=2, alias="maxRetries"
     )
     """Retries after the first attempt; 0 disables retries."""
@@ -259,7 +260,7 @@ class CloudExpertSpec(common.KascadeModel):
         Annotated[
             str,
             pydantic.Field(
-                max_length=2048,
+                max_length=limits.ENDPOINT_MAX,
                 pattern=common.hinted(
                     ENDPOINT, "an http:// or https:// URL without query or fragment"
                 ),

@@ -8,6 +8,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import pydantic
 
+from kascade.api import limits
 from kascade.api.v1alpha1 import common
 
 KIND = "LocalModelPool"
@@ -21,9 +22,7 @@ MODEL_SOURCE = (
     r"|https://[^\s/?#]+(/[^\s]*)?"
     r"|hf://[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*/[^\s]+)$"
 )
-# KubeRay appends suffixes of up to 23 characters to the RayService name for the
-# RayCluster, its pods and services; 40 keeps every derived name within 63.
-MAX_POOL_NAME = 40
+MAX_POOL_NAME = limits.POOL_NAME_MAX
 
 
 class PoolConditionType(enum.StrEnum):
@@ -65,18 +64,16 @@ class ModelSpec(common.KascadeModel):
     sha256: (
         Annotated[
             str,
-            pydantic.Field(
-                pattern=common.hinted(r"^[a-f0-9]{64}$", "64 lowercase hexadecimal digits")
-            ),
+            pydantic.Field(pattern=common.hinted(limits.SHA256, "64 lowercase hexadecimal digits")),
         ]
         | None
     ) = None
     """Expected SHA-256 of the model file (64 lowercase hex digits). A replica whose
     download does not match refuses to start. Recommended for https:// sources."""
 
-    context_length: Annotated[int, pydantic.Field(ge=128, le=1048576)] = pydantic.Field(
-        default=2048, alias="contextLength"
-    )
+    context_length: Annotated[
+        int, pydantic.Field(ge=limits.CONTEXT_LENGTH_MIN, le=limits.CONTEXT_LENGTH_MAX)
+    ] = pydantic.Field(default=2048, alias="contextLength")
     """Context window in tokens (prompt plus completion) each replica allocates."""
 
     chat_template: Annotated[str, pydantic.Field(min_length=1, max_length=65536)] | None = (
@@ -190,13 +187,13 @@ class PlacementSpec(common.KascadeModel):
 class CapacitySpec(common.KascadeModel):
     """How much work one replica accepts before the pool counts as saturated."""
 
-    max_concurrent_per_replica: Annotated[int, pydantic.Field(ge=1, le=1024)] = pydantic.Field(
-        default=4, alias="maxConcurrentPerReplica"
-    )
+    max_concurrent_per_replica: Annotated[
+        int, pydantic.Field(ge=1, le=limits.MAX_CONCURRENT_PER_REPLICA)
+    ] = pydantic.Field(default=4, alias="maxConcurrentPerReplica")
     """Requests a replica processes at once; more wait in its queue."""
 
-    max_queue_wait_millis: Annotated[int, pydantic.Field(ge=0, le=600000)] = pydantic.Field(
-        default=2000, alias="maxQueueWaitMillis"
+    max_queue_wait_millis: Annotated[int, pydantic.Field(ge=0, le=limits.MAX_QUEUE_WAIT_MILLIS)] = (
+        pydantic.Field(default=2000, alias="maxQueueWaitMillis")
     )
     """Longest a request may wait for a free slot before the replica answers 429 (the
     gateway then applies the policy's overflow action). 0 never queues."""
@@ -371,7 +368,7 @@ class LocalModelPool(common.KascadeModel):
     __kascade_rules__: ClassVar[tuple[common.CelRule, ...]] = (
         common.CelRule(
             rule=f"self.metadata.name.size() <= {MAX_POOL_NAME} && "
-            "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+            f"self.metadata.name.matches('{limits.POOL_NAME}')",
             message=f"metadata.name of a LocalModelPool must be at most {MAX_POOL_NAME} "
             "characters of lowercase letters, digits and '-', starting with a letter",
             check=lambda p: len(p.metadata.name) <= MAX_POOL_NAME and _is_dns1035(p.metadata.name),
@@ -380,4 +377,4 @@ class LocalModelPool(common.KascadeModel):
 
 
 def _is_dns1035(name: str) -> bool:
-    return re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) is not None
+    return re.fullmatch(limits.POOL_NAME, name) is not None

@@ -7,6 +7,7 @@ from typing import Annotated, ClassVar, Literal
 
 import pydantic
 
+from kascade.api import limits
 from kascade.api.v1alpha1 import common
 
 KIND = "RoutingPolicy"
@@ -16,9 +17,9 @@ PoolName = Annotated[
     str,
     pydantic.Field(
         min_length=1,
-        max_length=40,
+        max_length=limits.POOL_NAME_MAX,
         pattern=common.hinted(
-            r"^[a-z]([-a-z0-9]*[a-z0-9])?$",
+            limits.POOL_NAME,
             "a LocalModelPool name: lowercase letters, digits and '-', starting with a letter",
         ),
     ),
