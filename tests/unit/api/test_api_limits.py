@@ -10,6 +10,7 @@ A new bounded field in either config fails the walk until it is mapped.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import pytest
@@ -172,6 +173,12 @@ def _crd_nodes(root: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
     def walk(node: dict[str, Any], path: str) -> None:
         out[path] = node
+        for rule in node.get("x-kubernetes-validations", []):
+            # crdgen turns a hinted pattern into this rule (so the message can say what
+            # is accepted); it is the field's pattern all the same.
+            found = re.fullmatch(r"self\.matches\(r'(.*)'\)", rule["rule"])
+            if found is not None:
+                out[path] = {**node, "pattern": found.group(1)}
         for name, child in node.get("properties", {}).items():
             walk(child, f"{path}.{name}" if path else name)
         if isinstance(node.get("items"), dict):

@@ -45,6 +45,8 @@ PATTERN_HINTS: dict[str, str] = {
     DNS1123_SUBDOMAIN: "lowercase letters, digits, '-' and '.', starting and ending with a "
     "letter or digit (RFC 1123 subdomain)",
     SECRET_KEY: "letters, digits, '-', '_' and '.'",
+    POSITIVE_QUANTITY: "a positive quantity such as 2, 500m, 1.5 or 4Gi (suffixes m, k, M, G, "
+    "T, P, E, Ki, Mi, Gi, Ti, Pi, Ei)",
 }
 """What a pattern accepts, in words, for messages from the Python side."""
 
@@ -173,17 +175,15 @@ def _duplicate(items: Any, *, keys: Any, wire_name: str) -> tuple[str, str] | No
 def _parse_quantity(value: object) -> int | str:
     # One plain validator instead of an int|str union, so a bad value yields one error
     # at the field's own path rather than one per union branch.
-    accepted = "must be a positive quantity such as 2, '500m' or '4Gi'"
+    accepted = f"must be {PATTERN_HINTS[POSITIVE_QUANTITY]}"
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError(f"{accepted} (an integer or a string)")
+        raise ValueError(f"{accepted}: an integer or a string")
     if isinstance(value, int):
         if value < 1:
             raise ValueError(accepted)
         return value
-    if not re.fullmatch(POSITIVE_QUANTITY, value):
-        raise ValueError(
-            f"{accepted}; accepted suffixes: m, k, M, G, T, P, E, Ki, Mi, Gi, Ti, Pi, Ei"
-        )
+    if len(value) > 64 or not re.fullmatch(POSITIVE_QUANTITY, value):
+        raise ValueError(accepted)
     return value
 
 
@@ -195,6 +195,7 @@ Quantity = Annotated[
             "anyOf": [{"type": "integer"}, {"type": "string"}],
             "x-kubernetes-int-or-string": True,
             "minimum": 1,
+            "maxLength": 64,
             "pattern": POSITIVE_QUANTITY,
         }
     ),

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import pydantic
 
 from kascade.api import limits
+from kascade.api.v1alpha1 import affinity as affinity_mod
 from kascade.api.v1alpha1 import common
 
 KIND = "LocalModelPool"
@@ -23,6 +24,7 @@ MODEL_SOURCE = (
     r"|hf://[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*/[^\s]+)$"
 )
 MAX_POOL_NAME = limits.POOL_NAME_MAX
+BUILTIN_SOURCES = tuple(f"builtin://{name}" for name in limits.BUILTIN_MODEL_NAMES)
 
 
 class PoolConditionType(enum.StrEnum):
@@ -64,7 +66,10 @@ class ModelSpec(common.KascadeModel):
     sha256: (
         Annotated[
             str,
-            pydantic.Field(pattern=common.hinted(limits.SHA256, "64 lowercase hexadecimal digits")),
+            pydantic.Field(
+                max_length=64,
+                pattern=common.hinted(limits.SHA256, "64 lowercase hexadecimal digits"),
+            ),
         ]
         | None
     ) = None
@@ -82,6 +87,14 @@ class ModelSpec(common.KascadeModel):
     """Jinja chat template overriding the one embedded in the model file."""
 
     __kascade_rules__: ClassVar[tuple[common.CelRule, ...]] = (
+        common.CelRule(
+            rule=f"!self.source.startsWith('builtin://') || self.source in {list(BUILTIN_SOURCES)}",
+            message="model.source names no builtin model; accepted: "
+            + ", ".join(BUILTIN_SOURCES)
+            + " (or a file://, https:// or hf:// source)",
+            field_path=".source",
+            check=lambda m: not m.source.startswith("builtin://") or m.source in BUILTIN_SOURCES,
+        ),
         common.CelRule(
             rule="!has(self.sha256) || !self.source.startsWith('builtin://')",
             message="model.sha256 applies to file://, https:// and hf:// sources only; "
@@ -177,11 +190,9 @@ class PlacementSpec(common.KascadeModel):
     )
     """Taints replicas tolerate, e.g. for dedicated GPU nodes."""
 
-    affinity: dict[str, Any] | None = pydantic.Field(
-        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
-    )
-    """A core/v1 Affinity (nodeAffinity, podAffinity, podAntiAffinity), passed to the
-    replica pods as written; validated when the pods are created."""
+    affinity: affinity_mod.Affinity | None = None
+    """A core/v1 Affinity (nodeAffinity, podAffinity, podAntiAffinity) for the replica
+    pods, checked against the Kubernetes schema when the pool is applied."""
 
 
 class CapacitySpec(common.KascadeModel):
@@ -288,6 +299,13 @@ class LocalModelPoolSpec(common.KascadeModel):
             field_path=".resources.gpu",
             check=lambda s: s.model.runtime != "vllm" or s.resources.gpu >= 1,
         ),
+        common.CelRule(
+            rule="!self.autoscaling.enabled || self.replicas.min < self.replicas.max",
+            message="autoscaling.enabled needs replicas.min < replicas.max: with min == max "
+            "there is nothing to scale (widen the range or set autoscaling.enabled: false)",
+            field_path=".autoscaling.enabled",
+            check=lambda s: not s.autoscaling.enabled or s.replicas.min < s.replicas.max,
+        ),
     )
 
 
@@ -371,6 +389,7 @@ class LocalModelPool(common.KascadeModel):
             f"self.metadata.name.matches('{limits.POOL_NAME}')",
             message=f"metadata.name of a LocalModelPool must be at most {MAX_POOL_NAME} "
             "characters of lowercase letters, digits and '-', starting with a letter",
+            field_path=".metadata.name",
             check=lambda p: len(p.metadata.name) <= MAX_POOL_NAME and _is_dns1035(p.metadata.name),
         ),
     )

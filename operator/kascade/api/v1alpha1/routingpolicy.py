@@ -9,6 +9,7 @@ import pydantic
 
 from kascade.api import limits
 from kascade.api.v1alpha1 import common
+from kascade.api.v1alpha1 import regex as regex_mod
 
 KIND = "RoutingPolicy"
 PLURAL = "routingpolicies"
@@ -240,8 +241,28 @@ class CustomPattern(common.KascadeModel):
     name: common.DnsLabel
     """Pattern name, used in redaction markers and audit lines."""
 
-    regex: Annotated[str, pydantic.Field(min_length=1, max_length=1024)]
-    """Python regular expression (re syntax); checked when the policy is compiled."""
+    regex: Annotated[
+        str,
+        pydantic.Field(
+            min_length=1,
+            max_length=1024,
+            json_schema_extra={
+                common.CEL_RULES_KEY: [
+                    {
+                        # Compiling the pattern is the check: CEL's matches() is RE2, and an
+                        # invalid pattern is an evaluation error, which rejects the object.
+                        "rule": "''.matches(self) || !''.matches(self)",
+                        "message": "must be a regular expression in RE2 syntax (no "
+                        "backreferences or lookaround)",
+                    }
+                ]
+            },
+        ),
+        pydantic.AfterValidator(regex_mod.check_re2),
+    ]
+    """Regular expression in RE2 syntax (Go's regexp; Python's re without backreferences
+    or lookaround), matched in time linear in the prompt. Checked when the policy is
+    applied."""
 
 
 def _all_detectors() -> list[PiiDetector]:
@@ -390,6 +411,7 @@ class RoutingPolicySpec(common.KascadeModel):
         common.CelRule(
             rule="has(self.localPool) != has(self.tiers)",
             message="exactly one of localPool or tiers is required",
+            field_path=".localPool",
             check=lambda s: (s.local_pool is None) != (s.tiers is None),
         ),
         common.CelRule(
