@@ -21,6 +21,7 @@ pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parents[3]
 CASES_DIR = REPO / "tests" / "unit" / "api"
+PLURALS = ("localmodelpools", "cloudexperts", "routingpolicies")
 
 
 def _load(name: str) -> ModuleType:
@@ -62,7 +63,12 @@ async def test_every_mistake_is_rejected_at_the_door_naming_the_field(
     kubectl: Any, kubeconfig: str
 ) -> None:
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "-l", "", "--all")
+    kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        *(f"crd/{plural}.kascade.io" for plural in PLURALS),
+    )
     errors = await _reject_all(kubeconfig, door.CASES)
     accepted = [name for name, error in errors.items() if error is None]
     assert not accepted, f"accepted by the API server: {accepted}"
@@ -73,3 +79,16 @@ async def test_every_mistake_is_rejected_at_the_door_naming_the_field(
         if case.field not in error or (case.says is not None and case.says not in error):
             unnamed.append(f"{case.name}: wanted {case.field} / {case.says!r}\n  got: {error}")
     assert not unnamed, "\n".join(unnamed)
+
+
+def test_kubectl_yaml_is_accepted_by_the_server_and_the_models(
+    kubectl: Any, namespace: str
+) -> None:
+    # 1e3 as a number and an unquoted date as a string: both sides read the file alike.
+    path = CASES_DIR / "kubectl_yaml.yaml"
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    out = kubectl("create", "--dry-run=server", "-n", namespace, "-f", str(path)).stdout
+    assert "cloudexpert.kascade.io/azure-gpt created (server dry run)" in out
+    from kascade.api import v1alpha1
+
+    assert [o.metadata.name for o in v1alpha1.load_path(path)] == ["azure-gpt"]

@@ -55,6 +55,10 @@ class PolicyConditionType(enum.StrEnum):
     """The gateway serves this policy."""
     REFERENCES_RESOLVED = "ReferencesResolved"
     """Every referenced pool and expert exists."""
+    DEGRADED = "Degraded"
+    """No listed expert can take escalations now (all suspended, invalid, without
+    credentials or out of budget): escalations degrade to the local answer (or fail,
+    with fallback.whenExpertsUnavailable: error)."""
 
 
 class Tier(common.KascadeModel):
@@ -467,7 +471,7 @@ class RoutingPolicyStatus(common.KascadeModel):
     conditions: Annotated[list[common.Condition], pydantic.Field(max_length=16)] = pydantic.Field(
         default_factory=list, json_schema_extra=common.CONDITIONS_LIST
     )
-    """Ready and ReferencesResolved."""
+    """Ready, ReferencesResolved and Degraded."""
 
     observed_generation: int | None = pydantic.Field(default=None, alias="observedGeneration")
     """The metadata.generation this status describes."""
