@@ -303,11 +303,16 @@ def gateway_config(
     ledger_url: str | None = None,
     checkpoint_path: str | None = None,
     pool_timeout_seconds: Mapping[str, float] | None = None,
+    unparsed_experts: Iterable[str] = (),
 ) -> CompiledGateway:
     """Compiles a namespace. A policy with missing references, and any object that cannot
-    be compiled, is left out and reported; every other object is compiled as usual."""
+    be compiled, is left out and reported; every other object is compiled as usual.
+
+    ``unparsed_experts`` names experts that exist but could not be read (the caller
+    reports them): policies listing them are compiled without them, as if suspended.
+    """
     pools_by_name = {p.metadata.name: p for p in pools}
-    all_experts = {e.metadata.name for e in experts}
+    all_experts = {e.metadata.name for e in experts} | set(unparsed_experts)
     invalid: dict[str, list[str]] = {}
     expert_cfgs: dict[str, gw.ExpertConfig] = {}
     # A suspended expert is skipped, as if it were not listed.

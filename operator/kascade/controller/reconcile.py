@@ -7,7 +7,7 @@ of ``kascade.compile``, applies only what drifted and writes status only when it
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -244,6 +244,7 @@ async def reconcile_namespace(
         credentials="file",
         ledger_url=ctx.settings.redis_url,
         checkpoint_path=None if ctx.settings.redis_url else "/var/lib/kascade/ledger.json",
+        unparsed_experts=bad_experts,
     )
     for key, lines in compiled.invalid.items():
         kind, name = key.split("/", 1)
@@ -251,7 +252,7 @@ async def reconcile_namespace(
             invalid[name] = lines
     gateway_ready = await _apply_gateway(ctx, namespace, compiled, expert_objs, policies)
     broken = {f"LocalModelPool/{n}" for n in bad_pools} | {f"CloudExpert/{n}" for n in bad_experts}
-    unusable = _unusable_experts(experts, compiled)
+    unusable = _unusable_experts(experts, compiled, unparsed=bad_experts)
     for body, policy in _with_models(policies, policy_objs):
         name = _name(body)
         verdict = _Verdict(
@@ -307,7 +308,10 @@ def _with_models(
 
 
 def _unusable_experts(
-    experts: Sequence[dict[str, Any]], compiled: compile_gateway.CompiledGateway
+    experts: Sequence[dict[str, Any]],
+    compiled: compile_gateway.CompiledGateway,
+    *,
+    unparsed: Mapping[str, list[str]],
 ) -> dict[str, str]:
     """Expert name -> why it cannot take escalations now, for the experts that cannot."""
     why: dict[str, str] = {}
@@ -317,7 +321,7 @@ def _unusable_experts(
         states = {c.get("type"): c.get("status") for c in _conditions(body)}
         if spec.get("suspend"):
             why[name] = "suspended"
-        elif f"CloudExpert/{name}" in compiled.invalid:
+        elif name in unparsed or f"CloudExpert/{name}" in compiled.invalid:
             why[name] = "invalid spec"
         elif states.get(cond.ConditionType.CREDENTIALS_MISSING) == "True":
             why[name] = "credentials missing"

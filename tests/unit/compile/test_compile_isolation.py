@@ -161,3 +161,18 @@ def test_validate_warns_about_references_outside_the_files(tmp_path: Path, capsy
         captured.err
     )
     assert captured.out.startswith("valid: 0 LocalModelPool, 0 CloudExpert, 1 RoutingPolicy")
+
+
+def test_an_unreadable_expert_is_not_missing_and_is_left_out() -> None:
+    policy = _policy("assistant", experts=["unreadable", "gpt"])
+    compiled = compile_gateway.gateway_config(
+        namespace="ns",
+        pools=[_pool()],
+        experts=[_expert("gpt")],
+        policies=[policy],
+        pool_endpoint=lambda p: resources.serve_endpoint(pool=p.metadata.name, namespace="ns"),
+        credentials="file",
+        unparsed_experts=["unreadable"],
+    )
+    assert compiled.missing == {}
+    assert compiled.config.policies["assistant"].experts == ["gpt"]
