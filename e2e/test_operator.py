@@ -356,8 +356,9 @@ def test_deleting_the_policy_garbage_collects_the_gateway(
 
 
 def _loosened_crds(kubectl: KubectlRunner) -> None:
-    """The CRDs as an older release might have had them: no RE2 check on custom patterns,
-    no upper bound on limitUSD. Objects stored under them stay stored after an upgrade."""
+    """The CRDs as an older release might have had them: custom patterns' regexes
+    unchecked, no upper bound on limitUSD or maxCostPerRequestUSD. Objects stored under
+    them stay stored after an upgrade."""
     from kascade.api import crdgen
 
     for info in crdgen.KINDS:
@@ -368,6 +369,7 @@ def _loosened_crds(kubectl: KubectlRunner) -> None:
         if info.plural == "routingpolicies":
             pattern = spec["properties"]["privacy"]["properties"]["customPatterns"]["items"]
             pattern["properties"]["regex"].pop("x-kubernetes-validations")
+            spec["properties"]["maxCostPerRequestUSD"].pop("maximum")
         else:
             spec["properties"]["budget"]["properties"]["limitUSD"].pop("maximum")
         kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(crd))
@@ -383,7 +385,7 @@ spec:
 apiVersion: kascade.io/v1alpha1
 kind: CloudExpert
 metadata: {name: ok}
-spec: &expert
+spec:
   provider: openai-compatible
   endpoint: https://api.example.com/v1
   model: m
@@ -393,7 +395,13 @@ spec: &expert
 apiVersion: kascade.io/v1alpha1
 kind: CloudExpert
 metadata: {name: sleepy}
-spec: {<<: *expert, suspend: true}
+spec:
+  provider: openai-compatible
+  endpoint: https://api.example.com/v1
+  model: m
+  pricing: {inputPerMillionTokens: 1, outputPerMillionTokens: 2}
+  budget: {limitUSD: 5}
+  suspend: true
 ---
 apiVersion: kascade.io/v1alpha1
 kind: RoutingPolicy
@@ -420,6 +428,13 @@ spec:
 apiVersion: kascade.io/v1alpha1
 kind: RoutingPolicy
 metadata: {name: broken}
+spec:
+  localPool: smol
+  maxCostPerRequestUSD: 50000000
+---
+apiVersion: kascade.io/v1alpha1
+kind: RoutingPolicy
+metadata: {name: unreadable}
 spec:
   localPool: smol
   privacy:
@@ -452,8 +467,22 @@ def test_one_broken_policy_and_expert_leave_their_neighbours_serving(
 
     broken = ops.wait_for("broken Ready=False", lambda: condition("rp", "broken", "Ready", "False"))
     assert broken["reason"] == "InvalidSpec", broken
-    assert "spec.privacy.customPatterns[0].regex" in broken["message"], broken
-    assert "RE2" in broken["message"], broken
+    bound = "spec.maxCostPerRequestUSD: Input should be less than or equal to 9000000"
+    assert bound in broken["message"], broken
+    # A stored object that breaks a CEL rule of the current CRD (here: a regex that does
+    # not compile) cannot take any status write; an Event says it instead.
+    unreadable = ops.wait_for(
+        "an InvalidSpec Event on the unreadable policy",
+        lambda: [
+            e
+            for e in json.loads(kubectl("get", "events", "-n", namespace, "-o", "json").stdout)[
+                "items"
+            ]
+            if e["involvedObject"]["name"] == "unreadable" and e["reason"] == "InvalidSpec"
+        ],
+    )
+    assert "spec.privacy.customPatterns[0].regex" in unreadable[0]["message"]
+    assert "RE2" in unreadable[0]["message"]
     pricey = ops.wait_for("pricey Ready=False", lambda: condition("cx", "pricey", "Ready", "False"))
     assert pricey["reason"] == "InvalidSpec", pricey
     assert "spec.budget.limitUSD" in pricey["message"], pricey
@@ -472,6 +501,7 @@ def test_one_broken_policy_and_expert_leave_their_neighbours_serving(
     cm = _get(kubectl, namespace, "configmap", "kascade-gateway") or {}
     config = gw.parse_config(json.loads(cm["data"]["config.json"]))
     assert sorted(config.policies) == ["healthy", "paused-only"]
+    assert len(unreadable) == 1, "the Event is recorded once, not on every resync"
     assert config.policies["healthy"].experts == ["ok"]
     assert sorted(config.experts) == ["ok"]
     # Isolation, not failure: the namespace's reconcile never failed.

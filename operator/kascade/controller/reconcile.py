@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
@@ -18,7 +18,7 @@ from kascade.api.v1alpha1 import problems as problems_mod
 from kascade.compile import gateway as compile_gateway
 from kascade.compile import resources
 from kascade.compile import serving as compile_serving
-from kascade.controller import children, spend, status
+from kascade.controller import children, failures, spend, status
 from kascade.controller import conditions as cond
 from kascade.controller import kube as kube_mod
 
@@ -33,6 +33,8 @@ class Context:
     kube: kube_mod.Kube
     settings: resources.Settings
     gateway_status: spend.GatewayStatusReader | None = None
+    evented: set[tuple[str, str, str, str]] = field(default_factory=set)
+    """(kind, namespace, name, message) of InvalidSpec Events already recorded."""
 
 
 def _generation(body: dict[str, Any]) -> int | None:
@@ -93,7 +95,21 @@ async def _invalid_status(
     updates = [(cond.ConditionType.READY, False, cond.Reason.INVALID_SPEC, message)]
     updates += [(t, True, cond.Reason.INVALID_SPEC, message) for t in extra]
     conds = cond.set_conditions(_conditions(body), generation=generation, updates=updates)
-    await status.write(ctx.kube, body, {"conditions": conds, "observedGeneration": generation})
+    try:
+        await status.write(ctx.kube, body, {"conditions": conds, "observedGeneration": generation})
+    except kube_mod.KubeError as error:
+        if error.status != 422:
+            raise
+        # The API server validates the whole object on a status write: one stored before
+        # the CRD was tightened, and now invalid where CEL cannot ratchet (a pattern that
+        # does not compile), cannot carry a condition. An Event says it instead, once.
+        meta = body["metadata"]
+        key = (str(body.get("kind")), meta["namespace"], meta["name"], message)
+        if key not in ctx.evented:
+            ctx.evented.add(key)
+            await failures.post_event(
+                ctx.kube, body, reason=str(cond.Reason.INVALID_SPEC), message=message
+            )
 
 
 # ----------------------------------------------------------------------------- pools
@@ -253,6 +269,7 @@ async def reconcile_namespace(
     gateway_ready = await _apply_gateway(ctx, namespace, compiled, expert_objs, policies)
     broken = {f"LocalModelPool/{n}" for n in bad_pools} | {f"CloudExpert/{n}" for n in bad_experts}
     unusable = _unusable_experts(experts, compiled, unparsed=bad_experts)
+    errors: list[kube_mod.KubeError] = []
     for body, policy in _with_models(policies, policy_objs):
         name = _name(body)
         verdict = _Verdict(
@@ -264,7 +281,12 @@ async def reconcile_namespace(
             gateway_ready=gateway_ready,
             unusable=_policy_unusable(policy, unusable),
         )
-        await _policy_status(ctx, body, verdict)
+        try:
+            await _policy_status(ctx, body, verdict)
+        except kube_mod.KubeError as error:  # the other policies' status still gets written
+            errors.append(error)
+    if errors:
+        raise errors[0]
 
 
 async def _apply_gateway(
