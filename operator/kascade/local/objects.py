@@ -56,6 +56,12 @@ def serving_configs(loaded: Loaded) -> dict[str, serving_config.PoolServingConfi
     }
 
 
+LEFT_OUT = (
+    "invalid: the API server accepts these objects, but the operator would leave them "
+    "out of the gateway (each with a Ready=False/InvalidSpec condition):"
+)
+
+
 @dataclass(frozen=True)
 class Findings:
     """What compiling the objects found, one ``Kind/name: field: reason`` line each."""

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     findings = objects.compile_findings(loaded)
     if findings.errors:
-        print("invalid:\n" + "\n".join(findings.errors), file=sys.stderr)
+        print(objects.LEFT_OUT + "\n" + "\n".join(findings.errors), file=sys.stderr)
         return 1
     settings = resources.Settings(redis_url=args.redis_url)
     namespace = loaded.namespace

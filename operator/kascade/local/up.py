@@ -130,8 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     findings = objects.compile_findings(loaded)
     if findings.errors:
         print(
-            "kascade up: objects that cannot be compiled, nothing was started:\n"
-            + "\n".join(findings.errors),
+            f"kascade up: nothing was started. {objects.LEFT_OUT}\n" + "\n".join(findings.errors),
             file=sys.stderr,
         )
         return 1

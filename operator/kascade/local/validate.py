@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     findings = objects.compile_findings(loaded)
     if findings.errors:
-        print("invalid:\n" + "\n".join(findings.errors), file=sys.stderr)
+        print(objects.LEFT_OUT + "\n" + "\n".join(findings.errors), file=sys.stderr)
         return 1
     for line in findings.unresolved:
         # The API server accepts a policy whose pool or expert does not exist yet (the
