@@ -9,13 +9,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from kascade.gateway.endpoints import errors, sse
+from kascade.gateway.experts import escalation, providers
 from kascade.gateway.route import decision as decision_mod
-from kascade.gateway.endpoints import errors
-from kascade.gateway.experts import escalation
-from kascade.gateway.route import local
-from kascade.gateway.experts import providers
-from kascade.gateway.route import request
-from kascade.gateway.endpoints import sse
+from kascade.gateway.route import local, request
 
 
 def no_local_answer(d: decision_mod.Decision, *, detail: str) -> errors.ApiError:
@@ -47,6 +44,7 @@ def expert_stream_writer(
             if out is not None:
                 await response.write(out)
         await response.write_eof()
+        d.tool_calls = tuple(translator.tool_names)
         return translator.prompt_tokens, translator.completion_tokens
 
     return write
@@ -92,6 +90,7 @@ async def respond(
     completion: dict[str, Any],
     raw: bytes | None = None,
 ) -> web.StreamResponse:
+    d.tool_calls = providers.tool_call_names(completion)
     if not chat.stream:
         return web.Response(
             body=raw if raw is not None else json.dumps(completion).encode(),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from kascade.gateway.observe import audit as audit_mod
-from kascade.gateway.route import decision as decision_mod
 from kascade.gateway.observe import metrics as metrics_mod
+from kascade.gateway.route import decision as decision_mod
 from kascade.gateway.route import request
 
 
@@ -25,6 +25,11 @@ def record(
     m.observe_request(policy=d.policy.name, route=route_label, reason=d.reason, seconds=elapsed)
     if d.confidence is not None and d.cache in ("off", "miss"):
         m.confidence.labels(d.policy.name).observe(d.confidence)
+    if chat.tools or d.tool_calls:
+        expert = d.route.removeprefix("expert:") if d.route.startswith("expert:") else ""
+        m.observe_tools(
+            policy=d.policy.name, expert=expert, offered=chat.tools, called=d.tool_calls
+        )
     if not d.policy.config.audit.enabled or not audit.enabled:
         return
     outcome = d.outcome
@@ -52,6 +57,10 @@ def record(
             "pii_found": d.pii,
             "local_error": d.local_error,
             "stream": chat.stream,
+            "tools_offered": list(chat.tools),
+            "tool_calls": list(d.tool_calls),
+            "response_format": chat.response_format,
+            "format_problem": d.format_problem,
             "prompt_tokens_estimate": chat.prompt_estimate,
             "duration_ms": round(elapsed * 1000, 3),
         }

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kascade.gateway.cache.memory import memory as cache_mod
 from kascade.gateway import ledger, runtime
+from kascade.gateway.cache import memory as cache_mod
 from kascade.gateway.experts import escalation
 
 
@@ -38,6 +38,10 @@ class Decision:
     """The pool whose local pass this request used (or would have used)."""
     privacy: str | None = None
     """What was done about detected personal data, e.g. ``redacted:email,phone``."""
+    format_problem: str | None = None
+    """Why a local answer did not follow the requested response_format."""
+    tool_calls: tuple[str, ...] = ()
+    """Names of the functions the answer calls (never their arguments)."""
 
     def headers(self) -> dict[str, str]:
         h = {
