@@ -99,7 +99,7 @@ async def route(request: pytest.FixtureRequest, start_sim: Any, start_gateway: A
     return Route(kind=kind, gw=gw, upstream=pool if kind == "local" else expert)
 
 
-def _openai_body(sent: dict[str, Any], *, stream: bool = False) -> dict[str, Any]:
+def openai_upstream_body(sent: dict[str, Any], *, stream: bool = False) -> dict[str, Any]:
     # What the OpenAI adapter sends: the client's parameters, the expert's model and
     # max_tokens, and usage asked for on streams.
     params = {k: v for k, v in sent.items() if k not in ("model", "messages", "stream")}
@@ -116,7 +116,7 @@ def expected_upstream(route: Route, anthropic_body: dict[str, Any]) -> str:
     if route.kind == "local":  # the pool gets the client's body, its own model name
         return json.dumps({**sent, "model": "smol", "stream": False})
     if route.kind == "openai":
-        return json.dumps(_openai_body(sent, stream=sent.get("stream") is True))
+        return json.dumps(openai_upstream_body(sent, stream=sent.get("stream") is True))
     return json.dumps(anthropic_body)
 
 
