@@ -11,7 +11,7 @@ import pytest
 from kascade.gateway import config
 from kascade.gateway.endpoints import errors
 from kascade.gateway.experts import providers
-from kascade.gateway.route import parameters, request, rules
+from kascade.gateway.route import request, rules
 
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
 
