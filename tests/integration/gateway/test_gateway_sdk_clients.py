@@ -336,3 +336,37 @@ async def test_async_streaming_text_keeps_sampling_parameters(route: Route) -> N
             "stream": True,
         },
     )
+
+
+async def test_async_streaming_structured_answer(route: Route) -> None:
+    client = route.async_client()
+    schema = Weather.model_json_schema()
+    fmt = {"type": "json_schema", "json_schema": {"name": "Weather", "schema": schema}}
+    stream = await client.chat.completions.create(
+        model="default",
+        messages=[{"role": "user", "content": "Paris"}],
+        response_format=fmt,  # type: ignore[arg-type]
+        stream=True,
+    )
+    chunks = [c async for c in stream if c.choices]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert Weather.model_validate_json(text) == Weather(city="Paris", temperature_c=1.5, sunny=True)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == ["stop"]
+    assert all(not c.choices[0].delta.tool_calls for c in chunks)
+    assert route.received() == expected_upstream(
+        route,
+        {
+            "model": "sim-model",
+            "max_tokens": DEFAULT_MAX_TOKENS,
+            "messages": [{"role": "user", "content": "Paris"}],
+            "tools": [
+                {
+                    "name": anthropic.FORMAT_TOOL,
+                    "description": "Answer with this JSON object.",
+                    "input_schema": schema,
+                }
+            ],
+            "tool_choice": {"type": "tool", "name": anthropic.FORMAT_TOOL},
+            "stream": True,
+        },
+    )

@@ -55,6 +55,7 @@ def test_forwarded_parameters_keep_the_client_order_and_drop_nulls() -> None:
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]},
          "tools[0].function.parameters"),
         ({"tools": [TOOL], "tool_choice": "always"}, "tool_choice"),
+        ({"tool_choice": "auto"}, "tool_choice"),
         ({"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "g"}}},
          "tool_choice.function.name"),
         ({"response_format": {"type": "yaml"}}, "response_format.type"),

@@ -305,7 +305,6 @@ def completion(
             text.append(str(b.get("text", "")))
         elif b.get("type") == "tool_use" and b.get("name") == FORMAT_TOOL:
             text.append(json.dumps(b.get("input"), separators=(",", ":")))
-            finish = "stop"
         elif b.get("type") == "tool_use":
             calls.append(
                 {
@@ -317,6 +316,8 @@ def completion(
                     },
                 }
             )
+    if finish == "tool_calls" and not calls:  # only the format tool: a finished answer
+        finish = "stop"
     message: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None}
     if calls:
         message["tool_calls"] = calls
@@ -376,7 +377,9 @@ class StreamState:
         if kind == "message_delta":
             self.completion_tokens = _int((event.get("usage") or {}).get("output_tokens"))
             reason = (event.get("delta") or {}).get("stop_reason")
-            finish = "stop" if self._format else _FINISH.get(str(reason), "stop")
+            finish = _FINISH.get(str(reason), "stop")
+            if finish == "tool_calls" and self._format:  # the format tool is the answer
+                finish = "stop"
             return Chunk({}, finish)
         if kind == "message_stop":
             return Chunk({}, done=True)

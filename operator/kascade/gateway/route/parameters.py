@@ -75,6 +75,8 @@ def tool_names(body: dict[str, Any]) -> tuple[str, ...]:
     """Validates `tools`; returns the offered function names in order."""
     tools = body.get("tools")
     if tools is None:
+        if body.get("tool_choice") is not None:
+            raise _bad("`tool_choice` is only allowed when `tools` are given.", param="tool_choice")
         return ()
     if not isinstance(tools, list) or not tools or len(tools) > 128:
         raise _bad("`tools` must be an array of 1 to 128 tool objects.", param="tools")
