@@ -168,3 +168,19 @@ async def test_tool_governance_in_audit_and_metrics(start_sim, start_gateway, ht
     assert 'kascade_tools_offered_total{policy="default",tool="lookup_order"} 2.0' in text
     assert 'kascade_tools_offered_total{policy="default",tool="cancel_order"} 1.0' in text
     assert 'kascade_tool_calls_total{expert="e1",policy="default",tool="lookup_order"} 2.0' in text
+
+
+async def test_local_stream_without_experts_records_its_tool_calls(
+    start_sim, start_gateway, http
+) -> None:
+    pool = await start_sim(name="pool", confidence=0.9)
+    gw = await start_gateway(gateway_config(pool=pool.url, experts={}))
+    body = chat("order ZX-1", tools=[TOOL], stream=True)
+    async with http.post(f"{gw.url}/v1/chat/completions", json=body) as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    assert '"name": "lookup_order"' in text  # the pool's stream, copied through
+    assert pool.records[-1]["body"]["stream"] is True
+    [line] = gw.audit()
+    assert line["route"] == "local"
+    assert line["tool_calls"] == ["lookup_order"]

@@ -66,9 +66,19 @@ async def stream_local(
         async with local.open_stream(session=session, pool=pool, body=chat.body) as up:
             response = web.StreamResponse(headers=sse_headers(d))
             await response.prepare(http)
+            # Tool calls are read from the copied lines only when tools were offered:
+            # other streams stay a plain copy.
+            watch = providers.StreamTranslator(provider="openai") if chat.tools else None
+            pending = b""
             async for chunk in up.content.iter_any():
                 await response.write(chunk)
+                if watch is not None:
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    for line in lines:
+                        watch.feed(line)
             await response.write_eof()
+            if watch is not None:
+                d.tool_calls = tuple(watch.tool_names)
             return response
     except local.Overflow as overflow:
         raise errors.ApiError(
