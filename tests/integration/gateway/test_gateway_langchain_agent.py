@@ -1,6 +1,6 @@
 """`langchain-openai` (a framework client that wraps the openai SDK) runs a two-turn
-tool-calling agent loop through the gateway, on the local, escalated-OpenAI and
-escalated-Anthropic paths; the upstream's received bytes are checked each turn."""
+tool-calling agent loop through the gateway, on the local, escalated-OpenAI, -Azure
+and -Anthropic paths; the upstream's received bytes are checked."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
-from tests.integration.gateway.conftest import expert_config, gateway_config
+from tests.integration.gateway.conftest import gateway_config
 from tests.integration.gateway.test_gateway_sdk_clients import (
     DEFAULT_MAX_TOKENS,
     PATHS,
     openai_upstream_body,
+    upstream_expert,
 )
 
 QUESTION = "How many items are in order A-17?"
@@ -33,8 +34,7 @@ def count_items(order_id: str) -> str:
 async def test_two_turn_tool_agent_loop(kind: str, start_sim: Any, start_gateway: Any) -> None:
     pool = await start_sim(name="pool", confidence=0.95 if kind == "local" else 0.1)
     expert = await start_sim(name="e1")
-    provider = "anthropic" if kind == "anthropic" else "openai"
-    experts = {"e1": expert_config(expert.url, provider=provider)}
+    experts = {"e1": upstream_expert(kind, expert.url)}
     gw = await start_gateway(gateway_config(pool=pool.url, experts=experts))
     upstream = pool if kind == "local" else expert
     sent: list[dict[str, Any]] = []
@@ -108,7 +108,7 @@ async def test_two_turn_tool_agent_loop(kind: str, start_sim: Any, start_gateway
                 }
             ],
         }
-    elif kind == "openai":
+    elif kind in ("openai", "azure"):
         assert upstream.records[-1]["raw"] == json.dumps(openai_upstream_body(sent[-1]))
     else:
         assert upstream.records[-1]["raw"] == json.dumps(

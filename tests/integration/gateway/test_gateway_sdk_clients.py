@@ -1,7 +1,7 @@
 """The official `openai` SDK as the gateway's caller: sync, async, streaming, tools and
 structured output (`parse()` with a pydantic model), each through the local pool, an
-escalated OpenAI expert and an escalated Anthropic expert, checking the exact bytes the
-simulated upstream received."""
+escalated OpenAI expert, an escalated Azure OpenAI expert and an escalated Anthropic
+expert, checking the exact bytes the simulated upstream received."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tests.integration.gateway.conftest import Gateway, Sim, expert_config, gate
 
 from kascade.gateway.experts import anthropic
 
-PATHS = ("local", "openai", "anthropic")
+PATHS = ("local", "openai", "azure", "anthropic")
 WEATHER_TOOL = {
     "type": "function",
     "function": {
@@ -93,10 +93,18 @@ async def route(request: pytest.FixtureRequest, start_sim: Any, start_gateway: A
     kind = request.param
     pool = await start_sim(name="pool", confidence=0.95 if kind == "local" else 0.1)
     expert = await start_sim(name="e1")
-    provider = "anthropic" if kind == "anthropic" else "openai"
-    experts = {"e1": expert_config(expert.url, provider=provider)}
+    experts = {"e1": upstream_expert(kind, expert.url)}
     gw = await start_gateway(gateway_config(pool=pool.url, experts=experts))
     return Route(kind=kind, gw=gw, upstream=pool if kind == "local" else expert)
+
+
+def upstream_expert(kind: str, url: str) -> dict[str, Any]:
+    """The expert config of a path (the local path's expert is never called)."""
+    if kind == "anthropic":
+        return expert_config(url, provider="anthropic")
+    if kind == "azure":
+        return expert_config(url, provider="azure-openai", apiVersion="2024-10-21")
+    return expert_config(url)
 
 
 def openai_upstream_body(sent: dict[str, Any], *, stream: bool = False) -> dict[str, Any]:
@@ -115,7 +123,12 @@ def expected_upstream(route: Route, anthropic_body: dict[str, Any]) -> str:
     sent = route.sent[-1]
     if route.kind == "local":  # the pool gets the client's body, its own model name
         return json.dumps({**sent, "model": "smol", "stream": False})
-    if route.kind == "openai":
+    if route.kind in ("openai", "azure"):
+        path = route.upstream.records[-1]["path"]
+        if route.kind == "azure":
+            assert path == "/openai/deployments/sim-model/chat/completions?api-version=2024-10-21"
+        else:
+            assert path == "/v1/chat/completions"
         return json.dumps(openai_upstream_body(sent, stream=sent.get("stream") is True))
     return json.dumps(anthropic_body)
 
