@@ -110,7 +110,8 @@ def upstream_expert(kind: str, url: str) -> dict[str, Any]:
 def openai_upstream_body(sent: dict[str, Any], *, stream: bool = False) -> dict[str, Any]:
     # What the OpenAI adapter sends: the client's parameters, the expert's model and
     # max_tokens, and usage asked for on streams.
-    params = {k: v for k, v in sent.items() if k not in ("model", "messages", "stream")}
+    gateway_own = ("model", "messages", "stream", "stream_options")
+    params = {k: v for k, v in sent.items() if k not in gateway_own}
     body = {"model": "sim-model", "messages": sent["messages"], **params}
     body["max_tokens"] = DEFAULT_MAX_TOKENS
     if stream:
@@ -332,9 +333,15 @@ async def test_async_streaming_text_keeps_sampling_parameters(route: Route) -> N
         top_p=0.9,
         stop=["END"],
         user="user-7",
+        stream_options={"include_usage": True},
     )
-    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    chunks = [c async for c in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == f"[{route.name}] hi"
+    usage = chunks[-1].usage  # every path ends with the usage the upstream reported
+    assert usage is not None
+    assert usage.completion_tokens == 2  # the simulator counts the answer's words
+    assert usage.total_tokens == usage.prompt_tokens + 2
     assert route.received() == expected_upstream(
         route,
         {

@@ -247,7 +247,13 @@ def test_streamed_tool_use_becomes_tool_call_deltas() -> None:
         for line in _sse(kind, data)
         if (o := translator.feed(line)) is not None
     ]
-    assert out[-1] == b"data: [DONE]\n\n"
+    usage, done = out[-1].split(b"\n\n", 1)
+    assert done == b"data: [DONE]\n\n"
+    assert json.loads(usage[6:])["usage"] == {
+        "prompt_tokens": 9,
+        "completion_tokens": 12,
+        "total_tokens": 21,
+    }
     deltas = [json.loads(o[6:])["choices"][0] for o in out[:-1]]
     assert [d["delta"] for d in deltas] == [
         {"role": "assistant", "content": ""},
@@ -260,6 +266,7 @@ def test_streamed_tool_use_becomes_tool_call_deltas() -> None:
     ]  # fmt: skip
     assert deltas[-1]["finish_reason"] == "tool_calls"
     assert translator.tool_names == ["get_weather"]
+    assert translator.tool_arguments == ['{"city":"Paris"}']
     assert (translator.prompt_tokens, translator.completion_tokens) == (9, 12)
 
 

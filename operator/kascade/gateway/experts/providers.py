@@ -195,6 +195,8 @@ class StreamTranslator:
     text: list[str] = field(default_factory=list)
     tool_names: list[str] = field(default_factory=list)
     """Names of the functions the streamed answer calls, in order."""
+    tool_arguments: list[str] = field(default_factory=list)
+    """Their arguments (JSON text), in the same order."""
     _id: str = field(default_factory=lambda: f"chatcmpl-{time.time_ns():x}")
     _anthropic: anthropic.StreamState = field(default_factory=anthropic.StreamState)
 
@@ -229,9 +231,15 @@ class StreamTranslator:
             self.text.append(content)
         for call in delta.get("tool_calls") or []:
             function = call.get("function") if isinstance(call, dict) else None
-            name = function.get("name") if isinstance(function, dict) else None
+            if not isinstance(function, dict):
+                continue
+            name = function.get("name")
             if isinstance(name, str) and name:  # only a call's first delta names it
                 self.tool_names.append(name)
+                self.tool_arguments.append("")
+            arguments = function.get("arguments")
+            if isinstance(arguments, str) and self.tool_arguments:
+                self.tool_arguments[-1] += arguments
 
     def _from_anthropic(self, event: dict[str, Any]) -> bytes | None:
         state = self._anthropic
@@ -239,18 +247,28 @@ class StreamTranslator:
         self.model = state.model
         self.prompt_tokens = state.prompt_tokens
         self.completion_tokens = state.completion_tokens
-        self.tool_names = state.tool_names
         if out is None:
             return None
         if out.done:
-            return b"data: [DONE]\n\n"
-        if isinstance(out.delta.get("content"), str):
-            self.text.append(out.delta["content"])
+            # Usage as the OpenAI adapter's streams carry it (the gateway asks for it).
+            if self.prompt_tokens is None or self.completion_tokens is None:
+                return b"data: [DONE]\n\n"
+            usage = {
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens,
+            }
+            return self._event(choices=[], usage=usage) + b"data: [DONE]\n\n"
+        self._observe(out.delta)
+        choice = {"index": 0, "delta": out.delta, "finish_reason": out.finish}
+        return self._event(choices=[choice])
+
+    def _event(self, **fields: Any) -> bytes:
         chunk = {
             "id": self._id,
             "object": "chat.completion.chunk",
             "created": int(time.time()),
             "model": self.model,
-            "choices": [{"index": 0, "delta": out.delta, "finish_reason": out.finish}],
+            **fields,
         }
         return b"data: " + json.dumps(chunk).encode() + b"\n\n"
