@@ -174,7 +174,9 @@ def policy_config(policy: v1alpha1.RoutingPolicy) -> gw.PolicyConfig:
             message=spec.fallback.message,
         ),
         max_cost_per_request_usd=spec.max_cost_per_request_usd,
-        audit=gw.AuditConfig(enabled=spec.audit.enabled),
+        audit=gw.AuditConfig(
+            enabled=spec.audit.enabled, include_prompts=spec.audit.include_prompts
+        ),
     )
 
 

@@ -248,6 +248,10 @@ class FallbackConfig(_Model):
 
 class AuditConfig(_Model):
     enabled: bool = True
+    include_prompts: bool = False
+    """Audit lines also carry the messages' text and the answer's tool-call arguments,
+    redacted by the policy's privacy detectors (the RoutingPolicy's
+    `audit.includePrompts`)."""
 
 
 class PolicyConfig(_Model):

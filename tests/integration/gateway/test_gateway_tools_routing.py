@@ -184,3 +184,36 @@ async def test_local_stream_without_experts_records_its_tool_calls(
     [line] = gw.audit()
     assert line["route"] == "local"
     assert line["tool_calls"] == ["lookup_order"]
+
+
+async def test_include_prompts_audits_redacted_text_and_tool_arguments(
+    start_sim, start_gateway, http
+) -> None:
+    pool = await start_sim(name="pool", confidence=0.1)
+    expert = await start_sim(name="e1")
+    experts = {"e1": expert_config(expert.url, allowPersonalData=True)}
+    privacy = {"action": "allow", "detectors": ["email"]}
+    policy = {"privacy": privacy, "audit": {"includePrompts": True}}
+    gw = await start_gateway(gateway_config(pool=pool.url, experts=experts, policy=policy))
+    prompt = "order ZX-2 for ann@example.com"
+    status, _, body = await _post(http, gw.url, chat(prompt, tools=[TOOL]))
+    assert status == 200, body
+    # The expert may receive the address (allow), and its call's arguments repeat it...
+    arguments = body["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+    assert json.loads(arguments) == {"order": prompt}
+    # ...but the audit line holds both only redacted.
+    [line] = gw.audit()
+    redacted = "order ZX-2 for [REDACTED:EMAIL]"
+    assert line["messages"] == [{"role": "user", "text": redacted}]
+    assert line["tool_call_arguments"] == [json.dumps({"order": redacted}, separators=(",", ":"))]
+    assert "ann@example.com" not in json.dumps(line)
+    # Without includePrompts (the default) neither appears.
+    gw2 = await start_gateway(
+        gateway_config(pool=pool.url, experts=experts, policy={"privacy": privacy}),
+        name="gw2",
+    )
+    await _post(http, gw2.url, chat(prompt, tools=[TOOL]))
+    [plain] = gw2.audit()
+    assert "messages" not in plain
+    assert "tool_call_arguments" not in plain
+    assert plain["tool_calls"] == ["lookup_order"]

@@ -339,7 +339,8 @@ class AuditSpec(common.KascadeModel):
     """Whether audit lines are written."""
 
     include_prompts: bool = pydantic.Field(default=False, alias="includePrompts")
-    """Whether audit lines contain the (redacted) prompt text."""
+    """Whether audit lines contain the prompt text and the answer's tool-call arguments,
+    redacted by the policy's privacy detectors whatever its privacy action."""
 
 
 class RoutingPolicySpec(common.KascadeModel):

@@ -45,6 +45,7 @@ def expert_stream_writer(
                 await response.write(out)
         await response.write_eof()
         d.tool_calls = tuple(translator.tool_names)
+        d.tool_arguments = tuple(translator.tool_arguments)
         return translator.prompt_tokens, translator.completion_tokens
 
     return write
@@ -79,6 +80,7 @@ async def stream_local(
             await response.write_eof()
             if watch is not None:
                 d.tool_calls = tuple(watch.tool_names)
+                d.tool_arguments = tuple(watch.tool_arguments)
             return response
     except local.Overflow as overflow:
         raise errors.ApiError(
@@ -100,7 +102,7 @@ async def respond(
     completion: dict[str, Any],
     raw: bytes | None = None,
 ) -> web.StreamResponse:
-    d.tool_calls = providers.tool_call_names(completion)
+    d.tool_calls, d.tool_arguments = providers.tool_calls_of(completion)
     if not chat.stream:
         return web.Response(
             body=raw if raw is not None else json.dumps(completion).encode(),

@@ -125,9 +125,10 @@ def build_request(
     return UpstreamRequest(url=url, headers=headers, body=json.dumps(body).encode())
 
 
-def tool_call_names(completion: dict[str, Any]) -> tuple[str, ...]:
-    """Names of the functions an OpenAI-shaped answer calls (governance: names only)."""
+def tool_calls_of(completion: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(names, arguments) of the function calls in an OpenAI-shaped answer."""
     names: list[str] = []
+    arguments: list[str] = []
     for choice in completion.get("choices") or []:
         message = choice.get("message") if isinstance(choice, dict) else None
         calls = message.get("tool_calls") if isinstance(message, dict) else None
@@ -135,7 +136,13 @@ def tool_call_names(completion: dict[str, Any]) -> tuple[str, ...]:
             function = call.get("function") if isinstance(call, dict) else None
             if isinstance(function, dict) and isinstance(function.get("name"), str):
                 names.append(function["name"])
-    return tuple(names)
+                arguments.append(str(function.get("arguments") or ""))
+    return tuple(names), tuple(arguments)
+
+
+def tool_call_names(completion: dict[str, Any]) -> tuple[str, ...]:
+    """Names of the functions an OpenAI-shaped answer calls (governance: names only)."""
+    return tool_calls_of(completion)[0]
 
 
 @dataclass(frozen=True)

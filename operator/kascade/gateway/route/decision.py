@@ -41,7 +41,9 @@ class Decision:
     format_problem: str | None = None
     """Why a local answer did not follow the requested response_format."""
     tool_calls: tuple[str, ...] = ()
-    """Names of the functions the answer calls (never their arguments)."""
+    """Names of the functions the answer calls."""
+    tool_arguments: tuple[str, ...] = ()
+    """Their arguments (JSON text); audited only with `audit.includePrompts`."""
 
     def headers(self) -> dict[str, str]:
         h = {
