@@ -217,3 +217,17 @@ async def test_include_prompts_audits_redacted_text_and_tool_arguments(
     assert "messages" not in plain
     assert "tool_call_arguments" not in plain
     assert plain["tool_calls"] == ["lookup_order"]
+
+
+async def test_invalid_format_without_experts_returns_the_local_answer(
+    start_sim, start_gateway, http
+) -> None:
+    pool = await start_sim(name="pool", confidence=0.99, answer="nope")
+    gw = await start_gateway(gateway_config(pool=pool.url, experts={}))
+    status, headers, body = await _post(http, gw.url, chat("count", response_format=FORMAT))
+    assert status == 200
+    assert headers["x-kascade-route"] == "local"
+    assert headers["x-kascade-reason"] == "no_experts"
+    assert body["choices"][0]["message"]["content"] == "nope"
+    [line] = gw.audit()
+    assert line["format_problem"] == "answer is not JSON"
