@@ -390,3 +390,39 @@ async def test_async_streaming_structured_answer(route: Route) -> None:
             "stream": True,
         },
     )
+
+
+PIXEL = (  # a 1x1 PNG
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
+
+
+async def test_image_parts_reach_the_upstream(route: Route) -> None:
+    client = route.client()
+    content = [
+        {"type": "text", "text": "What colour is this pixel?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL}"}},
+    ]
+    completion = await asyncio.to_thread(
+        client.chat.completions.create,
+        model="default",
+        messages=[{"role": "user", "content": content}],  # type: ignore[misc, list-item]
+    )
+    assert completion.choices[0].message.content == f"[{route.name}] What colour is this pixel?"
+    image = {"type": "base64", "media_type": "image/png", "data": PIXEL}
+    assert route.received() == expected_upstream(
+        route,
+        {
+            "model": "sim-model",
+            "max_tokens": DEFAULT_MAX_TOKENS,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "What colour is this pixel?"},
+                        {"type": "image", "source": image},
+                    ],
+                }
+            ],
+        },
+    )
