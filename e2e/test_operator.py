@@ -4,6 +4,7 @@ the chart's ServiceAccount, kubectl apply of the examples, and convergence."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -513,3 +514,59 @@ def test_one_broken_policy_and_expert_leave_their_neighbours_serving(
     assert sorted(config.experts) == ["ok"]
     # Isolation, not failure: the namespace's reconcile never failed.
     assert f"key=namespace/{namespace}" not in operator.log()
+
+
+def test_a_failing_reconcile_is_a_condition_and_an_event_then_recovers(
+    operator: ops.OperatorProcess, kubectl: KubectlRunner, namespace: str
+) -> None:
+    # A quota that forbids new ConfigMaps makes the gateway's apply fail, as a real
+    # cluster's policy might: the failure must show on the policy, not loop in the log.
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "no-configmaps"},
+        "spec": {"hard": {"count/configmaps": "0"}},
+    }
+    _apply(kubectl, namespace, json.dumps(quota))
+    _apply(kubectl, namespace, COMPLETE)
+
+    def ready() -> dict[str, Any]:
+        return ops.condition(_get(kubectl, namespace, "rp", "assistant") or {}, "Ready") or {}
+
+    failed = ops.wait_for(
+        "Ready=False/ReconcileFailed",
+        lambda: ready().get("reason") == "ReconcileFailed" and ready(),
+    )
+    assert failed["status"] == "False"
+    assert "exceeded quota" in failed["message"], failed
+    events = ops.wait_for(
+        "a ReconcileFailed Event",
+        lambda: [
+            e
+            for e in json.loads(kubectl("get", "events", "-n", namespace, "-o", "json").stdout)[
+                "items"
+            ]
+            if e["reason"] == "ReconcileFailed" and e["involvedObject"]["name"] == "assistant"
+        ],
+    )
+    assert events[0]["type"] == "Warning"
+
+    # Retried with backoff: the second failure in a row says when the next try is.
+    def in_a_row() -> int:
+        found = re.search(r"\((\d+) in a row, next try in \d+s\)", ready().get("message", ""))
+        return int(found.group(1)) if found else 0
+
+    ops.wait_for("a second failure in a row", lambda: in_a_row() >= 2)
+    kubectl("delete", "resourcequota", "no-configmaps", "-n", namespace)
+    ops.wait_for(
+        "the gateway ConfigMap after the quota went",
+        lambda: _get(kubectl, namespace, "configmap", "kascade-gateway"),
+        timeout=120,
+    )
+    ops.wait_for("Ready=True", lambda: ready().get("status") == "True", timeout=120)
+    # One traceback for the streak, then one line per retry (with backoff). Each record
+    # is logged by two handlers; the plain one's lines start with the date.
+    key = f"key=namespace/{namespace}"
+    lines = [line for line in operator.log().splitlines() if line[:1].isdigit()]
+    assert len([line for line in lines if f"Reconcile failed {key}" in line]) == 1, lines[-50:]
+    assert any(f"Reconcile still failing {key}" in line for line in lines), lines[-50:]
