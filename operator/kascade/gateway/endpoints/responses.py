@@ -9,13 +9,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from kascade.gateway.endpoints import errors, sse
+from kascade.gateway.experts import escalation, providers
 from kascade.gateway.route import decision as decision_mod
-from kascade.gateway.endpoints import errors
-from kascade.gateway.experts import escalation
-from kascade.gateway.route import local
-from kascade.gateway.experts import providers
-from kascade.gateway.route import request
-from kascade.gateway.endpoints import sse
+from kascade.gateway.route import local, request
 
 
 def no_local_answer(d: decision_mod.Decision, *, detail: str) -> errors.ApiError:
@@ -42,10 +39,15 @@ def expert_stream_writer(
         response = web.StreamResponse(headers=sse_headers(d))
         streamed.append(response)
         await response.prepare(http)
-        async for line in upstream.content:
-            out = translator.feed(line)
-            if out is not None:
-                await response.write(out)
+        try:
+            async for line in start.lines:
+                out = translator.feed(line)
+                if out is not None:
+                    await response.write(out)
+        except escalation.UpstreamCut as cut:
+            # The gateway ends the stream: the client learns why, then [DONE].
+            await sse.write_error_end(response, code=cut.kind, expert=start.expert)
+            raise
         await response.write_eof()
         return translator.prompt_tokens, translator.completion_tokens
 
