@@ -8,8 +8,9 @@ A fault is chosen for each request by, in this order:
   gets entry (n - 1) mod length; an empty entry means no fault).
 
 A spec is ``kind=<kind>`` plus optional ``seconds=``, ``status=``, ``retry_after=``
-(sent verbatim, so "1 year" or an HTTP date can be tried) and ``after=`` (chunks
-sent before a stream drops or hangs). Kinds:
+(sent verbatim with ``_`` read as a space, so a year in seconds or an HTTP date
+such as ``Wed,_21_Oct_2099_07:28:00_GMT`` can be tried) and ``after=`` (chunks sent
+before a stream drops). Kinds:
 
 =====================  =========================================================
 ``slow_headers``       wait ``seconds`` before the status line
@@ -86,7 +87,7 @@ def parse(spec: str) -> Fault | None:
             kind=kind,
             seconds=float(fields.pop("seconds", "0.05")),
             status=int(fields.pop("status", "500")),
-            retry_after=fields.pop("retry_after", None),
+            retry_after=_spaces(fields.pop("retry_after", None)),
             after=int(fields.pop("after", "1")),
         )
     except ValueError as exc:
@@ -94,6 +95,10 @@ def parse(spec: str) -> Fault | None:
     if fields:
         raise FaultSpecError(f"unknown fault fields {sorted(fields)} in {spec!r}")
     return fault
+
+
+def _spaces(value: str | None) -> str | None:
+    return None if value is None else value.replace("_", " ")
 
 
 def pick(*, last_user_text: str, script: str | None, n: int) -> Fault | None:

@@ -154,7 +154,9 @@ def build_app(
     async def lifecycle(app: web.Application) -> Any:
         checkpoint = config.ledger.checkpoint_path
         ledger_backend, throttle = ledger.open_backends(
-            url=config.ledger.url, checkpoint_path=Path(checkpoint) if checkpoint else None
+            url=config.ledger.url,
+            checkpoint_path=Path(checkpoint) if checkpoint else None,
+            reservation_ttl_s=config.ledger.reservation_ttl_seconds,
         )
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
