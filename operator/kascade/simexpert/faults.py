@@ -62,6 +62,8 @@ class Fault:
     status: int = 500
     retry_after: str | None = None
     after: int = 1
+    streamed: bool = False
+    """Whether the request asked for a stream (set by the server)."""
 
     @property
     def billed(self) -> bool:
@@ -131,17 +133,13 @@ async def before_answer(http: web.Request, fault: Fault) -> web.StreamResponse |
         await asyncio.sleep(fault.seconds)
         _drop(http)
         return resp
-    if fault.kind == "drop_mid_stream" and not _streamed(http):
+    if fault.kind == "drop_mid_stream" and not fault.streamed:
         resp = web.StreamResponse(headers={"content-type": "application/json"})
         await resp.prepare(http)
         await resp.write(b'{"id": "cut", "object": "chat.completion", "choi')
         _drop(http)
         return resp
     return None
-
-
-def _streamed(http: web.Request) -> bool:
-    return bool(http.get("sim_stream"))
 
 
 def _drop(http: web.Request) -> None:

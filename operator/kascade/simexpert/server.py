@@ -152,8 +152,8 @@ async def _handle(http: web.Request, *, dialect: str) -> web.StreamResponse:
     if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
         return web.json_response({"error": {"message": "messages required"}}, status=400)
     if fault is not None:
+        fault = dataclasses.replace(fault, streamed=body.get("stream") is True)
         faults.CURRENT.set(fault)
-        http["sim_stream"] = body.get("stream") is True
         ended = await faults.before_answer(http, fault)
         if ended is not None:
             return ended
