@@ -263,12 +263,16 @@ class PrivacyConfig(_Model):
 class ExactCache(_Model):
     ttl_seconds: PositiveFloat = 300.0
     max_entries: int = Field(default=10_000, ge=1)
+    max_bytes: int = Field(default=64 << 20, ge=1024)
+    """Most bytes of cached answers (serialized) kept; the oldest go first."""
 
 
 class SemanticCache(_Model):
     threshold: Probability = 0.85
     ttl_seconds: PositiveFloat = 300.0
     max_entries: int = Field(default=2_000, ge=1)
+    max_bytes: int = Field(default=64 << 20, ge=1024)
+    """Most bytes of cached answers plus their vectors (16 KiB each) kept."""
 
 
 class CacheConfig(_Model):

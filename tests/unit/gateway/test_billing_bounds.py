@@ -9,6 +9,7 @@ import json
 import pytest
 
 from kascade.gateway import config, ledger
+from kascade.gateway.cache import memory as cache
 from kascade.gateway.endpoints import errors
 from kascade.gateway.experts import breaker, capabilities, providers, worst_case
 from kascade.gateway.ledger import _books, _windows
@@ -214,3 +215,41 @@ def test_fault_specs_parse_or_name_the_bad_part() -> None:
     assert faults.pick(last_user_text="x", script="kind=usage_missing;", n=2) is None
     with pytest.raises(faults.FaultSpecError, match="kind"):
         faults.parse("kind=explode")
+
+
+def _completion(text: str) -> dict[str, object]:
+    return {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
+
+
+def test_exact_cache_is_bounded_in_bytes_and_keys_are_digests() -> None:
+    exact = cache.ExactCache(ttl_seconds=60, max_entries=10_000, max_bytes=100_000)
+    big_prompt = {"messages": [{"role": "user", "content": "p" * 200_000}]}
+    key = cache.exact_key(policy="p", body=big_prompt)
+    assert len(key) == 32  # a 200 KB prompt costs 32 bytes of key
+    for i in range(100):
+        exact.put(bytes([i]) * 32, completion=_completion("a" * 5000), route="r", confidence=None)
+    assert exact.bytes <= 100_000
+    assert 10 < len(exact) < 25
+    assert exact.get(bytes([99]) * 32) is not None  # the newest stay
+    assert exact.get(bytes([0]) * 32) is None
+
+
+def test_semantic_cache_is_bounded_and_skips_long_prompts() -> None:
+    sem = cache.SemanticCache(
+        config=config.SemanticCache(threshold=0.8, ttlSeconds=60, maxBytes=200_000)
+    )
+    ctx = cache.exact_key(policy="p", body={"messages": []})
+    for i in range(50):
+        sem.put(
+            context=ctx, text=f"question {i} about llamas", completion=_completion("x"),
+            route="r", confidence=None,
+        )  # fmt: skip
+    assert sem.bytes <= 200_000
+    assert len(sem) < 50
+    hit = sem.lookup(context=ctx, text="question 49 about llamas")
+    assert hit is not None
+    assert sem.lookup(context=ctx, text="question 0 about llamas") is None  # evicted
+    assert sem.lookup(context=ctx, text="question 77 about llamas") is None  # numbers differ
+    long = "word " * (cache.SEMANTIC_MAX_CHARS // 5 + 1)
+    sem.put(context=ctx, text=long, completion=_completion("y"), route="r", confidence=None)
+    assert sem.lookup(context=ctx, text=long) is None
