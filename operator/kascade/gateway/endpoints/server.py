@@ -20,6 +20,7 @@ from kascade.gateway.cache import shared as shared_cache
 from kascade.gateway.endpoints import errors, feedback, inbound, status
 from kascade.gateway.experts import escalation, providers
 from kascade.gateway.observe import audit as audit_mod
+from kascade.gateway.observe import loop as loop_monitor
 from kascade.gateway.observe import metrics as metrics_mod
 from kascade.gateway.route import pipeline, pressure
 
@@ -183,11 +184,13 @@ def build_app(
             # Replicas sharing a Redis ledger also share exact-cache answers.
             state.shared_cache = shared_cache.SharedExactCache(url=url, namespace=config.namespace)
         app[STATE] = state
+        monitor = asyncio.get_running_loop().create_task(loop_monitor.watch(metrics))
         watcher_task = None
         if config_path is not None:
             watcher = ConfigWatcher(path=config_path, state=state)
             watcher_task = asyncio.get_running_loop().create_task(watcher.run())
         yield
+        monitor.cancel()
         if watcher_task is not None:
             watcher_task.cancel()
         if state.shared_cache is not None:

@@ -131,6 +131,12 @@ class Metrics:
             registry=r,
         )
 
+        self.loop_stall_max = Gauge(
+            "kascade_event_loop_stall_max_seconds",
+            "Longest event-loop stall of this process (a 10 ms timer late, on CPU).",
+            registry=r,
+        )
+
     def observe_request(self, *, policy: str, route: str, reason: str, seconds: float) -> None:
         """Counts one request and its duration (label children are cached: the
         prometheus_client label lookup takes a lock and costs more than the update)."""
