@@ -36,6 +36,7 @@ class Reason(StrEnum):
     BUDGET_SPENT = "BudgetSpent"
     GATEWAY_UNREACHABLE = "GatewayUnreachable"
     INVALID_SPEC = "InvalidSpec"
+    LEDGER_NEEDS_REDIS = "LedgerNeedsRedis"
 
 
 def now_rfc3339() -> str:

@@ -211,9 +211,16 @@ async def reconcile_namespace(
             )
         if desired["kind"] == "Deployment":
             gateway_ready = int((live.get("status") or {}).get("availableReplicas") or 0) > 0
+    ledger_warning = resources.ledger_replicas_warning(ctx.settings)
+    if ledger_warning is not None:
+        log.warning("Gateway namespace=%s: %s", namespace, ledger_warning)
     for body in policies:
         await _policy_status(
-            ctx, body, missing=compiled.missing.get(_name(body), []), gateway_ready=gateway_ready
+            ctx,
+            body,
+            missing=compiled.missing.get(_name(body), []),
+            gateway_ready=gateway_ready,
+            ledger_warning=ledger_warning,
         )
 
 
@@ -222,10 +229,30 @@ def _name(body: dict[str, Any]) -> str:
 
 
 async def _policy_status(
-    ctx: Context, body: dict[str, Any], *, missing: list[str], gateway_ready: bool
+    ctx: Context,
+    body: dict[str, Any],
+    *,
+    missing: list[str],
+    gateway_ready: bool,
+    ledger_warning: str | None = None,
 ) -> None:
     generation = _generation(body)
     conds = _conditions(body)
+    previous = {c.get("type"): c for c in conds}.get(cond.ConditionType.DEGRADED, {})
+    if ledger_warning is not None or previous.get("reason") == cond.Reason.LEDGER_NEEDS_REDIS:
+        # Said only when it applies, and taken back once it no longer does.
+        conds = cond.set_conditions(
+            conds,
+            generation=generation,
+            updates=[
+                (
+                    cond.ConditionType.DEGRADED,
+                    ledger_warning is not None,
+                    cond.Reason.LEDGER_NEEDS_REDIS if ledger_warning else cond.Reason.RECONCILED,
+                    ledger_warning or "The gateway runs the replicas asked for",
+                )
+            ],
+        )
     if missing:
         message = "Missing: " + ", ".join(missing) + " (in this namespace)"
         conds = cond.set_conditions(
