@@ -220,3 +220,31 @@ async def test_a_half_open_trial_is_returned_when_the_client_hangs_up(
     status, _, _ = await _post(http, gw.url, chat("next"))
     assert status == 200
     assert len(expert.records) == 3
+
+
+async def test_readyz_reflects_the_ledger_and_reports_pools(start_sim, start_gateway, http) -> None:
+    expert = await start_sim(name="e1")
+    healthy = await start_gateway(
+        gateway_config(pool=expert.url, experts={"e1": expert_config(expert.url)}), name="ok"
+    )
+    async with http.get(f"{healthy.url}/readyz") as resp:
+        assert resp.status == 200
+        assert await resp.json() == {
+            "ready": True,
+            "config": True,
+            "ledger": True,
+            "pools": {"small": True},
+        }
+    dead = f"redis://127.0.0.1:{gw_free_port()}/0"
+    no_ledger = await start_gateway(
+        gateway_config(
+            pool=f"http://127.0.0.1:{gw_free_port()}",
+            experts={"e1": expert_config(expert.url)},
+            ledger={"url": dead},
+        ),
+        name="no-ledger",
+    )
+    async with http.get(f"{no_ledger.url}/readyz") as resp:
+        assert resp.status == 503
+        body = await resp.json()
+    assert (body["ledger"], body["pools"]) == (False, {"small": False})

@@ -17,7 +17,7 @@ from aiohttp import web
 from kascade.gateway import config as config_mod
 from kascade.gateway import ledger, runtime
 from kascade.gateway.cache import shared as shared_cache
-from kascade.gateway.endpoints import errors, feedback, inbound, status
+from kascade.gateway.endpoints import errors, feedback, inbound, readiness, status
 from kascade.gateway.experts import escalation, providers
 from kascade.gateway.observe import audit as audit_mod
 from kascade.gateway.observe import loop as loop_monitor
@@ -101,8 +101,8 @@ async def _healthz(http: web.Request) -> web.Response:
 
 
 async def _readyz(http: web.Request) -> web.Response:
-    state = http.app[STATE]
-    return web.Response(text="ready" if state.runtime.policies is not None else "not ready")
+    ready, detail = await readiness.check(http.app[STATE])
+    return _json({"ready": ready, **detail}, status=200 if ready else 503)
 
 
 async def _metrics(http: web.Request) -> web.Response:
