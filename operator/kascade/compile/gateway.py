@@ -72,6 +72,7 @@ def expert_config(expert: v1alpha1.CloudExpert, *, credentials: CredentialsMode)
         pricing=gw.Pricing(
             input_per_million_tokens=spec.pricing.input_per_million_tokens,
             output_per_million_tokens=spec.pricing.output_per_million_tokens,
+            max_tokens_per_image=spec.pricing.max_tokens_per_image,
         ),
         budget=gw.BudgetConfig(
             limit_usd=spec.budget.limit_usd,
@@ -88,12 +89,14 @@ def expert_config(expert: v1alpha1.CloudExpert, *, credentials: CredentialsMode)
             connect_seconds=spec.timeouts.connect_seconds,
             request_seconds=spec.timeouts.request_seconds,
             first_token_seconds=spec.timeouts.first_token_seconds,
+            idle_seconds=spec.timeouts.idle_seconds,
         ),
         retries=gw.Retries(
             max_attempts=retries.max_retries + 1,
             initial_backoff_millis=retries.initial_backoff_millis,
             max_backoff_millis=retries.max_backoff_millis,
             retry_on=list(retries.retry_on),
+            max_retry_after_seconds=float(retries.max_retry_after_seconds),
         ),
         circuit_breaker=gw.CircuitBreakerConfig(
             # A disabled breaker is one that never trips in practice.
