@@ -15,7 +15,7 @@ from typing import IO, Any
 from aiohttp import web
 
 from kascade.simexpert import bill as bill_mod
-from kascade.simexpert import faults
+from kascade.simexpert import faults, replies
 
 _CONFIDENCE_MARK = re.compile(r"\[\[confidence=([0-9.]+)\]\]")
 
@@ -115,6 +115,7 @@ async def _handle(http: web.Request, *, dialect: str) -> web.StreamResponse:
             or http.headers.get("x-api-key")
         ),
         "body": body if s.record_body else None,
+        "raw": raw.decode("utf-8", "replace") if s.record_body else None,
     }
     if s.latency_ms > 0:
         await asyncio.sleep(s.latency_ms / 1000)
@@ -131,7 +132,8 @@ async def _handle(http: web.Request, *, dialect: str) -> web.StreamResponse:
     record["outcome"] = outcome
     refused = outcome == "429" or (outcome.isdigit() and int(outcome) < 500)
     if valid and not refused and (fault is None or fault.billed):
-        record["bill_nanos"] = _bill(sim, body, n, why=fault.kind if fault else outcome)
+        why = fault.kind if fault else outcome
+        record["bill_nanos"] = _bill(sim, body, n, why=why, dialect=dialect)
     sim.records.append(record)
     if sim.record_file is not None:
         sim.record_file.write(json.dumps(record) + "\n")
@@ -180,16 +182,20 @@ def _usage(s: Settings, body: dict[str, Any], text: str) -> tuple[int, int]:
     return pt, min(ct, max_tokens) if max_tokens else ct
 
 
-def _answer_text(s: Settings, body: dict[str, Any]) -> str:
+def _answer_text(s: Settings, body: dict[str, Any], *, dialect: str) -> str:
     messages = [m for m in body["messages"] if isinstance(m, dict)]
     users = [_text(m.get("content")) for m in messages if m.get("role") == "user"]
-    return s.answer if s.answer is not None else f"[{s.name}] {users[-1] if users else ''}"
+    last = users[-1] if users else ""
+    if s.answer is not None:
+        return s.answer
+    plan = replies.plan(body, dialect=dialect, name=s.name, last=last)
+    return plan.text if plan.text is not None else f"[{s.name}] {last}"
 
 
-def _bill(sim: _Sim, body: dict[str, Any], n: int, *, why: str) -> int:
+def _bill(sim: _Sim, body: dict[str, Any], n: int, *, why: str, dialect: str) -> int:
     """Bills the request at generation start; a 5xx is billed as generating to max_tokens."""
     s = sim.settings
-    pt, ct = _usage(s, body, _answer_text(s, body))
+    pt, ct = _usage(s, body, _answer_text(s, body, dialect=dialect))
     if why.isdigit() or why == "status":
         ct = max(ct, bill_mod.max_tokens(body))
     return sim.bill.charge(
@@ -209,11 +215,12 @@ async def _answer(
     messages = [m for m in body["messages"] if isinstance(m, dict)]
     users = [_text(m.get("content")) for m in messages if m.get("role") == "user"]
     last = users[-1] if users else ""
-    text = _answer_text(s, body)
+    text = _answer_text(s, body, dialect=dialect)
     pt, ct = _usage(s, body, text)
     pt, ct, report = faults.reported(faults.CURRENT.get(), pt=pt, ct=ct, report=s.report_usage)
     if report != s.report_usage:
         s = dataclasses.replace(s, report_usage=report)
+    plan = replies.plan(body, dialect=dialect, name=s.name, last=last)
     confidence = s.confidence
     mark = _CONFIDENCE_MARK.search(last)
     if mark:
@@ -221,6 +228,19 @@ async def _answer(
     model = str(body.get("model", s.name))
     rid = f"{s.name}-{sim.count}"
     stream = body.get("stream") is True
+    if plan.calls:
+        options = body.get("stream_options")
+        return await replies.respond(
+            http,
+            dialect=dialect,
+            calls=plan.calls,
+            rid=rid,
+            model=model,
+            usage=(pt, ct) if s.report_usage else None,
+            stream=stream,
+            include_usage=isinstance(options, dict) and options.get("include_usage") is True,
+            confidence=confidence,
+        )
     if dialect == "anthropic":
         if stream:
             return await _anthropic_stream(http, s, rid, model, text, pt, ct)
