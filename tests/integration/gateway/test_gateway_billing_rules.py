@@ -182,9 +182,26 @@ async def test_a_cancelled_call_is_charged_its_worst_case(
         raw_personal_data=False,
         max_cost_nanos=None,
     )
+    books = gw.state.escalator.ledger
+    settling, go_on = asyncio.Event(), asyncio.Event()
+    real_settle = books.settle
+
+    async def slow_settle(reservation: ledger.Reservation, *, actual_nanos: int) -> None:
+        settling.set()
+        await go_on.wait()  # a Redis round trip that takes a while
+        await real_settle(reservation, actual_nanos=actual_nanos)
+
+    if backend == "redis":  # (the memory ledger never suspends: nothing to interrupt)
+        books.settle = slow_settle  # type: ignore[method-assign]
     task = asyncio.create_task(gw.state.escalator.run(experts=[state], call=call))
     await _until(lambda: expert.records)  # the request reached the provider
     task.cancel()
+    if backend == "redis":
+        # Cancelled again while settling (a shutdown after a client hang-up): the
+        # settlement must run on regardless.
+        await settling.wait()
+        task.cancel()
+        go_on.set()
     with pytest.raises(asyncio.CancelledError):
         await task
     await gw.state.escalator.close()  # a shutdown waits for settlements still running
