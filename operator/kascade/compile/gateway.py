@@ -169,11 +169,13 @@ def expert_config(expert: v1alpha1.CloudExpert, *, credentials: CredentialsMode)
         pricing=gw.Pricing(
             input_per_million_tokens=spec.pricing.input_per_million_tokens,
             output_per_million_tokens=spec.pricing.output_per_million_tokens,
+            max_tokens_per_image=spec.pricing.max_tokens_per_image,
         ),
         budget=gw.BudgetConfig(
             limit_usd=spec.budget.limit_usd,
             window=spec.budget.window,
             on_exhausted=spec.budget.on_exhausted,
+            time_zone=spec.budget.time_zone,
         ),
         rate_limits=gw.RateLimits(
             requests_per_minute=spec.rate_limits.requests_per_minute,
@@ -183,20 +185,26 @@ def expert_config(expert: v1alpha1.CloudExpert, *, credentials: CredentialsMode)
         timeouts=gw.Timeouts(
             connect_seconds=spec.timeouts.connect_seconds,
             request_seconds=spec.timeouts.request_seconds,
+            first_token_seconds=spec.timeouts.first_token_seconds,
+            idle_seconds=spec.timeouts.idle_seconds,
         ),
         retries=gw.Retries(
             max_attempts=retries.max_retries + 1,
             initial_backoff_millis=retries.initial_backoff_millis,
             max_backoff_millis=retries.max_backoff_millis,
+            retry_on=list(retries.retry_on),
+            max_retry_after_seconds=float(retries.max_retry_after_seconds),
         ),
         circuit_breaker=gw.CircuitBreakerConfig(
             # A disabled breaker is one that never trips in practice.
             failure_threshold=breaker.failure_threshold if breaker.enabled else 1_000_000,
             open_seconds=float(breaker.open_seconds),
             half_open_max_requests=breaker.half_open_probes,
+            window_seconds=float(breaker.window_seconds),
         ),
         max_context_tokens=spec.max_context_tokens,
         allow_personal_data=spec.data_policy.allow_personal_data,
+        capabilities=list(spec.capabilities),
     )
 
 

@@ -51,6 +51,42 @@ class Settings:
     gateway_memory_limit: str = "512Mi"
     gateway_hpa_max: int = 5
     redis_url: str | None = None
+    ledger_storage_class: str | None = None
+    """StorageClass of the in-memory ledger's checkpoint volume (None: the cluster's
+    default class)."""
+    ledger_storage_size: str = "1Gi"
+
+
+LEDGER_CLAIM = f"{GATEWAY_NAME}-ledger"
+
+
+def ledger_replicas_warning(settings: Settings) -> str | None:
+    """Why the gateway runs fewer replicas than asked, if it does: budgets are exact
+    across replicas only on the shared Redis ledger."""
+    if settings.redis_url is None and settings.gateway_replicas > 1:
+        return (
+            f"gateway replicas {settings.gateway_replicas} requested, but the ledger is in "
+            "memory (no gateway Redis URL): running 1 replica so that one ledger holds "
+            "every budget; set the Redis URL to run more"
+        )
+    return None
+
+
+def ledger_claim(*, namespace: str, labels: dict[str, str], settings: Settings) -> Manifest:
+    """The in-memory ledger's checkpoint volume. No ownerReferences: deleting the last
+    RoutingPolicy must not forget what was spent in the current windows."""
+    spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": settings.ledger_storage_size}},
+    }
+    if settings.ledger_storage_class is not None:
+        spec["storageClassName"] = settings.ledger_storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _meta(LEDGER_CLAIM, namespace, labels=labels, owners=[]),
+        "spec": spec,
+    }
 
 
 def spec_hash(manifest: Manifest) -> str:
@@ -255,9 +291,14 @@ def build_gateway(
     shared = settings.redis_url is not None
     replicas = settings.gateway_replicas if shared else 1
     volumes, mounts = secret_volumes(experts)
+    # In memory, the ledger's checkpoint must outlive the pod (a PVC), and two pods
+    # must never run at once (Recreate): each would keep its own ledger.
+    state: dict[str, Any] = (
+        {"emptyDir": {}} if shared else {"persistentVolumeClaim": {"claimName": LEDGER_CLAIM}}
+    )
     volumes = [
         {"name": "config", "configMap": {"name": GATEWAY_NAME}},
-        {"name": "state", "emptyDir": {}},
+        {"name": "state", **state},
         *volumes,
     ]
     mounts = [
@@ -272,6 +313,7 @@ def build_gateway(
         "metadata": _meta(GATEWAY_NAME, namespace, labels=labels, owners=owners),
         "spec": {
             "replicas": replicas,
+            "strategy": {"type": "RollingUpdate"} if shared else {"type": "Recreate"},
             "selector": {"matchLabels": selector},
             "template": {
                 "metadata": {"labels": labels},
@@ -348,6 +390,8 @@ def build_gateway(
             "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
         },
     ]
+    if not shared:
+        objects.append(ledger_claim(namespace=namespace, labels=labels, settings=settings))
     if shared:
         # Several replicas only keep budgets exact when they share the Redis ledger.
         objects.append(

@@ -39,6 +39,7 @@ class Reason(StrEnum):
     RECONCILE_FAILED = "ReconcileFailed"
     NO_USABLE_EXPERT = "NoUsableExpert"
     EXPERTS_USABLE = "ExpertsUsable"
+    LEDGER_NEEDS_REDIS = "LedgerNeedsRedis"
 
 
 def now_rfc3339() -> str:

@@ -48,6 +48,7 @@ def settings_from_env() -> resources.Settings:
         gateway_memory_limit=env.get("KASCADE_GATEWAY_MEMORY_LIMIT", defaults.gateway_memory_limit),
         gateway_hpa_max=int(env.get("KASCADE_GATEWAY_HPA_MAX", defaults.gateway_hpa_max)),
         redis_url=env.get("KASCADE_GATEWAY_REDIS_URL") or None,
+        ledger_storage_class=env.get("KASCADE_GATEWAY_LEDGER_STORAGE_CLASS") or None,
     )
 
 

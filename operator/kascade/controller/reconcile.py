@@ -269,6 +269,9 @@ async def reconcile_namespace(
     gateway_ready = await _apply_gateway(ctx, namespace, compiled, expert_objs, policies)
     broken = {f"LocalModelPool/{n}" for n in bad_pools} | {f"CloudExpert/{n}" for n in bad_experts}
     unusable = _unusable_experts(experts, compiled, unparsed=bad_experts)
+    ledger_warning = resources.ledger_replicas_warning(ctx.settings)
+    if ledger_warning is not None:
+        log.warning("Gateway namespace=%s: %s", namespace, ledger_warning)
     errors: list[kube_mod.KubeError] = []
     for body, policy in _with_models(policies, policy_objs):
         name = _name(body)
@@ -280,6 +283,7 @@ async def reconcile_namespace(
             ],
             gateway_ready=gateway_ready,
             unusable=_policy_unusable(policy, unusable),
+            ledger_warning=ledger_warning,
         )
         try:
             await _policy_status(ctx, body, verdict)
@@ -376,6 +380,8 @@ class _Verdict:
     missing: list[str]
     gateway_ready: bool
     unusable: dict[str, str] | None
+    ledger_warning: str | None = None
+    """Why the gateway runs fewer replicas than asked (no Redis ledger), if it does."""
 
 
 async def _policy_status(ctx: Context, body: dict[str, Any], verdict: _Verdict) -> None:
@@ -411,16 +417,19 @@ async def _policy_status(ctx: Context, body: dict[str, Any], verdict: _Verdict) 
                 if verdict.gateway_ready
                 else "Waiting for the gateway Deployment to become available",
             ),
-            _degraded(body, verdict.unusable),
+            _degraded(body, verdict.unusable, verdict.ledger_warning),
         ]
     conds = cond.set_conditions(conds, generation=generation, updates=updates)
     await status.write(ctx.kube, body, {"conditions": conds, "observedGeneration": generation})
 
 
 def _degraded(
-    body: dict[str, Any], unusable: dict[str, str] | None
+    body: dict[str, Any], unusable: dict[str, str] | None, ledger_warning: str | None = None
 ) -> tuple[cond.ConditionType, bool, cond.Reason, str]:
-    """Degraded=True when no listed expert can take escalations now."""
+    """Degraded=True when no listed expert can take escalations now, or when the gateway
+    runs one replica instead of the several asked for (in-memory ledger)."""
+    if unusable is None and ledger_warning is not None:
+        return (cond.ConditionType.DEGRADED, True, cond.Reason.LEDGER_NEEDS_REDIS, ledger_warning)
     if unusable is None:
         return (
             cond.ConditionType.DEGRADED,

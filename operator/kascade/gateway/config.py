@@ -9,6 +9,7 @@ environment variable or a file that the operator wires from a Secret.
 from __future__ import annotations
 
 import json
+import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,6 +24,12 @@ Provider = Literal["openai", "openai-compatible", "anthropic", "azure-openai"]
 Detector = Literal["email", "phone", "credit-card", "iban", "ip-address"]
 
 PositiveFloat = Annotated[float, Field(gt=0)]
+RetryCondition = Literal["rate-limited", "server-error", "timeout", "connection-error"]
+Capability = Literal["chat", "streaming", "tools", "vision", "json-mode", "logprobs"]
+
+# OpenAI's largest image costs 1,105 tokens at high detail on gpt-4o (85 + 170 x 6
+# tiles), Anthropic's about 1,600 (1.15 megapixels / 750): 2,000 covers both.
+DEFAULT_TOKENS_PER_IMAGE = 2_000
 Probability = Annotated[float, Field(ge=0, le=1)]
 
 
@@ -46,6 +53,9 @@ class LedgerConfig(_Model):
     `memory://`) for one replica with an in-process ledger."""
     checkpoint_path: str | None = None
     """File the in-memory ledger checkpoints spend to, so a restart loses none."""
+    reservation_ttl_seconds: float = Field(default=900.0, gt=0, le=86_400)
+    """How long a reservation may stay open; one a dead replica left becomes
+    worst-case spend after this. Must exceed the longest call (retries included)."""
 
 
 class AuthConfig(_Model):
@@ -93,6 +103,8 @@ class Pricing(_Model):
     """USD per million prompt tokens."""
     output_per_million_tokens: float = Field(ge=0)
     """USD per million completion tokens."""
+    max_tokens_per_image: int = Field(default=DEFAULT_TOKENS_PER_IMAGE, ge=0, le=1_000_000)
+    """Prompt tokens one image part may cost at most, counted in the worst case."""
 
 
 class BudgetConfig(_Model):
@@ -102,6 +114,19 @@ class BudgetConfig(_Model):
     """`rolling-24h`, `calendar-day` or `calendar-month` (calendar windows in UTC)."""
     on_exhausted: Literal["fallback-local", "reject"] = "fallback-local"
     """When the budget is spent: answer locally (degraded) or reject with 429."""
+    time_zone: str = "UTC"
+    """IANA time zone in which calendar windows start (e.g. `Europe/Berlin`)."""
+
+    @model_validator(mode="after")
+    def _known_zone(self) -> BudgetConfig:
+        try:
+            zoneinfo.ZoneInfo(self.time_zone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"timeZone {self.time_zone!r} is not a known IANA time zone "
+                "(use e.g. UTC or Europe/Berlin)"
+            ) from None
+        return self
 
 
 class RateLimits(_Model):
@@ -112,7 +137,13 @@ class RateLimits(_Model):
 
 class Timeouts(_Model):
     connect_seconds: PositiveFloat = 5.0
+    """Time to establish the connection (an attempt that fails here was never sent)."""
     request_seconds: PositiveFloat = 60.0
+    """Whole-call limit of a non-streamed answer (a stream is bounded by the two below)."""
+    first_token_seconds: PositiveFloat | None = None
+    """Streamed calls: time until the first chunk (None: requestSeconds)."""
+    idle_seconds: PositiveFloat | None = None
+    """Streamed calls: longest gap between two chunks (None: requestSeconds)."""
 
 
 class Retries(_Model):
@@ -121,6 +152,10 @@ class Retries(_Model):
     initial_backoff_millis: int = Field(default=200, ge=0)
     max_backoff_millis: int = Field(default=5000, ge=0)
     """Also the longest upstream Retry-After the gateway waits for before moving on."""
+    retry_on: list[RetryCondition] = ["rate-limited", "server-error", "timeout", "connection-error"]
+    """Failures worth another attempt (each attempt reserves and is charged on its own)."""
+    max_retry_after_seconds: PositiveFloat = 300.0
+    """Longest upstream Retry-After honoured; longer ones are capped to this."""
 
 
 class CircuitBreakerConfig(_Model):
@@ -130,6 +165,8 @@ class CircuitBreakerConfig(_Model):
     """How long an open circuit rejects calls before half-opening."""
     half_open_max_requests: int = Field(default=1, ge=1)
     """Trial calls allowed while half-open."""
+    window_seconds: PositiveFloat | None = None
+    """Count failures within this many seconds (None: consecutive failures)."""
 
 
 class ExpertConfig(_Model):
@@ -153,6 +190,8 @@ class ExpertConfig(_Model):
     """May receive unredacted personal data when a policy's privacy action is `allow`."""
     default_max_tokens: int = Field(default=1024, ge=1)
     """max_tokens sent when the request sets none, so the worst case is bounded."""
+    capabilities: list[Capability] | None = None
+    """Features the model supports; requests needing another skip it (None: any)."""
 
     @model_validator(mode="after")
     def _azure_version(self) -> ExpertConfig:
@@ -230,12 +269,16 @@ class PrivacyConfig(_Model):
 class ExactCache(_Model):
     ttl_seconds: PositiveFloat = 300.0
     max_entries: int = Field(default=10_000, ge=1)
+    max_bytes: int = Field(default=64 << 20, ge=1024)
+    """Most bytes of cached answers (serialized) kept; the oldest go first."""
 
 
 class SemanticCache(_Model):
     threshold: Probability = 0.85
     ttl_seconds: PositiveFloat = 300.0
     max_entries: int = Field(default=2_000, ge=1)
+    max_bytes: int = Field(default=64 << 20, ge=1024)
+    """Most bytes of cached answers plus their vectors (16 KiB each) kept."""
 
 
 class CacheConfig(_Model):

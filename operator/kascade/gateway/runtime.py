@@ -97,6 +97,7 @@ def build(
                 exact = cache_mod.ExactCache(
                     ttl_seconds=policy.cache.exact.ttl_seconds,
                     max_entries=policy.cache.exact.max_entries,
+                    max_bytes=policy.cache.exact.max_bytes,
                 )
             if policy.cache.semantic is not None:
                 semantic = cache_mod.SemanticCache(config=policy.cache.semantic)

@@ -14,7 +14,8 @@ from typing import IO, Any
 
 from aiohttp import web
 
-from kascade.simexpert import replies
+from kascade.simexpert import bill as bill_mod
+from kascade.simexpert import faults, replies
 
 _CONFIDENCE_MARK = re.compile(r"\[\[confidence=([0-9.]+)\]\]")
 
@@ -48,6 +49,17 @@ class Settings:
     answer: str | None = None
     """Fixed answer text (None: a deterministic echo of the last user message)."""
     record_body: bool = True
+    fault_script: str | None = None
+    """`;`-separated fault specs applied by arrival order (see simexpert/faults.py)."""
+    token_mode: str = "estimate"
+    """`estimate`: about characters / 4 and the answer's words; `bytes`: the most a
+    tokenizer could count (one per byte, images at image_tokens) and max_tokens out."""
+    image_tokens: int = 765
+    """Prompt tokens one image part costs (token_mode bytes)."""
+    input_per_million: float = 0.0
+    """USD per million prompt tokens on the simulator's own bill."""
+    output_per_million: float = 0.0
+    """USD per million completion tokens on the simulator's own bill."""
 
 
 @dataclass
@@ -56,6 +68,7 @@ class _Sim:
     count: int = 0
     records: list[dict[str, Any]] = field(default_factory=list)
     record_file: IO[str] | None = None
+    bill: bill_mod.Bill = field(default_factory=bill_mod.Bill)
 
 
 SIM: web.AppKey[_Sim] = web.AppKey("sim", _Sim)
@@ -113,7 +126,14 @@ async def _handle(http: web.Request, *, dialect: str) -> web.StreamResponse:
         outcome = "429"
     elif _every(s.fail_every, n) or _fraction(s.fail_fraction, n, "fail"):
         outcome = str(s.fail_status)
+    valid = isinstance(body, dict) and isinstance(body.get("messages"), list)
+    fault = _fault(body, s, n) if valid else None
+    record["fault"] = None if fault is None else fault.kind
     record["outcome"] = outcome
+    refused = outcome == "429" or (outcome.isdigit() and int(outcome) < 500)
+    if valid and not refused and (fault is None or fault.billed):
+        why = fault.kind if fault else outcome
+        record["bill_nanos"] = _bill(sim, body, n, why=why, dialect=dialect)
     sim.records.append(record)
     if sim.record_file is not None:
         sim.record_file.write(json.dumps(record) + "\n")
@@ -133,7 +153,59 @@ async def _handle(http: web.Request, *, dialect: str) -> web.StreamResponse:
         )
     if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
         return web.json_response({"error": {"message": "messages required"}}, status=400)
+    if fault is not None:
+        fault = dataclasses.replace(fault, streamed=body.get("stream") is True)
+        faults.CURRENT.set(fault)
+        ended = await faults.before_answer(http, fault)
+        if ended is not None:
+            return ended
     return await _answer(http, sim, body, dialect=dialect)
+
+
+def _fault(body: Any, s: Settings, n: int) -> faults.Fault | None:
+    messages = [m for m in body["messages"] if isinstance(m, dict)]
+    users = [_text(m.get("content")) for m in messages if m.get("role") == "user"]
+    return faults.pick(last_user_text=users[-1] if users else "", script=s.fault_script, n=n)
+
+
+def _usage(s: Settings, body: dict[str, Any], text: str) -> tuple[int, int]:
+    """The honest usage of answering ``body`` with ``text`` (what the bill charges)."""
+    messages = [m for m in body["messages"] if isinstance(m, dict)]
+    max_tokens = bill_mod.max_tokens(body)
+    if s.token_mode == "bytes":
+        pt = bill_mod.byte_tokens(body, image_tokens=s.image_tokens)
+        return pt, max_tokens or max(1, len(text.split()))
+    prompt_chars = sum(len(_text(m.get("content"))) for m in messages)
+    prompt_chars += len(str(body.get("system", "")))
+    pt = s.prompt_tokens if s.prompt_tokens is not None else max(1, prompt_chars // 4)
+    ct = s.completion_tokens if s.completion_tokens is not None else max(1, len(text.split()))
+    return pt, min(ct, max_tokens) if max_tokens else ct
+
+
+def _answer_text(s: Settings, body: dict[str, Any], *, dialect: str) -> str:
+    messages = [m for m in body["messages"] if isinstance(m, dict)]
+    users = [_text(m.get("content")) for m in messages if m.get("role") == "user"]
+    last = users[-1] if users else ""
+    if s.answer is not None:
+        return s.answer
+    plan = replies.plan(body, dialect=dialect, name=s.name, last=last)
+    return plan.text if plan.text is not None else f"[{s.name}] {last}"
+
+
+def _bill(sim: _Sim, body: dict[str, Any], n: int, *, why: str, dialect: str) -> int:
+    """Bills the request at generation start; a 5xx is billed as generating to max_tokens."""
+    s = sim.settings
+    pt, ct = _usage(s, body, _answer_text(s, body, dialect=dialect))
+    if why.isdigit() or why == "status":
+        ct = max(ct, bill_mod.max_tokens(body))
+    return sim.bill.charge(
+        n=n,
+        prompt_tokens=pt,
+        completion_tokens=ct,
+        input_per_million=s.input_per_million,
+        output_per_million=s.output_per_million,
+        why=why,
+    )
 
 
 async def _answer(
@@ -143,17 +215,12 @@ async def _answer(
     messages = [m for m in body["messages"] if isinstance(m, dict)]
     users = [_text(m.get("content")) for m in messages if m.get("role") == "user"]
     last = users[-1] if users else ""
-    text = s.answer if s.answer is not None else f"[{s.name}] {last}"
+    text = _answer_text(s, body, dialect=dialect)
+    pt, ct = _usage(s, body, text)
+    pt, ct, report = faults.reported(faults.CURRENT.get(), pt=pt, ct=ct, report=s.report_usage)
+    if report != s.report_usage:
+        s = dataclasses.replace(s, report_usage=report)
     plan = replies.plan(body, dialect=dialect, name=s.name, last=last)
-    if plan.text is not None and s.answer is None:
-        text = plan.text
-    prompt_chars = sum(len(_text(m.get("content"))) for m in messages)
-    prompt_chars += len(str(body.get("system", "")))
-    pt = s.prompt_tokens if s.prompt_tokens is not None else max(1, prompt_chars // 4)
-    ct = s.completion_tokens if s.completion_tokens is not None else max(1, len(text.split()))
-    max_tokens = body.get("max_tokens")
-    if isinstance(max_tokens, int):
-        ct = min(ct, max_tokens)
     confidence = s.confidence
     mark = _CONFIDENCE_MARK.search(last)
     if mark:
@@ -235,8 +302,10 @@ async def _openai_stream(
     for i, word in enumerate(_words(text)):
         delta = {"role": "assistant", "content": word} if i == 0 else {"content": word}
         chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+        await faults.pace(http, i)
         await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
     end = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    await faults.pace(http, len(text.split(" ")))
     await resp.write(b"data: " + json.dumps(end).encode() + b"\n\n")
     options = body.get("stream_options")
     if s.report_usage and isinstance(options, dict) and options.get("include_usage"):
@@ -279,7 +348,8 @@ async def _anthropic_stream(
         "content_block_start",
         {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
     )
-    for word in _words(text):
+    for i, word in enumerate(_words(text)):
+        await faults.pace(http, i)
         await event(
             "content_block_delta",
             {
@@ -288,6 +358,7 @@ async def _anthropic_stream(
                 "delta": {"type": "text_delta", "text": word},
             },
         )
+    await faults.pace(http, len(text.split(" ")))
     await event("content_block_stop", {"type": "content_block_stop", "index": 0})
     delta: dict[str, Any] = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}}
     if s.report_usage:
@@ -318,7 +389,12 @@ async def _clear_requests(http: web.Request) -> web.Response:
     sim = http.app[SIM]
     sim.records.clear()
     sim.count = 0
+    sim.bill = bill_mod.Bill()
     return web.json_response({"cleared": True})
+
+
+async def _get_bill(http: web.Request) -> web.Response:
+    return web.json_response(http.app[SIM].bill.summary())
 
 
 async def _get_config(http: web.Request) -> web.Response:
@@ -363,6 +439,7 @@ def build_app(*, settings: Settings, record_path: str | None = None) -> web.Appl
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/_sim/requests", _get_requests)
     app.router.add_delete("/_sim/requests", _clear_requests)
+    app.router.add_get("/_sim/bill", _get_bill)
     app.router.add_get("/_sim/config", _get_config)
     app.router.add_post("/_sim/config", _set_config)
     app.router.add_get("/healthz", lambda _: _ok())
@@ -391,6 +468,11 @@ _HELP = {
     "confidence": "add this confidence to answers (act as a local pool)",
     "answer": "fixed answer text",
     "record_body": "true/false: keep request bodies in the record",
+    "fault_script": "';'-separated fault specs by arrival order (see simexpert/faults.py)",
+    "token_mode": "estimate (characters / 4) or bytes (the most a tokenizer could count)",
+    "image_tokens": "prompt tokens per image part (token mode bytes)",
+    "input_per_million": "USD per million prompt tokens on the simulator's own bill",
+    "output_per_million": "USD per million completion tokens on the simulator's own bill",
 }
 
 

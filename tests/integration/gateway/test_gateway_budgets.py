@@ -21,12 +21,30 @@ from tests.integration.gateway.conftest import (
     process,
 )
 
-# Worst case of one request: prompt bound (16 + 8 per message + UTF-8 bytes) x $1/M
-# + max_tokens x $2/M. With a 26-byte prompt and max_tokens 50:
-# (16 + 8 + 26) x 1000 + 50 x 2000 = 150_000 nano-USD.
+from kascade.gateway import config as config_mod
+from kascade.gateway.experts import providers, worst_case
+
 PROMPT = "q" * 26
 MAX_TOKENS = 50
-WORST_NANOS = (16 + 8 + len(PROMPT)) * 1000 + MAX_TOKENS * 2000
+
+
+def _bound() -> worst_case.Bound:
+    """The worst case the gateway reserves: over the body it sends (bytes x $1/M +
+    max_tokens x $2/M), built here by the same adapter from the same config."""
+    cfg = config_mod.ExpertConfig.model_validate(expert_config("http://127.0.0.1:1"))
+    outbound = providers.build_request(
+        expert=cfg,
+        api_key=None,
+        messages=chat(PROMPT)["messages"],
+        params={},
+        max_tokens=MAX_TOKENS,
+        stream=False,
+    )
+    return worst_case.bound(body=outbound.body, pricing=cfg.pricing)
+
+
+BOUND = _bound()
+WORST_NANOS = BOUND.nanos
 LIMIT_USD = Decimal(100 * WORST_NANOS) / Decimal(10**9)  # exactly 100 worst cases
 REQUESTS = 300
 
@@ -81,7 +99,12 @@ async def test_memory_ledger_admits_exactly_the_budget(
 ) -> None:
     pool = await start_sim(name="pool", confidence=0.1)
     # The expert reports the full worst case as usage, so settling frees nothing.
-    expert = await start_sim(name="e1", latency_ms=100, prompt_tokens=50, completion_tokens=50)
+    expert = await start_sim(
+        name="e1",
+        latency_ms=100,
+        prompt_tokens=BOUND.prompt_tokens,
+        completion_tokens=BOUND.completion_tokens,
+    )
     config = gateway_config(
         pool=pool.url,
         experts={"e1": _budget_expert(expert.url)},
@@ -155,7 +178,14 @@ def _records(path: Path) -> list[dict[str, Any]]:
 async def test_two_gateways_share_one_redis_budget(redis_url: str, tmp_path: Path, http) -> None:
     pool_url, pool_ctx, _ = _start_sim_process(tmp_path, "pool", "--confidence", "0.1")
     e1_url, e1_ctx, e1_record = _start_sim_process(
-        tmp_path, "e1", "--latency-ms", "100", "--prompt-tokens", "50", "--completion-tokens", "50"
+        tmp_path,
+        "e1",
+        "--latency-ms",
+        "100",
+        "--prompt-tokens",
+        str(BOUND.prompt_tokens),
+        "--completion-tokens",
+        str(BOUND.completion_tokens),
     )
     config = gateway_config(
         pool=pool_url, experts={"e1": _budget_expert(e1_url)}, ledger={"url": redis_url}

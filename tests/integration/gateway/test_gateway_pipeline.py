@@ -46,19 +46,20 @@ async def test_low_confidence_escalates_and_settles_actual_cost(
     start_sim, start_gateway, http
 ) -> None:
     pool = await start_sim(name="pool", confidence=0.2)
-    expert = await start_sim(name="e1", prompt_tokens=1000, completion_tokens=500)
+    # Usage within what the request can cost (the worst case bounds every settlement).
+    expert = await start_sim(name="e1", prompt_tokens=20, completion_tokens=990)
     gw = await start_gateway(
         gateway_config(pool=pool.url, experts={"e1": expert_config(expert.url)})
     )
-    status, headers, body = await _post(http, gw.url, chat("what is the meaning", max_tokens=600))
+    status, headers, body = await _post(http, gw.url, chat("what is the meaning", max_tokens=1000))
     assert status == 200, body
     assert headers["x-kascade-route"] == "expert:e1"
     assert headers["x-kascade-reason"] == "low_confidence"
-    # 1000 prompt tokens at $1/M + 500 completion tokens at $2/M = $0.002
+    # 20 prompt tokens at $1/M + 990 completion tokens at $2/M = $0.002
     assert headers["x-kascade-cost-usd"] == "0.002"
     assert body["choices"][0]["message"]["content"] == "[e1] what is the meaning"
     [received] = expert.records
-    assert received["body"]["max_tokens"] == 600
+    assert received["body"]["max_tokens"] == 1000
     assert received["auth"] is False
     async with http.get(f"{gw.url}/v1/kascade/status") as resp:
         status_doc = await resp.json()

@@ -31,16 +31,16 @@ async def test_pool_metrics_count_requests_and_escalations_by_reason(
     start_sim, start_gateway, http
 ) -> None:
     pool = await start_sim(name="pool", confidence=0.2)
-    expert = await start_sim(name="e1", prompt_tokens=1000, completion_tokens=500)
+    expert = await start_sim(name="e1", prompt_tokens=20, completion_tokens=990)
     gw = await start_gateway(
         gateway_config(pool=pool.url, experts={"e1": expert_config(expert.url)})
     )
     for i in range(3):  # low confidence: escalated, $0.002 each
-        status, headers = await _post(http, gw.url, chat(f"q{i}", max_tokens=600))
+        status, headers = await _post(http, gw.url, chat(f"q{i}", max_tokens=1000))
         assert status == 200
         assert headers["x-kascade-reason"] == "low_confidence"
     pool.set(throttle_every=1, retry_after=1)  # now saturated: overflow
-    status, headers = await _post(http, gw.url, chat("busy", max_tokens=600))
+    status, headers = await _post(http, gw.url, chat("busy", max_tokens=1000))
     assert headers["x-kascade-reason"] == "overflow"
     m = await _samples(http, gw.url)
     assert m[("kascade_pool_requests_total", (("pool", "small"),))] == 4

@@ -65,6 +65,13 @@ GATEWAY_SOURCES: dict[str, Source] = {
     "experts.*.retries.initialBackoffMillis": Source(CE, "spec.retries.initialBackoffMillis"),
     "experts.*.retries.maxBackoffMillis": Source(CE, "spec.retries.maxBackoffMillis"),
     "experts.*.circuitBreaker.failureThreshold": Source(CE, "spec.circuitBreaker.failureThreshold"),
+    "experts.*.circuitBreaker.windowSeconds": Source(CE, "spec.circuitBreaker.windowSeconds"),
+    "experts.*.capabilities[]": Source(CE, "spec.capabilities[]"),
+    "experts.*.pricing.maxTokensPerImage": Source(CE, "spec.pricing.maxTokensPerImage"),
+    "experts.*.retries.maxRetryAfterSeconds": Source(CE, "spec.retries.maxRetryAfterSeconds"),
+    "experts.*.retries.retryOn[]": Source(CE, "spec.retries.retryOn[]"),
+    "experts.*.timeouts.firstTokenSeconds": Source(CE, "spec.timeouts.firstTokenSeconds"),
+    "experts.*.timeouts.idleSeconds": Source(CE, "spec.timeouts.idleSeconds"),
     "experts.*.circuitBreaker.openSeconds": Source(CE, "spec.circuitBreaker.openSeconds"),
     "experts.*.circuitBreaker.halfOpenMaxRequests": Source(
         CE, "spec.circuitBreaker.halfOpenProbes"
@@ -109,6 +116,9 @@ GATEWAY_OWN = {
     "policies.*.generation": "metadata.generation, which the API server keeps >= 1",
     "policies.*.overflowWaitMillis": "gateway default, not in the API",
     "policies.*.cache.exact.maxEntries": "gateway default, not in the API",
+    "policies.*.cache.exact.maxBytes": "gateway default, not in the API",
+    "policies.*.cache.semantic.maxBytes": "gateway default, not in the API",
+    "ledger.reservationTtlSeconds": "gateway default, not in the API",
     "policies.*.cache.semantic.maxEntries": "gateway default, not in the API",
 }
 

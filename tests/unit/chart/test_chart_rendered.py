@@ -25,6 +25,7 @@ NAMESPACED_RULES: dict[tuple[str, str], set[str]] = {
     ("apps", "deployments"): CRUD,
     ("", "services"): CRUD,
     ("", "configmaps"): CRUD,
+    ("", "persistentvolumeclaims"): {"get", "list", "watch", "create", "patch"},
     ("autoscaling", "horizontalpodautoscalers"): CRUD,
     ("policy", "poddisruptionbudgets"): CRUD,
     ("monitoring.coreos.com", "servicemonitors"): {"get", "list", "watch", "create", "patch",

@@ -171,8 +171,20 @@ def test_gateway_objects_hold_no_secret_values_and_run_restricted() -> None:
     for secret_value in ("sk-REPLACE-ME", "sk-ant-REPLACE-ME"):
         assert secret_value not in text
     kinds = [o["kind"] for o in objs]
-    # One replica without Redis (budgets stay exact only with a shared ledger): no HPA.
-    assert kinds == ["ConfigMap", "Deployment", "Service", "PodDisruptionBudget"]
+    # One replica without Redis (budgets stay exact only with a shared ledger): no HPA;
+    # its ledger checkpoint on a claim, and never two pods at once (Recreate).
+    assert kinds == [
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "PersistentVolumeClaim",
+    ]
+    assert objs[1]["spec"]["strategy"] == {"type": "Recreate"}
+    assert objs[1]["spec"]["replicas"] == 1
+    state = {v["name"]: v for v in objs[1]["spec"]["template"]["spec"]["volumes"]}["state"]
+    assert state["persistentVolumeClaim"]["claimName"] == objs[4]["metadata"]["name"]
+    assert "ownerReferences" not in objs[4]["metadata"]
     pod = objs[1]["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -190,6 +202,10 @@ def test_gateway_objects_hold_no_secret_values_and_run_restricted() -> None:
     )
     assert [o["kind"] for o in shared][-2:] == ["HorizontalPodAutoscaler", "ServiceMonitor"]
     assert shared[1]["spec"]["replicas"] == 2
+    assert shared[1]["spec"]["strategy"] == {"type": "RollingUpdate"}
+    assert "PersistentVolumeClaim" not in [o["kind"] for o in shared]
+    assert resources.ledger_replicas_warning(resources.Settings(gateway_replicas=3)) is not None
+    assert resources.ledger_replicas_warning(resources.Settings(gateway_replicas=1)) is None
 
 
 @pytest.mark.parametrize("example", ["complete", "quickstart"])

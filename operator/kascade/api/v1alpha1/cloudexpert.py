@@ -86,6 +86,12 @@ class Pricing(common.KascadeModel):
     currency: Literal["USD"] = "USD"
     """Currency of the prices; only USD."""
 
+    max_tokens_per_image: Annotated[int, pydantic.Field(ge=0, le=1_000_000)] = pydantic.Field(
+        default=2000, alias="maxTokensPerImage"
+    )
+    """Most prompt tokens one image can cost; each image part is reserved at this
+    (2000 covers OpenAI's and Anthropic's largest images)."""
+
 
 class Budget(common.KascadeModel):
     """A hard money limit per window: spend plus reservations never exceed limitUSD."""
@@ -149,12 +155,19 @@ class Timeouts(common.KascadeModel):
     request_seconds: Annotated[float, pydantic.Field(gt=0.0, le=3600.0)] = pydantic.Field(
         default=60.0, alias="requestSeconds"
     )
-    """Time for the whole call, including streaming."""
+    """Time for the whole call when not streamed; for streamed calls the default of
+    firstTokenSeconds and idleSeconds."""
 
     first_token_seconds: Annotated[float, pydantic.Field(gt=0.0, le=3600.0)] | None = (
         pydantic.Field(default=None, alias="firstTokenSeconds")
     )
     """For streamed calls, time until the first token arrives."""
+
+    idle_seconds: Annotated[float, pydantic.Field(gt=0.0, le=3600.0)] | None = pydantic.Field(
+        default=None, alias="idleSeconds"
+    )
+    """For streamed calls, longest gap between two chunks; a stream cut for it ends
+    with an error event and [DONE]."""
 
     __kascade_rules__: ClassVar[tuple[common.CelRule, ...]] = (
         common.CelRule(
@@ -198,6 +211,12 @@ class Retries(common.KascadeModel):
         default=5000, alias="maxBackoffMillis"
     )
     """Longest wait between retries."""
+
+    max_retry_after_seconds: Annotated[int, pydantic.Field(ge=1, le=86400)] = pydantic.Field(
+        default=300, alias="maxRetryAfterSeconds"
+    )
+    """Longest upstream Retry-After honoured; longer ones are cut to this (and counted
+    in kascade_expert_retry_after_capped_total)."""
 
     retry_on: Annotated[list[RetryCondition], pydantic.Field(max_length=4)] = pydantic.Field(
         default_factory=_all_retry_conditions,

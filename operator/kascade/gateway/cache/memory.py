@@ -6,18 +6,29 @@ when cosine similarity is above the policy threshold AND two guards agree: the s
 numbers appear, and the same negations appear. Those guards are what keeps "Is 7
 prime?" from answering "Is 9 prime?" and "Does X support Y?" from answering "Does X
 not support Y?", the classic semantic-cache failures.
+
+Memory is bounded in bytes as well as entries: exact keys are 32-byte digests (not the
+prompts), each entry is charged its serialized completion, and the semantic cache
+keeps its vectors in one float32 matrix (16 KiB per entry) searched by one matrix
+product. Prompts longer than ``SEMANTIC_MAX_CHARS`` are not semantically cached: their
+embedding would stall the event loop, and a near-match of a long document is rarely
+the same question.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
+import json
 import math
 import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from kascade.gateway import config as config_mod
 
@@ -76,7 +87,12 @@ def _normalise(text: str) -> str:
     return " ".join(text.split())
 
 
-ExactKey = tuple[object, ...]
+ExactKey = bytes
+"""A 256-bit digest of the policy, normalised messages and parameters: collisions are
+as unlikely as a SHA-2 collision, and a 200 KB prompt costs 32 bytes of key."""
+
+# Per-entry bookkeeping beyond the completion's bytes (dict slot, Entry object).
+_ENTRY_OVERHEAD = 256
 
 
 def _freeze(value: object) -> object:
@@ -99,33 +115,42 @@ def _beyond_text(message: dict[str, Any]) -> object:
 
 
 def exact_key(*, policy: str, body: dict[str, Any]) -> ExactKey:
-    """Key over the policy, normalised messages and answer-changing parameters.
-
-    A plain tuple: the dict compares it in full, so different prompts never collide
-    (a digest would be smaller but could)."""
+    """Digest over the policy, normalised messages and answer-changing parameters."""
     messages = tuple(
         (str(m.get("role")), _normalise(_content_text(m.get("content"))), _beyond_text(m))
         for m in body.get("messages", ())
         if isinstance(m, dict)
     )
     params = tuple((k, _freeze(body[k])) for k in _KEY_PARAMS if k in body)
-    return (policy, messages, params)
+    return hashlib.blake2b(repr((policy, messages, params)).encode(), digest_size=32).digest()
+
+
+def completion_bytes(completion: dict[str, Any]) -> int:
+    """What an entry is charged against a cache's byte bound."""
+    return len(json.dumps(completion, separators=(",", ":"))) + _ENTRY_OVERHEAD
 
 
 class ExactCache:
-    """TTL + LRU bounded map from exact key to Entry."""
+    """TTL + LRU map from exact key to Entry, bounded in entries and in bytes."""
 
-    def __init__(self, *, ttl_seconds: float, max_entries: int) -> None:
+    def __init__(self, *, ttl_seconds: float, max_entries: int, max_bytes: int = 64 << 20) -> None:
         self.ttl_seconds = ttl_seconds
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._entries: OrderedDict[ExactKey, Entry] = OrderedDict()
+        self._sizes: dict[ExactKey, int] = {}
+
+    def _drop(self, key: ExactKey) -> None:
+        del self._entries[key]
+        self.bytes -= self._sizes.pop(key)
 
     def get(self, key: ExactKey) -> Entry | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
         if entry.expires_at < time.monotonic():
-            del self._entries[key]
+            self._drop(key)
             return None
         self._entries.move_to_end(key)
         return entry
@@ -133,15 +158,21 @@ class ExactCache:
     def put(
         self, key: ExactKey, *, completion: dict[str, Any], route: str, confidence: float | None
     ) -> None:
+        size = completion_bytes(completion)
+        if size > self.max_bytes:
+            return  # one answer larger than the whole cache is not kept
+        if key in self._entries:
+            self._drop(key)
         self._entries[key] = Entry(
             completion=completion,
             route=route,
             confidence=confidence,
             expires_at=time.monotonic() + self.ttl_seconds,
         )
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        self._sizes[key] = size
+        self.bytes += size
+        while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
+            self._drop(next(iter(self._entries)))
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -306,6 +337,7 @@ def guards(text: str) -> tuple[frozenset[str], frozenset[str]]:
     return numbers, negations
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _bucket(feature: str) -> int:
     return int.from_bytes(hashlib.blake2b(feature.encode(), digest_size=4).digest()) % _DIM
 
@@ -328,6 +360,14 @@ def embed(text: str) -> dict[int, float]:
     return {k: v / norm for k, v in vec.items()}
 
 
+def dense(vector: dict[int, float]) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """The sparse vector as one float32 row of the semantic matrix."""
+    row = np.zeros(_DIM, dtype=np.float32)
+    if vector:
+        row[list(vector)] = list(vector.values())
+    return row
+
+
 def cosine(a: dict[int, float], b: dict[int, float]) -> float:
     """Cosine similarity of two normalised sparse vectors."""
     if len(a) > len(b):
@@ -335,13 +375,17 @@ def cosine(a: dict[int, float], b: dict[int, float]) -> float:
     return sum(v * b.get(k, 0.0) for k, v in a.items())
 
 
+SEMANTIC_MAX_CHARS = 4_000
+_ROW_BYTES = _DIM * 4
+
+
 @dataclass(frozen=True)
 class _SemanticEntry:
     context: ExactKey
-    vector: dict[int, float]
     numbers: frozenset[str]
     negations: frozenset[str]
     entry: Entry
+    size: int
 
 
 @dataclass(frozen=True)
@@ -366,33 +410,45 @@ def semantic_parts(*, policy: str, body: dict[str, Any]) -> tuple[ExactKey, str]
 
 
 class SemanticCache:
-    """Bounded list of embedded prompts; a linear scan is cheap at these sizes."""
+    """Embedded prompts in one float32 matrix, bounded in entries and bytes.
+
+    A lookup is one matrix-vector product over every row (about a millisecond for
+    2,000 entries), then the few rows above the threshold are checked against the
+    guards; rows of evicted entries are reused.
+    """
 
     def __init__(self, *, config: config_mod.SemanticCache) -> None:
         self.threshold = config.threshold
         self.ttl_seconds = config.ttl_seconds
         self.max_entries = config.max_entries
-        self._entries: OrderedDict[int, _SemanticEntry] = OrderedDict()
-        self._next = 0
+        self.max_bytes = config.max_bytes
+        self.bytes = 0
+        self._matrix = np.zeros((0, _DIM), dtype=np.float32)
+        self._items: list[_SemanticEntry | None] = []
+        self._order: OrderedDict[int, None] = OrderedDict()  # rows, oldest first
+        self._free: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self._order)
 
     def lookup(self, *, context: ExactKey, text: str) -> SemanticHit | None:
         """Best entry above the threshold whose guards agree, or None."""
-        vector = embed(text)
+        if not self._order or len(text) > SEMANTIC_MAX_CHARS:
+            return None
         numbers, negations = guards(text)
+        sims = self._matrix[: len(self._items)] @ dense(embed(text))
         now = time.monotonic()
-        best: SemanticHit | None = None
-        for key, item in list(self._entries.items()):
-            if item.entry.expires_at < now:
-                del self._entries[key]
+        above = np.flatnonzero(sims >= self.threshold)
+        for row in above[np.argsort(-sims[above], kind="stable")]:
+            item = self._items[int(row)]
+            if item is None or item.entry.expires_at < now:
                 continue
             if item.context != context or item.numbers != numbers:
                 continue
             if item.negations != negations:
                 continue
-            sim = cosine(vector, item.vector)
-            if sim >= self.threshold and (best is None or sim > best.similarity):
-                best = SemanticHit(entry=item.entry, similarity=sim)
-        return best
+            return SemanticHit(entry=item.entry, similarity=float(sims[row]))
+        return None
 
     def put(
         self,
@@ -403,6 +459,11 @@ class SemanticCache:
         route: str,
         confidence: float | None,
     ) -> None:
+        if len(text) > SEMANTIC_MAX_CHARS:
+            return
+        size = completion_bytes(completion) + _ROW_BYTES
+        if size > self.max_bytes:
+            return
         numbers, negations = guards(text)
         entry = Entry(
             completion=completion,
@@ -410,9 +471,33 @@ class SemanticCache:
             confidence=confidence,
             expires_at=time.monotonic() + self.ttl_seconds,
         )
-        self._entries[self._next] = _SemanticEntry(
-            context=context, vector=embed(text), numbers=numbers, negations=negations, entry=entry
+        row = self._row()
+        self._matrix[row] = dense(embed(text))
+        self._items[row] = _SemanticEntry(
+            context=context, numbers=numbers, negations=negations, entry=entry, size=size
         )
-        self._next += 1
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        self._order[row] = None
+        self.bytes += size
+        while len(self._order) > self.max_entries or self.bytes > self.max_bytes:
+            self._evict(next(iter(self._order)))
+
+    def _row(self) -> int:
+        if self._free:
+            return self._free.pop()
+        row = len(self._items)
+        if row >= len(self._matrix):  # grow by doubling, up to max_entries rows
+            grown = min(max(64, 2 * len(self._matrix)), max(self.max_entries + 1, row + 1))
+            matrix = np.zeros((grown, _DIM), dtype=np.float32)
+            matrix[: len(self._matrix)] = self._matrix
+            self._matrix = matrix
+        self._items.append(None)
+        return row
+
+    def _evict(self, row: int) -> None:
+        item = self._items[row]
+        del self._order[row]
+        self._items[row] = None
+        self._matrix[row] = 0.0  # an empty row never reaches a positive threshold
+        self._free.append(row)
+        if item is not None:
+            self.bytes -= item.size

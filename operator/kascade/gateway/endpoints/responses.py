@@ -39,10 +39,15 @@ def expert_stream_writer(
         response = web.StreamResponse(headers=sse_headers(d))
         streamed.append(response)
         await response.prepare(http)
-        async for line in upstream.content:
-            out = translator.feed(line)
-            if out is not None:
-                await response.write(out)
+        try:
+            async for line in start.lines:
+                out = translator.feed(line)
+                if out is not None:
+                    await response.write(out)
+        except escalation.UpstreamCut as cut:
+            # The gateway ends the stream: the client learns why, then [DONE].
+            await sse.write_error_end(response, code=cut.kind, expert=start.expert)
+            raise
         await response.write_eof()
         d.tool_calls = tuple(translator.tool_names)
         d.tool_arguments = tuple(translator.tool_arguments)

@@ -17,9 +17,10 @@ from aiohttp import web
 from kascade.gateway import config as config_mod
 from kascade.gateway import ledger, runtime
 from kascade.gateway.cache import shared as shared_cache
-from kascade.gateway.endpoints import errors, feedback, inbound, status
+from kascade.gateway.endpoints import errors, feedback, inbound, readiness, status
 from kascade.gateway.experts import escalation, providers
 from kascade.gateway.observe import audit as audit_mod
+from kascade.gateway.observe import loop as loop_monitor
 from kascade.gateway.observe import metrics as metrics_mod
 from kascade.gateway.route import pipeline, pressure
 
@@ -100,8 +101,8 @@ async def _healthz(http: web.Request) -> web.Response:
 
 
 async def _readyz(http: web.Request) -> web.Response:
-    state = http.app[STATE]
-    return web.Response(text="ready" if state.runtime.policies is not None else "not ready")
+    ready, detail = await readiness.check(http.app[STATE])
+    return _json({"ready": ready, **detail}, status=200 if ready else 503)
 
 
 async def _metrics(http: web.Request) -> web.Response:
@@ -154,7 +155,9 @@ def build_app(
     async def lifecycle(app: web.Application) -> Any:
         checkpoint = config.ledger.checkpoint_path
         ledger_backend, throttle = ledger.open_backends(
-            url=config.ledger.url, checkpoint_path=Path(checkpoint) if checkpoint else None
+            url=config.ledger.url,
+            checkpoint_path=Path(checkpoint) if checkpoint else None,
+            reservation_ttl_s=config.ledger.reservation_ttl_seconds,
         )
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
@@ -181,15 +184,18 @@ def build_app(
             # Replicas sharing a Redis ledger also share exact-cache answers.
             state.shared_cache = shared_cache.SharedExactCache(url=url, namespace=config.namespace)
         app[STATE] = state
+        monitor = asyncio.get_running_loop().create_task(loop_monitor.watch(metrics))
         watcher_task = None
         if config_path is not None:
             watcher = ConfigWatcher(path=config_path, state=state)
             watcher_task = asyncio.get_running_loop().create_task(watcher.run())
         yield
+        monitor.cancel()
         if watcher_task is not None:
             watcher_task.cancel()
         if state.shared_cache is not None:
             await state.shared_cache.close()
+        await escalator.close()  # settlements of cancelled calls finish before the ledger
         await session.close()
         await ledger_backend.close()
         await throttle.close()

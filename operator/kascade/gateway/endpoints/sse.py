@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
+
+from aiohttp import web
 
 
 def chunks_from_completion(completion: dict[str, Any]) -> list[bytes]:
@@ -38,3 +41,17 @@ def chunks_from_completion(completion: dict[str, Any]) -> list[bytes]:
 
 def _event(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def error_event(*, code: str, message: str) -> bytes:
+    """An OpenAI-style error event, sent when a stream cannot finish."""
+    return _event({"error": {"message": message, "type": "server_error", "code": code}})
+
+
+async def write_error_end(response: web.StreamResponse, *, code: str, expert: str) -> None:
+    """Ends a started stream with an error event and [DONE] (the client may be gone)."""
+    message = f"The stream from expert {expert} was cut by the gateway ({code})."
+    with contextlib.suppress(OSError, RuntimeError):
+        await response.write(error_event(code=code, message=message))
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()

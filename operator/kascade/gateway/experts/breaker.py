@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import time
+from collections.abc import Callable
 from typing import Literal
 
 from kascade.gateway import config as config_mod
@@ -10,45 +12,97 @@ from kascade.gateway import config as config_mod
 State = Literal["closed", "open", "half-open"]
 
 
-class CircuitBreaker:
-    """Opens after `failureThreshold` consecutive failures, rejects for `openSeconds`,
-    then lets `halfOpenMaxRequests` trial calls through; one success closes it, one
-    failure re-opens it."""
+class Slot:
+    """One call the breaker let through; end it exactly once.
 
-    def __init__(self, *, config: config_mod.CircuitBreakerConfig) -> None:
+    ``success()`` / ``failure()`` report the call; ``release()`` (safe to call in a
+    ``finally`` after either) gives a half-open trial back when the call ended any
+    other way (cancelled, client gone, refused before sending), so a trial can never
+    leak and leave the expert shut out of this replica.
+    """
+
+    __slots__ = ("_breaker", "_done", "_epoch", "_trial")
+
+    def __init__(self, breaker: CircuitBreaker, *, trial: bool, epoch: int) -> None:
+        self._breaker = breaker
+        self._trial = trial
+        self._epoch = epoch
+        self._done = False
+
+    def success(self) -> None:
+        if not self._done:
+            self._done = True
+            self._breaker.record_success()
+
+    def failure(self) -> None:
+        if not self._done:
+            self._done = True
+            self._breaker.record_failure()
+
+    def release(self) -> None:
+        if not self._done:
+            self._done = True
+            if self._trial:
+                self._breaker.release_trial(epoch=self._epoch)
+
+
+class CircuitBreaker:
+    """Opens after `failureThreshold` failures (consecutive, or within `windowSeconds`),
+    rejects for `openSeconds`, then lets `halfOpenMaxRequests` trial calls through;
+    one success closes it, one failure re-opens it."""
+
+    def __init__(
+        self,
+        *,
+        config: config_mod.CircuitBreakerConfig,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
+        self._clock = clock
         self._state: State = "closed"
-        self._failures = 0
+        self._failures: collections.deque[float] = collections.deque()
         self._opened_at = 0.0
         self._trials = 0
+        # Bumped whenever trials are reset, so a slot from an earlier half-open period
+        # cannot give back a trial of the current one.
+        self._epoch = 0
 
     @property
     def state(self) -> State:
-        if self._state == "open" and time.monotonic() - self._opened_at >= (
-            self.config.open_seconds
-        ):
+        if self._state == "open" and self._clock() - self._opened_at >= (self.config.open_seconds):
             self._state = "half-open"
-            self._trials = 0
+            self._reset_trials()
         return self._state
+
+    def _reset_trials(self) -> None:
+        self._trials = 0
+        self._epoch += 1
 
     @property
     def consecutive_failures(self) -> int:
-        return self._failures
+        self._forget_old()
+        return len(self._failures)
+
+    @property
+    def trials_in_use(self) -> int:
+        return self._trials if self.state == "half-open" else 0
 
     def reconfigure(self, *, config: config_mod.CircuitBreakerConfig) -> None:
         self.config = config
 
-    def allow(self) -> bool:
-        """True when a call may go out now (and counts a half-open trial)."""
+    def acquire(self) -> Slot | None:
+        """A slot when a call may go out now (a half-open trial counts), else None."""
         state = self.state
         if state == "closed":
-            return True
-        if state == "open":
-            return False
-        if self._trials < self.config.half_open_max_requests:
-            self._trials += 1
-            return True
-        return False
+            return Slot(self, trial=False, epoch=self._epoch)
+        if state == "open" or self._trials >= self.config.half_open_max_requests:
+            return None
+        self._trials += 1
+        return Slot(self, trial=True, epoch=self._epoch)
+
+    def allow(self) -> bool:
+        """True when a call may go out now (and counts a half-open trial)."""
+        return self.acquire() is not None
 
     def available(self) -> bool:
         """Like allow(), without taking a half-open trial slot."""
@@ -57,19 +111,37 @@ class CircuitBreaker:
             state == "half-open" and self._trials < self.config.half_open_max_requests
         )
 
+    def _forget_old(self) -> None:
+        window = self.config.window_seconds
+        if window is None:
+            return
+        cutoff = self._clock() - window
+        while self._failures and self._failures[0] <= cutoff:
+            self._failures.popleft()
+
     def record_success(self) -> None:
-        self._state = "closed"
-        self._failures = 0
-        self._trials = 0
+        if self._state != "closed":
+            self._state = "closed"
+            self._reset_trials()
+        if self.config.window_seconds is None:
+            self._failures.clear()  # consecutive counting: a success resets it
 
     def record_failure(self) -> None:
-        self._failures += 1
-        if self._state == "half-open" or self._failures >= self.config.failure_threshold:
+        now = self._clock()
+        self._failures.append(now)
+        self._forget_old()
+        threshold = self.config.failure_threshold
+        while len(self._failures) > threshold:  # only the last `threshold` matter
+            self._failures.popleft()
+        if self._state == "half-open" or len(self._failures) >= threshold:
             self._state = "open"
-            self._opened_at = time.monotonic()
-            self._trials = 0
+            self._opened_at = now
+            self._failures.clear()
+            self._reset_trials()
 
-    def release_trial(self) -> None:
-        """Gives a half-open trial slot back when the call never went out."""
+    def release_trial(self, *, epoch: int | None = None) -> None:
+        """Gives a half-open trial slot back when the call did not report."""
+        if epoch is not None and epoch != self._epoch:
+            return
         if self._state == "half-open" and self._trials > 0:
             self._trials -= 1

@@ -21,7 +21,7 @@ from kascade.gateway.ledger._errors import (
 from kascade.gateway.ledger._factory import open_backends
 from kascade.gateway.ledger._memory_ledger import MemoryLedger
 from kascade.gateway.ledger._memory_throttle import MemoryThrottle
-from kascade.gateway.ledger._money import nanos_to_usd, usd_to_nanos
+from kascade.gateway.ledger._money import MAX_NANOS, nanos_to_usd, usd_to_nanos
 from kascade.gateway.ledger._protocols import Ledger, Throttle
 from kascade.gateway.ledger._records import (
     Budget,
@@ -36,6 +36,7 @@ from kascade.gateway.ledger._redis_ledger import RedisLedger
 from kascade.gateway.ledger._redis_throttle import RedisThrottle
 
 __all__ = [
+    "MAX_NANOS",
     "Budget",
     "BudgetExhausted",
     "Ledger",

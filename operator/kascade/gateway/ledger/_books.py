@@ -8,8 +8,10 @@ backends share one set of semantics:
   which is never earlier than the reservation: conservative);
 - outstanding reservations per window key, each with an expiry; an expired
   reservation becomes spend at its worst-case amount;
-- tombstones of finished reservations, so settle/release are idempotent and a late
-  settle of an expired reservation corrects the worst case to the actual cost.
+- tombstones of *expired* reservations only, so a late settle of an expired
+  reservation corrects the worst case to the actual cost once. A settled or released
+  reservation leaves nothing behind (a second settle/release finds neither a hold nor
+  a tombstone and changes nothing), so memory does not grow with traffic.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from kascade.gateway.ledger import _windows
 
 DoneState = Literal["settled", "released", "expired"]
 
-# Finished reservations are remembered this long, for idempotent settle/release.
+# Expired reservations are remembered this long, for a late settle to correct them.
 DONE_KEEP_S = 2 * 86_400
 
 
@@ -119,6 +121,9 @@ class Books:
     def _finish(
         self, rid: str, *, state: DoneState, charged: int, window_key: str, minute: int, now: float
     ) -> None:
+        if state != "expired":
+            self.done.pop(rid, None)  # nothing left to correct: no tombstone
+            return
         forget_at = now + DONE_KEEP_S
         self.done[rid] = Done(state, charged, window_key, minute, forget_at)
         self.done_order.append((forget_at, rid))

@@ -106,7 +106,13 @@ local function unhold(id, amount, wk)
   if left <= 0 then redis.call('HDEL', base .. 'reserved', wk) end
 end
 
+-- Only expired reservations keep a tombstone (see _books.py).
 local function finish(id, state, charged, wk, m, now)
+  if state ~= 'expired' then
+    redis.call('HDEL', base .. 'done', id)
+    redis.call('ZREM', base .. 'forget', id)
+    return
+  end
   local forget_at = now + DONE_KEEP
   redis.call('HSET', base .. 'done', id,
     state .. '|' .. fmt(charged) .. '|' .. wk .. '|' .. fmt(m))

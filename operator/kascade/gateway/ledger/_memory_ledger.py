@@ -81,7 +81,7 @@ class MemoryLedger:
         rid = _records.new_reservation_id(request_id)
         books = self._expert_books(expert)
         now = self._clock()
-        key = _windows.window_key(window=budget.window, now=now)
+        key = _windows.window_key(window=budget.window, now=now, tz=budget.time_zone)
         ok, spent, reserved = books.try_reserve(
             rid=rid,
             window_key=key,
@@ -125,7 +125,7 @@ class MemoryLedger:
         self._check_open()
         books = self._expert_books(expert)
         now = self._clock()
-        key = _windows.window_key(window=budget.window, now=now)
+        key = _windows.window_key(window=budget.window, now=now, tz=budget.time_zone)
         if books.sweep(now):
             self._changed()
         spent = books.spent(window_key=key, now=now)
@@ -133,7 +133,7 @@ class MemoryLedger:
         return _records.SpendSnapshot(
             expert=expert,
             window=budget.window,
-            window_start=_windows.window_start(window=budget.window, now=now),
+            window_start=_windows.window_start(window=budget.window, now=now, tz=budget.time_zone),
             limit_nanos=budget.limit_nanos,
             spent_nanos=spent,
             reserved_nanos=reserved,

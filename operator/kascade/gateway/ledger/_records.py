@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import zoneinfo
 from typing import Literal, get_args
 
 from kascade.gateway.ledger import _money
 
 Window = Literal["rolling-24h", "calendar-day", "calendar-month"]
-"""Budget windows; calendar windows are in UTC."""
+"""Budget windows; calendar windows start at midnight in the budget's time zone."""
 
 WINDOWS: tuple[str, ...] = get_args(Window)
 
@@ -61,11 +62,20 @@ class Budget:
 
     limit_nanos: int
     window: Window
+    time_zone: str = "UTC"
+    """IANA zone in which calendar windows start."""
 
     def __post_init__(self) -> None:
         check_nanos("Budget.limit_nanos", self.limit_nanos)
         if self.window not in WINDOWS:
             raise ValueError(f"Budget.window {self.window!r} is not one of {', '.join(WINDOWS)}")
+        try:
+            zoneinfo.ZoneInfo(self.time_zone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+            raise ValueError(
+                f"Budget.time_zone {self.time_zone!r} is not an IANA time zone "
+                "(e.g. UTC or Europe/Berlin)"
+            ) from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,7 +58,7 @@ class RedisLedger:
         rid = _records.new_reservation_id(request_id)
         base = self._base(expert)
         now = self._clock()
-        key = _windows.window_key(window=budget.window, now=now)
+        key = _windows.window_key(window=budget.window, now=now, tz=budget.time_zone)
         admitted, spent, reserved = await self._conn.call(
             _RESERVE,
             key=base,
@@ -97,13 +97,13 @@ class RedisLedger:
         """Spend, reservations and remaining money in the current window of ``budget``."""
         base = self._base(expert)
         now = self._clock()
-        key = _windows.window_key(window=budget.window, now=now)
+        key = _windows.window_key(window=budget.window, now=now, tz=budget.time_zone)
         spent_s, reserved_s = await self._conn.call(_SNAPSHOT, key=base, args=[key, repr(now)])
         spent, reserved = int(spent_s), int(reserved_s)
         return _records.SpendSnapshot(
             expert=expert,
             window=budget.window,
-            window_start=_windows.window_start(window=budget.window, now=now),
+            window_start=_windows.window_start(window=budget.window, now=now, tz=budget.time_zone),
             limit_nanos=budget.limit_nanos,
             spent_nanos=spent,
             reserved_nanos=reserved,

@@ -1,7 +1,8 @@
 """Budget windows: which window a moment falls in, and when it started.
 
-Calendar windows are keyed by their UTC date (``day:2026-11-27``, ``month:2026-11``),
-so the key changes exactly at the UTC boundary and spend of the previous window
+Calendar windows are keyed by their date in the budget's time zone (``day:2026-11-27``,
+``month:2026-11``; UTC unless the budget names an IANA zone), so the key changes
+exactly at local midnight (daylight saving included) and spend of the previous window
 simply stops counting. The rolling window has one constant key; its spend is kept in
 one-minute buckets that age out (see ``docs/ledger.md``).
 """
@@ -9,7 +10,10 @@ one-minute buckets that age out (see ``docs/ledger.md``).
 from __future__ import annotations
 
 import calendar
+import datetime
+import functools
 import time
+import zoneinfo
 
 ROLLING_KEY = "rolling-24h"
 ROLLING_SPAN_S = 86_400
@@ -25,11 +29,22 @@ DAY_KEEP_S = 3 * 86_400
 MONTH_KEEP_S = 70 * 86_400
 
 
-def window_key(*, window: str, now: float) -> str:
-    """The key of the window that contains ``now``."""
+@functools.lru_cache(maxsize=64)
+def _zone(name: str) -> zoneinfo.ZoneInfo:
+    return zoneinfo.ZoneInfo(name)
+
+
+def _local(now: float, tz: str) -> time.struct_time:
+    if tz == "UTC":
+        return time.gmtime(now)
+    return datetime.datetime.fromtimestamp(now, _zone(tz)).timetuple()
+
+
+def window_key(*, window: str, now: float, tz: str = "UTC") -> str:
+    """The key of the window that contains ``now`` (calendar windows in zone ``tz``)."""
     if window == "rolling-24h":
         return ROLLING_KEY
-    t = time.gmtime(now)
+    t = _local(now, tz)
     if window == "calendar-day":
         return f"day:{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
     if window == "calendar-month":
@@ -37,16 +52,21 @@ def window_key(*, window: str, now: float) -> str:
     raise ValueError(f"unknown budget window {window!r}")
 
 
-def window_start(*, window: str, now: float) -> float:
-    """The UTC start of the window containing ``now`` (``now - 24h`` when rolling)."""
+def window_start(*, window: str, now: float, tz: str = "UTC") -> float:
+    """The start (epoch seconds) of the window containing ``now`` (``now - 24h`` when
+    rolling; local midnight in zone ``tz`` for calendar windows)."""
     if window == "rolling-24h":
         return now - ROLLING_SPAN_S
-    t = time.gmtime(now)
+    t = _local(now, tz)
     if window == "calendar-day":
-        return float(calendar.timegm((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0)))
-    if window == "calendar-month":
-        return float(calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0)))
-    raise ValueError(f"unknown budget window {window!r}")
+        day = t.tm_mday
+    elif window == "calendar-month":
+        day = 1
+    else:
+        raise ValueError(f"unknown budget window {window!r}")
+    if tz == "UTC":
+        return float(calendar.timegm((t.tm_year, t.tm_mon, day, 0, 0, 0)))
+    return datetime.datetime(t.tm_year, t.tm_mon, day, tzinfo=_zone(tz)).timestamp()
 
 
 def keep_seconds(key: str) -> int:

@@ -125,6 +125,35 @@ class Metrics:
             registry=r,
         )
 
+        # Billing (docs/ledger.md): how each expert attempt was settled, and the two
+        # signals that something is off: a Retry-After cut to the cap, and reported
+        # usage above the worst case that was reserved (a bug in the bound, or a
+        # provider reporting what no request could produce).
+        self.settlements = Counter(
+            "kascade_expert_settlements_total",
+            "Expert attempts by settlement: usage (reported), worst_case, released.",
+            ["expert", "settlement"],
+            registry=r,
+        )
+        self.retry_after_capped = Counter(
+            "kascade_expert_retry_after_capped_total",
+            "Upstream Retry-After values longer than retries.maxRetryAfterSeconds.",
+            ["expert"],
+            registry=r,
+        )
+        self.usage_above_reservation = Counter(
+            "kascade_expert_usage_above_reservation_total",
+            "Attempts whose reported usage cost more than their reserved worst case.",
+            ["expert"],
+            registry=r,
+        )
+
+        self.loop_stall_max = Gauge(
+            "kascade_event_loop_stall_max_seconds",
+            "Longest event-loop stall of this process (a 10 ms timer late, on CPU).",
+            registry=r,
+        )
+
     def observe_request(self, *, policy: str, route: str, reason: str, seconds: float) -> None:
         """Counts one request and its duration (label children are cached: the
         prometheus_client label lookup takes a lock and costs more than the update)."""

@@ -17,7 +17,7 @@ from kascade.gateway import runtime
 from kascade.gateway.cache import memory as cache_mod
 from kascade.gateway.cache import shared as shared_cache_mod
 from kascade.gateway.endpoints import errors, inbound, responses
-from kascade.gateway.experts import escalation
+from kascade.gateway.experts import capabilities, escalation
 from kascade.gateway.observe import audit as audit_mod
 from kascade.gateway.observe import metrics as metrics_mod
 from kascade.gateway.observe import record
@@ -282,6 +282,7 @@ async def _escalate(
         prompt_estimate=chat.prompt_estimate,
         raw_personal_data=raw_pii,
         max_cost_nanos=d.policy.max_cost_nanos,
+        needs=capabilities.required(chat.body),
     )
     ordered = state.escalator.order(experts=experts, selection=cfg.selection, call=call)
     streamed: list[web.StreamResponse] = []

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kascade.gateway.endpoints import errors
-from kascade.gateway.route import parameters
+from kascade.gateway.route import bounds, parameters
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 _NUMBER_BOUNDS = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0)}
@@ -36,6 +36,14 @@ def _bad(message: str, *, param: str | None, code: str = "invalid_value") -> err
     return errors.ApiError(status=400, message=message, param=param, code=code)
 
 
+def _too_deep(path: str) -> errors.ApiError:
+    return _bad(
+        f"`{path}` nests JSON deeper than {bounds.MAX_DEPTH} levels.",
+        param=path,
+        code="too_deep",
+    )
+
+
 def text_of(content: object) -> str:
     """The text of a message content (string or list of text parts)."""
     if isinstance(content, str):
@@ -53,8 +61,14 @@ def parse(raw: bytes) -> ChatRequest:
         raise _bad(
             f"Request body is not valid JSON: {exc}", param=None, code="invalid_json"
         ) from None
+    except RecursionError:
+        raise _too_deep(bounds.top_level_key(raw) or "<body>") from None
     if not isinstance(body, dict):
         raise _bad("Request body must be a JSON object.", param=None, code="invalid_type")
+    try:
+        bounds.check_depth(body)
+    except bounds.TooDeep as exc:
+        raise _too_deep(exc.path) from None
     parameters.check_known(body)
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -91,6 +105,11 @@ def parse(raw: bytes) -> ChatRequest:
         not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
     ):
         raise _bad("`max_tokens` must be a positive integer.", param="max_tokens")
+    if max_tokens is not None and max_tokens > bounds.MAX_TOKENS:
+        raise _bad(
+            f"`max_tokens` must be at most {bounds.MAX_TOKENS}, got {max_tokens}.",
+            param="max_tokens",
+        )
     for key, (low, high) in _NUMBER_BOUNDS.items():
         value = body.get(key)
         if value is not None and (
