@@ -24,7 +24,7 @@ from kascade.gateway.endpoints import inbound
 from kascade.gateway.route import pipeline
 from kascade.gateway.route import pressure
 from kascade.gateway.experts import providers
-from kascade.gateway.cache.memory import shared as shared_cache
+from kascade.gateway.cache import shared as shared_cache
 from kascade.gateway.endpoints import status
 from kascade.gateway.observe import metrics as metrics_mod
 

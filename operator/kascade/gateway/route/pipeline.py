@@ -14,7 +14,7 @@ import aiohttp
 from aiohttp import web
 
 from kascade.gateway.observe import audit as audit_mod
-from kascade.gateway.cache.memory import memory as cache_mod
+from kascade.gateway.cache import memory as cache_mod
 from kascade.gateway.route import confidence as confidence_mod
 from kascade.gateway.route import decision as decision_mod
 from kascade.gateway import runtime
@@ -28,7 +28,7 @@ from kascade.gateway.route import request
 from kascade.gateway.endpoints import responses
 from kascade.gateway.route import rules
 from kascade.gateway.observe import metrics as metrics_mod
-from kascade.gateway.cache.memory import shared as shared_cache_mod
+from kascade.gateway.cache import shared as shared_cache_mod
 
 log = logging.getLogger("kascade.gateway")
 
