@@ -23,9 +23,9 @@ from typing import Any
 
 import aiohttp
 
-from kascade.gateway.experts import breaker as breaker_mod
 from kascade.gateway import config as config_mod
 from kascade.gateway import ledger
+from kascade.gateway.experts import breaker as breaker_mod
 from kascade.gateway.experts import providers
 from kascade.gateway.observe import metrics as metrics_mod
 
@@ -117,6 +117,8 @@ class Outcome:
     streamed: bool = False
     attempts: list[dict[str, Any]] = field(default_factory=list)
     ledger_unavailable: bool = False
+    tenant_budget_exhausted: bool = False
+    """The caller's tenant budget could not hold an attempt's worst case."""
     budget_rejected: bool = False
 
     @property
@@ -173,6 +175,8 @@ class Call:
     """Typical prompt tokens (chars / 4): used for context limits and TPM."""
     raw_personal_data: bool
     max_cost_nanos: int | None
+    also_books: tuple[ledger.Book, ...] = ()
+    """Other budgets (the caller's tenant) reserved atomically with each expert's."""
 
 
 class Escalator:
@@ -260,8 +264,12 @@ class Escalator:
                 budget=expert.budget,
                 amount_nanos=worst,
                 request_id=call.request_id,
+                also=call.also_books,
             )
-        except ledger.BudgetExhausted:
+        except ledger.BudgetExhausted as exc:
+            if exc.expert != expert.name:  # the tenant's book refused, not the expert's
+                outcome.tenant_budget_exhausted = True
+                return "tenant_budget_exhausted"
             return "budget_exhausted"
         except ledger.LedgerUnavailable:
             outcome.ledger_unavailable = True

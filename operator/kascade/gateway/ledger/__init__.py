@@ -24,6 +24,7 @@ from kascade.gateway.ledger._memory_throttle import MemoryThrottle
 from kascade.gateway.ledger._money import nanos_to_usd, usd_to_nanos
 from kascade.gateway.ledger._protocols import Ledger, Throttle
 from kascade.gateway.ledger._records import (
+    Book,
     Budget,
     Permit,
     Reservation,
@@ -36,6 +37,7 @@ from kascade.gateway.ledger._redis_ledger import RedisLedger
 from kascade.gateway.ledger._redis_throttle import RedisThrottle
 
 __all__ = [
+    "Book",
     "Budget",
     "BudgetExhausted",
     "Ledger",

@@ -18,20 +18,25 @@ def open_backends(
     *,
     url: str | None,
     checkpoint_path: Path | None,
+    key_prefix: str = "kascade:",
 ) -> tuple[_protocols.Ledger, _protocols.Throttle]:
     """The ledger and throttle for ``url``.
 
     ``None`` or ``"memory://"`` gives the in-memory backends (one replica; spend
     checkpointed to ``checkpoint_path`` if given); ``redis://``, ``rediss://`` or
     ``unix://`` gives the Redis backends shared by all replicas (``checkpoint_path``
-    is ignored: Redis persists). Nothing connects until the first call.
+    is ignored: Redis persists; every key starts with ``key_prefix``). Nothing connects
+    until the first call.
     """
     if url is None or url == "memory://":
         return _memory_ledger.MemoryLedger(checkpoint_path=checkpoint_path), (
             _memory_throttle.MemoryThrottle()
         )
     if url.startswith(("redis://", "rediss://", "unix://")):
-        return _redis_ledger.RedisLedger(url=url), _redis_throttle.RedisThrottle(url=url)
+        return (
+            _redis_ledger.RedisLedger(url=url, key_prefix=key_prefix),
+            _redis_throttle.RedisThrottle(url=url, key_prefix=key_prefix),
+        )
     raise ValueError(
         f"ledger URL {_redis_conn.redact_url(url)!r} is not supported: use 'memory://' "
         "(or none) for one replica, or 'redis://host:port/db' / 'rediss://…' for several"

@@ -107,6 +107,26 @@ class Metrics:
             ["policy", "rating"],
             registry=r,
         )
+        # `tenant` is a declared Tenant name, `anonymous` or `authenticated` (flat
+        # `auth` keys): never caller-supplied text, so its cardinality is bounded.
+        self.tenant_requests = Counter(
+            "kascade_tenant_requests_total",
+            "Chat completion requests by tenant, policy and route.",
+            ["tenant", "policy", "route"],
+            registry=r,
+        )
+        self.tenant_escalations = Counter(
+            "kascade_tenant_escalations_total",
+            "Answered escalations to cloud experts by tenant and expert.",
+            ["tenant", "expert"],
+            registry=r,
+        )
+        self.tenant_cost = Counter(
+            "kascade_tenant_cost_usd_total",
+            "USD spent on cloud experts by tenant (settled actual cost).",
+            ["tenant"],
+            registry=r,
+        )
 
     def observe_request(self, *, policy: str, route: str, reason: str, seconds: float) -> None:
         """Counts one request and its duration (label children are cached: the
@@ -142,6 +162,16 @@ class Metrics:
         self.pool_escalations.labels(pool, reason).inc()
         if usd > 0:
             self.pool_escalation_cost.labels(pool, reason).inc(usd)
+
+    def observe_tenant(
+        self, *, tenant: str, policy: str, route: str, expert: str | None, usd: float
+    ) -> None:
+        """Counts one request of a tenant, its escalation and its cost."""
+        self.tenant_requests.labels(tenant, policy, route).inc()
+        if expert is not None:
+            self.tenant_escalations.labels(tenant, expert).inc()
+        if usd > 0:
+            self.tenant_cost.labels(tenant).inc(usd)
 
     def render(self) -> bytes:
         """The text exposition format."""

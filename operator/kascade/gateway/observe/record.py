@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from kascade.gateway.observe import audit as audit_mod
-from kascade.gateway.route import decision as decision_mod
 from kascade.gateway.observe import metrics as metrics_mod
+from kascade.gateway.route import decision as decision_mod
 from kascade.gateway.route import request
 
 
@@ -23,6 +23,13 @@ def record(
     m = metrics
     route_label = d.route if not d.route.startswith("expert:") else "expert"
     m.observe_request(policy=d.policy.name, route=route_label, reason=d.reason, seconds=elapsed)
+    m.observe_tenant(
+        tenant=d.caller.label,
+        policy=d.policy.name,
+        route=route_label,
+        expert=d.outcome.expert if d.outcome else None,
+        usd=d.cost_nanos / 1_000_000_000,
+    )
     if d.confidence is not None and d.cache in ("off", "miss"):
         m.confidence.labels(d.policy.name).observe(d.confidence)
     if not d.policy.config.audit.enabled or not audit.enabled:
@@ -33,6 +40,7 @@ def record(
             "type": "request",
             "request_id": d.request_id,
             "policy": d.policy.name,
+            "tenant": d.caller.label,
             "generation": d.policy.config.generation,
             "status": status,
             "route": d.route,

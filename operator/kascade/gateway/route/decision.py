@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kascade.gateway.cache import memory as cache_mod
 from kascade.gateway import ledger, runtime
+from kascade.gateway.cache import memory as cache_mod
 from kascade.gateway.experts import escalation
+from kascade.gateway.tenants import access
 
 
 def usd_text(nanos: int) -> str:
@@ -38,6 +39,8 @@ class Decision:
     """The pool whose local pass this request used (or would have used)."""
     privacy: str | None = None
     """What was done about detected personal data, e.g. ``redacted:email,phone``."""
+    caller: access.Caller = access.ANONYMOUS_CALLER
+    """Who sent the request (its tenant, if any)."""
 
     def headers(self) -> dict[str, str]:
         h = {
@@ -45,6 +48,7 @@ class Decision:
             "x-kascade-route": self.route,
             "x-kascade-reason": self.reason,
             "x-kascade-cost-usd": usd_text(self.cost_nanos),
+            "x-kascade-tenant": self.caller.label,
         }
         if self.confidence is not None:
             h["x-kascade-confidence"] = f"{self.confidence:.4f}"
