@@ -83,16 +83,18 @@ class MemoryLedger:
         rid = _records.new_reservation_id(request_id)
         now = self._clock()
         key = _windows.window_key(window=budget.window, now=now)
-        targets = [_joint.Target(expert, self._expert_books(expert), key, budget.limit_nanos)]
-        for book in also:
-            targets.append(
-                _joint.Target(
-                    book.name,
-                    self._expert_books(book.name),
-                    _windows.window_key(window=book.budget.window, now=now),
-                    book.budget.limit_nanos,
-                )
+        # The other books first: when several are full, the caller's own (the tenant's)
+        # is the one named in the refusal.
+        targets = [
+            _joint.Target(
+                book.name,
+                self._expert_books(book.name),
+                _windows.window_key(window=book.budget.window, now=now),
+                book.budget.limit_nanos,
             )
+            for book in also
+        ]
+        targets.append(_joint.Target(expert, self._expert_books(expert), key, budget.limit_nanos))
         refusal = _joint.hold_all(targets, rid=rid, amount=amount_nanos, now=now, ttl=self._ttl)
         if refusal is not None:
             raise _errors.BudgetExhausted(

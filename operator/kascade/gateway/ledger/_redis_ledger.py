@@ -68,7 +68,7 @@ class RedisLedger:
         key = _windows.window_key(window=budget.window, now=now)
         if also:
             await self._reserve_joint(
-                expert=expert, budget=budget, key=key, also=also, rid=rid, amount=amount_nanos,
+                expert=expert, budget=budget, also=also, rid=rid, amount=amount_nanos,
                 now=now,
             )  # fmt: skip
         else:
@@ -106,23 +106,21 @@ class RedisLedger:
         *,
         expert: str,
         budget: _records.Budget,
-        key: str,
         also: tuple[_records.Book, ...],
         rid: str,
         amount: int,
         now: float,
     ) -> None:
-        names = [expert, *(book.name for book in also)]
-        budgets = [budget, *(book.budget for book in also)]
+        # The other books first: when several are full, the caller's own (the tenant's)
+        # is the one named in the refusal.
+        names = [*(book.name for book in also), expert]
+        budgets = [*(book.budget for book in also), budget]
         args: list[str | int | float] = [amount, rid, repr(now), repr(float(self._ttl))]
-        for i, b in enumerate(budgets):
-            args += [
-                key if i == 0 else _windows.window_key(window=b.window, now=now),
-                b.limit_nanos,
-            ]
+        for b in budgets:
+            args += [_windows.window_key(window=b.window, now=now), b.limit_nanos]
         result = await self._conn.call(
             _RESERVE_JOINT,
-            key=self._base(expert),
+            key=self._base(names[0]),
             more_keys=tuple(self._base(n) for n in names[1:]),
             args=args,
         )
