@@ -36,12 +36,14 @@ async def test_refusal_by_either_book_holds_nothing_anywhere(make_ledger) -> Non
         )
     assert await _held(led, "e1", EXPERT) == (0, 300)
     assert await _held(led, "tenant/a", TENANT_A.budget) == (0, 300)
-    # The expert refuses (300 + 800 > 1000): the tenant's book must not keep a hold.
+    # The expert refuses (300 + 600 + 200 > 1000): the tenant's book must not keep a hold.
+    other = await led.reserve(expert="e1", budget=EXPERT, amount_nanos=600, request_id="r3")
     with pytest.raises(ledger.BudgetExhausted, match="'e1'"):
         await led.reserve(
-            expert="e1", budget=EXPERT, amount_nanos=800, request_id="r3", also=(TENANT_B,)
+            expert="e1", budget=EXPERT, amount_nanos=200, request_id="r4", also=(TENANT_B,)
         )
     assert await _held(led, "tenant/b", TENANT_B.budget) == (0, 0)
+    await led.release(other)
     await led.settle(first, actual_nanos=120)
     await led.settle(first, actual_nanos=999)  # idempotent
     assert await _held(led, "e1", EXPERT) == (120, 0)
