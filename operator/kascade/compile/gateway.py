@@ -17,6 +17,10 @@ from kascade.gateway import config as gw
 
 # Where the operator mounts each referenced Secret in the gateway pod.
 SECRETS_MOUNT = "/var/run/kascade/secrets"
+# Where each Tenant's keys Secret is mounted whole: one file per key.
+TENANTS_MOUNT = "/var/run/kascade/tenants"
+# Where the Redis Secret (keys `url` and optionally `password`) is mounted.
+REDIS_MOUNT = "/var/run/kascade/redis"
 
 # Defaults of the public providers when a CloudExpert leaves `endpoint` unset.
 DEFAULT_ENDPOINTS = {
@@ -48,6 +52,45 @@ def secret_env_var(ref: v1alpha1.SecretKeyRef) -> str:
 def secret_file(ref: v1alpha1.SecretKeyRef, *, root: str = SECRETS_MOUNT) -> str:
     """The file a Secret key is mounted at in the gateway pod."""
     return f"{root}/{ref.name}/{ref.key}"
+
+
+def tenant_keys_env(secret: str) -> str:
+    """The environment variable embedded mode reads a Tenant's keys from (comma separated).
+
+    ``secretRef: {name: team-a-keys}`` -> ``KASCADE_TENANT_KEYS_TEAM_A_KEYS``.
+    """
+    return re.sub(r"[^A-Za-z0-9]", "_", f"KASCADE_TENANT_KEYS_{secret}").upper()
+
+
+def tenant_config(
+    tenant: v1alpha1.Tenant, *, credentials: CredentialsMode, policies: Iterable[str]
+) -> gw.TenantConfig:
+    """A Tenant as the gateway sees it; policies it names that are not served are dropped."""
+    spec = tenant.spec
+    secret = spec.keys.secret_ref.name
+    keys = (
+        gw.TenantKeys(dir=f"{TENANTS_MOUNT}/{tenant.metadata.name}")
+        if credentials == "file"
+        else gw.TenantKeys(env=tenant_keys_env(secret))
+    )
+    served = set(policies)
+    return gw.TenantConfig(
+        keys=keys,
+        policies=None if spec.policies is None else [p for p in spec.policies if p in served],
+        budget=None
+        if spec.budget is None
+        else gw.TenantBudgetConfig(
+            limit_usd=spec.budget.limit_usd,
+            window=spec.budget.window,
+            on_exhausted=spec.budget.on_exhausted,
+        ),
+        rate_limits=gw.RateLimits(
+            requests_per_minute=spec.rate_limits.requests_per_minute,
+            tokens_per_minute=spec.rate_limits.tokens_per_minute,
+            max_concurrency=spec.rate_limits.max_concurrency,
+        ),
+        confidence_offset=spec.confidence_offset,
+    )
 
 
 def expert_config(expert: v1alpha1.CloudExpert, *, credentials: CredentialsMode) -> gw.ExpertConfig:
@@ -162,6 +205,7 @@ def policy_config(policy: v1alpha1.RoutingPolicy) -> gw.PolicyConfig:
                 threshold=spec.cache.semantic.threshold,
                 ttl_seconds=float(spec.cache.semantic.ttl_seconds),
             ),
+            shared_across_tenants=spec.cache.shared_across_tenants,
         ),
         fallback=gw.FallbackConfig(when_experts_unavailable=spec.fallback.when_experts_unavailable)
         if spec.fallback.message is None
@@ -171,6 +215,7 @@ def policy_config(policy: v1alpha1.RoutingPolicy) -> gw.PolicyConfig:
         ),
         max_cost_per_request_usd=spec.max_cost_per_request_usd,
         audit=gw.AuditConfig(enabled=spec.audit.enabled),
+        allow_anonymous=spec.allow_anonymous,
     )
 
 
@@ -197,8 +242,14 @@ def gateway_config(
     ledger_url: str | None = None,
     checkpoint_path: str | None = None,
     pool_timeout_seconds: Mapping[str, float] | None = None,
+    tenants: Iterable[v1alpha1.Tenant] = (),
+    require_api_key: bool = False,
+    redis_secret: bool = False,
 ) -> CompiledGateway:
-    """Compiles a namespace. Policies with missing references are left out and reported."""
+    """Compiles a namespace. Policies with missing references are left out and reported.
+
+    ``require_api_key`` refuses callers without a Tenant's key (the operator sets it);
+    ``redis_secret`` reads the Redis URL and password from the mounted Redis Secret."""
     pools_by_name = {p.metadata.name: p for p in pools}
     experts_by_name = {e.metadata.name: e for e in experts if not e.spec.suspend}
     all_experts = {e.metadata.name for e in experts}
@@ -219,9 +270,19 @@ def gateway_config(
     }
     used_experts = {e for p in compiled.values() for e in p.experts}
     timeouts = pool_timeout_seconds or {}
+    ledger = gw.LedgerConfig(url=ledger_url, checkpoint_path=checkpoint_path)
+    if redis_secret:
+        ledger = gw.LedgerConfig(
+            url_file=f"{REDIS_MOUNT}/url", password_file=f"{REDIS_MOUNT}/password"
+        )
     config = gw.GatewayConfig(
         namespace=namespace,
-        ledger=gw.LedgerConfig(url=ledger_url, checkpoint_path=checkpoint_path),
+        ledger=ledger,
+        require_api_key=require_api_key,
+        tenants={
+            t.metadata.name: tenant_config(t, credentials=credentials, policies=compiled)
+            for t in sorted(tenants, key=lambda t: t.metadata.name)
+        },
         pools={
             name: gw.PoolConfig(
                 endpoint=pool_endpoint(pools_by_name[name]),

@@ -49,7 +49,16 @@ def settings_from_env() -> resources.Settings:
         gateway_memory_limit=env.get("KASCADE_GATEWAY_MEMORY_LIMIT", defaults.gateway_memory_limit),
         gateway_hpa_max=int(env.get("KASCADE_GATEWAY_HPA_MAX", defaults.gateway_hpa_max)),
         redis_url=env.get("KASCADE_GATEWAY_REDIS_URL") or None,
+        redis_secret=env.get("KASCADE_GATEWAY_REDIS_SECRET") or None,
+        gateway_admitted_namespaces=_names(env.get("KASCADE_GATEWAY_ADMITTED_NAMESPACES")),
+        # The operator reads status and metrics on the admin port: its namespace is admitted.
+        gateway_admin_namespaces=_names(env.get("KASCADE_GATEWAY_ADMIN_NAMESPACES"))
+        + _names(env.get("KASCADE_OPERATOR_NAMESPACE")),
     )
+
+
+def _names(raw: str | None) -> tuple[str, ...]:
+    return tuple(n.strip() for n in (raw or "").split(",") if n.strip())
 
 
 RECONCILES = prometheus_client.Counter(
@@ -143,8 +152,18 @@ def policies(namespace: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, A
     return {namespace: _snapshot(body)}
 
 
+@kopf.index(GROUP, VERSION, "tenants")
+def tenants(namespace: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    return {namespace: _snapshot(body)}
+
+
 def _schedule_namespace(
-    memo: kopf.Memo, namespace: str, pools: kopf.Index, experts: kopf.Index, policies: kopf.Index
+    memo: kopf.Memo,
+    namespace: str,
+    pools: kopf.Index,
+    experts: kopf.Index,
+    policies: kopf.Index,
+    tenants: kopf.Index,
 ) -> None:
     async def run() -> None:
         # Read the indexes when the run starts, so a coalesced rerun sees the latest state.
@@ -154,6 +173,7 @@ def _schedule_namespace(
             pools=list(pools.get(namespace, [])),
             experts=list(experts.get(namespace, [])),
             policies=list(policies.get(namespace, [])),
+            tenants=list(tenants.get(namespace, [])),
         )
 
     memo.namespaces.trigger(f"namespace/{namespace}", run)
@@ -204,12 +224,13 @@ async def pool_event(
     pools: kopf.Index,
     experts: kopf.Index,
     policies: kopf.Index,
+    tenants: kopf.Index,
     **_: Any,
 ) -> None:
     if event["type"] != "DELETED":
         _schedule_pool(memo, namespace, _snapshot(body), policies)
     if _spec_changed(memo, event, body):
-        _schedule_namespace(memo, namespace, pools, experts, policies)
+        _schedule_namespace(memo, namespace, pools, experts, policies, tenants)
 
 
 @kopf.on.event(GROUP, VERSION, "cloudexperts")
@@ -221,12 +242,13 @@ async def expert_event(
     pools: kopf.Index,
     experts: kopf.Index,
     policies: kopf.Index,
+    tenants: kopf.Index,
     **_: Any,
 ) -> None:
     if event["type"] != "DELETED":
         _schedule_expert(memo, namespace, _snapshot(body))
     if _spec_changed(memo, event, body):
-        _schedule_namespace(memo, namespace, pools, experts, policies)
+        _schedule_namespace(memo, namespace, pools, experts, policies, tenants)
 
 
 @kopf.on.event(GROUP, VERSION, "routingpolicies")
@@ -238,10 +260,27 @@ async def policy_event(
     pools: kopf.Index,
     experts: kopf.Index,
     policies: kopf.Index,
+    tenants: kopf.Index,
     **_: Any,
 ) -> None:
     if _spec_changed(memo, event, body):
-        _schedule_namespace(memo, namespace, pools, experts, policies)
+        _schedule_namespace(memo, namespace, pools, experts, policies, tenants)
+
+
+@kopf.on.event(GROUP, VERSION, "tenants")
+async def tenant_event(
+    event: kopf.RawEvent,
+    body: kopf.Body,
+    namespace: str,
+    memo: kopf.Memo,
+    pools: kopf.Index,
+    experts: kopf.Index,
+    policies: kopf.Index,
+    tenants: kopf.Index,
+    **_: Any,
+) -> None:
+    if _spec_changed(memo, event, body):
+        _schedule_namespace(memo, namespace, pools, experts, policies, tenants)
 
 
 # KubeRay reports a pool's readiness on its RayService: mirror it into the pool at once.
@@ -267,10 +306,11 @@ async def child_event(
     pools: kopf.Index,
     experts: kopf.Index,
     policies: kopf.Index,
+    tenants: kopf.Index,
     **_: Any,
 ) -> None:
     if policies.get(namespace):
-        _schedule_namespace(memo, namespace, pools, experts, policies)
+        _schedule_namespace(memo, namespace, pools, experts, policies, tenants)
 
 
 # ----------------------------------------------------------------------------- timers
@@ -283,9 +323,10 @@ async def policy_resync(
     pools: kopf.Index,
     experts: kopf.Index,
     policies: kopf.Index,
+    tenants: kopf.Index,
     **_: Any,
 ) -> None:
-    _schedule_namespace(memo, namespace, pools, experts, policies)
+    _schedule_namespace(memo, namespace, pools, experts, policies, tenants)
 
 
 @kopf.timer(GROUP, VERSION, "cloudexperts", interval=RESYNC_SECONDS, initial_delay=5)

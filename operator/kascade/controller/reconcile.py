@@ -170,6 +170,7 @@ async def reconcile_namespace(
     pools: Sequence[dict[str, Any]],
     experts: Sequence[dict[str, Any]],
     policies: Sequence[dict[str, Any]],
+    tenants: Sequence[dict[str, Any]] = (),
 ) -> None:
     """Renders the namespace's gateway from all its policies and updates policy status."""
     if not policies:
@@ -179,6 +180,8 @@ async def reconcile_namespace(
     pool_objs = [_parse(v1alpha1.LocalModelPool, p) for p in pools]
     expert_objs = [_parse(v1alpha1.CloudExpert, e) for e in experts]
     policy_objs = [_parse(v1alpha1.RoutingPolicy, p) for p in policies]
+    tenant_objs = [_parse(v1alpha1.Tenant, t) for t in tenants]
+    shared = ctx.settings.redis_url is not None or ctx.settings.redis_secret is not None
     compiled = compile_gateway.gateway_config(
         namespace=namespace,
         pools=pool_objs,
@@ -187,7 +190,10 @@ async def reconcile_namespace(
         pool_endpoint=lambda p: resources.serve_endpoint(pool=p.metadata.name, namespace=namespace),
         credentials="file",
         ledger_url=ctx.settings.redis_url,
-        checkpoint_path=None if ctx.settings.redis_url else "/var/lib/kascade/ledger.json",
+        checkpoint_path=None if shared else "/var/lib/kascade/ledger.json",
+        tenants=tenant_objs,
+        require_api_key=True,
+        redis_secret=ctx.settings.redis_secret is not None,
     )
     used = set(compiled.config.experts)
     service_monitor = await ctx.kube.has_crd(SERVICEMONITOR_CRD)
@@ -200,6 +206,7 @@ async def reconcile_namespace(
         settings=ctx.settings,
         owners=owners,
         service_monitor=service_monitor,
+        tenants=tenant_objs,
     ):
         live, applied = await children.ensure(ctx.kube, desired)
         if applied:

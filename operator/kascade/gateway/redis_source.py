@@ -27,8 +27,8 @@ def ledger_url(ledger: config_mod.LedgerConfig) -> str | None:
     url = ledger.url
     if url is None and ledger.url_file is not None:
         url = _read(ledger.url_file, field="urlFile")
-    if url is None or ledger.password_file is None:
-        return url
+    if url is None or ledger.password_file is None or not Path(ledger.password_file).exists():
+        return url  # The password is optional: a Redis without AUTH needs none.
     password = urllib.parse.quote(_read(ledger.password_file, field="passwordFile"), safe="")
     scheme, sep, rest = url.partition("://")
     if not sep or not scheme.startswith("redis"):

@@ -172,7 +172,18 @@ def test_gateway_objects_hold_no_secret_values_and_run_restricted() -> None:
         assert secret_value not in text
     kinds = [o["kind"] for o in objs]
     # One replica without Redis (budgets stay exact only with a shared ledger): no HPA.
-    assert kinds == ["ConfigMap", "Deployment", "Service", "PodDisruptionBudget"]
+    assert kinds == [
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "Service",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    ]
+    # Callers reach the API port only; the admin port has its own Service.
+    assert [p["name"] for p in objs[2]["spec"]["ports"]] == ["http"]
+    assert objs[3]["metadata"]["name"] == "kascade-gateway-admin"
+    assert [p["port"] for p in objs[3]["spec"]["ports"]] == [9090]
     pod = objs[1]["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert pod["securityContext"]["runAsNonRoot"] is True
