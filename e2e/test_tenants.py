@@ -210,6 +210,11 @@ def _check_refusals(url: str, *, a1: str, b1: str) -> None:
 
 
 def _check_rendered_objects(kubectl: KubectlRunner, namespace: str) -> None:
+    ops.wait_for(
+        "Tenant team-a Ready",
+        lambda: (ops.condition(ops.get_json(kubectl, "tenant", "team-a", "-n", namespace), "Ready")
+                 or {}).get("status") == "True",
+    )  # fmt: skip
     netpol = ops.get_json(kubectl, "networkpolicy", "kascade-gateway", "-n", namespace)
     [api, admin] = netpol["spec"]["ingress"]
     assert api["from"] == [{"podSelector": {}}]

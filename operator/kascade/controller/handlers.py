@@ -20,6 +20,7 @@ import prometheus_client
 from kascade.compile import resources
 from kascade.controller import autoscaling, reconcile, spend
 from kascade.controller import kube as kube_mod
+from kascade.controller import tenants as tenants_mod
 
 GROUP, VERSION = "kascade.io", "v1alpha1"
 RESYNC_SECONDS = float(os.environ.get("KASCADE_RESYNC_SECONDS", "60"))
@@ -279,8 +280,23 @@ async def tenant_event(
     tenants: kopf.Index,
     **_: Any,
 ) -> None:
+    if event["type"] != "DELETED":
+        _schedule_tenant(memo, namespace, _snapshot(body))
     if _spec_changed(memo, event, body):
         _schedule_namespace(memo, namespace, pools, experts, policies, tenants)
+
+
+def _schedule_tenant(memo: kopf.Memo, namespace: str, body: dict[str, Any]) -> None:
+    async def run() -> None:
+        await tenants_mod.reconcile_tenant(memo.ctx, body)
+
+    memo.objects.trigger(f"tenant/{namespace}/{body['metadata']['name']}", run)
+
+
+@kopf.timer(GROUP, VERSION, "tenants", interval=RESYNC_SECONDS, initial_delay=5)
+async def tenant_resync(body: kopf.Body, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    # Secrets are not watched: a keys Secret created later is noticed within one resync.
+    _schedule_tenant(memo, namespace, _snapshot(body))
 
 
 # KubeRay reports a pool's readiness on its RayService: mirror it into the pool at once.

@@ -102,7 +102,7 @@ class TenantSpend(common.KascadeModel):
     spent_usd: Annotated[float, pydantic.Field(ge=0.0)] = pydantic.Field(
         default=0.0, alias="spentUSD"
     )
-    """Settled cost of completed escalations."""
+    """Settled cost of completed escalations in the current window."""
 
     reserved_usd: Annotated[float, pydantic.Field(ge=0.0)] = pydantic.Field(
         default=0.0, alias="reservedUSD"
@@ -119,7 +119,7 @@ class TenantStatus(common.KascadeModel):
     conditions: Annotated[list[common.Condition], pydantic.Field(max_length=16)] = pydantic.Field(
         default_factory=list, json_schema_extra=common.CONDITIONS_LIST
     )
-    """Ready (the keys Secret exists and the gateway serves the tenant)."""
+    """Ready: the keys Secret exists and holds at least one key."""
 
     observed_generation: int | None = pydantic.Field(default=None, alias="observedGeneration")
     """The metadata.generation this status describes."""
