@@ -84,6 +84,8 @@ async def test_tenant_keys_401_403_404_rotation_and_admin_port(tmp_path: Path, h
         assert status == 404
         assert "open" not in body["error"]["message"]
         assert "default" not in body["error"]["message"]
+        # A tenant limited to some policies gets 404 too, not 403, for what does not exist.
+        assert (await _post(http, url, {**chat("hi"), "model": "nope"}, b1))[0] == 404
         async with http.get(f"{url}/v1/models", headers={"authorization": f"Bearer {b1}"}) as r:
             assert [m["id"] for m in (await r.json())["data"]] == ["open"]
         # Admin endpoints answer on the admin port only.

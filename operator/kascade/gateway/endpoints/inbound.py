@@ -17,8 +17,8 @@ def identify(rt: runtime.Runtime, http: web.Request) -> access.Caller:
         required=rt.keys_required,
         key=access.presented_key(http.headers),
     )
-    if rt.keys_required and not caller.authenticated and not rt.anonymous_policies:
-        access.admit(caller=caller, policy="", required=True, allow_anonymous=False)
+    if not rt.anonymous_policies:  # no policy takes anonymous callers: refuse them now
+        access.require_key(caller=caller, required=rt.keys_required, allow_anonymous=False)
     return caller
 
 

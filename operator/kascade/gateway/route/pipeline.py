@@ -99,9 +99,8 @@ def _resolve_policy(
     rt: runtime.Runtime, caller: access.Caller, model: str
 ) -> runtime.PolicyRuntime:
     policy = rt.policies.get(model)
-    access.admit(
+    access.require_key(
         caller=caller,
-        policy=model,
         required=rt.keys_required,
         allow_anonymous=policy is not None and policy.config.allow_anonymous,
     )
@@ -114,6 +113,7 @@ def _resolve_policy(
             param="model",
             code="model_not_found",
         )
+    access.authorize(caller=caller, policy=model)
     return policy
 
 

@@ -120,15 +120,17 @@ def identify(
     return Caller(tenant=tenants.get(owner), authenticated=True)
 
 
-def admit(*, caller: Caller, policy: str, required: bool, allow_anonymous: bool) -> None:
-    """401 for a missing key where one is required, 403 for a policy not given to the tenant."""
-    if not caller.authenticated:
-        if required and not allow_anonymous:
-            raise _unauthorized(
-                "Missing API key: send `Authorization: Bearer <key>` with a key from your "
-                "tenant's Secret."
-            )
-        return
+def require_key(*, caller: Caller, required: bool, allow_anonymous: bool) -> None:
+    """401 for a caller without a key where one is required."""
+    if not caller.authenticated and required and not allow_anonymous:
+        raise _unauthorized(
+            "Missing API key: send `Authorization: Bearer <key>` with a key from your "
+            "tenant's Secret."
+        )
+
+
+def authorize(*, caller: Caller, policy: str) -> None:
+    """403 for a policy not given to the caller's tenant."""
     tenant = caller.tenant
     if tenant is not None and tenant.policies is not None and policy not in tenant.policies:
         raise errors.ApiError(
@@ -138,3 +140,9 @@ def admit(*, caller: Caller, policy: str, required: bool, allow_anonymous: bool)
             type="permission_error",
             code="policy_not_allowed",
         )
+
+
+def admit(*, caller: Caller, policy: str, required: bool, allow_anonymous: bool) -> None:
+    """401 for a missing key where one is required, 403 for a policy not given to the tenant."""
+    require_key(caller=caller, required=required, allow_anonymous=allow_anonymous)
+    authorize(caller=caller, policy=policy)
