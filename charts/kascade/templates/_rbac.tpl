@@ -34,8 +34,9 @@ never creates, copies or updates them).
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Secrets: `get` only, to check that an expert's credentials exist. Tenants' keys and
-# the Redis Secret are wired by name into gateways and never read by the operator.
+# Secrets: `get` only, to check that an expert's credentials and a tenant's keys Secret
+# exist (it counts keys, never logs or copies them); Secrets are wired into gateways by
+# name, never listed, watched or written.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
