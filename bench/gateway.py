@@ -4,7 +4,12 @@ pipeline (privacy scan, cache miss, rules, ledger reserve/settle, throttle, metr
 audit). Concurrency 32 throughput and concurrency 1 median latency; the load
 generator runs in its own process.
 
-    .venv/bin/python bench/gateway.py [--duration 10]
+    .venv/bin/python bench/gateway.py [--duration 10] [--redis] [--tenants]
+
+With ``--tenants`` a fourth target is the same gateway with API keys on: two tenants
+whose keys are read from Secret-like directories, each with a budget and rate limits,
+so every request is authenticated, throttled per tenant and reserved against the
+tenant's book and the expert's together.
 
 The last output line is one JSON object with baseline_rps_c32, gateway_rps_c32,
 baseline_p50_ms_c1, gateway_p50_ms_c1, direct_p50_ms_c1 (and a few more figures).
@@ -104,7 +109,7 @@ async def _ok() -> Any:
 # ---- the load generator (its own process) -------------------------------------------------
 
 
-def _load_main(url: str, model: str, concurrency: int, duration: float) -> None:
+def _load_main(url: str, model: str, concurrency: int, duration: float, key: str) -> None:
     import aiohttp
     import uvloop
 
@@ -114,6 +119,9 @@ def _load_main(url: str, model: str, concurrency: int, duration: float) -> None:
         counter = 0
         # Unique prompts in every phase and round, so the gateway's cache never hits.
         nonce = os.urandom(6).hex()
+        headers = {"content-type": "application/json"}
+        if key:
+            headers["authorization"] = f"Bearer {key}"
         connector = aiohttp.TCPConnector(limit=concurrency)
         async with aiohttp.ClientSession(connector=connector) as session:
 
@@ -126,9 +134,7 @@ def _load_main(url: str, model: str, concurrency: int, duration: float) -> None:
                         "messages": [{"role": "user", "content": f"{PROMPT}{nonce}-{counter}"}],
                     }).encode()  # fmt: skip
                     t0 = time.perf_counter()
-                    async with session.post(
-                        url, data=body, headers={"content-type": "application/json"}
-                    ) as resp:
+                    async with session.post(url, data=body, headers=headers) as resp:
                         await resp.read()
                         ok = resp.status == 200
                     if record:
@@ -151,9 +157,11 @@ def _load_main(url: str, model: str, concurrency: int, duration: float) -> None:
     print(json.dumps(uvloop.run(run())))
 
 
-def _measure(url: str, model: str, concurrency: int, duration: float) -> dict[str, Any]:
+def _measure(
+    url: str, model: str, concurrency: int, duration: float, key: str = ""
+) -> dict[str, Any]:
     out = subprocess.run(
-        [PYTHON, __file__, "--load", url, model, str(concurrency), str(duration)],
+        [PYTHON, __file__, "--load", url, model, str(concurrency), str(duration), key],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -203,16 +211,21 @@ def main() -> int:
         action="store_true",
         help="also measure a gateway on the Redis ledger (starts redis-server)",
     )
+    parser.add_argument(
+        "--tenants",
+        action="store_true",
+        help="also measure the gateway with API keys, tenant budgets and rate limits on",
+    )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="kascade-bench-"))
     sim_port, proxy_port, gw_port = _free_port(), _free_port(), _free_port()
     sim = f"http://127.0.0.1:{sim_port}"
     config = tmp / "gateway.json"
     config.write_text(json.dumps(_gateway_config(sim, sim)))
-    targets = {
-        "direct": (sim, "sim"),
-        "baseline": (f"http://127.0.0.1:{proxy_port}", "sim"),
-        "gateway": (f"http://127.0.0.1:{gw_port}", "bench"),
+    targets: dict[str, tuple[str, str, str]] = {
+        "direct": (sim, "sim", ""),
+        "baseline": (f"http://127.0.0.1:{proxy_port}", "sim", ""),
+        "gateway": (f"http://127.0.0.1:{gw_port}", "bench", ""),
     }
     with contextlib.ExitStack() as stack:
         stack.enter_context(
@@ -227,14 +240,43 @@ def main() -> int:
         )  # fmt: skip
         if args.redis:
             targets["gateway_redis"] = _start_redis_gateway(stack, tmp, sim)
-        for url, _ in targets.values():
+        if args.tenants:
+            targets["gateway_tenants"] = _start_tenants_gateway(stack, tmp, sim)
+        for url, _, _ in targets.values():
             _wait(url + "/healthz")
         figures = _run(targets, duration=args.duration)
     print(json.dumps(_result(figures, tmp)))
     return 0
 
 
-def _start_redis_gateway(stack: contextlib.ExitStack, tmp: Path, sim: str) -> tuple[str, str]:
+def _start_tenants_gateway(
+    stack: contextlib.ExitStack, tmp: Path, sim: str
+) -> tuple[str, str, str]:
+    keys = {name: f"ksk-{name}-{os.urandom(16).hex()}" for name in ("team-a", "team-b")}
+    config = _gateway_config(sim, sim)
+    config["tenants"] = {}
+    for name, key in keys.items():
+        keys_dir = tmp / "tenants" / name
+        keys_dir.mkdir(parents=True)
+        (keys_dir / "ci").write_text(key)
+        config["tenants"][name] = {
+            "keys": {"dir": str(keys_dir)},
+            "budget": {"limitUSD": 1_000_000, "window": "calendar-month"},
+            "rateLimits": {"requestsPerMinute": 10_000_000, "maxConcurrency": 10_000},
+        }
+    port = _free_port()
+    path = tmp / "gateway-tenants.json"
+    path.write_text(json.dumps(config))
+    stack.enter_context(
+        _proc(["-m", "kascade.gateway.endpoints.server", "--config", str(path), "--port", str(port),
+               "--admin-port", str(_free_port()), "--audit-log",
+               str(tmp / "audit-tenants.jsonl"), "--log-level", "WARNING"],
+              tmp / "gateway-tenants.log")
+    )  # fmt: skip
+    return f"http://127.0.0.1:{port}", "bench", keys["team-a"]
+
+
+def _start_redis_gateway(stack: contextlib.ExitStack, tmp: Path, sim: str) -> tuple[str, str, str]:
     redis_port, port = _free_port(), _free_port()
     stack.enter_context(
         _proc(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
@@ -248,22 +290,22 @@ def _start_redis_gateway(stack: contextlib.ExitStack, tmp: Path, sim: str) -> tu
         _proc(["-m", "kascade.gateway.endpoints.server", "--config", str(path), "--port", str(port),
                "--log-level", "WARNING"], tmp / "gateway-redis.log")
     )  # fmt: skip
-    return f"http://127.0.0.1:{port}", "bench"
+    return f"http://127.0.0.1:{port}", "bench", ""
 
 
-def _run(targets: dict[str, tuple[str, str]], *, duration: float) -> dict[str, dict[str, Any]]:
+def _run(targets: dict[str, tuple[str, str, str]], *, duration: float) -> dict[str, dict[str, Any]]:
     # The machine is shared: phases alternate in rounds so that background load hits
     # every target alike; each figure pools its rounds.
     rounds = 3
     d = duration / rounds
     samples: dict[str, list[dict[str, Any]]] = {}
     for _ in range(rounds):
-        for name, (url, model) in targets.items():
-            r = _measure(url + "/v1/chat/completions", model, 1, d)
+        for name, (url, model, key) in targets.items():
+            r = _measure(url + "/v1/chat/completions", model, 1, d, key)
             samples.setdefault(f"{name}_c1", []).append(r)
-        for name, (url, model) in targets.items():
+        for name, (url, model, key) in targets.items():
             if name != "direct":
-                r = _measure(url + "/v1/chat/completions", model, 32, d)
+                r = _measure(url + "/v1/chat/completions", model, 32, d, key)
                 samples.setdefault(f"{name}_c32", []).append(r)
     figures: dict[str, dict[str, Any]] = {}
     for key, runs in samples.items():
@@ -298,12 +340,17 @@ def _result(figures: dict[str, dict[str, Any]], tmp: Path) -> dict[str, Any]:
     if "gateway_redis_c32" in figures:
         result["gateway_redis_rps_c32"] = round(figures["gateway_redis_c32"]["rps"], 1)
         result["gateway_redis_p50_ms_c1"] = round(figures["gateway_redis_c1"]["p50_ms"], 3)
+    if "gateway_tenants_c32" in figures:
+        tenants, plain = figures["gateway_tenants_c32"], figures["gateway_c32"]
+        result["gateway_tenants_rps_c32"] = round(tenants["rps"], 1)
+        result["gateway_tenants_p50_ms_c1"] = round(figures["gateway_tenants_c1"]["p50_ms"], 3)
+        result["gateway_tenants_vs_gateway_rps"] = round(tenants["rps"] / plain["rps"], 3)
     return result
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--load":
-        _load_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]))
+        _load_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), sys.argv[6])
     elif len(sys.argv) > 1 and sys.argv[1] == "--proxy":
         _proxy_main(int(sys.argv[2]), sys.argv[3])
     else:

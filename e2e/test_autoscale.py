@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import random
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -91,6 +92,12 @@ def _manifests(*, sim_port: int, prom_port: int, threshold: float) -> str:
           confidence: {{method: mean-token-prob, threshold: {threshold}}}
           overflow: escalate
           privacy: {{action: allow}}
+        ---
+        apiVersion: kascade.io/v1alpha1
+        kind: Tenant
+        metadata: {{name: load}}
+        spec:
+          keys: {{secretRef: {{name: load-keys}}}}
         """
     )
 
@@ -99,8 +106,9 @@ class Load:
     """Open-loop load: requests arrive at random (Poisson) times at a fixed mean rate,
     whether or not earlier ones finished, like independent users. Records (time, reason)."""
 
-    def __init__(self, url: str, *, seed: int = 7) -> None:
+    def __init__(self, url: str, *, key: str, seed: int = 7) -> None:
         self.url = url
+        self.headers = {"authorization": f"Bearer {key}"}
         self.results: list[tuple[float, str]] = []
         self.random = random.Random(seed)
 
@@ -115,7 +123,7 @@ class Load:
                     "temperature": 0,
                     "messages": [{"role": "user", "content": f"Say the number {n}."}],
                 }
-                async with session.post(self.url, json=body) as reply:
+                async with session.post(self.url, json=body, headers=self.headers) as reply:
                     await reply.read()
                     assert reply.status == 200, await reply.text()
                     self.results.append((time.time(), reply.headers["x-kascade-reason"]))
@@ -144,7 +152,7 @@ class Load:
                     "temperature": 0,
                     "messages": [{"role": "user", "content": f"Name the colour {n}."}],
                 }
-                async with session.post(self.url, json=body) as reply:
+                async with session.post(self.url, json=body, headers=self.headers) as reply:
                     await reply.read()
                     assert reply.status == 200, await reply.text()
                     self.results.append((time.time(), reply.headers["x-kascade-reason"]))
@@ -173,6 +181,8 @@ def stack(kubeconfig: str, kubectl: KubectlRunner, namespace: str) -> Iterator[d
     ).stdout.split()[-1]
     kubectl("apply", "--server-side", "-f", crds)
     sim_port, prom_port, gw_port, serve_port = free_port(), free_port(), free_port(), free_port()
+    admin_port = free_port()
+    key = f"ksk-e2e-{secrets.token_hex(20)}"
     workdir = Path(tempfile.mkdtemp(prefix="kascade-e2e-autoscale-"))
     record = workdir / "sim.jsonl"
     procs: list[subprocess.Popen[bytes]] = []
@@ -195,7 +205,7 @@ def stack(kubeconfig: str, kubectl: KubectlRunner, namespace: str) -> Iterator[d
             global: {{scrape_interval: 1s, evaluation_interval: 1s}}
             scrape_configs:
               - job_name: kascade-gateway
-                static_configs: [{{targets: ["127.0.0.1:{gw_port}"]}}]
+                static_configs: [{{targets: ["127.0.0.1:{admin_port}"]}}]
             """
         )
     )
@@ -214,7 +224,7 @@ def stack(kubeconfig: str, kubectl: KubectlRunner, namespace: str) -> Iterator[d
     operator = ops.OperatorProcess(
         kubeconfig,
         resync_seconds=5,
-        env={"KASCADE_GATEWAY_URL_TEMPLATE": f"http://127.0.0.1:{gw_port}"},
+        env={"KASCADE_GATEWAY_URL_TEMPLATE": f"http://127.0.0.1:{admin_port}"},
     )
     operator.start()
     ray.init(
@@ -223,11 +233,17 @@ def stack(kubeconfig: str, kubectl: KubectlRunner, namespace: str) -> Iterator[d
     serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
     kuberay = dataplane.KubeRayStandIn(kubectl, namespace=namespace, name="tiny")
     gateway = dataplane.GatewayFromConfigMap(
-        kubectl, namespace=namespace, port=gw_port, serve_base=f"http://127.0.0.1:{serve_port}"
+        kubectl,
+        namespace=namespace,
+        port=gw_port,
+        admin_port=admin_port,
+        serve_base=f"http://127.0.0.1:{serve_port}",
     )
     try:
         wait_for_port(sim_port)
         wait_for_port(prom_port)
+        kubectl("create", "secret", "generic", "load-keys", "-n", namespace,
+                f"--from-literal=k={key}")  # fmt: skip
         kubectl(
             "apply",
             "-n",
@@ -242,12 +258,19 @@ def stack(kubeconfig: str, kubectl: KubectlRunner, namespace: str) -> Iterator[d
                 kubectl("get", "rayservice", "tiny", "-n", namespace, check=False).returncode == 0
             ),
         )
-        ops.wait_for("the gateway ConfigMap", gateway.sync)
+        ops.wait_for(
+            "the gateway ConfigMap with the tenant",
+            lambda: (
+                gateway.sync()
+                and "load" in json.loads(gateway.config_path.read_text()).get("tenants", {})
+            ),
+        )
         kuberay.sync()
         kuberay.start()
         gateway.start()
         yield {
             "url": f"http://127.0.0.1:{gw_port}/v1/chat/completions",
+            "key": key,
             "kuberay": kuberay,
             "gateway": gateway,
             "operator": operator,
@@ -271,7 +294,7 @@ def stack(kubeconfig: str, kubectl: KubectlRunner, namespace: str) -> Iterator[d
 def test_overflow_scales_up_then_down_and_low_confidence_never_scales(
     stack: dict[str, Any], kubectl: KubectlRunner, namespace: str
 ) -> None:
-    load = Load(stack["url"])
+    load = Load(stack["url"], key=stack["key"])
     kuberay: dataplane.KubeRayStandIn = stack["kuberay"]
     assert kuberay.replicas == 1
     started = time.time()
@@ -343,7 +366,7 @@ def test_overflow_scales_up_then_down_and_low_confidence_never_scales(
         ),
     )
     time.sleep(3)  # the gateway reloads its config file
-    low = Load(stack["url"])
+    low = Load(stack["url"], key=stack["key"])
     before_low = _pool(kubectl, namespace)["status"]["lastScaleDecision"]
     asyncio.run(low.sequential(seconds=6 * INTERVAL, pause=1.0))
     reasons = {r for _, r in low.results}

@@ -64,7 +64,7 @@ def operator(kubeconfig: str, kubectl: KubectlRunner) -> Iterator[ops.OperatorPr
         "--timeout=60s",
         *(
             f"crd/{plural}.kascade.io"
-            for plural in ("localmodelpools", "cloudexperts", "routingpolicies")
+            for plural in ("localmodelpools", "cloudexperts", "routingpolicies", "tenants")
         ),
     )
     # Start without KubeRay, to see the pool report it and recover once it is installed.
@@ -93,7 +93,10 @@ def operator(kubeconfig: str, kubectl: KubectlRunner) -> Iterator[ops.OperatorPr
     )
     assert helm.returncode == 0, helm.stderr
     sa_config = ops.service_account_kubeconfig(kubectl, kubeconfig, ops.RELEASE)
-    proc = ops.OperatorProcess(sa_config, resync_seconds=10)
+    # In a cluster the chart sets this from the pod's namespace (downward API).
+    proc = ops.OperatorProcess(
+        sa_config, resync_seconds=10, env={"KASCADE_OPERATOR_NAMESPACE": ops.RELEASE_NS}
+    )
     proc.start()
     yield proc
     proc.stop()

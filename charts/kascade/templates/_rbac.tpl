@@ -6,13 +6,13 @@ never creates, copies or updates them).
 
 {{/* Rules on namespaced resources: in a ClusterRole or in a Role per watched namespace. */}}
 {{- define "kascade.rbac.namespacedRules" -}}
-# The three Kascade kinds: read and watch, patch for kopf's annotations and finalizers.
+# The Kascade kinds: read and watch, patch for kopf's annotations and finalizers.
 # Never create, update or delete: their spec belongs to users and GitOps.
 - apiGroups: ["kascade.io"]
-  resources: ["localmodelpools", "cloudexperts", "routingpolicies"]
+  resources: ["localmodelpools", "cloudexperts", "routingpolicies", "tenants"]
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["kascade.io"]
-  resources: ["localmodelpools/status", "cloudexperts/status", "routingpolicies/status"]
+  resources: ["localmodelpools/status", "cloudexperts/status", "routingpolicies/status", "tenants/status"]
   verbs: ["get", "patch", "update"]
 # Children: one RayService per LocalModelPool.
 - apiGroups: ["ray.io"]
@@ -38,10 +38,16 @@ never creates, copies or updates them).
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Secrets: read only, to check that expert credentials exist and wire them by name.
+# Secrets: `get` only, to check that an expert's credentials and a tenant's keys Secret
+# exist (it counts keys, never logs or copies them); Secrets are wired into gateways by
+# name, never listed, watched or written.
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get"]
+# Children: the NetworkPolicy that admits callers to each gateway.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
 # Events about the objects it reconciles (kopf posts core/v1 events).
 - apiGroups: [""]
   resources: ["events"]

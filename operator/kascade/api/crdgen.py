@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from kascade.api.v1alpha1 import cloudexpert, common, localmodelpool, routingpolicy
+from kascade.api.v1alpha1 import cloudexpert, common, localmodelpool, routingpolicy, tenant
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 OUTPUT_DIRS = ("crds", "charts/kascade/crds")
@@ -78,6 +78,18 @@ KINDS = (
             {"name": "Pool", "type": "string", "jsonPath": ".spec.localPool"},
             {"name": "Experts", "type": "string", "jsonPath": ".spec.experts"},
             {"name": "Escalation", "type": "number", "jsonPath": ".status.stats.escalationRate"},
+            {"name": "Ready", "type": "string", "jsonPath": _READY},
+            _AGE,
+        ),
+    ),
+    KindInfo(
+        model=tenant.Tenant,
+        plural=tenant.PLURAL,
+        short_names=("kt",),
+        printer_columns=(
+            {"name": "Keys", "type": "string", "jsonPath": ".spec.keys.secretRef.name"},
+            {"name": "Spent", "type": "number", "jsonPath": ".status.spend.spentUSD"},
+            {"name": "Limit", "type": "number", "jsonPath": ".spec.budget.limitUSD"},
             {"name": "Ready", "type": "string", "jsonPath": _READY},
             _AGE,
         ),

@@ -21,6 +21,10 @@ from kascade.gateway import config as gw
 
 # Where the operator mounts each referenced Secret in the gateway pod.
 SECRETS_MOUNT = "/var/run/kascade/secrets"
+# Where each Tenant's keys Secret is mounted whole: one file per key.
+TENANTS_MOUNT = "/var/run/kascade/tenants"
+# Where the Redis Secret (keys `url` and optionally `password`) is mounted.
+REDIS_MOUNT = "/var/run/kascade/redis"
 
 # Defaults of the public providers when a CloudExpert leaves `endpoint` unset.
 DEFAULT_ENDPOINTS = {
@@ -147,6 +151,45 @@ def secret_file(ref: v1alpha1.SecretKeyRef, *, root: str = SECRETS_MOUNT) -> str
     return f"{root}/{ref.name}/{ref.key}"
 
 
+def tenant_keys_env(secret: str) -> str:
+    """The environment variable embedded mode reads a Tenant's keys from (comma separated).
+
+    ``secretRef: {name: team-a-keys}`` -> ``KASCADE_TENANT_KEYS_TEAM_A_KEYS``.
+    """
+    return re.sub(r"[^A-Za-z0-9]", "_", f"KASCADE_TENANT_KEYS_{secret}").upper()
+
+
+def tenant_config(
+    tenant: v1alpha1.Tenant, *, credentials: CredentialsMode, policies: Iterable[str]
+) -> gw.TenantConfig:
+    """A Tenant as the gateway sees it; policies it names that are not served are dropped."""
+    spec = tenant.spec
+    secret = spec.keys.secret_ref.name
+    keys = (
+        gw.TenantKeys(dir=f"{TENANTS_MOUNT}/{tenant.metadata.name}")
+        if credentials == "file"
+        else gw.TenantKeys(env=tenant_keys_env(secret))
+    )
+    served = set(policies)
+    return gw.TenantConfig(
+        keys=keys,
+        policies=None if spec.policies is None else [p for p in spec.policies if p in served],
+        budget=None
+        if spec.budget is None
+        else gw.TenantBudgetConfig(
+            limit_usd=spec.budget.limit_usd,
+            window=spec.budget.window,
+            on_exhausted=spec.budget.on_exhausted,
+        ),
+        rate_limits=gw.RateLimits(
+            requests_per_minute=spec.rate_limits.requests_per_minute,
+            tokens_per_minute=spec.rate_limits.tokens_per_minute,
+            max_concurrency=spec.rate_limits.max_concurrency,
+        ),
+        confidence_offset=spec.confidence_offset,
+    )
+
+
 def expert_config(expert: v1alpha1.CloudExpert, *, credentials: CredentialsMode) -> gw.ExpertConfig:
     spec = expert.spec
     creds: gw.Credentials | None = None
@@ -271,6 +314,7 @@ def policy_config(policy: v1alpha1.RoutingPolicy) -> gw.PolicyConfig:
                 threshold=spec.cache.semantic.threshold,
                 ttl_seconds=float(spec.cache.semantic.ttl_seconds),
             ),
+            shared_across_tenants=spec.cache.shared_across_tenants,
         ),
         fallback=gw.FallbackConfig(when_experts_unavailable=spec.fallback.when_experts_unavailable)
         if spec.fallback.message is None
@@ -282,6 +326,7 @@ def policy_config(policy: v1alpha1.RoutingPolicy) -> gw.PolicyConfig:
         audit=gw.AuditConfig(
             enabled=spec.audit.enabled, include_prompts=spec.audit.include_prompts
         ),
+        allow_anonymous=spec.allow_anonymous,
     )
 
 
@@ -318,12 +363,17 @@ def gateway_config(
     checkpoint_path: str | None = None,
     pool_timeout_seconds: Mapping[str, float] | None = None,
     unparsed_experts: Iterable[str] = (),
+    tenants: Iterable[v1alpha1.Tenant] = (),
+    require_api_key: bool = False,
+    redis_secret: bool = False,
 ) -> CompiledGateway:
     """Compiles a namespace. A policy with missing references, and any object that cannot
     be compiled, is left out and reported; every other object is compiled as usual.
 
     ``unparsed_experts`` names experts that exist but could not be read (the caller
     reports them): policies listing them are compiled without them, as if suspended.
+    ``require_api_key`` refuses callers without a Tenant's key (the operator sets it);
+    ``redis_secret`` reads the Redis URL and password from the mounted Redis Secret.
     """
     pools_by_name = {p.metadata.name: p for p in pools}
     all_experts = {e.metadata.name for e in experts} | set(unparsed_experts)
@@ -369,11 +419,22 @@ def gateway_config(
             pools=pools_by_name,
             experts=expert_cfgs,
             pool_endpoint=pool_endpoint,
-            ledger=gw.LedgerConfig(url=ledger_url, checkpoint_path=checkpoint_path),
+            ledger=ledger,
             timeouts=pool_timeout_seconds or {},
         )
 
+    ledger = gw.LedgerConfig(url=ledger_url, checkpoint_path=checkpoint_path)
+    if redis_secret:
+        ledger = gw.LedgerConfig(
+            url_file=f"{REDIS_MOUNT}/url", password_file=f"{REDIS_MOUNT}/password"
+        )
     config = _isolate_cross_object_failures(compiled, assemble=assemble, invalid=invalid)
+    # Tenants name only policies that are served (the others are dropped from theirs).
+    access = {
+        t.metadata.name: tenant_config(t, credentials=credentials, policies=config.policies)
+        for t in sorted(tenants, key=lambda t: t.metadata.name)
+    }
+    config = config.model_copy(update={"tenants": access, "require_api_key": require_api_key})
     return CompiledGateway(config=config, missing=missing, invalid=invalid)
 
 

@@ -24,6 +24,11 @@ SPEC_HASH = "kascade.io/spec-hash"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "kascade"}
 GATEWAY_NAME = "kascade-gateway"
 GATEWAY_PORT = 8080
+GATEWAY_ADMIN_PORT = 9090
+"""/metrics and /v1/kascade/status: on the admin Service only, which the NetworkPolicy
+opens to the operator's namespace (and the monitoring namespaces), never to callers."""
+GATEWAY_ADMIN_NAME = "kascade-gateway-admin"
+ADMIN_LABEL = {"kascade.io/port": "admin"}
 GATEWAY_CONFIG_DIR = "/etc/kascade/gateway"
 GATEWAY_CONFIG_FILE = "config.json"
 SERVE_PORT = 8000
@@ -55,15 +60,27 @@ class Settings:
     """StorageClass of the in-memory ledger's checkpoint volume (None: the cluster's
     default class)."""
     ledger_storage_size: str = "1Gi"
+    redis_secret: str | None = None
+    """Name of a Secret in each gateway namespace with keys `url` and (optional)
+    `password`; takes the place of ``redis_url`` so no password lands in a ConfigMap."""
+    gateway_admitted_namespaces: tuple[str, ...] = ()
+    """Namespaces (besides the gateway's own) whose pods may call the gateway."""
+    gateway_admin_namespaces: tuple[str, ...] = ()
+    """Namespaces whose pods may read the admin port (the operator's, Prometheus')."""
 
 
 LEDGER_CLAIM = f"{GATEWAY_NAME}-ledger"
 
 
+def _shared_ledger(settings: Settings) -> bool:
+    """Whether the gateways keep their ledger in Redis (by URL or by Secret)."""
+    return settings.redis_url is not None or settings.redis_secret is not None
+
+
 def ledger_replicas_warning(settings: Settings) -> str | None:
     """Why the gateway runs fewer replicas than asked, if it does: budgets are exact
     across replicas only on the shared Redis ledger."""
-    if settings.redis_url is None and settings.gateway_replicas > 1:
+    if not _shared_ledger(settings) and settings.gateway_replicas > 1:
         return (
             f"gateway replicas {settings.gateway_replicas} requested, but the ledger is in "
             "memory (no gateway Redis URL): running 1 replica so that one ledger holds "
@@ -273,6 +290,64 @@ def secret_volumes(experts: list[v1alpha1.CloudExpert]) -> tuple[list[Any], list
     return volumes, mounts
 
 
+def tenant_volumes(
+    tenants: list[v1alpha1.Tenant], *, redis_secret: str | None
+) -> tuple[list[Any], list[Any]]:
+    """Each Tenant's keys Secret mounted whole (the kubelet updates the files when the
+    Secret changes, so keys rotate without a restart), and the Redis Secret."""
+    volumes: list[Any] = []
+    mounts: list[Any] = []
+    for index, tenant in enumerate(sorted(tenants, key=lambda t: t.metadata.name)):
+        volume = f"tenant-{index}"
+        # Optional: a missing Secret means no key of that tenant works yet, not a dead pod.
+        secret = {"secretName": tenant.spec.keys.secret_ref.name, "optional": True}
+        volumes.append({"name": volume, "secret": secret})
+        path = f"{compile_gateway.TENANTS_MOUNT}/{tenant.metadata.name}"
+        mounts.append({"name": volume, "mountPath": path, "readOnly": True})
+    if redis_secret is not None:
+        items = [{"key": "url", "path": "url"}, {"key": "password", "path": "password"}]
+        volumes.append(
+            {
+                "name": "redis",
+                "secret": {"secretName": redis_secret, "items": items, "optional": True},
+            }
+        )
+        mounts.append({"name": "redis", "mountPath": compile_gateway.REDIS_MOUNT, "readOnly": True})
+    return volumes, mounts
+
+
+def build_network_policy(
+    *, namespace: str, selector: dict[str, str], settings: Settings, owners: list[dict[str, Any]]
+) -> Manifest:
+    """Admits callers from the gateway's namespace (and the admitted namespaces) to the
+    API port, and only the admin namespaces to the admin port."""
+
+    def namespaces(names: tuple[str, ...]) -> list[dict[str, Any]]:
+        return [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": n}}}
+            for n in sorted(set(names))
+        ]
+
+    callers = [{"podSelector": {}}, *namespaces(settings.gateway_admitted_namespaces)]
+    ingress: list[dict[str, Any]] = [
+        {"from": callers, "ports": [{"protocol": "TCP", "port": GATEWAY_PORT}]}
+    ]
+    if settings.gateway_admin_namespaces:
+        ingress.append(
+            {
+                "from": namespaces(settings.gateway_admin_namespaces),
+                "ports": [{"protocol": "TCP", "port": GATEWAY_ADMIN_PORT}],
+            }
+        )
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(GATEWAY_NAME, namespace, labels=selector, owners=owners),
+        "spec": {"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress"],
+                 "ingress": ingress},
+    }  # fmt: skip
+
+
 def build_gateway(
     *,
     namespace: str,
@@ -281,14 +356,16 @@ def build_gateway(
     settings: Settings,
     owners: list[dict[str, Any]],
     service_monitor: bool,
+    tenants: list[v1alpha1.Tenant] | None = None,
 ) -> list[Manifest]:
-    """ConfigMap, Deployment, Service, PDB, HPA (and ServiceMonitor) of a namespace's gateway."""
+    """ConfigMap, Deployment, Services (API and admin), PDB, NetworkPolicy, HPA (and
+    ServiceMonitor) of a namespace's gateway."""
     labels = {"app.kubernetes.io/name": GATEWAY_NAME, "app.kubernetes.io/instance": namespace}
     selector = dict(labels)
     config_json = json.dumps(
         config.model_dump(mode="json", by_alias=True, exclude_none=True), indent=2, sort_keys=True
     )
-    shared = settings.redis_url is not None
+    shared = _shared_ledger(settings)
     replicas = settings.gateway_replicas if shared else 1
     volumes, mounts = secret_volumes(experts)
     # In memory, the ledger's checkpoint must outlive the pod (a PVC), and two pods
@@ -296,15 +373,18 @@ def build_gateway(
     state: dict[str, Any] = (
         {"emptyDir": {}} if shared else {"persistentVolumeClaim": {"claimName": LEDGER_CLAIM}}
     )
+    t_volumes, t_mounts = tenant_volumes(tenants or [], redis_secret=settings.redis_secret)
     volumes = [
         {"name": "config", "configMap": {"name": GATEWAY_NAME}},
         {"name": "state", **state},
         *volumes,
+        *t_volumes,
     ]
     mounts = [
         {"name": "config", "mountPath": GATEWAY_CONFIG_DIR, "readOnly": True},
         {"name": "state", "mountPath": "/var/lib/kascade"},
         *mounts,
+        *t_mounts,
     ]
     probe = {"httpGet": {"port": "http"}, "periodSeconds": 10, "timeoutSeconds": 2}
     deployment: Manifest = {
@@ -339,8 +419,13 @@ def build_gateway(
                                 "0.0.0.0",
                                 "--port",
                                 str(GATEWAY_PORT),
+                                "--admin-port",
+                                str(GATEWAY_ADMIN_PORT),
                             ],
-                            "ports": [{"name": "http", "containerPort": GATEWAY_PORT}],
+                            "ports": [
+                                {"name": "http", "containerPort": GATEWAY_PORT},
+                                {"name": "admin", "containerPort": GATEWAY_ADMIN_PORT},
+                            ],
                             "readinessProbe": {
                                 **probe,
                                 "httpGet": {"path": "/readyz", "port": "http"},
@@ -384,11 +469,25 @@ def build_gateway(
             },
         },
         {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _meta(
+                GATEWAY_ADMIN_NAME, namespace, labels={**labels, **ADMIN_LABEL}, owners=owners
+            ),
+            "spec": {
+                "selector": selector,
+                "ports": [{"name": "admin", "port": GATEWAY_ADMIN_PORT, "targetPort": "admin"}],
+            },
+        },
+        {
             "apiVersion": "policy/v1",
             "kind": "PodDisruptionBudget",
             "metadata": _meta(GATEWAY_NAME, namespace, labels=labels, owners=owners),
             "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
         },
+        build_network_policy(
+            namespace=namespace, selector=selector, settings=settings, owners=owners
+        ),
     ]
     if not shared:
         objects.append(ledger_claim(namespace=namespace, labels=labels, settings=settings))
@@ -426,8 +525,8 @@ def build_gateway(
                 "kind": "ServiceMonitor",
                 "metadata": _meta(GATEWAY_NAME, namespace, labels=labels, owners=owners),
                 "spec": {
-                    "selector": {"matchLabels": selector},
-                    "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}],
+                    "selector": {"matchLabels": {**selector, **ADMIN_LABEL}},
+                    "endpoints": [{"port": "admin", "path": "/metrics", "interval": "30s"}],
                 },
             }
         )

@@ -27,9 +27,9 @@ def _endpoint_lister(ctx: reconcile.Context, namespace: str) -> Any:
         slices = await ctx.kube.list(
             "EndpointSlice",
             namespace=namespace,
-            label_selector=f"kubernetes.io/service-name={resources.GATEWAY_NAME}",
+            label_selector=f"kubernetes.io/service-name={resources.GATEWAY_ADMIN_NAME}",
         )
-        return autoscale.scrape_addresses(endpoint_slices=slices, port_name="http")
+        return autoscale.scrape_addresses(endpoint_slices=slices, port_name="admin")
 
     return endpoints
 

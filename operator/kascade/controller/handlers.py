@@ -19,6 +19,7 @@ import prometheus_client
 from kascade.compile import resources
 from kascade.controller import autoscaling, failures, reconcile, spend
 from kascade.controller import kube as kube_mod
+from kascade.controller import tenants as tenants_mod
 
 GROUP, VERSION = "kascade.io", "v1alpha1"
 RESYNC_SECONDS = float(os.environ.get("KASCADE_RESYNC_SECONDS", "60"))
@@ -49,7 +50,16 @@ def settings_from_env() -> resources.Settings:
         gateway_hpa_max=int(env.get("KASCADE_GATEWAY_HPA_MAX", defaults.gateway_hpa_max)),
         redis_url=env.get("KASCADE_GATEWAY_REDIS_URL") or None,
         ledger_storage_class=env.get("KASCADE_GATEWAY_LEDGER_STORAGE_CLASS") or None,
+        redis_secret=env.get("KASCADE_GATEWAY_REDIS_SECRET") or None,
+        gateway_admitted_namespaces=_names(env.get("KASCADE_GATEWAY_ADMITTED_NAMESPACES")),
+        # The operator reads status and metrics on the admin port: its namespace is admitted.
+        gateway_admin_namespaces=_names(env.get("KASCADE_GATEWAY_ADMIN_NAMESPACES"))
+        + _names(env.get("KASCADE_OPERATOR_NAMESPACE")),
     )
+
+
+def _names(raw: str | None) -> tuple[str, ...]:
+    return tuple(n.strip() for n in (raw or "").split(",") if n.strip())
 
 
 # ----------------------------------------------------------------------------- lifecycle
@@ -105,8 +115,18 @@ def policies(namespace: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, A
     return {namespace: _snapshot(body)}
 
 
+@kopf.index(GROUP, VERSION, "tenants")
+def tenants(namespace: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    return {namespace: _snapshot(body)}
+
+
 def _schedule_namespace(
-    memo: kopf.Memo, namespace: str, pools: kopf.Index, experts: kopf.Index, policies: kopf.Index
+    memo: kopf.Memo,
+    namespace: str,
+    pools: kopf.Index,
+    experts: kopf.Index,
+    policies: kopf.Index,
+    tenants: kopf.Index,
 ) -> None:
     async def run() -> None:
         # Read the indexes when the run starts, so a coalesced rerun sees the latest state.
@@ -116,6 +136,7 @@ def _schedule_namespace(
             pools=list(pools.get(namespace, [])),
             experts=list(experts.get(namespace, [])),
             policies=list(policies.get(namespace, [])),
+            tenants=list(tenants.get(namespace, [])),
         )
 
     async def report(error: Exception, count: int, retry_in: float) -> None:
@@ -186,12 +207,13 @@ async def pool_event(
     pools: kopf.Index,
     experts: kopf.Index,
     policies: kopf.Index,
+    tenants: kopf.Index,
     **_: Any,
 ) -> None:
     if event["type"] != "DELETED":
         _schedule_pool(memo, namespace, _snapshot(body), policies)
     if _spec_changed(memo, event, body):
-        _schedule_namespace(memo, namespace, pools, experts, policies)
+        _schedule_namespace(memo, namespace, pools, experts, policies, tenants)
 
 
 @kopf.on.event(GROUP, VERSION, "cloudexperts")
@@ -203,12 +225,13 @@ async def expert_event(
     pools: kopf.Index,
     experts: kopf.Index,
     policies: kopf.Index,
+    tenants: kopf.Index,
     **_: Any,
 ) -> None:
     if event["type"] != "DELETED":
         _schedule_expert(memo, namespace, _snapshot(body))
     if _spec_changed(memo, event, body):
-        _schedule_namespace(memo, namespace, pools, experts, policies)
+        _schedule_namespace(memo, namespace, pools, experts, policies, tenants)
 
 
 @kopf.on.event(GROUP, VERSION, "routingpolicies")
@@ -220,10 +243,44 @@ async def policy_event(
     pools: kopf.Index,
     experts: kopf.Index,
     policies: kopf.Index,
+    tenants: kopf.Index,
     **_: Any,
 ) -> None:
     if _spec_changed(memo, event, body):
-        _schedule_namespace(memo, namespace, pools, experts, policies)
+        _schedule_namespace(memo, namespace, pools, experts, policies, tenants)
+
+
+@kopf.on.event(GROUP, VERSION, "tenants")
+async def tenant_event(
+    event: kopf.RawEvent,
+    body: kopf.Body,
+    namespace: str,
+    memo: kopf.Memo,
+    pools: kopf.Index,
+    experts: kopf.Index,
+    policies: kopf.Index,
+    tenants: kopf.Index,
+    **_: Any,
+) -> None:
+    if event["type"] != "DELETED":
+        _schedule_tenant(memo, namespace, _snapshot(body))
+    if _spec_changed(memo, event, body):
+        _schedule_namespace(memo, namespace, pools, experts, policies, tenants)
+
+
+def _schedule_tenant(memo: kopf.Memo, namespace: str, body: dict[str, Any]) -> None:
+    async def run() -> None:
+        await tenants_mod.reconcile_tenant(memo.ctx, body)
+
+    memo.objects.trigger(
+        f"tenant/{namespace}/{body['metadata']['name']}", run, _reporter(memo, body)
+    )
+
+
+@kopf.timer(GROUP, VERSION, "tenants", interval=RESYNC_SECONDS, initial_delay=5)
+async def tenant_resync(body: kopf.Body, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    # Secrets are not watched: a keys Secret created later is noticed within one resync.
+    _schedule_tenant(memo, namespace, _snapshot(body))
 
 
 # KubeRay reports a pool's readiness on its RayService: mirror it into the pool at once.
@@ -249,10 +306,11 @@ async def child_event(
     pools: kopf.Index,
     experts: kopf.Index,
     policies: kopf.Index,
+    tenants: kopf.Index,
     **_: Any,
 ) -> None:
     if policies.get(namespace):
-        _schedule_namespace(memo, namespace, pools, experts, policies)
+        _schedule_namespace(memo, namespace, pools, experts, policies, tenants)
 
 
 # ----------------------------------------------------------------------------- timers
@@ -265,9 +323,10 @@ async def policy_resync(
     pools: kopf.Index,
     experts: kopf.Index,
     policies: kopf.Index,
+    tenants: kopf.Index,
     **_: Any,
 ) -> None:
-    _schedule_namespace(memo, namespace, pools, experts, policies)
+    _schedule_namespace(memo, namespace, pools, experts, policies, tenants)
 
 
 @kopf.timer(GROUP, VERSION, "cloudexperts", interval=RESYNC_SECONDS, initial_delay=5)

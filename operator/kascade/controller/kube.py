@@ -41,6 +41,8 @@ RESOURCES: dict[str, ResourceType] = {
     "LocalModelPool": ResourceType("kascade.io/v1alpha1", "localmodelpools"),
     "CloudExpert": ResourceType("kascade.io/v1alpha1", "cloudexperts"),
     "RoutingPolicy": ResourceType("kascade.io/v1alpha1", "routingpolicies"),
+    "Tenant": ResourceType("kascade.io/v1alpha1", "tenants"),
+    "NetworkPolicy": ResourceType("networking.k8s.io/v1", "networkpolicies"),
     "RayService": ResourceType("ray.io/v1", "rayservices"),
     "Deployment": ResourceType("apps/v1", "deployments"),
     "Service": ResourceType("v1", "services"),

@@ -16,9 +16,10 @@ import aiohttp
 
 log = logging.getLogger("kascade.operator.spend")
 
-# Where the operator reaches a namespace's gateway. In a cluster that is the gateway
-# Service; an operator run outside the cluster (development) can point elsewhere.
-DEFAULT_URL_TEMPLATE = "http://kascade-gateway.{namespace}.svc"
+# Where the operator reaches a namespace's gateway status. In a cluster that is the
+# gateway's admin Service (not the callers' Service); an operator run outside the
+# cluster (development) can point elsewhere.
+DEFAULT_URL_TEMPLATE = "http://kascade-gateway-admin.{namespace}.svc:9090"
 
 
 def _rfc3339(epoch: float) -> str:

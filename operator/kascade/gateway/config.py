@@ -56,6 +56,11 @@ class LedgerConfig(_Model):
     reservation_ttl_seconds: float = Field(default=900.0, gt=0, le=86_400)
     """How long a reservation may stay open; one a dead replica left becomes
     worst-case spend after this. Must exceed the longest call (retries included)."""
+    url_file: str | None = None
+    """File holding the Redis URL (a mounted Secret), read at start; used when `url`
+    is unset, so a URL with a password never lands in a ConfigMap."""
+    password_file: str | None = None
+    """File holding the Redis password (a mounted Secret), read at start."""
 
 
 class AuthConfig(_Model):
@@ -284,11 +289,51 @@ class SemanticCache(_Model):
 class CacheConfig(_Model):
     exact: ExactCache | None = None
     semantic: SemanticCache | None = None
+    shared_across_tenants: bool = False
+    """Serve one tenant's cached answers to other tenants (off: one partition per tenant)."""
 
 
 class FallbackConfig(_Model):
     when_experts_unavailable: Literal["local", "error"] = "local"
     message: str = "No cloud expert could answer; this is the local model's answer."
+
+
+class TenantKeys(_Model):
+    """Where a tenant's API keys are read from; re-read every second, so a key added
+    to or deleted from the Secret works or stops working without a restart."""
+
+    dir: str | None = None
+    """Directory of a mounted Secret: every file in it holds one accepted key."""
+    env: str | None = None
+    """Environment variable with accepted keys, comma separated (embedded mode)."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TenantKeys:
+        if (self.dir is None) == (self.env is None):
+            raise ValueError("set exactly one of dir or env")
+        return self
+
+
+class TenantBudgetConfig(_Model):
+    limit_usd: float = Field(alias="limitUSD", ge=0, le=9_000_000)
+    """Most USD this tenant's escalations may spend per window, over all experts."""
+    window: Window = "calendar-month"
+    """`rolling-24h`, `calendar-day` or `calendar-month` (calendar windows in UTC)."""
+    on_exhausted: Literal["reject", "fallback-local"] = "reject"
+    """When the tenant's budget is spent: reject with 429, or answer locally (degraded)."""
+
+
+class TenantConfig(_Model):
+    keys: TenantKeys
+    policies: list[str] | None = None
+    """Policies this tenant may call; None: every policy of the gateway."""
+    budget: TenantBudgetConfig | None = None
+    rate_limits: RateLimits = RateLimits()
+    """Requests/min, tokens/min (prompt estimate + max_tokens) and concurrent requests,
+    counted over every replica of the gateway."""
+    confidence_offset: float = Field(default=0.0, ge=-0.5, le=0.5)
+    """Added to each policy's confidence threshold for this tenant's requests (then
+    clamped to [0, 1]): positive escalates more, negative less."""
 
 
 class AuditConfig(_Model):
@@ -314,6 +359,8 @@ class PolicyConfig(_Model):
     fallback: FallbackConfig = FallbackConfig()
     max_cost_per_request_usd: float | None = Field(default=None, alias="maxCostPerRequestUSD", ge=0)
     audit: AuditConfig = AuditConfig()
+    allow_anonymous: bool = False
+    """Callers without an API key may use this policy even when keys are required."""
 
 
 class GatewayConfig(_Model):
@@ -325,9 +372,16 @@ class GatewayConfig(_Model):
     pools: dict[str, PoolConfig] = {}
     experts: dict[str, ExpertConfig] = {}
     policies: dict[str, PolicyConfig] = {}
+    tenants: dict[str, TenantConfig] = {}
+    """Named groups of API keys, each with its own budget, rate limits and policies."""
+    require_api_key: bool = False
+    """Refuse callers without a valid key (401), except on policies that allow anonymous
+    callers. Also implied by `auth` or any tenant."""
 
     @model_validator(mode="after")
     def _references(self) -> GatewayConfig:
+        for name, tenant in self.tenants.items():
+            _check_tenant(self, name=name, tenant=tenant)
         for name, policy in self.policies.items():
             where = f"policies.{name}"
             if policy.local_pool not in self.pools:
@@ -344,6 +398,20 @@ class GatewayConfig(_Model):
             for i, rule in enumerate(policy.rules):
                 _check_rule(self, where=f"{where}.rules[{i}]", rule=rule)
         return self
+
+
+def _check_tenant(config: GatewayConfig, *, name: str, tenant: TenantConfig) -> None:
+    if not name or len(name) > 200 or any(c in name for c in "{}|: \t\r\n/"):
+        raise ValueError(
+            f"tenants.{name!r}: a tenant name must be 1-200 characters without "
+            "'{', '}', '|', ':', '/' or whitespace (Kubernetes object names qualify)"
+        )
+    for policy in tenant.policies or []:
+        if policy not in config.policies:
+            raise ValueError(
+                f"tenants.{name}.policies: unknown policy {policy!r}; "
+                f"known policies: {sorted(config.policies)}"
+            )
 
 
 def _check_rule(config: GatewayConfig, *, where: str, rule: Rule) -> None:

@@ -7,14 +7,14 @@ holds the Runtime it started with, so a reload never changes a request mid-fligh
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 from kascade.gateway import config as config_mod
 from kascade.gateway.cache import memory as cache_mod
 from kascade.gateway.experts import escalation
 from kascade.gateway.privacy import redaction as privacy
+from kascade.gateway.tenants import access
+from kascade.gateway.tenants import keys as keys_mod
 
 
 @dataclass
@@ -37,32 +37,12 @@ class Runtime:
 
     config: config_mod.GatewayConfig
     policies: dict[str, PolicyRuntime]
-    api_keys: frozenset[str] | None
     models_body: bytes
-
-
-def _api_keys(auth: config_mod.AuthConfig | None) -> frozenset[str] | None:
-    if auth is None:
-        return None
-    if auth.api_keys_env is not None:
-        raw = os.environ.get(auth.api_keys_env, "")
-        keys = [k.strip() for k in raw.split(",")]
-    else:
-        assert auth.api_keys_file is not None
-        try:
-            text = Path(auth.api_keys_file).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise config_mod.ConfigError(
-                f"auth.apiKeysFile: cannot read {auth.api_keys_file}: {exc.strerror}"
-            ) from None
-        keys = [line.strip() for line in text.splitlines() if not line.startswith("#")]
-    found = frozenset(k for k in keys if k)
-    if not found:
-        raise config_mod.ConfigError(
-            "auth: no API keys found (one key per line in apiKeysFile, comma separated in "
-            "apiKeysEnv); remove `auth` to disable authentication"
-        )
-    return found
+    tenants: dict[str, access.TenantRuntime] = field(default_factory=dict)
+    keyring: keys_mod.KeyRing = field(default_factory=keys_mod.KeyRing)
+    """Swapped in place by the key watcher when a Secret's keys change."""
+    keys_required: bool = False
+    anonymous_policies: frozenset[str] = frozenset()
 
 
 def build(
@@ -126,6 +106,9 @@ def build(
     return Runtime(
         config=config,
         policies=policies,
-        api_keys=_api_keys(config.auth),
         models_body=json.dumps(models).encode(),
+        tenants=access.build_tenants(config),
+        keyring=keys_mod.build_ring(tenants=config.tenants, auth=config.auth),
+        keys_required=access.keys_required(config),
+        anonymous_policies=frozenset(n for n, p in config.policies.items() if p.allow_anonymous),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ class Loaded:
     pools: list[v1alpha1.LocalModelPool]
     experts: list[v1alpha1.CloudExpert]
     policies: list[v1alpha1.RoutingPolicy]
+    tenants: list[v1alpha1.Tenant] = dataclasses.field(default_factory=list)
 
 
 class NamespaceConflict(ValueError):
@@ -43,6 +45,7 @@ def load(path: Path) -> Loaded:
         pools=[o for o in objects if isinstance(o, v1alpha1.LocalModelPool)],
         experts=[o for o in objects if isinstance(o, v1alpha1.CloudExpert)],
         policies=[o for o in objects if isinstance(o, v1alpha1.RoutingPolicy)],
+        tenants=[o for o in objects if isinstance(o, v1alpha1.Tenant)],
     )
 
 

@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             ),
             credentials="file",
             ledger_url=args.redis_url,
+            tenants=loaded.tenants,
+            require_api_key=True,  # as the operator renders it
         )
         for name, refs in compiled.missing.items():
             print(f"# RoutingPolicy/{name} left out: missing {', '.join(refs)}", file=sys.stderr)
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 settings=settings,
                 owners=[],
                 service_monitor=False,
+                tenants=loaded.tenants,
             )
         )
     sys.stdout.write(yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False))

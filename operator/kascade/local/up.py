@@ -147,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint_path=None
         if args.redis
         else str(args.state_dir / f"{loaded.namespace}-ledger.json"),
+        # Keys come from KASCADE_TENANT_KEYS_<SECRET> (comma separated); without any
+        # Tenant the laptop gateway stays open, as a first contact should be.
+        tenants=loaded.tenants,
+        require_api_key=bool(loaded.tenants),
     )
     if compiled.missing:
         lines = [f"RoutingPolicy/{n}: missing {', '.join(r)}" for n, r in compiled.missing.items()]

@@ -30,7 +30,12 @@ CACHE = Path(os.environ.get("KASCADE_CACHE", Path.home() / ".cache" / "kascade")
 
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 CRUD = ("get", "list", "watch", "create", "patch", "update", "delete")
-KINDS = ("localmodelpools.kascade.io", "cloudexperts.kascade.io", "routingpolicies.kascade.io")
+KINDS = (
+    "localmodelpools.kascade.io",
+    "cloudexperts.kascade.io",
+    "routingpolicies.kascade.io",
+    "tenants.kascade.io",
+)
 
 # (verb, resource, subresource) the operator must be allowed in every namespace it watches.
 NAMESPACED_ALLOWED: list[tuple[str, str, str]] = [
@@ -39,11 +44,12 @@ NAMESPACED_ALLOWED: list[tuple[str, str, str]] = [
     *[(v, r, "") for r in (
         "rayservices.ray.io", "deployments.apps", "services", "configmaps",
         "horizontalpodautoscalers.autoscaling", "poddisruptionbudgets.policy",
+        "networkpolicies.networking.k8s.io",
     ) for v in CRUD],
     *[(v, "servicemonitors.monitoring.coreos.com", "") for v in (
         "get", "list", "watch", "create", "patch", "delete",
     )],
-    *[(v, "secrets", "") for v in ("get", "list", "watch")],
+    ("get", "secrets", ""),
     *[(v, r, "") for r in ("events", "events.events.k8s.io") for v in ("create", "patch")],
     *[(v, "endpointslices.discovery.k8s.io", "") for v in ("get", "list", "watch")],
 ]  # fmt: skip
@@ -54,7 +60,7 @@ CLUSTER_ALLOWED: list[tuple[str, str, str]] = [
 ]
 # What a compromised operator must still not be able to do.
 DENIED: list[tuple[str, str, str]] = [
-    *[(v, "secrets", "") for v in ("create", "update", "patch", "delete")],
+    *[(v, "secrets", "") for v in ("list", "watch", "create", "update", "patch", "delete")],
     *[(v, k, "") for k in KINDS for v in ("create", "update", "delete")],
     ("update", "rayservices.ray.io", "status"),
     ("get", "pods", ""),

@@ -65,6 +65,7 @@ def test_generated_files_parse_and_name_the_kinds() -> None:
         "localmodelpools": ["lmp"],
         "cloudexperts": ["cx"],
         "routingpolicies": ["rp"],
+        "tenants": ["kt"],
     }
 
 

@@ -45,7 +45,7 @@ class Source:
     offset: int = 0
 
 
-CE, RP, LMP = "CloudExpert", "RoutingPolicy", "LocalModelPool"
+CE, RP, LMP, TN = "CloudExpert", "RoutingPolicy", "LocalModelPool", "Tenant"
 
 GATEWAY_SOURCES: dict[str, Source] = {
     "experts.*.provider": Source(CE, "spec.provider"),
@@ -104,6 +104,13 @@ GATEWAY_SOURCES: dict[str, Source] = {
         RP, "spec.fallback.whenExpertsUnavailable"
     ),
     "policies.*.maxCostPerRequestUSD": Source(RP, "spec.maxCostPerRequestUSD"),
+    "tenants.*.budget.limitUSD": Source(TN, "spec.budget.limitUSD"),
+    "tenants.*.budget.window": Source(TN, "spec.budget.window"),
+    "tenants.*.budget.onExhausted": Source(TN, "spec.budget.onExhausted"),
+    "tenants.*.rateLimits.requestsPerMinute": Source(TN, "spec.rateLimits.requestsPerMinute"),
+    "tenants.*.rateLimits.tokensPerMinute": Source(TN, "spec.rateLimits.tokensPerMinute"),
+    "tenants.*.rateLimits.maxConcurrency": Source(TN, "spec.rateLimits.maxConcurrency"),
+    "tenants.*.confidenceOffset": Source(TN, "spec.confidenceOffset"),
 }
 
 # Bounded gateway fields that no CRD field feeds: the compiler (or the operator) sets them.

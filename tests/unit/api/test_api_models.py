@@ -16,7 +16,7 @@ EXAMPLE_FILES = sorted([*REPO.glob("examples/*.yaml"), *REPO.glob("examples/comp
 
 def test_there_are_examples_of_every_kind() -> None:
     kinds = {o.kind for f in EXAMPLE_FILES for o in v1alpha1.load_path(f)}
-    assert kinds == {"LocalModelPool", "CloudExpert", "RoutingPolicy"}
+    assert kinds == {"LocalModelPool", "CloudExpert", "RoutingPolicy", "Tenant"}
 
 
 @pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: str(p.relative_to(REPO)))
@@ -38,6 +38,7 @@ def test_complete_setup_loads_as_a_directory_and_skips_secrets() -> None:
         ("CloudExpert", "gpt-4o-mini"),
         ("LocalModelPool", "smollm2"),
         ("RoutingPolicy", "assistant"),
+        ("Tenant", "search-team"),
     ]
     secrets = [
         m
@@ -281,6 +282,7 @@ def test_public_names_are_exactly_all() -> None:
         "regex",
         "routingpolicy",
         "timezones",
+        "tenant",
     }
     assert public - modules == set(v1alpha1.__all__)
 

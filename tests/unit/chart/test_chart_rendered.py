@@ -18,9 +18,9 @@ CRUD = {"get", "list", "watch", "create", "patch", "update", "delete"}
 # here on purpose, so a change to the chart's RBAC has to be made twice.
 NAMESPACED_RULES: dict[tuple[str, str], set[str]] = {
     **{("kascade.io", r): {"get", "list", "watch", "patch"} for r in
-       ("localmodelpools", "cloudexperts", "routingpolicies")},
+       ("localmodelpools", "cloudexperts", "routingpolicies", "tenants")},
     **{("kascade.io", f"{r}/status"): {"get", "patch", "update"} for r in
-       ("localmodelpools", "cloudexperts", "routingpolicies")},
+       ("localmodelpools", "cloudexperts", "routingpolicies", "tenants")},
     ("ray.io", "rayservices"): CRUD,
     ("apps", "deployments"): CRUD,
     ("", "services"): CRUD,
@@ -30,7 +30,8 @@ NAMESPACED_RULES: dict[tuple[str, str], set[str]] = {
     ("policy", "poddisruptionbudgets"): CRUD,
     ("monitoring.coreos.com", "servicemonitors"): {"get", "list", "watch", "create", "patch",
                                                    "delete"},
-    ("", "secrets"): {"get", "list", "watch"},
+    ("", "secrets"): {"get"},
+    ("networking.k8s.io", "networkpolicies"): CRUD,
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},
@@ -172,7 +173,7 @@ def test_namespaced_rbac_puts_namespaced_rules_in_each_watched_namespace(
 
 def test_user_roles_aggregate_into_admin_edit_and_view(render: Render) -> None:
     manifests = render()
-    kinds = ("localmodelpools", "cloudexperts", "routingpolicies")
+    kinds = ("localmodelpools", "cloudexperts", "routingpolicies", "tenants")
     expected = {
         "kascade-admin": ("admin", CRUD | {"deletecollection"}),
         "kascade-editor": ("edit", CRUD),
@@ -216,7 +217,7 @@ def test_generated_crds_ship_with_the_chart(render: Render) -> None:
     crds = [m for m in render("--include-crds") if m["kind"] == "CustomResourceDefinition"]
     assert len(crds) == len(files)
     plurals = {crd["spec"]["names"]["plural"] for crd in crds}
-    assert plurals == {"localmodelpools", "cloudexperts", "routingpolicies"}
+    assert plurals == {"localmodelpools", "cloudexperts", "routingpolicies", "tenants"}
     assert {crd["spec"]["group"] for crd in crds} == {"kascade.io"}
     # Helm never renders crds/ in a plain template, so golden files stay independent of
     # the CRD generator.

@@ -177,14 +177,20 @@ def test_gateway_objects_hold_no_secret_values_and_run_restricted() -> None:
         "ConfigMap",
         "Deployment",
         "Service",
+        "Service",
         "PodDisruptionBudget",
+        "NetworkPolicy",
         "PersistentVolumeClaim",
     ]
+    # Callers reach the API port only; the admin port has its own Service.
+    assert [p["name"] for p in objs[2]["spec"]["ports"]] == ["http"]
+    assert objs[3]["metadata"]["name"] == "kascade-gateway-admin"
+    assert [p["port"] for p in objs[3]["spec"]["ports"]] == [9090]
     assert objs[1]["spec"]["strategy"] == {"type": "Recreate"}
     assert objs[1]["spec"]["replicas"] == 1
     state = {v["name"]: v for v in objs[1]["spec"]["template"]["spec"]["volumes"]}["state"]
-    assert state["persistentVolumeClaim"]["claimName"] == objs[4]["metadata"]["name"]
-    assert "ownerReferences" not in objs[4]["metadata"]
+    assert state["persistentVolumeClaim"]["claimName"] == objs[6]["metadata"]["name"]
+    assert "ownerReferences" not in objs[6]["metadata"]
     pod = objs[1]["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -218,3 +224,43 @@ def test_render_matches_golden_yaml(example: str, capsys: pytest.CaptureFixture[
     if os.environ.get("KASCADE_UPDATE_GOLDEN"):
         golden.write_text(out)
     assert out == golden.read_text(), "render output changed; KASCADE_UPDATE_GOLDEN=1 to accept"
+
+
+def test_tenants_redis_secret_and_network_policy_are_rendered() -> None:
+    loaded = objects.load(COMPLETE)
+    compiled = _compile(COMPLETE, tenants=loaded.tenants, require_api_key=True, redis_secret=True)
+    config = compiled.config
+    assert config.require_api_key is True
+    assert config.ledger.url is None
+    assert config.ledger.url_file == "/var/run/kascade/redis/url"
+    tenant = config.tenants["search-team"]
+    assert tenant.keys.dir == "/var/run/kascade/tenants/search-team"
+    assert tenant.policies == ["assistant"]
+    settings = resources.Settings(
+        redis_secret="redis-auth",
+        gateway_admitted_namespaces=("apps",),
+        gateway_admin_namespaces=("kascade-system", "monitoring"),
+    )
+    objs = resources.build_gateway(
+        namespace="team-a",
+        config=config,
+        experts=loaded.experts,
+        settings=settings,
+        owners=[],
+        service_monitor=False,
+        tenants=loaded.tenants,
+    )
+    pod = next(o for o in objs if o["kind"] == "Deployment")["spec"]["template"]["spec"]
+    secrets = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
+    assert secrets["tenant-0"] == {"secretName": "search-team-keys", "optional": True}
+    assert secrets["redis"]["secretName"] == "redis-auth"
+    [netpol] = [o for o in objs if o["kind"] == "NetworkPolicy"]
+    api, admin = netpol["spec"]["ingress"]
+    assert api["from"] == [
+        {"podSelector": {}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "apps"}}},
+    ]
+    assert [p["port"] for p in admin["ports"]] == [resources.GATEWAY_ADMIN_PORT]
+    assert len(admin["from"]) == 2
+    # The Redis Secret makes the ledger shared, so replicas may scale (an HPA).
+    assert "HorizontalPodAutoscaler" in [o["kind"] for o in objs]

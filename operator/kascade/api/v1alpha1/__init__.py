@@ -1,4 +1,5 @@
-"""The Kascade API, version kascade.io/v1alpha1: LocalModelPool, CloudExpert, RoutingPolicy.
+"""The Kascade API, version kascade.io/v1alpha1: LocalModelPool, CloudExpert, RoutingPolicy,
+Tenant.
 
 These pydantic models are the single source of truth: the CRDs in ``crds/`` are generated
 from them (``python -m kascade.api.crdgen``), and embedded mode validates YAML files with
@@ -41,6 +42,7 @@ from kascade.api.v1alpha1.routingpolicy import (
     RoutingPolicySpec,
     RoutingPolicyStatus,
 )
+from kascade.api.v1alpha1.tenant import Tenant, TenantSpec, TenantStatus
 
 __all__ = [
     "API_GROUP",
@@ -65,6 +67,9 @@ __all__ = [
     "RoutingPolicySpec",
     "RoutingPolicyStatus",
     "SecretKeyRef",
+    "Tenant",
+    "TenantSpec",
+    "TenantStatus",
     "ValidationFailed",
     "check_update",
     "load_objects",

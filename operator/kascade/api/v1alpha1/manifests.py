@@ -16,16 +16,27 @@ from typing import Any
 import pydantic
 import yaml
 
-from kascade.api.v1alpha1 import cloudexpert, common, localmodelpool, problems, routingpolicy
+from kascade.api.v1alpha1 import (
+    cloudexpert,
+    common,
+    localmodelpool,
+    problems,
+    routingpolicy,
+    tenant,
+)
 
 KascadeObject = (
-    localmodelpool.LocalModelPool | cloudexpert.CloudExpert | routingpolicy.RoutingPolicy
+    localmodelpool.LocalModelPool
+    | cloudexpert.CloudExpert
+    | routingpolicy.RoutingPolicy
+    | tenant.Tenant
 )
 
 KINDS: Mapping[str, type[KascadeObject]] = {
     localmodelpool.KIND: localmodelpool.LocalModelPool,
     cloudexpert.KIND: cloudexpert.CloudExpert,
     routingpolicy.KIND: routingpolicy.RoutingPolicy,
+    tenant.KIND: tenant.Tenant,
 }
 
 # Fields that cannot change once the object exists (mirrors the CRD transition rules).

@@ -345,6 +345,10 @@ class CacheSpec(common.KascadeModel):
     semantic: SemanticCache | None = None
     """Semantic cache."""
 
+    shared_across_tenants: bool = pydantic.Field(default=False, alias="sharedAcrossTenants")
+    """Serve answers cached for one tenant to other tenants too. Off: each tenant has its
+    own cache partition, so no answer crosses from one team to another."""
+
 
 class FallbackSpec(common.KascadeModel):
     """What happens when an escalation finds no usable expert."""
@@ -427,6 +431,10 @@ class RoutingPolicySpec(common.KascadeModel):
 
     audit: AuditSpec = pydantic.Field(default_factory=AuditSpec)
     """Audit logging."""
+
+    allow_anonymous: bool = pydantic.Field(default=False, alias="allowAnonymous")
+    """Accept callers without an API key. Off: the operator-rendered gateway answers 401
+    to requests for this policy that carry no key of a Tenant of the namespace."""
 
     __kascade_rules__: ClassVar[tuple[common.CelRule, ...]] = (
         common.CelRule(

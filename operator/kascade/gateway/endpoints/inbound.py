@@ -1,4 +1,4 @@
-"""Inbound checks shared by every endpoint: API keys and bounded body reads."""
+"""Inbound checks shared by every endpoint: who is calling, and bounded body reads."""
 
 from __future__ import annotations
 
@@ -6,20 +6,25 @@ from aiohttp import web
 
 from kascade.gateway import runtime
 from kascade.gateway.endpoints import errors
+from kascade.gateway.tenants import access
 
 
-def authenticate(rt: runtime.Runtime, http: web.Request) -> None:
-    if rt.api_keys is None:
-        return
-    header = http.headers.get("authorization", "")
-    key = header[7:].strip() if header[:7].lower() == "bearer " else http.headers.get("api-key")
-    if not key or key not in rt.api_keys:
-        raise errors.ApiError(
-            status=401,
-            message="Missing or invalid API key: send `Authorization: Bearer <key>`.",
-            type="authentication_error",
-            code="invalid_api_key",
-        )
+def identify(rt: runtime.Runtime, http: web.Request) -> access.Caller:
+    """The caller; 401 for an unknown key, or for no key where no policy is anonymous."""
+    caller = access.identify(
+        ring=rt.keyring,
+        tenants=rt.tenants,
+        required=rt.keys_required,
+        key=access.presented_key(http.headers),
+    )
+    if not rt.anonymous_policies:  # no policy takes anonymous callers: refuse them now
+        access.require_key(caller=caller, required=rt.keys_required, allow_anonymous=False)
+    return caller
+
+
+def authenticate(rt: runtime.Runtime, http: web.Request) -> access.Caller:
+    """For endpoints that name no policy: like ``identify``."""
+    return identify(rt, http)
 
 
 async def read_body(http: web.Request, *, limit: int) -> bytes:

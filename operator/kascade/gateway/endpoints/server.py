@@ -8,6 +8,7 @@ import gc
 import json
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from kascade.gateway import config as config_mod
-from kascade.gateway import ledger, runtime
+from kascade.gateway import ledger, redis_source, runtime
 from kascade.gateway.cache import shared as shared_cache
 from kascade.gateway.endpoints import errors, feedback, inbound, readiness, status
 from kascade.gateway.experts import escalation, providers
@@ -23,9 +24,11 @@ from kascade.gateway.observe import audit as audit_mod
 from kascade.gateway.observe import loop as loop_monitor
 from kascade.gateway.observe import metrics as metrics_mod
 from kascade.gateway.route import pipeline, pressure
+from kascade.gateway.tenants import keys as keys_mod
 
 log = logging.getLogger("kascade.gateway")
 STATE: web.AppKey[pipeline.State] = web.AppKey("state", pipeline.State)
+ADMIN_PORT: web.AppKey[int | None] = web.AppKey("admin_port", object)  # type: ignore[arg-type]
 RELOAD_SECONDS = 1.0
 
 
@@ -89,11 +92,23 @@ async def _chat(http: web.Request) -> web.StreamResponse:
 
 async def _models(http: web.Request) -> web.Response:
     state = http.app[STATE]
+    rt = state.runtime
     try:
-        inbound.authenticate(state.runtime, http)
+        caller = inbound.authenticate(rt, http)
     except errors.ApiError as exc:
         return exc.response()
-    return web.Response(body=state.runtime.models_body, content_type="application/json")
+    allowed = caller.tenant.policies if caller.tenant is not None else None
+    if not caller.authenticated and rt.keys_required:
+        allowed = rt.anonymous_policies
+    if allowed is None:
+        return web.Response(body=rt.models_body, content_type="application/json")
+    # Only what this caller may call: a tenant learns nothing of other teams' policies.
+    data = [
+        {"id": name, "object": "model", "created": 0, "owned_by": "kascade"}
+        for name in sorted(allowed)
+        if name in rt.policies
+    ]
+    return _json({"object": "list", "data": data})
 
 
 async def _healthz(http: web.Request) -> web.Response:
@@ -125,10 +140,11 @@ async def _metrics(http: web.Request) -> web.Response:
 
 async def _status(http: web.Request) -> web.Response:
     state = http.app[STATE]
-    try:
-        inbound.authenticate(state.runtime, http)
-    except errors.ApiError as exc:
-        return exc.response()
+    if http.app[ADMIN_PORT] is None:  # On the main port it needs a key like any call.
+        try:
+            inbound.authenticate(state.runtime, http)
+        except errors.ApiError as exc:
+            return exc.response()
     return _json(await status.collect(state))
 
 
@@ -143,21 +159,56 @@ async def _feedback(http: web.Request) -> web.Response:
     return _json(recorded)
 
 
+def _key_watcher(state: pipeline.State) -> keys_mod.KeyWatcher:
+    def swap(ring: keys_mod.KeyRing) -> None:
+        state.runtime.keyring = ring
+
+    return keys_mod.KeyWatcher(
+        current=lambda: (state.runtime.config, state.runtime.keyring), swap=swap
+    )
+
+
+ADMIN_PATHS = frozenset({"/metrics", "/v1/kascade/status", "/healthz", "/readyz"})
+
+
+def _port_split(admin_port: int) -> Any:
+    """Serves /metrics and /v1/kascade/status only on the admin port, and only those
+    (and health checks) there: the Service exposes the main port alone."""
+
+    @web.middleware
+    async def split(http: web.Request, handler: Any) -> web.StreamResponse:
+        sockname = http.transport.get_extra_info("sockname") if http.transport else None
+        on_admin = isinstance(sockname, tuple) and sockname[1] == admin_port
+        if on_admin != (http.path in ADMIN_PATHS) and http.path not in ("/healthz", "/readyz"):
+            return web.Response(status=404, text="not found")
+        response: web.StreamResponse = await handler(http)
+        return response
+
+    return split
+
+
 def build_app(
     *,
     config: config_mod.GatewayConfig,
     config_path: Path | None,
     audit_path: str | None,
+    admin_port: int | None = None,
 ) -> web.Application:
-    """The aiohttp application; backends open on startup and close on cleanup."""
-    app = web.Application(client_max_size=1 << 30)
+    """The aiohttp application; backends open on startup and close on cleanup.
+
+    With ``admin_port``, metrics and status answer only on that port (see ``main``)."""
+    middlewares = [] if admin_port is None else [_port_split(admin_port)]
+    app = web.Application(client_max_size=1 << 30, middlewares=middlewares)
 
     async def lifecycle(app: web.Application) -> Any:
         checkpoint = config.ledger.checkpoint_path
+        url = redis_source.ledger_url(config.ledger)
+        prefix = redis_source.key_prefix(config.namespace)
         ledger_backend, throttle = ledger.open_backends(
-            url=config.ledger.url,
+            url=url,
             checkpoint_path=Path(checkpoint) if checkpoint else None,
             reservation_ttl_s=config.ledger.reservation_ttl_seconds,
+            key_prefix=prefix,
         )
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
@@ -179,20 +230,23 @@ def build_app(
             audit=audit_mod.AuditLog(path=audit_path),
             experts=experts,
         )
-        url = config.ledger.url or ""
-        if url.startswith(("redis://", "rediss://")):
+        if (url or "").startswith(("redis://", "rediss://")):
             # Replicas sharing a Redis ledger also share exact-cache answers.
-            state.shared_cache = shared_cache.SharedExactCache(url=url, namespace=config.namespace)
+            state.shared_cache = shared_cache.SharedExactCache(
+                url=url or "", namespace=config.namespace
+            )
         app[STATE] = state
-        monitor = asyncio.get_running_loop().create_task(loop_monitor.watch(metrics))
-        watcher_task = None
+        loop = asyncio.get_running_loop()
+        tasks = [
+            loop.create_task(loop_monitor.watch(metrics)),
+            loop.create_task(_key_watcher(state).run()),
+        ]
         if config_path is not None:
             watcher = ConfigWatcher(path=config_path, state=state)
-            watcher_task = asyncio.get_running_loop().create_task(watcher.run())
+            tasks.append(asyncio.get_running_loop().create_task(watcher.run()))
         yield
-        monitor.cancel()
-        if watcher_task is not None:
-            watcher_task.cancel()
+        for task in tasks:
+            task.cancel()
         if state.shared_cache is not None:
             await state.shared_cache.close()
         await escalator.close()  # settlements of cancelled calls finish before the ledger
@@ -201,6 +255,7 @@ def build_app(
         await throttle.close()
         state.audit.close()
 
+    app[ADMIN_PORT] = admin_port
     app.cleanup_ctx.append(lifecycle)
     app.router.add_post("/v1/chat/completions", _chat)
     app.router.add_get("/v1/models", _models)
@@ -226,9 +281,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="gateway config file (YAML or JSON)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
+    p.add_argument(
+        "--admin-port",
+        type=int,
+        default=None,
+        help="serve /metrics and /v1/kascade/status only on this port (not on --port)",
+    )
     p.add_argument("--audit-log", default=None, help="file for JSON audit lines, or - for stdout")
     p.add_argument("--log-level", default="INFO")
     return p
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,13 +320,18 @@ def main(argv: list[str] | None = None) -> int:
         loop = uvloop.new_event_loop()
     except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
         loop = asyncio.new_event_loop()
-    app = build_app(config=config, config_path=Path(args.config), audit_path=args.audit_log)
+    app = build_app(
+        config=config,
+        config_path=Path(args.config),
+        audit_path=args.audit_log,
+        admin_port=args.admin_port,
+    )
     app.on_startup.append(_tune_gc)
+    ports = [args.port] if args.admin_port is None else [args.port, args.admin_port]
     try:
         web.run_app(
             app,
-            host=args.host,
-            port=args.port,
+            sock=[_listen(args.host, port) for port in ports],
             access_log=None,
             print=None,
             handle_signals=True,

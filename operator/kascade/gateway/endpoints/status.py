@@ -51,7 +51,33 @@ async def collect(state: pipeline.State) -> dict[str, Any]:
         experts[name] = entry
     return {
         "namespace": rt.config.namespace,
+        "tenants": await _tenants(state),
         "ledger": "redis" if (rt.config.ledger.url or "").startswith("redis") else "memory",
         "policies": {n: {"generation": p.config.generation} for n, p in rt.policies.items()},
         "experts": experts,
     }
+
+
+async def _tenants(state: pipeline.State) -> dict[str, Any]:
+    """Spend and key count per tenant (never the keys)."""
+    rt = state.runtime
+    counts = rt.keyring.counts()
+    out: dict[str, Any] = {}
+    for name, tenant in rt.tenants.items():
+        entry: dict[str, Any] = {"keys": counts.get(name, 0)}
+        if tenant.budget is not None:
+            try:
+                snap = await state.escalator.ledger.snapshot(
+                    expert=tenant.book, budget=tenant.budget
+                )
+                entry["budget"] = {
+                    "window": snap.window,
+                    "limitUSD": _usd(snap.limit_nanos),
+                    "spentUSD": _usd(snap.spent_nanos),
+                    "reservedUSD": _usd(snap.reserved_nanos),
+                    "remainingUSD": _usd(snap.remaining_nanos),
+                }
+            except ledger.LedgerError as exc:
+                entry["ledgerError"] = type(exc).__name__
+        out[name] = entry
+    return out

@@ -127,6 +127,8 @@ class Outcome:
     streamed: bool = False
     attempts: list[dict[str, Any]] = field(default_factory=list)
     ledger_unavailable: bool = False
+    tenant_budget_exhausted: bool = False
+    """The caller's tenant budget could not hold an attempt's worst case."""
     budget_rejected: bool = False
     refusals: list[ledger.BudgetExhausted] = field(default_factory=list)
     """Budget refusals, with the ledger's figures at the moment of refusal."""
@@ -211,6 +213,8 @@ class Call:
     max_cost_nanos: int | None
     needs: frozenset[str] = frozenset()
     """Capabilities the request needs (see experts.capabilities)."""
+    also_books: tuple[ledger.Book, ...] = ()
+    """Other budgets (the caller's tenant) reserved atomically with each expert's."""
 
 
 @dataclass
@@ -402,8 +406,12 @@ class Escalator:
                 budget=expert.budget,
                 amount_nanos=worst,
                 request_id=call.request_id,
+                also=call.also_books,
             )
         except ledger.BudgetExhausted as exc:
+            if exc.expert != expert.name:  # the tenant's book refused, not the expert's
+                outcome.tenant_budget_exhausted = True
+                return "tenant_budget_exhausted"
             outcome.refusals.append(exc)
             return "budget_exhausted"
         except ledger.LedgerUnavailable:

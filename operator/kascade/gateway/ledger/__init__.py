@@ -24,6 +24,7 @@ from kascade.gateway.ledger._memory_throttle import MemoryThrottle
 from kascade.gateway.ledger._money import MAX_NANOS, nanos_to_usd, usd_to_nanos
 from kascade.gateway.ledger._protocols import Ledger, Throttle
 from kascade.gateway.ledger._records import (
+    Book,
     Budget,
     Permit,
     Reservation,
@@ -37,6 +38,7 @@ from kascade.gateway.ledger._redis_throttle import RedisThrottle
 
 __all__ = [
     "MAX_NANOS",
+    "Book",
     "Budget",
     "BudgetExhausted",
     "Ledger",

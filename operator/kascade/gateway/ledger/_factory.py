@@ -20,14 +20,16 @@ def open_backends(
     url: str | None,
     checkpoint_path: Path | None,
     reservation_ttl_s: float = _records.DEFAULT_RESERVATION_TTL_S,
+    key_prefix: str = "kascade:",
 ) -> tuple[_protocols.Ledger, _protocols.Throttle]:
     """The ledger and throttle for ``url``.
 
     ``None`` or ``"memory://"`` gives the in-memory backends (one replica; spend
     checkpointed to ``checkpoint_path`` if given); ``redis://``, ``rediss://`` or
     ``unix://`` gives the Redis backends shared by all replicas (``checkpoint_path``
-    is ignored: Redis persists). Nothing connects until the first call. A reservation
-    left open longer than ``reservation_ttl_s`` becomes worst-case spend.
+    is ignored: Redis persists; every key starts with ``key_prefix``). Nothing connects
+    until the first call. A reservation left open longer than ``reservation_ttl_s``
+    becomes worst-case spend.
     """
     if url is None or url == "memory://":
         memory = _memory_ledger.MemoryLedger(
@@ -35,8 +37,12 @@ def open_backends(
         )
         return memory, (_memory_throttle.MemoryThrottle())
     if url.startswith(("redis://", "rediss://", "unix://")):
-        redis = _redis_ledger.RedisLedger(url=url, reservation_ttl_s=reservation_ttl_s)
-        return redis, _redis_throttle.RedisThrottle(url=url)
+        return (
+            _redis_ledger.RedisLedger(
+                url=url, key_prefix=key_prefix, reservation_ttl_s=reservation_ttl_s
+            ),
+            _redis_throttle.RedisThrottle(url=url, key_prefix=key_prefix),
+        )
     raise ValueError(
         f"ledger URL {_redis_conn.redact_url(url)!r} is not supported: use 'memory://' "
         "(or none) for one replica, or 'redis://host:port/db' / 'rediss://…' for several"

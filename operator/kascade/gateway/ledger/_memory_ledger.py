@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kascade.gateway.ledger import _books, _checkpoint, _errors, _records, _windows
+from kascade.gateway.ledger import _books, _checkpoint, _errors, _joint, _records, _windows
 
 logger = logging.getLogger(__name__)
 
@@ -74,50 +74,69 @@ class MemoryLedger:
         budget: _records.Budget,
         amount_nanos: int,
         request_id: str,
+        also: tuple[_records.Book, ...] = (),
     ) -> _records.Reservation:
-        """Holds ``amount_nanos`` if spent + reserved + amount <= limit, else BudgetExhausted."""
+        """Holds ``amount_nanos`` in the expert's book and every book of ``also`` if
+        spent + reserved + amount <= limit in each, else BudgetExhausted (nothing held)."""
         self._check_open()
         _records.check_nanos("amount_nanos", amount_nanos)
         rid = _records.new_reservation_id(request_id)
-        books = self._expert_books(expert)
         now = self._clock()
         key = _windows.window_key(window=budget.window, now=now, tz=budget.time_zone)
-        ok, spent, reserved = books.try_reserve(
-            rid=rid,
-            window_key=key,
-            limit=budget.limit_nanos,
-            amount=amount_nanos,
-            now=now,
-            ttl=self._ttl,
-        )
-        if not ok:
+        # The other books first: when several are full, the caller's own (the tenant's)
+        # is the one named in the refusal.
+        targets = [
+            _joint.Target(
+                book.name,
+                self._expert_books(book.name),
+                _windows.window_key(window=book.budget.window, now=now, tz=book.budget.time_zone),
+                book.budget.limit_nanos,
+            )
+            for book in also
+        ]
+        targets.append(_joint.Target(expert, self._expert_books(expert), key, budget.limit_nanos))
+        refusal = _joint.hold_all(targets, rid=rid, amount=amount_nanos, now=now, ttl=self._ttl)
+        if refusal is not None:
             raise _errors.BudgetExhausted(
-                expert=expert,
-                limit_nanos=budget.limit_nanos,
-                spent_nanos=spent,
-                reserved_nanos=reserved,
+                expert=refusal.target.name,
+                limit_nanos=refusal.target.limit,
+                spent_nanos=refusal.spent,
+                reserved_nanos=refusal.reserved,
                 requested_nanos=amount_nanos,
             )
         self._changed()
         return _records.Reservation(
-            id=rid, expert=expert, amount_nanos=amount_nanos, window_key=key, created_at=now
+            id=rid,
+            expert=expert,
+            amount_nanos=amount_nanos,
+            window_key=key,
+            created_at=now,
+            also=tuple(book.name for book in also),
         )
 
     async def settle(self, reservation: _records.Reservation, *, actual_nanos: int) -> None:
         """Replaces the reservation by ``actual_nanos`` of spend (idempotent)."""
         self._check_open()
         _records.check_nanos("actual_nanos", actual_nanos)
-        books = self._expert_books(reservation.expert)
-        if books.finish(
-            rid=reservation.id, actual=actual_nanos, state="settled", now=self._clock()
-        ):
+        now = self._clock()
+        changed = False
+        for name in (reservation.expert, *reservation.also):
+            books = self._expert_books(name)
+            changed |= books.finish(
+                rid=reservation.id, actual=actual_nanos, state="settled", now=now
+            )
+        if changed:
             self._changed()
 
     async def release(self, reservation: _records.Reservation) -> None:
         """Drops the reservation; nothing is spent (idempotent)."""
         self._check_open()
-        books = self._expert_books(reservation.expert)
-        if books.finish(rid=reservation.id, actual=0, state="released", now=self._clock()):
+        now = self._clock()
+        changed = False
+        for name in (reservation.expert, *reservation.also):
+            books = self._expert_books(name)
+            changed |= books.finish(rid=reservation.id, actual=0, state="released", now=now)
+        if changed:
             self._changed()
 
     async def snapshot(self, *, expert: str, budget: _records.Budget) -> _records.SpendSnapshot:

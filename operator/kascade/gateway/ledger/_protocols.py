@@ -22,15 +22,19 @@ class Ledger(Protocol):
         budget: _records.Budget,
         amount_nanos: int,
         request_id: str,
+        also: tuple[_records.Book, ...] = (),
     ) -> _records.Reservation:
         """Holds ``amount_nanos`` if spent + reserved + amount <= limit in the current window.
 
-        Raises ``BudgetExhausted`` otherwise, ``LedgerUnavailable`` if the backend is down.
+        With ``also``, the amount is held in the expert's book and every other book in one
+        atomic step, or in none. Raises ``BudgetExhausted`` (naming the refusing book)
+        otherwise, ``LedgerUnavailable`` if the backend is down.
         """
         ...
 
     async def settle(self, reservation: _records.Reservation, *, actual_nanos: int) -> None:
-        """Replaces the reservation by the actual cost (idempotent per reservation id)."""
+        """Replaces the reservation by the actual cost in every book it holds (idempotent
+        per reservation id)."""
         ...
 
     async def release(self, reservation: _records.Reservation) -> None:

@@ -79,6 +79,18 @@ class Budget:
 
 
 @dataclasses.dataclass(frozen=True)
+class Book:
+    """Another budget one call must also fit in (a tenant's), held in the same atomic
+    step as the expert's: both books hold the amount, or neither does."""
+
+    name: str
+    budget: Budget
+
+    def __post_init__(self) -> None:
+        check_expert(self.name)
+
+
+@dataclasses.dataclass(frozen=True)
 class Reservation:
     """Worst-case money held for one call until it is settled or released."""
 
@@ -87,6 +99,8 @@ class Reservation:
     amount_nanos: int
     window_key: str
     created_at: float
+    also: tuple[str, ...] = ()
+    """Other books holding the same amount under the same id; settled with the expert's."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -97,22 +97,31 @@ class Connection:
                     raise _errors.LedgerError(f"Redis returned sha {sha} for script {script.name}")
             self._loaded = True
 
-    async def call(self, script: Script, *, key: str, args: list[str | int | float]) -> Any:
-        """Runs ``script`` atomically with ``KEYS[1] = key``; the result as Redis returns it."""
+    async def call(
+        self,
+        script: Script,
+        *,
+        key: str,
+        args: list[str | int | float],
+        more_keys: tuple[str, ...] = (),
+    ) -> Any:
+        """Runs ``script`` atomically with ``KEYS = [key, *more_keys]``; the result as Redis
+        returns it."""
         if time.monotonic() < self._down_until:
             raise _errors.LedgerUnavailable(
                 f"Redis at {self._url} is unavailable ({self._down_reason}; retrying shortly)"
             )
+        keys = (key, *more_keys)
         try:
             async with asyncio.timeout(CALL_TIMEOUT_S):
                 if not self._loaded:
                     await self._load_scripts()
                 try:
-                    return await self._client.evalsha(script.sha, 1, key, *args)
+                    return await self._client.evalsha(script.sha, len(keys), *keys, *args)
                 except redis_exceptions.NoScriptError:
                     # The server restarted or SCRIPT FLUSH ran: register again and retry once.
                     await self._load_scripts(force=True)
-                    return await self._client.evalsha(script.sha, 1, key, *args)
+                    return await self._client.evalsha(script.sha, len(keys), *keys, *args)
         except _UNAVAILABLE as exc:
             self._down_reason = f"{type(exc).__name__}: {exc}"
             self._down_until = time.monotonic() + DOWN_HOLD_S

@@ -124,6 +124,26 @@ class Metrics:
             ["policy", "rating"],
             registry=r,
         )
+        # `tenant` is a declared Tenant name, `anonymous` or `authenticated` (flat
+        # `auth` keys): never caller-supplied text, so its cardinality is bounded.
+        self.tenant_requests = Counter(
+            "kascade_tenant_requests_total",
+            "Chat completion requests by tenant, policy and route.",
+            ["tenant", "policy", "route"],
+            registry=r,
+        )
+        self.tenant_escalations = Counter(
+            "kascade_tenant_escalations_total",
+            "Answered escalations to cloud experts by tenant and expert.",
+            ["tenant", "expert"],
+            registry=r,
+        )
+        self.tenant_cost = Counter(
+            "kascade_tenant_cost_usd_total",
+            "USD spent on cloud experts by tenant (settled actual cost).",
+            ["tenant"],
+            registry=r,
+        )
 
         # Billing (docs/ledger.md): how each expert attempt was settled, and the two
         # signals that something is off: a Retry-After cut to the cap, and reported
@@ -188,6 +208,16 @@ class Metrics:
         self.pool_escalations.labels(pool, reason).inc()
         if usd > 0:
             self.pool_escalation_cost.labels(pool, reason).inc(usd)
+
+    def observe_tenant(
+        self, *, tenant: str, policy: str, route: str, expert: str | None, usd: float
+    ) -> None:
+        """Counts one request of a tenant, its escalation and its cost."""
+        self.tenant_requests.labels(tenant, policy, route).inc()
+        if expert is not None:
+            self.tenant_escalations.labels(tenant, expert).inc()
+        if usd > 0:
+            self.tenant_cost.labels(tenant).inc(usd)
 
     def _tool_label(self, name: str) -> str:
         if name in self._tool_labels:

@@ -23,6 +23,13 @@ def record(
     m = metrics
     route_label = d.route if not d.route.startswith("expert:") else "expert"
     m.observe_request(policy=d.policy.name, route=route_label, reason=d.reason, seconds=elapsed)
+    m.observe_tenant(
+        tenant=d.caller.label,
+        policy=d.policy.name,
+        route=route_label,
+        expert=d.outcome.expert if d.outcome else None,
+        usd=d.cost_nanos / 1_000_000_000,
+    )
     if d.confidence is not None and d.cache in ("off", "miss"):
         m.confidence.labels(d.policy.name).observe(d.confidence)
     if chat.tools or d.tool_calls:
@@ -37,6 +44,7 @@ def record(
         "type": "request",
         "request_id": d.request_id,
         "policy": d.policy.name,
+        "tenant": d.caller.label,
         "generation": d.policy.config.generation,
         "status": status,
         "route": d.route,

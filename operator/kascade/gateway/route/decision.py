@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from kascade.gateway import ledger, runtime
 from kascade.gateway.cache import memory as cache_mod
 from kascade.gateway.experts import escalation
+from kascade.gateway.tenants import access
 
 
 def usd_text(nanos: int) -> str:
@@ -44,6 +45,8 @@ class Decision:
     """Names of the functions the answer calls."""
     tool_arguments: tuple[str, ...] = ()
     """Their arguments (JSON text); audited only with `audit.includePrompts`."""
+    caller: access.Caller = access.ANONYMOUS_CALLER
+    """Who sent the request (its tenant, if any)."""
 
     def headers(self) -> dict[str, str]:
         h = {
@@ -51,6 +54,7 @@ class Decision:
             "x-kascade-route": self.route,
             "x-kascade-reason": self.reason,
             "x-kascade-cost-usd": usd_text(self.cost_nanos),
+            "x-kascade-tenant": self.caller.label,
         }
         if self.confidence is not None:
             h["x-kascade-confidence"] = f"{self.confidence:.4f}"

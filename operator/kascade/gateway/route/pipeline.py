@@ -24,6 +24,8 @@ from kascade.gateway.observe import record
 from kascade.gateway.route import capability, formats, local, pressure, request, rules
 from kascade.gateway.route import confidence as confidence_mod
 from kascade.gateway.route import decision as decision_mod
+from kascade.gateway.tenants import access
+from kascade.gateway.tenants import limits as tenant_limits
 
 log = logging.getLogger("kascade.gateway")
 
@@ -54,25 +56,18 @@ async def handle_chat(state: State, http: web.Request) -> web.StreamResponse:
     request_id = os.urandom(16).hex()  # as unique as uuid4, a quarter of the cost
     ids = {"x-kascade-request-id": request_id}
     try:
-        inbound.authenticate(rt, http)
+        caller = inbound.identify(rt, http)
         raw = await inbound.read_body(http, limit=rt.config.limits.max_body_bytes)
         chat = request.parse(raw)
-        policy = rt.policies.get(chat.model)
-        if policy is None:
-            raise errors.ApiError(
-                status=404,
-                message=f"The model `{chat.model}` does not exist: it must name a "
-                f"RoutingPolicy of this gateway ({', '.join(sorted(rt.policies)) or 'none'}).",
-                param="model",
-                code="model_not_found",
-            )
+        policy = _resolve_policy(rt, caller, chat.model)
     except errors.ApiError as exc:
         state.metrics.requests.labels("", "error", exc.code or "invalid_request").inc()
         return exc.response(extra_headers=ids)
-    decision = decision_mod.Decision(request_id=request_id, policy=policy)
+    decision = decision_mod.Decision(request_id=request_id, policy=policy, caller=caller)
     status = 200
     try:
-        response = await _route(state, rt, http, chat, decision)
+        async with tenant_limits.admitted(state.escalator.throttle, caller=caller, chat=chat):
+            response = await _route(state, rt, http, chat, decision)
     except errors.ApiError as exc:
         status = exc.status
         decision.route = "error"
@@ -98,6 +93,28 @@ async def handle_chat(state: State, http: web.Request) -> web.StreamResponse:
         started=started,
     )
     return response
+
+
+def _resolve_policy(
+    rt: runtime.Runtime, caller: access.Caller, model: str
+) -> runtime.PolicyRuntime:
+    policy = rt.policies.get(model)
+    access.require_key(
+        caller=caller,
+        required=rt.keys_required,
+        allow_anonymous=policy is not None and policy.config.allow_anonymous,
+    )
+    if policy is None:
+        # Naming the gateway's other policies would tell any caller what exists.
+        raise errors.ApiError(
+            status=404,
+            message=f"The model `{model}` does not exist: it must name a RoutingPolicy "
+            "of this gateway that your key may call (GET /v1/models lists them).",
+            param="model",
+            code="model_not_found",
+        )
+    access.authorize(caller=caller, policy=model)
+    return policy
 
 
 async def _route(
@@ -183,8 +200,11 @@ async def _route(
             # 5. Confidence check.
             d.confidence = answer.confidence
             burn, unavailable = state.pressure.inputs(experts=experts)
-            d.threshold = confidence_mod.threshold(
-                confidence=cfg.confidence, burn=burn, unavailable_fraction=unavailable
+            d.threshold = tenant_limits.offset_threshold(
+                confidence_mod.threshold(
+                    confidence=cfg.confidence, burn=burn, unavailable_fraction=unavailable
+                ),
+                caller=d.caller,
             )
             if answer.confidence is None:
                 d.reason = "confidence_unavailable"
@@ -283,6 +303,7 @@ async def _escalate(
         raw_personal_data=raw_pii,
         max_cost_nanos=d.policy.max_cost_nanos,
         needs=capabilities.required(chat.body),
+        also_books=tenant_limits.books(d.caller),
     )
     ordered = state.escalator.order(experts=experts, selection=cfg.selection, call=call)
     streamed: list[web.StreamResponse] = []
@@ -311,6 +332,9 @@ async def _escalate(
     summary = outcome.failure_summary
     if outcome.ledger_unavailable:
         summary = "the budget ledger is unreachable, so escalation failed closed; " + summary
+    tenant = d.caller.tenant
+    if outcome.tenant_budget_exhausted and tenant is not None:
+        tenant_limits.raise_if_rejecting(tenant, summary=summary)
     if outcome.budget_rejected:
         raise errors.ApiError(
             status=429,
@@ -348,7 +372,7 @@ def _cache_lookup(
         return None
     d.cache = "miss"
     if policy.exact is not None:
-        d.exact_key = cache_mod.exact_key(policy=policy.name, body=chat.body)
+        d.exact_key = cache_mod.exact_key(policy=_partition(d), body=chat.body)
         entry = policy.exact.get(d.exact_key)
         if entry is not None:
             d.cache, d.route, d.reason = "exact", "cache", "cache_exact"
@@ -356,7 +380,7 @@ def _cache_lookup(
             state.metrics.cache_hits.labels("exact").inc()
             return entry.completion
     if policy.semantic is not None:
-        context, text = cache_mod.semantic_parts(policy=policy.name, body=_key_body(chat))
+        context, text = cache_mod.semantic_parts(policy=_partition(d), body=_key_body(chat))
         hit = policy.semantic.lookup(context=context, text=text)
         if hit is not None:
             d.cache, d.route, d.reason = "semantic", "cache", "cache_semantic"
@@ -384,6 +408,13 @@ async def _shared_lookup(state: State, d: decision_mod.Decision) -> dict[str, An
             confidence=d.confidence,
         )  # fmt: skip
     return completion
+
+
+def _partition(d: decision_mod.Decision) -> str:
+    """The cache partition: one per tenant unless the policy shares answers across them."""
+    if d.policy.config.cache.shared_across_tenants:
+        return d.policy.name
+    return f"{d.policy.name}\x00{d.caller.label}"
 
 
 def _key_body(chat: request.ChatRequest) -> dict[str, Any]:
@@ -419,7 +450,7 @@ def _cache_store(
                 ttl_seconds=policy.exact.ttl_seconds,
             )
     if policy.semantic is not None:
-        context, text = cache_mod.semantic_parts(policy=policy.name, body=_key_body(chat))
+        context, text = cache_mod.semantic_parts(policy=_partition(d), body=_key_body(chat))
         policy.semantic.put(
             context=context,
             text=text,
