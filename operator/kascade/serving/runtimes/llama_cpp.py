@@ -23,6 +23,8 @@ from typing import Any
 import jinja2
 import jinja2.ext
 import jinja2.sandbox
+import numpy as np
+import numpy.typing as npt
 
 from kascade.serving.runtimes import base, llama_batch
 
@@ -175,7 +177,10 @@ class LlamaCppRuntime:
                 f"prompt ({len(prompt)}) + max_tokens ({params.max_tokens}) exceeds the "
                 f"context ({self._context_length})"
             )
-        return self._engine.generate(prompt=prompt, params=params, cancel=cancel)
+        grammar = None if params.json_schema is None else _Grammar(self, params.json_schema)
+        return self._engine.generate(
+            prompt=prompt, params=params, cancel=cancel, constraint=grammar
+        )
 
     def close(self) -> None:
         """Stops the engine, then frees the context and the model."""
@@ -195,3 +200,49 @@ class _Vocab:
 
     def piece(self, token: int) -> bytes:
         return self._runtime._piece(token)
+
+
+class _Grammar:
+    """llama.cpp's grammar sampler over a GBNF grammar derived from a JSON Schema: it
+    masks, at each step, the tokens that cannot continue JSON that follows the schema."""
+
+    def __init__(self, runtime: LlamaCppRuntime, schema_json: str) -> None:
+        lib = runtime._lib
+        self._lib = lib
+        try:
+            grammar = lib.llama_grammar.LlamaGrammar.from_json_schema(schema_json, verbose=False)
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise ValueError(f"response_format schema cannot become a grammar: {exc}") from None
+        self._sampler = lib.llama_sampler_init_grammar(
+            runtime._vocab, grammar._grammar.encode(), grammar._root.encode()
+        )
+        if not self._sampler:
+            raise ValueError("response_format schema gave a grammar llama.cpp rejected")
+        n = runtime._n_vocab
+        self._data = (lib.llama_token_data * n)()
+        self._view = np.ctypeslib.as_array(self._data)
+        self._ids = np.arange(n, dtype=np.int32)
+        self._array = lib.llama_token_data_array(data=self._data, size=n, selected=-1, sorted=False)
+
+    def mask(self, logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """The logits with every token the grammar forbids at -inf."""
+        n = logits.shape[0]
+        self._view["id"] = self._ids
+        self._view["logit"] = logits
+        self._view["p"] = 0.0
+        self._array.size = n
+        self._array.selected = -1
+        self._array.sorted = False
+        self._lib.llama_sampler_apply(self._sampler, ctypes.byref(self._array))
+        size = int(self._array.size)
+        masked = np.full(n, -np.inf, dtype=np.float32)
+        masked[self._view["id"][:size]] = self._view["logit"][:size]
+        return masked
+
+    def accept(self, token: int) -> None:
+        self._lib.llama_sampler_accept(self._sampler, token)
+
+    def close(self) -> None:
+        if self._sampler:
+            self._lib.llama_sampler_free(self._sampler)
+            self._sampler = None
