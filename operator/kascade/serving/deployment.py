@@ -95,7 +95,7 @@ def deployment_options(pool: config.PoolServingConfig) -> dict[str, Any]:
             "min_replicas": replicas.min,
             "max_replicas": replicas.max,
             "initial_replicas": min(max(initial, replicas.min), replicas.max),
-            # Scale up once replicas are generating at full concurrency.
-            "target_ongoing_requests": pool.capacity.max_concurrent_per_replica,
+            # Scale up once replicas generate as many sequences as they run at once.
+            "target_ongoing_requests": slot_count(pool),
         }
     return options
