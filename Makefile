@@ -57,6 +57,7 @@ cluster-down:
 	e2e/cluster/down
 
 bench: venv
+	PY=$(PY) bench/build-llama-server >/dev/null
 	$(PY) bench/gateway.py
 	$(PY) bench/serving.py
 

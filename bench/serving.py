@@ -10,6 +10,11 @@ then as its last line one JSON object with at least ``tokens_per_s_confidence_on
   request by request, so background load on a shared machine hits both alike.
 - ``logits_all`` runs the same loop on a model loaded with ``logits_all=True`` (what
   llama-cpp-python's own ``logprobs`` needs), on a long prompt where the cost shows.
+- Concurrency 1, 4 and 8 (:mod:`serving_concurrency`): one Kascade replica with
+  ``maxConcurrentPerReplica`` 8 (continuous batching) against llama.cpp's own
+  ``llama-server --parallel 8`` on the same model and threads, in the same run
+  (built by ``bench/build-llama-server``; skipped with a note when it is absent).
+  ``--quick`` runs short points and skips the logits_all and cold-start parts.
 - Cold start is from ``serve.run`` (Ray already running; fresh application) to the first
   streamed token over HTTP.
 """
@@ -18,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import pathlib
 import socket
 import statistics
 import sys
@@ -30,6 +37,9 @@ import numpy as np
 
 from kascade.serving import confidence, config, deployment, sources
 from kascade.serving.runtimes import base, llama_cpp
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import serving_concurrency
 
 PROMPTS = [
     "Explain in a few sentences why the sky is blue.",
@@ -220,13 +230,57 @@ def cold_start(*, pool: config.PoolServingConfig) -> dict[str, float]:
     }
 
 
+def concurrency(*, args: argparse.Namespace, seconds: float) -> dict[str, Any]:
+    """Kascade replica vs llama-server at concurrency 1, 4 and 8."""
+    levels = [1, 4, 8]
+    pool = config.PoolServingConfig.from_args(
+        {
+            "name": "bench-batched",
+            "model": {"source": args.source, "contextLength": 512},
+            "resources": {"cpu": args.cpu},
+            "capacity": {"maxConcurrentPerReplica": 8, "maxQueuedPerReplica": 8},
+        }
+    )
+    common = {"levels": levels, "seconds": seconds, "max_tokens": args.max_tokens}
+    ours = serving_concurrency.kascade_sweep(pool=pool, **common)
+    result: dict[str, Any] = {f"kascade_c{c}": v for c, v in ours.items()}
+    result["tokens_per_s_c8"] = ours[8]["tokens_per_s"]
+    binary = args.llama_server
+    if not binary or not os.access(binary, os.X_OK):
+        _log("llama-server not built (bench/build-llama-server): baseline skipped")
+        return result
+    theirs = serving_concurrency.llama_server_sweep(
+        binary=binary,
+        model=str(sources.resolve_source(source=args.source)),
+        threads=deployment.llama_threads(pool),
+        parallel=8,
+        context_length=512,
+        **common,
+    )
+    result.update({f"llama_server_c{c}": v for c, v in theirs.items()})
+    result["llama_server_tokens_per_s_c8"] = theirs[8]["tokens_per_s"]
+    result["ratio_c8"] = round(ours[8]["tokens_per_s"] / theirs[8]["tokens_per_s"], 3)
+    return result
+
+
+def _default_llama_server() -> str:
+    import importlib.metadata
+
+    version = importlib.metadata.version("llama-cpp-python")
+    cache = pathlib.Path(os.environ.get("KASCADE_CACHE", pathlib.Path.home() / ".cache/kascade"))
+    return str(cache / "bin" / f"llama-server-{version}" / "llama-server")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Runs all three measurements; prints one JSON object as the last line."""
+    """Runs the measurements; prints one JSON object as the last line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default="builtin://smollm2-135m-instruct")
-    parser.add_argument("--cpu", type=float, default=1.0)
+    parser.add_argument("--cpu", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=30.0, help="per concurrency point")
+    parser.add_argument("--llama-server", default=_default_llama_server())
+    parser.add_argument("--quick", action="store_true", help="short points, fewer parts")
     args = parser.parse_args(argv)
     pool = config.PoolServingConfig.from_args(
         {
@@ -236,10 +290,13 @@ def main(argv: list[str] | None = None) -> int:
             "capacity": {"maxConcurrentPerReplica": 1, "maxQueuedPerReplica": 4},
         }
     )
-    result: dict[str, Any] = {"source": args.source, "cpu": args.cpu}
-    result.update(throughput(pool=pool, rounds=args.rounds, max_tokens=args.max_tokens))
-    result.update(logits_all_cost(pool=pool, rounds=max(3, args.rounds)))
-    result.update(cold_start(pool=pool))
+    result: dict[str, Any] = {"source": args.source, "cpu": args.cpu, "quick": args.quick}
+    rounds = 1 if args.quick else args.rounds
+    result.update(throughput(pool=pool, rounds=rounds, max_tokens=args.max_tokens))
+    result.update(concurrency(args=args, seconds=8.0 if args.quick else args.seconds))
+    if not args.quick:
+        result.update(logits_all_cost(pool=pool, rounds=max(3, args.rounds)))
+        result.update(cold_start(pool=pool))
     print(json.dumps(result, sort_keys=True), flush=True)
     return 0
 

@@ -35,10 +35,11 @@ def deployment_name(pool: config.PoolServingConfig) -> str:
 
 
 def slot_count(pool: config.PoolServingConfig) -> int:
-    """Concurrent generations per replica (one model context each).
+    """Sequences generated at once per replica (``maxConcurrentPerReplica``).
 
-    vLLM gets one slot: a second engine would claim the GPU memory again, and the
-    synchronous ``LLM`` API is not thread-safe (batching needs the async engine).
+    llama-cpp batches them in one context (one decode per step for all). vLLM gets
+    one: a second engine would claim the GPU memory again, and the synchronous ``LLM``
+    API is not thread-safe (batching needs the async engine).
     """
     if pool.model.runtime is config.Runtime.VLLM:
         return 1
@@ -51,14 +52,15 @@ def replica_capacity(pool: config.PoolServingConfig) -> int:
 
 
 def llama_threads(pool: config.PoolServingConfig, *, cpu_count: int | None = None) -> int:
-    """llama.cpp threads per slot: the replica's CPU allotment split over its slots.
+    """llama.cpp threads of a replica: its whole CPU allotment (rounded down).
 
-    At least 1; never more than the machine's cores (oversubscribing cores makes
-    llama.cpp's spin-waiting threads much slower, not faster).
+    One context decodes every sequence of the replica in one batch, so its threads use
+    the whole allotment whatever ``maxConcurrentPerReplica`` is. At least 1; never more
+    than the machine's cores (oversubscribing cores makes llama.cpp's spin-waiting
+    threads much slower, not faster).
     """
     cores = cpu_count or os.cpu_count() or 1
-    per_slot = math.floor(pool.resources.cpu / slot_count(pool))
-    return max(1, min(per_slot, cores))
+    return max(1, min(math.floor(pool.resources.cpu), cores))
 
 
 def deployment_options(pool: config.PoolServingConfig) -> dict[str, Any]:
@@ -93,7 +95,7 @@ def deployment_options(pool: config.PoolServingConfig) -> dict[str, Any]:
             "min_replicas": replicas.min,
             "max_replicas": replicas.max,
             "initial_replicas": min(max(initial, replicas.min), replicas.max),
-            # Scale up once replicas are generating at full concurrency.
-            "target_ongoing_requests": pool.capacity.max_concurrent_per_replica,
+            # Scale up once replicas generate as many sequences as they run at once.
+            "target_ongoing_requests": slot_count(pool),
         }
     return options

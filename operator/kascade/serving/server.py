@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any
 
 from kascade.serving import admission, config, generation, protocol
@@ -55,19 +55,18 @@ def _error_reply(error: protocol.ApiError) -> JsonReply:
 
 
 class ChatServer:
-    """One replica's request handling over a fixed set of runtime slots."""
+    """One replica's request handling over one runtime's parallel sequences (slots)."""
 
-    def __init__(self, *, pool: config.PoolServingConfig, runtimes: Sequence[base.Runtime]) -> None:
-        if not runtimes:
-            raise ValueError("ChatServer needs at least one runtime slot")
+    def __init__(self, *, pool: config.PoolServingConfig, runtime: base.Runtime) -> None:
         self._pool = pool
-        self._runtimes = list(runtimes)
+        self._runtime = runtime
+        # One thread per slot consumes that slot's steps (the runtime blocks on them).
         self._executors = [
             concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"slot{i}")
-            for i in range(len(self._runtimes))
+            for i in range(runtime.parallel)
         ]
         self._admission = admission.Admission(
-            slots=len(self._runtimes),
+            slots=runtime.parallel,
             max_queued=pool.capacity.max_queued_per_replica,
             max_wait_s=pool.capacity.max_queue_wait_millis / 1000,
         )
@@ -80,6 +79,11 @@ class ChatServer:
     def pool(self) -> config.PoolServingConfig:
         """The config this server was built from."""
         return self._pool
+
+    @property
+    def runtime(self) -> base.Runtime:
+        """The loaded runtime."""
+        return self._runtime
 
     @property
     def generating(self) -> int:
@@ -98,8 +102,7 @@ class ChatServer:
             cancel.set()
         for executor in self._executors:
             executor.shutdown(wait=True, cancel_futures=True)
-        for runtime in self._runtimes:
-            runtime.close()
+        self._runtime.close()
 
     async def handle(self, *, method: str, path: str, body: bytes) -> Reply:
         """Routes one request; never raises for client errors (they become replies)."""
@@ -149,7 +152,7 @@ class ChatServer:
         }
 
     def _prepare(self, request: protocol.ChatRequest) -> tuple[list[int], base.SamplingParams]:
-        runtime = self._runtimes[0]
+        runtime = self._runtime
         messages = [base.Message(role=m.role, content=m.text) for m in request.messages]
         try:
             prompt = runtime.prompt_tokens(messages=messages)
@@ -201,7 +204,7 @@ class ChatServer:
         cancel = threading.Event()
         self._active.add(cancel)
         events = generation.run_generation(
-            runtime=self._runtimes[lease.slot],
+            runtime=self._runtime,
             prompt=prompt,
             params=params,
             stops=request.stop_sequences,
@@ -344,7 +347,7 @@ def _close(events: Iterator[generation.Event]) -> None:
 
 
 def load_server(*, pool: config.PoolServingConfig) -> ChatServer:
-    """Resolves the pool's model source and loads one runtime per concurrency slot.
+    """Resolves the pool's model source and loads the replica's runtime.
 
     Raises :class:`kascade.serving.sources.ModelSourceError` or
     :class:`kascade.serving.runtimes.base.ModelLoadError` with the source and reason.
@@ -353,15 +356,12 @@ def load_server(*, pool: config.PoolServingConfig) -> ChatServer:
     from kascade.serving import deployment, runtimes, sources
 
     path = sources.resolve_source(source=pool.model.source, sha256=pool.model.sha256)
-    slots = [
-        runtimes.load_runtime(pool=pool, model_path=path)
-        for _ in range(deployment.slot_count(pool))
-    ]
+    runtime = runtimes.load_runtime(pool=pool, model_path=path)
     _log.info(
-        "Loaded model pool=%s source=%s slots=%d threads_per_slot=%d",
+        "Loaded model pool=%s source=%s parallel=%d threads=%d",
         pool.name,
         sources.redact_source(pool.model.source),
-        len(slots),
+        runtime.parallel,
         deployment.llama_threads(pool),
     )
-    return ChatServer(pool=pool, runtimes=slots)
+    return ChatServer(pool=pool, runtime=runtime)

@@ -141,7 +141,9 @@ def test_deployment_name_is_deterministic() -> None:
 
 @pytest.mark.parametrize(
     ("cpu", "slots", "cores", "threads"),
-    [(1, 1, 8, 1), (4, 1, 8, 4), (4, 2, 8, 2), (0.5, 1, 8, 1), (16, 1, 2, 2), (3, 2, 8, 1)],
+    # One batched context per replica: its threads take the whole allotment, whatever
+    # the number of parallel sequences.
+    [(1, 1, 8, 1), (4, 1, 8, 4), (4, 2, 8, 4), (0.5, 1, 8, 1), (16, 1, 2, 2), (3, 8, 8, 3)],
 )
 def test_llama_threads_follow_the_cpu_allotment(
     cpu: float, slots: int, cores: int, threads: int

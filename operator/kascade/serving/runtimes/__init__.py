@@ -11,7 +11,7 @@ __all__ = ["load_runtime"]
 
 
 def load_runtime(*, pool: config.PoolServingConfig, model_path: pathlib.Path) -> base.Runtime:
-    """Loads one runtime slot for ``pool`` from a resolved weights file.
+    """Loads the runtime of one replica of ``pool`` from a resolved weights file.
 
     Runtime modules are imported here, lazily: a CPU image never imports vLLM.
     """
@@ -32,5 +32,6 @@ def load_runtime(*, pool: config.PoolServingConfig, model_path: pathlib.Path) ->
         model_path=model_path,
         context_length=pool.model.context_length,
         n_threads=deployment.llama_threads(pool),
+        parallel=deployment.slot_count(pool),
         chat_template=template,
     )

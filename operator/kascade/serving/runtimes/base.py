@@ -1,7 +1,8 @@
 """What every runtime provides: prompt tokens in, scored token steps out.
 
-A runtime instance owns one model context and is driven by one thread at a time; the
-server keeps one instance per concurrent generation slot.
+A replica loads one runtime instance. It generates up to :attr:`Runtime.parallel`
+sequences at once: :meth:`Runtime.generate` may be called from that many threads at the
+same time (the llama-cpp runtime batches them into one decode per step).
 """
 
 from __future__ import annotations
@@ -56,7 +57,12 @@ class ModelLoadError(Exception):
 
 
 class Runtime(Protocol):
-    """One loaded model context."""
+    """One loaded model."""
+
+    @property
+    def parallel(self) -> int:
+        """Sequences this runtime generates at once (concurrent :meth:`generate` calls)."""
+        ...
 
     @property
     def context_length(self) -> int:
@@ -70,7 +76,8 @@ class Runtime(Protocol):
     def generate(
         self, *, prompt: Sequence[int], params: SamplingParams, cancel: threading.Event
     ) -> Iterator[Step]:
-        """Yields at most ``params.max_tokens`` steps; stops early when ``cancel`` is set."""
+        """Yields at most ``params.max_tokens`` steps; stops early when ``cancel`` is set
+        or when the iterator is closed."""
         ...
 
     def close(self) -> None:

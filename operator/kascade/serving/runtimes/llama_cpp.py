@@ -1,14 +1,18 @@
 """The ``llama-cpp`` runtime: GGUF models on CPU through llama-cpp-python.
 
-Generation is driven token by token here instead of through ``create_completion``,
-so log-probabilities cost one softmax over one logits row per generated token.
-``create_completion(logprobs=...)`` needs ``logits_all=True``, which makes llama.cpp
-compute (and llama-cpp-python copy) a vocabulary-sized row for every prompt position.
+One model and one context per replica, shared by ``parallel`` sequences through
+continuous batching (:mod:`kascade.serving.runtimes.llama_batch`): each sequence has
+its own ``seq_id`` and KV cells (``contextLength`` each), and all of them advance in
+one ``llama_decode`` per step.
+
+Generation is driven token by token through llama.cpp's low-level API instead of
+``create_completion``, so log-probabilities cost one softmax over one logits row per
+generated token. ``create_completion(logprobs=...)`` needs ``logits_all=True``, which
+makes llama.cpp compute (and copy) a vocabulary-sized row for every prompt position.
 """
 
 from __future__ import annotations
 
-import codecs
 import ctypes
 import datetime
 import pathlib
@@ -22,10 +26,12 @@ import jinja2.sandbox
 import numpy as np
 import numpy.typing as npt
 
-from kascade.serving import confidence
-from kascade.serving.runtimes import base
+from kascade.serving.runtimes import base, llama_batch
 
 __all__ = ["LlamaCppRuntime"]
+
+_N_BATCH = 512
+"""Tokens per decode: prompt chunks beyond it are evaluated over several steps."""
 
 
 def _raise_exception(message: str) -> None:
@@ -34,7 +40,10 @@ def _raise_exception(message: str) -> None:
 
 
 class LlamaCppRuntime:
-    """One llama.cpp context over one GGUF file, driven by one thread at a time."""
+    """One llama.cpp context over one GGUF file, generating ``parallel`` sequences at once.
+
+    :meth:`generate` may be called from up to ``parallel`` threads at the same time.
+    """
 
     def __init__(
         self,
@@ -42,6 +51,7 @@ class LlamaCppRuntime:
         model_path: pathlib.Path,
         context_length: int,
         n_threads: int,
+        parallel: int = 1,
         chat_template: str | None = None,
         logits_all: bool = False,
     ) -> None:
@@ -49,22 +59,50 @@ class LlamaCppRuntime:
         import llama_cpp  # the serving extra; imported here so config/unit code needs none
 
         self._lib: Any = llama_cpp
+        self._parallel = parallel
         try:
+            # The high-level object loads the weights and tokenizes; its own context is
+            # minimal (generation runs in the batched context below).
             self._llm: Any = llama_cpp.Llama(
                 model_path=str(model_path),
-                n_ctx=context_length,
-                n_batch=min(512, context_length),
-                n_threads=n_threads,
-                n_threads_batch=n_threads,
-                logits_all=logits_all,
+                n_ctx=_N_BATCH,
+                n_batch=_N_BATCH,
+                n_threads=1,
                 verbose=False,
+            )
+            self._ctx_owner: Any = self._batched_context(
+                context_length=context_length, n_threads=n_threads
             )
         except (ValueError, RuntimeError) as exc:
             raise base.ModelLoadError(f"llama.cpp could not load {model_path}: {exc}") from None
         self._context_length = context_length
         self._n_vocab = int(self._llm.n_vocab())
         self._vocab = self._llm._model.vocab
-        self._ctx = self._llm._ctx.ctx
+        self._ctx = self._ctx_owner.ctx
+        self._template = self._load_template(chat_template, model_path)
+        self._engine = llama_batch.BatchEngine(
+            lib=llama_cpp,
+            ctx=self._ctx,
+            n_vocab=self._n_vocab,
+            vocab=_Vocab(self),
+            parallel=parallel,
+            n_batch=min(_N_BATCH, context_length * parallel),
+            logits_all=logits_all,
+        )
+
+    def _batched_context(self, *, context_length: int, n_threads: int) -> Any:
+        from llama_cpp import _internals
+
+        params = self._lib.llama_context_default_params()
+        # KV cells are split evenly over the sequences: each gets the whole contextLength.
+        params.n_ctx = context_length * self._parallel
+        params.n_seq_max = self._parallel
+        params.kv_unified = False
+        params.n_batch = params.n_ubatch = min(_N_BATCH, params.n_ctx)
+        params.n_threads = params.n_threads_batch = n_threads
+        return _internals.LlamaContext(model=self._llm._model, params=params, verbose=False)
+
+    def _load_template(self, chat_template: str | None, model_path: pathlib.Path) -> Any:
         metadata: dict[str, str] = dict(self._llm.metadata)
         template = chat_template or metadata.get("tokenizer.chat_template")
         if not template:
@@ -81,9 +119,19 @@ class LlamaCppRuntime:
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
         try:
-            self._template = env.from_string(template)
+            return env.from_string(template)
         except jinja2.TemplateError as exc:
             raise base.ModelLoadError(f"chat template does not parse: {exc}") from None
+
+    @property
+    def parallel(self) -> int:
+        """Sequences generated at once (one KV region each)."""
+        return self._parallel
+
+    @property
+    def live_sequences(self) -> int:
+        """Sequences holding KV cells now."""
+        return self._engine.live
 
     @property
     def context_length(self) -> int:
@@ -120,10 +168,6 @@ class LlamaCppRuntime:
         add_bos = self._add_bos and not (self._bos and text.startswith(self._bos))
         return list(self._llm.tokenize(text.encode(), add_bos=add_bos, special=True))
 
-    def _last_logits(self) -> npt.NDArray[np.float32]:
-        pointer = self._lib.llama_get_logits_ith(self._ctx, -1)
-        return np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
-
     def generate(
         self, *, prompt: Sequence[int], params: base.SamplingParams, cancel: threading.Event
     ) -> Iterator[base.Step]:
@@ -133,37 +177,29 @@ class LlamaCppRuntime:
                 f"prompt ({len(prompt)}) + max_tokens ({params.max_tokens}) exceeds the "
                 f"context ({self._context_length})"
             )
-        rng = np.random.default_rng(params.seed)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         grammar = None if params.json_schema is None else _Grammar(self, params.json_schema)
-        self._llm.reset()
-        self._llm.eval(list(prompt))
-        try:
-            for _ in range(params.max_tokens):
-                if cancel.is_set():
-                    return
-                logits = self._last_logits()
-                allowed = logits if grammar is None else grammar.mask(logits)
-                token = _pick(logits=allowed, params=params, rng=rng)
-                # Scored on the raw logits: confidence describes the model, not the grammar.
-                score = (
-                    confidence.score_logits(logits=logits, token=token) if params.score else None
-                )
-                if grammar is not None:
-                    grammar.accept(token)
-                if self._lib.llama_vocab_is_eog(self._vocab, token):
-                    yield base.Step(token_id=token, text="", is_end=True, score=score)
-                    return
-                text = decoder.decode(self._piece(token))
-                yield base.Step(token_id=token, text=text, is_end=False, score=score)
-                self._llm.eval([token])
-        finally:
-            if grammar is not None:
-                grammar.close()
+        return self._engine.generate(
+            prompt=prompt, params=params, cancel=cancel, constraint=grammar
+        )
 
     def close(self) -> None:
-        """Frees the llama.cpp model and context."""
+        """Stops the engine, then frees the context and the model."""
+        self._engine.close()
+        self._ctx_owner.close()
         self._llm.close()
+
+
+class _Vocab:
+    """The model vocabulary as the batch engine sees it."""
+
+    def __init__(self, runtime: LlamaCppRuntime) -> None:
+        self._runtime = runtime
+
+    def is_end(self, token: int) -> bool:
+        return bool(self._runtime._lib.llama_vocab_is_eog(self._runtime._vocab, token))
+
+    def piece(self, token: int) -> bytes:
+        return self._runtime._piece(token)
 
 
 class _Grammar:
@@ -210,20 +246,3 @@ class _Grammar:
         if self._sampler:
             self._lib.llama_sampler_free(self._sampler)
             self._sampler = None
-
-
-def _pick(
-    *, logits: npt.NDArray[np.float32], params: base.SamplingParams, rng: np.random.Generator
-) -> int:
-    if params.temperature == 0.0:
-        return int(np.argmax(logits))
-    scaled = logits.astype(np.float64) / params.temperature
-    probs = np.exp(scaled - scaled.max())
-    probs /= probs.sum()
-    if params.top_p < 1.0:
-        order = np.argsort(probs)[::-1]
-        cumulative = np.cumsum(probs[order])
-        keep = order[: int(np.searchsorted(cumulative, params.top_p)) + 1]
-        kept = probs[keep] / probs[keep].sum()
-        return int(keep[rng.choice(len(keep), p=kept)])
-    return int(rng.choice(len(probs), p=probs))

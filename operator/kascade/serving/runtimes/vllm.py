@@ -53,6 +53,12 @@ class VllmRuntime:
         self._context_length = context_length
 
     @property
+    def parallel(self) -> int:
+        """One: the synchronous ``LLM`` API is not thread-safe (batching across requests
+        needs vLLM's async engine)."""
+        return 1
+
+    @property
     def context_length(self) -> int:
         """Tokens the context holds."""
         return self._context_length
