@@ -151,6 +151,7 @@ def policy_config(policy: v1alpha1.RoutingPolicy) -> gw.PolicyConfig:
                 gw.CustomPattern(name=p.name, regex=p.regex) for p in spec.privacy.custom_patterns
             ],
             action=spec.privacy.action,
+            unscannable=spec.privacy.unscannable,
         ),
         cache=gw.CacheConfig(
             exact=None
@@ -170,7 +171,9 @@ def policy_config(policy: v1alpha1.RoutingPolicy) -> gw.PolicyConfig:
             message=spec.fallback.message,
         ),
         max_cost_per_request_usd=spec.max_cost_per_request_usd,
-        audit=gw.AuditConfig(enabled=spec.audit.enabled),
+        audit=gw.AuditConfig(
+            enabled=spec.audit.enabled, include_prompts=spec.audit.include_prompts
+        ),
     )
 
 

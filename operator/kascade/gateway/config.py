@@ -18,7 +18,17 @@ from pydantic.alias_generators import to_camel
 
 Window = Literal["rolling-24h", "calendar-day", "calendar-month"]
 Provider = Literal["openai", "openai-compatible", "anthropic", "azure-openai"]
-Detector = Literal["email", "phone", "credit-card", "iban", "ip-address"]
+Detector = Literal[
+    "email",
+    "phone",
+    "credit-card",
+    "iban",
+    "ip-address",
+    "ssn",
+    "date-of-birth",
+    "national-id",
+    "secret",
+]
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
@@ -219,6 +229,9 @@ class PrivacyConfig(_Model):
     detectors: list[Detector] = []
     custom_patterns: list[CustomPattern] = []
     action: Literal["redact", "local-only", "allow"] = "redact"
+    unscannable: Literal["reject", "local-only", "allow"] = "reject"
+    """Binary parts (images, audio, files) under redact/local-only: refuse with 400, keep
+    the request in the cluster, or send them unscanned."""
 
 
 class ExactCache(_Model):
@@ -244,6 +257,8 @@ class FallbackConfig(_Model):
 
 class AuditConfig(_Model):
     enabled: bool = True
+    include_prompts: bool = False
+    """Audit lines hold the messages after redaction (never the raw text)."""
 
 
 class PolicyConfig(_Model):

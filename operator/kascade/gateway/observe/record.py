@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from kascade.gateway.observe import audit as audit_mod
-from kascade.gateway.route import decision as decision_mod
 from kascade.gateway.observe import metrics as metrics_mod
+from kascade.gateway.route import decision as decision_mod
 from kascade.gateway.route import request
 
 
@@ -54,5 +54,6 @@ def record(
             "stream": chat.stream,
             "prompt_tokens_estimate": chat.prompt_estimate,
             "duration_ms": round(elapsed * 1000, 3),
+            **({"prompt": d.prompt} if d.prompt is not None else {}),
         }
     )

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from kascade.gateway.cache.memory import memory as cache_mod
 from kascade.gateway import ledger, runtime
+from kascade.gateway.cache import memory as cache_mod
 from kascade.gateway.experts import escalation
 
 
@@ -38,6 +39,8 @@ class Decision:
     """The pool whose local pass this request used (or would have used)."""
     privacy: str | None = None
     """What was done about detected personal data, e.g. ``redacted:email,phone``."""
+    prompt: list[dict[str, Any]] | None = None
+    """The messages after redaction, for audit lines when `audit.includePrompts` is on."""
 
     def headers(self) -> dict[str, str]:
         h = {

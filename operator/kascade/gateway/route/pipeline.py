@@ -13,22 +13,18 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from kascade.gateway import runtime
+from kascade.gateway.cache import memory as cache_mod
+from kascade.gateway.cache import shared as shared_cache_mod
+from kascade.gateway.endpoints import errors, inbound, responses
+from kascade.gateway.experts import escalation
 from kascade.gateway.observe import audit as audit_mod
-from kascade.gateway.cache.memory import memory as cache_mod
+from kascade.gateway.observe import metrics as metrics_mod
+from kascade.gateway.observe import record
+from kascade.gateway.privacy import screen as screen_mod
 from kascade.gateway.route import confidence as confidence_mod
 from kascade.gateway.route import decision as decision_mod
-from kascade.gateway import runtime
-from kascade.gateway.endpoints import errors
-from kascade.gateway.experts import escalation
-from kascade.gateway.endpoints import inbound
-from kascade.gateway.route import local
-from kascade.gateway.route import pressure
-from kascade.gateway.observe import record
-from kascade.gateway.route import request
-from kascade.gateway.endpoints import responses
-from kascade.gateway.route import rules
-from kascade.gateway.observe import metrics as metrics_mod
-from kascade.gateway.cache.memory import shared as shared_cache_mod
+from kascade.gateway.route import local, pressure, request, rules
 
 log = logging.getLogger("kascade.gateway")
 
@@ -114,26 +110,29 @@ async def _route(
 ) -> web.StreamResponse:
     policy = d.policy
     cfg = policy.config
-    # 1. Privacy.
-    outbound = chat.messages
+    # 1. Privacy: every field that could leave the cluster.
+    outbound, outbound_params = chat.messages, chat.params
     local_only = raw_pii = False
     if policy.scanner.enabled:
-        scan = policy.scanner.scan(messages=chat.messages)
-        d.pii = scan.counts
-        if scan.found:
-            if cfg.privacy.action == "redact" and scan.redacted_messages is not None:
-                outbound = scan.redacted_messages
-                done = "redacted"
-            elif cfg.privacy.action == "local-only":
-                local_only = True
-                done = "local-only"
-            else:
-                raw_pii = True
-                done = "allowed"
-            kinds = sorted(kind for kind, count in scan.counts.items() if count)
-            d.privacy = f"{done}:{','.join(kinds)}"
+        scanned = await screen_mod.scan(
+            policy.scanner, messages=chat.messages, params=chat.params, size=chat.body_bytes
+        )
+        screened = screen_mod.decide(
+            cfg.privacy, scanned, messages=chat.messages, params=chat.params,
+            has_experts=bool(policy.experts),
+        )  # fmt: skip
+        outbound, outbound_params = screened.messages, screened.params
+        local_only, raw_pii = screened.local_only, screened.raw_pii
+        d.pii = screened.counts
+        if cfg.audit.include_prompts:  # always the redacted text, whatever the action
+            d.prompt = screen_mod.audit_prompt(scanned, messages=chat.messages)
+        if screened.done is not None:
+            kinds = sorted(kind for kind, count in screened.counts.items() if count)
+            d.privacy = f"{screened.done}:{','.join(kinds)}"
             for kind in kinds:
-                state.metrics.privacy_detections.labels(policy.name, kind, done).inc()
+                state.metrics.privacy_detections.labels(policy.name, kind, screened.done).inc()
+    elif cfg.audit.include_prompts:
+        d.prompt = chat.messages  # no detector configured: nothing to redact
     # 2. Cache.
     hit = _cache_lookup(state, chat, d)
     if hit is None and d.exact_key is not None and state.shared_cache is not None:
@@ -208,6 +207,7 @@ async def _route(
         d,
         experts=experts,
         outbound=outbound,
+        outbound_params=outbound_params,
         raw_pii=raw_pii,
         answer=answer,
         pool=pool,
@@ -263,6 +263,7 @@ async def _escalate(
     *,
     experts: list[escalation.ExpertState],
     outbound: list[dict[str, Any]],
+    outbound_params: dict[str, Any],
     raw_pii: bool,
     answer: local.LocalAnswer | None,
     pool: Any,
@@ -271,7 +272,7 @@ async def _escalate(
     call = escalation.Call(
         request_id=d.request_id,
         messages=outbound,
-        params=chat.params,
+        params=outbound_params,
         requested_max_tokens=chat.max_tokens,
         prompt_bound=chat.prompt_bound,
         prompt_estimate=chat.prompt_estimate,

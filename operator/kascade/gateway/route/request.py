@@ -24,6 +24,8 @@ class ChatRequest:
     params: dict[str, Any]
     prompt_bound: int
     prompt_estimate: int
+    body_bytes: int = 0
+    """Size of the request body: large ones are scanned for privacy off the event loop."""
 
 
 def _bad(message: str, *, param: str | None, code: str = "invalid_value") -> errors.ApiError:
@@ -105,4 +107,5 @@ def parse(raw: bytes) -> ChatRequest:
         params=params,
         prompt_bound=bound,
         prompt_estimate=estimate,
+        body_bytes=len(raw),
     )

@@ -1,0 +1,545 @@
+"""The built-in detectors: an RE2 pattern that finds candidates and a check that keeps
+only personal data.
+
+RE2 has no lookaround, so each pattern matches a candidate generously and its check
+looks at the bytes around it (a card number must not continue into more digits) and at
+a bounded window before it (a date is a date of birth only after words like "born").
+Every check reads a bounded number of bytes per candidate, so a scan stays linear.
+
+What the detectors cannot do: person names and postal addresses have no shape a pattern
+can tell from ordinary words ("Paris Hilton", "10 Downing Street" versus "10 pages"),
+so no built-in detector claims them; policies can add custom patterns for their own
+formats (customer numbers, ticket ids), and requests whose names or addresses must
+never leave the cluster need `local-only` with a detector that fires on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kascade.gateway.privacy import checksums, engine
+
+Span = tuple[int, int]
+Check = Callable[[bytes, int, int], Span | None]
+"""(buffer, candidate start, candidate end) -> the span that is personal data, or None."""
+
+_ALNUM = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
+_DIGITS = frozenset(b"0123456789")
+_WINDOW = 48
+"""Bytes before a candidate searched for context words."""
+
+
+@dataclass(frozen=True)
+class Detector:
+    kind: str
+    """The config name (`email`, `credit-card`...): the redaction marker and audit key."""
+    pattern: bytes
+    check: Check | None = None
+    gates: tuple[bytes, ...] = ()
+    """Byte strings one of which every match contains: texts without any are skipped."""
+    needs_digit: bool = False
+    """Every match contains a digit: texts without one are skipped."""
+    case_sensitive: bool = True
+    blocker: Check | None = None
+    """For a candidate that fails the check: the span whose digits later detectors must
+    not claim (a card number that fails Luhn is not a phone number either)."""
+
+
+def _is_word(byte: int) -> bool:
+    return byte in _ALNUM or byte >= 0x80
+
+
+def _clear(data: bytes, start: int, end: int, *, also: bytes = b"") -> bool:
+    """Neither the byte before nor the byte after is a word character (or in `also`)."""
+    if start > 0 and (_is_word(data[start - 1]) or data[start - 1] in also):
+        return False
+    return not (end < len(data) and (_is_word(data[end]) or data[end] in also))
+
+
+def _context(data: bytes, start: int, words: engine.Pattern) -> bool:
+    return words.search(data, max(0, start - _WINDOW), start) is not None
+
+
+def _digits(data: bytes, start: int, end: int) -> str:
+    return "".join(chr(b) for b in data[start:end] if b in _DIGITS)
+
+
+def _groups(data: bytes, start: int, end: int) -> list[Span]:
+    """The maximal digit groups inside a candidate, in order."""
+    out: list[Span] = []
+    i = start
+    while i < end:
+        if data[i] in _DIGITS:
+            j = i
+            while j < end and data[j] in _DIGITS:
+                j += 1
+            out.append((i, j))
+            i = j
+        else:
+            i += 1
+    return out
+
+
+def _group_spans(data: bytes, start: int, end: int, low: int, high: int) -> list[Span]:
+    """Sub-spans made of whole digit groups with low..high digits: earliest start first,
+    then longest (a card followed by an expiry date, an order number before a card)."""
+    groups = _groups(data, start, end)[:24]
+    spans: list[Span] = []
+    for i in range(len(groups)):
+        count = 0
+        found: list[Span] = []
+        for j in range(i, len(groups)):
+            count += groups[j][1] - groups[j][0]
+            if count > high:
+                break
+            if count >= low:
+                found.append((groups[i][0], groups[j][1]))
+        spans.extend(reversed(found))
+    return spans
+
+
+# --- email -------------------------------------------------------------------------
+
+_LABEL = rb"[\p{L}\p{N}\p{M}\-]+"
+EMAIL = Detector(
+    kind="email",
+    # Internationalised: letters of any script in the local part and the domain.
+    pattern=rb"[\p{L}\p{N}\p{M}._%+\-]+@"
+    + _LABEL
+    + rb"(?:\."
+    + _LABEL
+    + rb")*\.(?:[\p{L}\p{M}]{2,}|xn--[a-zA-Z0-9\-]+)",
+    gates=(b"@",),
+)
+
+# --- payment cards -----------------------------------------------------------------
+
+
+def _card(data: bytes, start: int, end: int) -> Span | None:
+    for s, e in _group_spans(data, start, end, 13, 19):
+        if _clear(data, s, e) and checksums.card_valid(_digits(data, s, e)):
+            return s, e
+    return None
+
+
+def _card_like(data: bytes, start: int, end: int) -> Span | None:
+    """A span written like a card number (a network's first digit, 13 to 19 digits)."""
+    for s, e in _group_spans(data, start, end, 13, 19):
+        if data[s] in b"23456" and _clear(data, s, e):
+            return s, e
+    return None
+
+
+CARD = Detector(
+    kind="credit-card",
+    # Any separator style: spaces, dashes, dots, slashes, underscores, or none.
+    pattern=rb"\d(?:[ ._/\-]{0,3}\d){12,30}",
+    check=_card,
+    needs_digit=True,
+    blocker=_card_like,
+)
+
+# --- IBAN --------------------------------------------------------------------------
+
+
+def _iban_span(data: bytes, start: int, end: int) -> Span | None:
+    """The span of the country's IBAN length from `start`, when it ends at a boundary."""
+    if start > 0 and _is_word(data[start - 1]):
+        return None
+    length = checksums.iban_length(engine.decode(data[start : start + 2]))
+    if length is None:
+        return None
+    seen, i = 0, start
+    while i < end and seen < length:
+        if data[i] not in b" -":
+            seen += 1
+        i += 1
+    if seen < length or (i < len(data) and _is_word(data[i])):
+        return None
+    return start, i
+
+
+def _iban(data: bytes, start: int, end: int) -> Span | None:
+    span = _iban_span(data, start, end)
+    if span is None:
+        return None
+    text = engine.decode(data[span[0] : span[1]]).replace(" ", "").replace("-", "")
+    return span if checksums.iban_valid(text) else None
+
+
+IBAN = Detector(
+    kind="iban",
+    # Any case and spacing: the country's IBAN length decides where it ends.
+    pattern=rb"[A-Za-z]{2}\d{2}(?:[ \-]?[A-Za-z0-9]){11,30}",
+    check=_iban,
+    needs_digit=True,
+    blocker=_iban_span,
+)
+
+# --- US SSN ------------------------------------------------------------------------
+
+_SSN_WORDS = engine.compile_bytes(
+    rb"ssn|social security|sozialversicherung|\bss#", case_sensitive=False
+)
+
+
+def _ssn(data: bytes, start: int, end: int) -> Span | None:
+    if not _clear(data, start, end, also=b"-./"):
+        return None
+    text = engine.decode(data[start:end])
+    if text.isdigit() and not _context(data, start, _SSN_WORDS):
+        return None  # nine bare digits are an SSN only where the text says so
+    return (start, end) if checksums.ssn_valid(text) else None
+
+
+SSN = Detector(
+    kind="ssn",
+    pattern=rb"\d{3}-\d{2}-\d{4}|\d{3} \d{2} \d{4}|\d{9}",
+    check=_ssn,
+    needs_digit=True,
+)
+
+# --- IP addresses ------------------------------------------------------------------
+
+_VERSION_WORDS = engine.compile_bytes(
+    rb"version|\bver\b|release|build|firmware|python|node|java|upgrade|update|v$|version:",
+    case_sensitive=False,
+)
+
+
+def _ipv4(data: bytes, start: int, end: int) -> Span | None:
+    if not _clear(data, start, end, also=b".-"):
+        return None
+    octets = data[start:end].split(b".")
+    if any(int(o) > 255 or (len(o) > 1 and o[0] == 0x30) for o in octets):
+        return None
+    if _context(data, start, _VERSION_WORDS):
+        return None  # "version 1.2.3.4" is a version number
+    return start, end
+
+
+IPV4 = Detector(
+    kind="ip-address",
+    pattern=rb"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}",
+    check=_ipv4,
+    needs_digit=True,
+)
+
+
+def _ipv6(data: bytes, start: int, end: int) -> Span | None:
+    if not _clear(data, start, end, also=b":"):
+        return None
+    text = engine.decode(data[start:end])
+    if sum(1 for part in text.split(":") if part) < 3:
+        return None  # "::1" and "a:b::" carry nothing personal
+    import ipaddress
+
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return None
+    return start, end
+
+
+IPV6 = Detector(
+    kind="ip-address",
+    pattern=rb"[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:\.\d{1,3}){0,3}",
+    check=_ipv6,
+    gates=(b":",),
+)
+
+# --- phone numbers -----------------------------------------------------------------
+
+_PHONE_WORDS = engine.compile_bytes(
+    rb"phone|\btel\b|\btel\.|mobile|\bcell|\bcall|\bfax|whatsapp|\bsms|\btext me|\bring|"
+    rb"telefon|handy|t\x{e9}l\x{e9}phone|portable|tel\x{e9}fono|m\x{f3}vil|cellulare|telefoon|"
+    rb"\x{7535}\x{8bdd}|\x{96fb}\x{8a71}|\x{643a}\x{5e2f}",
+    case_sensitive=False,
+)
+_DATE_SHAPE = engine.compile_bytes(
+    rb"^(?:\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4})$"
+)
+
+
+def _phone_ok(data: bytes, s: int, e: int, *, context: bool) -> bool:
+    digits = _digits(data, s, e)
+    if not 7 <= len(digits) <= 15 or _DATE_SHAPE.search(data[s:e]) is not None:
+        return False
+    text = engine.decode(data[s:e])
+    if text.startswith(("+", "00")):
+        return checksums.phone_valid(
+            "+" + text.lstrip("+0") if text.startswith("00") else text, international=True
+        )
+    if context:
+        return checksums.phone_valid(text, international=False)
+    # Without the word "phone" nearby: only numbers written the way their country
+    # writes phone numbers (bare digit strings are order numbers and timestamps).
+    formatted = any(ch in text for ch in " ()-./")
+    return formatted and checksums.phone_valid(text, international=False, grouped=True)
+
+
+def _phone(data: bytes, start: int, end: int) -> Span | None:
+    if not _clear(data, start, end, also=b"+.-/"):
+        return None
+    context = _context(data, start, _PHONE_WORDS)
+    if _phone_ok(data, start, end, context=context):
+        return start, end
+    # A phone number followed by more digits ("030 1234567 2024"): whole leading groups.
+    groups = _groups(data, start, end)
+    for last in range(len(groups) - 2, max(-1, len(groups) - 5), -1):
+        stop = groups[last][1]
+        if _phone_ok(data, start, stop, context=context):
+            return start, stop
+    return None
+
+
+PHONE = Detector(
+    kind="phone",
+    pattern=rb"(?:\+|00)?\(?\d[\d ().\-/]{5,22}\d\)?",
+    check=_phone,
+    needs_digit=True,
+)
+
+# --- dates of birth ----------------------------------------------------------------
+
+_BIRTH_WORDS = engine.compile_bytes(
+    rb"born|birth|\bdob\b|d\.o\.b|geboren|geburt|\bn\x{e9}e?\b|naissance|nacimiento|nacid[oa]|"
+    rb"nascita|\bnat[oa]\b|geboortedatum|urodzon|f\x{f6}dd|\x{751f}\x{65e5}|\x{51fa}\x{751f}",
+    case_sensitive=False,
+)
+_MONTHS = {
+    name: number
+    for number, names in enumerate(
+        (
+            ("jan", "janv", "januar", "enero", "gennaio", "januari"),
+            ("feb", "f\u00e9v", "febr", "februar", "febrero", "febbraio", "februari"),
+            ("mar", "m\u00e4r", "mars", "m\u00e4rz", "marzo", "maart"),
+            ("apr", "avr", "april", "abril", "aprile"),
+            ("may", "mai", "mayo", "maggio", "mei"),
+            ("jun", "juin", "juni", "junio", "giugno"),
+            ("jul", "juil", "juli", "julio", "luglio"),
+            ("aug", "ao\u00fbt", "august", "agosto", "augustus"),
+            ("sep", "sept", "september", "septiembre", "settembre"),
+            ("oct", "okt", "october", "oktober", "octubre", "ottobre", "octobre"),
+            ("nov", "november", "noviembre", "novembre"),
+            (
+                "dec",
+                "dez",
+                "d\u00e9c",
+                "december",
+                "dezember",
+                "diciembre",
+                "dicembre",
+                "d\u00e9cembre",
+            ),
+        ),
+        start=1,
+    )
+    for name in names
+}
+_NUMBERS = engine.compile_bytes(rb"\d+")
+_WORDS = engine.compile_bytes(rb"\p{L}+")
+
+
+def _month(word: str) -> int | None:
+    word = word.lower().rstrip(".")
+    if len(word) < 3:
+        return None
+    return _MONTHS.get(word) or _MONTHS.get(word[:3])
+
+
+def _dob(data: bytes, start: int, end: int) -> Span | None:
+    if not _clear(data, start, end) or not _context(data, start, _BIRTH_WORDS):
+        return None
+    numbers = [int(m.group()) for m in _NUMBERS.finditer(data, start, end)]
+    words = [engine.decode(m.group()) for m in _WORDS.finditer(data, start, end)]
+    months = [m for m in (_month(w) for w in words) if m is not None]
+    if months and len(numbers) >= 2:
+        day, year = (numbers[0], numbers[-1]) if numbers[-1] > 31 else (numbers[-1], numbers[0])
+        return (start, end) if checksums.date_valid(year, months[0], day) else None
+    if len(numbers) != 3:
+        return None
+    a, b, c = numbers
+    if a > 31:  # year first
+        return (start, end) if checksums.date_valid(a, b, c) else None
+    year = c + 1900 if c < 100 and c > 30 else c + 2000 if c < 100 else c
+    ok = checksums.date_valid(year, b, a) or checksums.date_valid(year, a, b)
+    return (start, end) if ok else None
+
+
+_MONTH_WORD = rb"\p{L}{3,10}\.?"
+DOB = Detector(
+    kind="date-of-birth",
+    pattern=(
+        rb"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}|"
+        rb"\d{1,2}(?:st|nd|rd|th)?\.? (?:de )?"
+        + _MONTH_WORD
+        + rb",? (?:de )?\d{4}|"
+        + _MONTH_WORD
+        + rb" \d{1,2}(?:st|nd|rd|th)?,? \d{4}"
+    ),
+    check=_dob,
+    needs_digit=True,
+)
+
+# --- national identity numbers and passports ---------------------------------------
+
+_ID_WORDS = engine.compile_bytes(
+    rb"\bid\b|identity|identit\x{e9}|national|bsn|burgerservice|sofi|cpf|aadhaar|\buid\b|"
+    rb"pesel|personnummer|steuer|idnr|identifikation|insee|s\x{e9}curit\x{e9} sociale|"
+    rb"\bnir\b|\bdni\b|\bnie\b|codice fiscale|tax|ausweis|personal",
+    case_sensitive=False,
+)
+
+
+def _national(name: str, *, context: bool, separators: bytes = b"") -> Check:
+    validate = checksums.NATIONAL_IDS[name]
+
+    def check(data: bytes, start: int, end: int) -> Span | None:
+        if not _clear(data, start, end, also=b"-./" + separators):
+            return None
+        if context and not _context(data, start, _ID_WORDS):
+            return None  # bare digits with a checksum: one order number in ten passes
+        return (start, end) if validate(engine.decode(data[start:end])) else None
+
+    return check
+
+
+_NATIONAL = (
+    # Letters or formatting make these unlike order numbers: no context needed.
+    ("es-dni", rb"\d{8}[ \-]?[A-Za-z]", False),
+    ("es-nie", rb"[XYZxyz][ \-]?\d{7}[ \-]?[A-Za-z]", False),
+    ("it-codice-fiscale", rb"[A-Za-z]{6}\d{2}[A-Za-z]\d{2}[A-Za-z]\d{3}[A-Za-z]", False),
+    ("fr-nir", rb"[12] ?\d{2} ?\d{2} ?(?:\d{2}|2[ABab]) ?\d{3} ?\d{3} ?\d{2}", False),
+    ("br-cpf", rb"\d{3}\.\d{3}\.\d{3}-\d{2}", False),
+    ("in-aadhaar", rb"[2-9]\d{3} \d{4} \d{4}", False),
+    ("se-personnummer", rb"(?:\d{2})?\d{6}[-+]\d{4}", False),
+    ("cn-ric", rb"\d{17}[\dXx]", False),
+    # Bare digits: only where the text says it is an identity number.
+    ("nl-bsn", rb"\d{9}", True),
+    ("br-cpf", rb"\d{11}", True),
+    ("in-aadhaar", rb"[2-9]\d{11}", True),
+    ("pl-pesel", rb"\d{11}", True),
+    ("de-idnr", rb"\d{2} ?\d{3} ?\d{3} ?\d{3}", True),
+)
+NATIONAL_IDS = tuple(
+    Detector(
+        kind="national-id",
+        pattern=pattern,
+        check=_national(name, context=context),
+        needs_digit=True,
+    )
+    for name, pattern, context in _NATIONAL
+)
+
+_PASSPORT_WORDS = engine.compile_bytes(
+    rb"passport|reisepass|passeport|pasaporte|passaporto|paszport|paspoort|\x{8b77}\x{7167}|\x{62a4}\x{7167}",
+    case_sensitive=False,
+)
+
+
+def _passport(data: bytes, start: int, end: int) -> Span | None:
+    if not _clear(data, start, end) or not _context(data, start, _PASSPORT_WORDS):
+        return None
+    return start, end
+
+
+PASSPORT = Detector(
+    kind="national-id",
+    # No check digits outside the machine-readable zone: the word "passport" decides.
+    pattern=rb"[A-Z]{0,2}\d{6,9}",
+    check=_passport,
+    needs_digit=True,
+)
+
+# --- secrets -----------------------------------------------------------------------
+
+
+def _token(data: bytes, start: int, end: int) -> Span | None:
+    return (start, end) if _clear(data, start, end, also=b"-") else None
+
+
+def _jwt(data: bytes, start: int, end: int) -> Span | None:
+    import base64
+    import json
+
+    header = data[start : data.index(b".", start)]
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(header + b"=" * (-len(header) % 4)))
+    except ValueError:
+        return None
+    return (start, end) if isinstance(decoded, dict) and "alg" in decoded else None
+
+
+SECRETS = (
+    Detector(
+        kind="secret",
+        pattern=rb"-----BEGIN [A-Z0-9 ]{1,64}-----[\s\S]*?-----END [A-Z0-9 ]{1,64}-----",
+        gates=(b"-----BEGIN ",),
+    ),
+    Detector(
+        kind="secret",
+        # OpenAI and Anthropic keys (sk-..., sk-proj-..., sk-ant-...), Stripe keys.
+        pattern=rb"(?:sk|rk|pk)[-_](?:live_|test_|proj-|ant-)?[A-Za-z0-9_\-]{20,}",
+        check=_token,
+        gates=(b"sk", b"rk", b"pk"),
+    ),
+    Detector(
+        kind="secret",
+        pattern=rb"(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}",
+        check=_token,
+        gates=(b"AKIA", b"ASIA", b"ABIA", b"ACCA"),
+    ),
+    Detector(
+        kind="secret",
+        # An AWS secret access key: 40 base64 characters named as such.
+        pattern=(
+            rb"(?i:aws)[A-Za-z_ \-]{0,20}(?i:secret)[A-Za-z_ \-]{0,20}"
+            rb"[\"']?\s*[:=]\s*[\"']?[A-Za-z0-9/+=]{40}"
+        ),
+    ),
+    Detector(
+        kind="secret",
+        pattern=rb"eyJ[A-Za-z0-9_\-]{5,}\.eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{10,}",
+        check=_jwt,
+        gates=(b"eyJ",),
+    ),
+    Detector(
+        kind="secret",
+        # GitHub, Slack, Google API, Hugging Face tokens.
+        pattern=(
+            rb"gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{40,}|xox[abprs]-[A-Za-z0-9\-]{10,}|"
+            rb"AIza[0-9A-Za-z_\-]{35}|hf_[A-Za-z0-9]{30,}"
+        ),
+        check=_token,
+        gates=(b"gh", b"github_pat_", b"xox", b"AIza", b"hf_"),
+    ),
+)
+
+# In priority order: on overlapping findings the earlier start wins, then the detector
+# listed first (a secret's digits are not a phone number).
+BUILTIN: tuple[Detector, ...] = (
+    *SECRETS,
+    EMAIL,
+    IBAN,
+    CARD,
+    SSN,
+    *NATIONAL_IDS,
+    PASSPORT,
+    IPV4,
+    IPV6,
+    DOB,
+    PHONE,
+)
+KINDS = (
+    "email",
+    "phone",
+    "credit-card",
+    "iban",
+    "ip-address",
+    "ssn",
+    "date-of-birth",
+    "national-id",
+    "secret",
+)
