@@ -7,8 +7,10 @@ plans (`phonenumbers`), national IDs against their published check digits
 
 from __future__ import annotations
 
+import contextlib
 import datetime
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 
 import phonenumbers
 from stdnum import iban as stdnum_iban
@@ -99,12 +101,63 @@ def _bban_length(spec: str) -> int:
     return total
 
 
+def _plans() -> dict[str, tuple[bool, frozenset[int]]]:
+    """Region -> (national numbers are written with a leading 0, lengths of the number
+    after it), from libphonenumber's metadata."""
+    plans = {}
+    for region in PHONE_REGIONS:
+        meta = phonenumbers.PhoneMetadata.metadata_for_region(region)
+        assert meta is not None
+        assert meta.general_desc is not None
+        plans[region] = (meta.national_prefix == "0", frozenset(meta.general_desc.possible_length))
+    return plans
+
+
+_PLANS = _plans()
+# Countries whose mobile or area-code numbers are also written without the leading 0.
+_ALSO_WITHOUT_ZERO = frozenset({"BR", "CN", "IN"})
+PHONE_PARSE_BUDGET = 2_000
+"""Number-plan checks one request may spend (each costs tens of microseconds); past it,
+phone-shaped candidates count as phone numbers unchecked: a text built to exhaust the
+scan gets over-redacted, never leaks."""
+_budget = threading.local()
+
+
+@contextlib.contextmanager
+def phone_budget(limit: int = PHONE_PARSE_BUDGET) -> Iterator[None]:
+    """Bounds the number-plan checks of one request's scan (in the thread running it)."""
+    _budget.left = limit
+    try:
+        yield
+    finally:
+        del _budget.left
+
+
+def _regions_for(digits: str) -> list[str]:
+    """The countries whose national plan could hold a number of this length and start."""
+    out = []
+    for region, (zero, lengths) in _PLANS.items():
+        if digits.startswith("0") and zero:
+            if len(digits) - 1 in lengths:
+                out.append(region)
+        elif not zero or region in _ALSO_WITHOUT_ZERO or region == "US":
+            national = digits[1:] if region == "US" and len(digits) == 11 else digits
+            if len(national) in lengths and not (region == "US" and national[0] in "01"):
+                out.append(region)
+    return out
+
+
 def phone_valid(text: str, *, international: bool, grouped: bool = False) -> bool:
     """True when the number is valid in some number plan: its own country code's when it
     starts with `+` (or `00`), else one of PHONE_REGIONS' national plans. `grouped`: the
     digit groups as written must also split where that country's national format does
     ("2024-000123" is a valid US number but written like an invoice number)."""
-    regions: tuple[str | None, ...] = (None,) if international else PHONE_REGIONS
+    regions: list[str | None] = [None] if international else list(_regions_for(_digits(text)))
+    left: int | None = getattr(_budget, "left", None)
+    if left is not None:
+        if left < len(regions):
+            return bool(regions)  # budget spent: fail closed
+        _budget.left = left - len(regions)
     for region in regions:
         try:
             number = phonenumbers.parse(text, region)

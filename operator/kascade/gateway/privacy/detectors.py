@@ -58,11 +58,14 @@ def _clear(data: bytes, start: int, end: int, *, also: bytes = b"") -> bool:
 
 
 def _context(data: bytes, start: int, words: engine.Pattern) -> bool:
-    return words.search(data, max(0, start - _WINDOW), start) is not None
+    return words.search(data[max(0, start - _WINDOW) : start]) is not None
+
+
+_NOT_DIGITS = bytes(b for b in range(256) if b not in _DIGITS)
 
 
 def _digits(data: bytes, start: int, end: int) -> str:
-    return "".join(chr(b) for b in data[start:end] if b in _DIGITS)
+    return data[start:end].translate(None, _NOT_DIGITS).decode()
 
 
 def _groups(data: bytes, start: int, end: int) -> list[Span]:
@@ -83,10 +86,13 @@ def _groups(data: bytes, start: int, end: int) -> list[Span]:
 
 def _group_spans(data: bytes, start: int, end: int, low: int, high: int) -> list[Span]:
     """Sub-spans made of whole digit groups with low..high digits: earliest start first,
-    then longest (a card followed by an expiry date, an order number before a card)."""
+    then longest (a card followed by an expiry date, an order number before a card).
+    Groups of one or two digits (dates, versions) start no span."""
     groups = _groups(data, start, end)[:24]
     spans: list[Span] = []
     for i in range(len(groups)):
+        if groups[i][1] - groups[i][0] < 3:
+            continue
         count = 0
         found: list[Span] = []
         for j in range(i, len(groups)):
@@ -271,8 +277,10 @@ def _phone_ok(data: bytes, s: int, e: int, *, context: bool) -> bool:
         return checksums.phone_valid(
             "+" + text.lstrip("+0") if text.startswith("00") else text, international=True
         )
-    if context:
-        return checksums.phone_valid(text, international=False)
+    if context:  # also a country code written without its "+"
+        return checksums.phone_valid(text, international=False) or checksums.phone_valid(
+            "+" + digits, international=True
+        )
     # Without the word "phone" nearby: only numbers written the way their country
     # writes phone numbers (bare digit strings are order numbers and timestamps).
     formatted = any(ch in text for ch in " ()-./")
@@ -338,8 +346,20 @@ _MONTHS = {
     )
     for name in names
 }
-_NUMBERS = engine.compile_bytes(rb"\d+")
-_WORDS = engine.compile_bytes(rb"\p{L}+")
+
+
+def _tokens(text: str) -> list[str]:
+    """Runs of digits and runs of letters: "12th March, 1985" -> 12, th, March, 1985."""
+    out: list[str] = []
+    kind = ""
+    for ch in text:
+        now = "d" if ch.isdigit() else "a" if ch.isalpha() else ""
+        if now and now == kind:
+            out[-1] += ch
+        elif now:
+            out.append(ch)
+        kind = now
+    return out
 
 
 def _month(word: str) -> int | None:
@@ -352,9 +372,9 @@ def _month(word: str) -> int | None:
 def _dob(data: bytes, start: int, end: int) -> Span | None:
     if not _clear(data, start, end) or not _context(data, start, _BIRTH_WORDS):
         return None
-    numbers = [int(m.group()) for m in _NUMBERS.finditer(data, start, end)]
-    words = [engine.decode(m.group()) for m in _WORDS.finditer(data, start, end)]
-    months = [m for m in (_month(w) for w in words) if m is not None]
+    tokens = _tokens(engine.decode(data[start:end]))
+    numbers = [int(t) for t in tokens if t.isdigit()]
+    months = [m for m in (_month(t) for t in tokens if t.isalpha()) if m is not None]
     if months and len(numbers) >= 2:
         day, year = (numbers[0], numbers[-1]) if numbers[-1] > 31 else (numbers[-1], numbers[0])
         return (start, end) if checksums.date_valid(year, months[0], day) else None

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kascade.gateway.privacy import redaction
+from kascade.gateway.privacy import checksums, redaction
 
 # Numeric sampling parameters: their integers are settings, not data.
 _SETTINGS = frozenset(
@@ -132,7 +132,14 @@ def scan_request(
     scan = RequestScan()
     if not scanner.enabled:
         return scan
-    walk = _Walk(scanner, scan)
+    with checksums.phone_budget():
+        _walk_request(_Walk(scanner, scan), scan, messages=messages, params=params)
+    return scan
+
+
+def _walk_request(
+    walk: _Walk, scan: RequestScan, *, messages: list[dict[str, Any]], params: dict[str, Any]
+) -> None:
     new_messages = [walk.mapping(m, f"messages[{i}]") for i, m in enumerate(messages)]
     if any(a is not b for a, b in zip(new_messages, messages, strict=True)):
         scan.messages = new_messages
@@ -141,7 +148,6 @@ def scan_request(
         new_params[key] = value if key in _SETTINGS else walk.value(value, key, key)
     if any(new_params[k] is not params[k] for k in params):
         scan.params = new_params
-    return scan
 
 
 def without_binary(value: Any) -> Any:
