@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kascade.gateway import config
-from kascade.gateway.privacy import detectors, engine
+from kascade.gateway.privacy import checksums, detectors, engine
 from kascade.gateway.privacy import redaction as privacy
 
 ALL = config.PrivacyConfig(detectors=list(detectors.KINDS))
@@ -69,6 +69,17 @@ def _redact(text: str, privacy_config: config.PrivacyConfig = ALL) -> tuple[str,
         ),
         ("-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY----- ok", "secret"),
         ("ghp_0123456789abcdefghijABCDEFGHIJ012345 ok", "secret"),
+        # At the end of a sentence, a period does not continue the number.
+        ("my SSN is 419-94-4949.", "ssn"),
+        ("the host is 10.65.255.212.", "ip-address"),
+        ("reach me at +86 199 6656 4620.", "phone"),
+        # A 15-digit ID is not hidden by a card-shaped span that fails Luhn.
+        ("NIR 209076444529509.", "national-id"),
+        ("ID 340000200201200231 ok", "national-id"),
+        # Area codes in parentheses, trunk 0 and a full national number.
+        ("ring (0118)4960777 now", "phone"),
+        ("x 01361678510 y", "phone"),
+        ("x 091 15 0110 y", "ssn"),
     ],
 )
 def test_detects(text: str, kind: str) -> None:
@@ -101,6 +112,13 @@ def test_detects(text: str, kind: str) -> None:
         "invoice 123456789 paid",
         "DNI 12345678A has a wrong letter",
         "a@b, c@ d.com, @home",
+        "ref 4269 3109 5117 9029 (no 12-digit ID inside a longer number)",
+        "690 125 267 bytes",
+        "ticket 051-1435",
+        "1975-06-11 20:56:01",
+        "2015-02-12T07:09:02.293083",
+        "il est nécessaire. python 2.7.18",
+        "upgrade the node to v10.0.0.1",
     ],
 )
 def test_ignores_look_alikes(text: str) -> None:
@@ -198,3 +216,12 @@ def test_catastrophic_patterns_finish_on_a_mebibyte() -> None:
     assert scanner.find_bytes(data) == []
     cfg = config.PrivacyConfig(customPatterns=[{"name": "evil", "regex": r"(a|aa)+b"}])
     assert privacy.Scanner(privacy=cfg).find_bytes(data) == []
+
+
+def test_past_the_budget_phone_shapes_are_redacted_unchecked() -> None:
+    # A text built to make the number-plan check expensive gets over-redacted, never
+    # leaks: past the budget, phone-shaped candidates count without the check.
+    text = "call 000 0000 000 today"  # no country's valid number
+    assert _redact(text) == (text, {})
+    with checksums.phone_budget(limit=0):
+        assert _redact(text) == ("call [REDACTED:PHONE] today", {"phone": 1})

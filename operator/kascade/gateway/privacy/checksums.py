@@ -192,7 +192,7 @@ def _splits(text: str) -> set[int]:
 
 def ssn_valid(text: str) -> bool:
     """US Social Security Number rules (no area 000/666/9xx, group 00, serial 0000)."""
-    return bool(ssn.is_valid(text))
+    return bool(ssn.is_valid(text.replace(" ", "-")))
 
 
 def date_valid(year: int, month: int, day: int) -> bool:

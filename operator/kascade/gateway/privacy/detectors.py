@@ -38,12 +38,15 @@ class Detector:
     check: Check | None = None
     gates: tuple[bytes, ...] = ()
     """Byte strings one of which every match contains: texts without any are skipped."""
+    context_gate: engine.Pattern | None = None
+    """Words the check demands near every finding: texts without them are skipped."""
     needs_digit: bool = False
     """Every match contains a digit: texts without one are skipped."""
     case_sensitive: bool = True
     blocker: Check | None = None
-    """For a candidate that fails the check: the span whose digits later detectors must
-    not claim (a card number that fails Luhn is not a phone number either)."""
+    """For a candidate that fails the check: the span whose digits detectors that
+    `yield_to_blocks` must not claim (a card number that fails Luhn is no phone number)."""
+    yield_to_blocks: bool = False
 
 
 def _is_word(byte: int) -> bool:
@@ -51,10 +54,24 @@ def _is_word(byte: int) -> bool:
 
 
 def _clear(data: bytes, start: int, end: int, *, also: bytes = b"") -> bool:
-    """Neither the byte before nor the byte after is a word character (or in `also`)."""
-    if start > 0 and (_is_word(data[start - 1]) or data[start - 1] in also):
-        return False
-    return not (end < len(data) and (_is_word(data[end]) or data[end] in also))
+    """The candidate does not continue: no word character next to it, and no `also`
+    separator followed by one ("1.2.3.4.5" is no IP address; "1.2.3.4." ends a sentence)."""
+    if start > 0:
+        before = data[start - 1]
+        if _is_word(before) or (before in also and start > 1 and _is_word(data[start - 2])):
+            return False
+    if end < len(data):
+        after = data[end]
+        if _is_word(after) or (after in also and end + 1 < len(data) and _is_word(data[end + 1])):
+            return False
+    return True
+
+
+def _more_digits(data: bytes, start: int, end: int) -> bool:
+    """The number goes on past a space ("4269 3109 5117 9029" holds no 12-digit ID)."""
+    if start > 1 and data[start - 1] == 0x20 and data[start - 2] in _DIGITS:
+        return True
+    return end + 1 < len(data) and data[end] == 0x20 and data[end + 1] in _DIGITS
 
 
 def _context(data: bytes, start: int, words: engine.Pattern) -> bool:
@@ -208,8 +225,9 @@ SSN = Detector(
 
 # --- IP addresses ------------------------------------------------------------------
 
+# Right before the number: "version 1.2.3.4", "v1.2.3.4", "release: 10.0.0.1".
 _VERSION_WORDS = engine.compile_bytes(
-    rb"version|\bver\b|release|build|firmware|python|node|java|upgrade|update|v$|version:",
+    rb"(?:version|\bver\.?|release|build|firmware|\bv|python|node|java)\s*[:=]?\s*$",
     case_sensitive=False,
 )
 
@@ -263,8 +281,21 @@ _PHONE_WORDS = engine.compile_bytes(
     rb"\x{7535}\x{8bdd}|\x{96fb}\x{8a71}|\x{643a}\x{5e2f}",
     case_sensitive=False,
 )
+# A date (maybe followed by a time): "2024-05-01", "1975-06-11 20:56".
 _DATE_SHAPE = engine.compile_bytes(
-    rb"^(?:\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4})$"
+    rb"^(?:\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4})(?:$|[ T])"
+)
+# Right before a number: it is a reference, not a phone number.
+_NOT_PHONE_BEFORE = engine.compile_bytes(
+    rb"(?:order|invoice|ticket|ref|sku|case|id|no\.|nr\.?|#|build|port|isbn|tracking|"
+    rb"account|version|page|room)\s*[:#]?\s*$",
+    case_sensitive=False,
+)
+# Right after it: a quantity ("690 125 267 bytes"), not a phone number.
+_NOT_PHONE_AFTER = engine.compile_bytes(
+    rb"^\s?(?:bytes?|[kmgt]i?b\b|km\b|kg\b|m\b|users|rows|items|records|times|views|"
+    rb"eur|usd|gbp|\x{20ac}|\$|%|x\b)",
+    case_sensitive=False,
 )
 
 
@@ -282,13 +313,21 @@ def _phone_ok(data: bytes, s: int, e: int, *, context: bool) -> bool:
             "+" + digits, international=True
         )
     # Without the word "phone" nearby: only numbers written the way their country
-    # writes phone numbers (bare digit strings are order numbers and timestamps).
+    # writes phone numbers (bare digit strings are order numbers and timestamps), and
+    # not named as a reference or a quantity.
+    if _NOT_PHONE_BEFORE.search(data[max(0, s - 16) : s]) is not None:
+        return False
+    if _NOT_PHONE_AFTER.search(data[e : e + 8]) is not None:
+        return False
+    if text.startswith("(") or (text.isdigit() and text[0] == "0" and len(text) in (10, 11)):
+        # An area code in parentheses, or a trunk 0 and a full national number.
+        return checksums.phone_valid(text, international=False)
     formatted = any(ch in text for ch in " ()-./")
     return formatted and checksums.phone_valid(text, international=False, grouped=True)
 
 
 def _phone(data: bytes, start: int, end: int) -> Span | None:
-    if not _clear(data, start, end, also=b"+.-/"):
+    if not _clear(data, start, end, also=b"+.-/:"):
         return None
     context = _context(data, start, _PHONE_WORDS)
     if _phone_ok(data, start, end, context=context):
@@ -307,13 +346,16 @@ PHONE = Detector(
     pattern=rb"(?:\+|00)?\(?\d[\d ().\-/]{5,22}\d\)?",
     check=_phone,
     needs_digit=True,
+    yield_to_blocks=True,
 )
 
 # --- dates of birth ----------------------------------------------------------------
 
 _BIRTH_WORDS = engine.compile_bytes(
-    rb"born|birth|\bdob\b|d\.o\.b|geboren|geburt|\bn\x{e9}e?\b|naissance|nacimiento|nacid[oa]|"
-    rb"nascita|\bnat[oa]\b|geboortedatum|urodzon|f\x{f6}dd|\x{751f}\x{65e5}|\x{51fa}\x{751f}",
+    # RE2's \b is ASCII-only: "né" needs explicit non-letter neighbours.
+    rb"born|birth|\bdob\b|d\.o\.b|geboren|geburt|(?:^|[^\p{L}])n\x{e9}e?(?:[^\p{L}]|$)|naissance|"
+    rb"nacimiento|nacid[oa]|nascita|\bnat[oa]\b|geboortedatum|urodzon|f\x{f6}dd|"
+    rb"\x{751f}\x{65e5}|\x{51fa}\x{751f}",
     case_sensitive=False,
 )
 _MONTHS = {
@@ -388,11 +430,13 @@ def _dob(data: bytes, start: int, end: int) -> Span | None:
     return (start, end) if ok else None
 
 
-_MONTH_WORD = rb"\p{L}{3,10}\.?"
+# Latin letters only: a Unicode class under a counted repeat makes RE2's automaton large
+# and slow, and the month names it serves are Latin-script.
+_MONTH_WORD = rb"[A-Za-z\x{e0}-\x{fc}]{3,10}\.?"
 DOB = Detector(
     kind="date-of-birth",
     pattern=(
-        rb"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}|"
+        rb"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{4}|"
         rb"\d{1,2}(?:st|nd|rd|th)?\.? (?:de )?"
         + _MONTH_WORD
         + rb",? (?:de )?\d{4}|"
@@ -401,6 +445,7 @@ DOB = Detector(
     ),
     check=_dob,
     needs_digit=True,
+    context_gate=_BIRTH_WORDS,
 )
 
 # --- national identity numbers and passports ---------------------------------------
@@ -417,7 +462,7 @@ def _national(name: str, *, context: bool, separators: bytes = b"") -> Check:
     validate = checksums.NATIONAL_IDS[name]
 
     def check(data: bytes, start: int, end: int) -> Span | None:
-        if not _clear(data, start, end, also=b"-./" + separators):
+        if not _clear(data, start, end, also=b"-./" + separators) or _more_digits(data, start, end):
             return None
         if context and not _context(data, start, _ID_WORDS):
             return None  # bare digits with a checksum: one order number in ten passes
@@ -449,6 +494,7 @@ NATIONAL_IDS = tuple(
         pattern=pattern,
         check=_national(name, context=context),
         needs_digit=True,
+        context_gate=_ID_WORDS if context else None,
     )
     for name, pattern, context in _NATIONAL
 )
@@ -471,6 +517,7 @@ PASSPORT = Detector(
     pattern=rb"[A-Z]{0,2}\d{6,9}",
     check=_passport,
     needs_digit=True,
+    context_gate=_PASSPORT_WORDS,
 )
 
 # --- secrets -----------------------------------------------------------------------
@@ -543,9 +590,10 @@ BUILTIN: tuple[Detector, ...] = (
     *SECRETS,
     EMAIL,
     IBAN,
+    # Check digits and a birth date (cn-ric) outrank Luhn, which one number in ten passes.
+    *NATIONAL_IDS,
     CARD,
     SSN,
-    *NATIONAL_IDS,
     PASSPORT,
     IPV4,
     IPV6,

@@ -65,8 +65,10 @@ class Scanner:
 
     def find_bytes(self, data: bytes) -> list[Finding]:
         """Validated findings (byte offsets), left to right, non-overlapping."""
-        found: list[tuple[int, int, int, str | None]] = []  # (start, priority, end, kind)
+        # (start, priority, end, kind or None for a blocked span, yields to blocks)
+        found: list[tuple[int, int, int, str | None, bool]] = []
         has_digit: bool | None = None
+        gates_seen: dict[engine.Pattern, bool] = {}
         for priority, compiled in enumerate(self._compiled):
             d = compiled.detector
             if d.gates and not any(gate in data for gate in d.gates):
@@ -76,17 +78,22 @@ class Scanner:
                     has_digit = _HAS_DIGIT.search(data) is not None
                 if not has_digit:
                     continue
+            if d.context_gate is not None:
+                if d.context_gate not in gates_seen:
+                    gates_seen[d.context_gate] = d.context_gate.search(data) is not None
+                if not gates_seen[d.context_gate]:
+                    continue
             for match in compiled.regex.finditer(data):
                 start, end = match.span()
                 if start == end:
                     continue
                 span = (start, end) if d.check is None else d.check(data, start, end)
                 if span is not None:
-                    found.append((span[0], priority, span[1], d.kind))
+                    found.append((span[0], priority, span[1], d.kind, d.yield_to_blocks))
                 elif d.blocker is not None:
                     blocked = d.blocker(data, start, end)
                     if blocked is not None:
-                        found.append((blocked[0], priority, blocked[1], None))
+                        found.append((blocked[0], priority, blocked[1], None, False))
         return _resolve(found) if found else []
 
     def find(self, text: str) -> list[Finding]:
@@ -124,18 +131,18 @@ class Scanner:
         return engine.decode(b"".join(out))
 
 
-def _resolve(found: list[tuple[int, int, int, str | None]]) -> list[Finding]:
+def _resolve(found: list[tuple[int, int, int, str | None, bool]]) -> list[Finding]:
     """Earlier start wins, then the detector listed first. Overlapping findings merge
-    into one (so no byte of either leaks); a finding that lies wholly inside a blocked
-    span (digits of a card number that failed Luhn) is dropped."""
-    found.sort()
+    into one (so no byte of either leaks); a phone-like finding that lies wholly inside
+    a blocked span (digits of a card number that failed Luhn) is dropped."""
+    found.sort(key=lambda f: (f[0], f[1], f[2]))
     out: list[Finding] = []
     blocked_until = -1
-    for start, _, end, kind in found:
+    for start, _, end, kind, yields in found:
         if kind is None:
             blocked_until = max(blocked_until, end)
             continue
-        if end <= blocked_until:
+        if yields and end <= blocked_until:
             continue
         if out and start < out[-1].end:
             if end > out[-1].end:
