@@ -80,6 +80,8 @@ def _redact(text: str, privacy_config: config.PrivacyConfig = ALL) -> tuple[str,
         ("ring (0118)4960777 now", "phone"),
         ("x 01361678510 y", "phone"),
         ("x 091 15 0110 y", "ssn"),
+        ("call +1-262-769-5835x90271 now", "phone"),
+        ("desk 301-356-7216 ext. 112 ok", "phone"),
     ],
 )
 def test_detects(text: str, kind: str) -> None:

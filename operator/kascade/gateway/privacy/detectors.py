@@ -40,13 +40,15 @@ class Detector:
     """Byte strings one of which every match contains: texts without any are skipped."""
     context_gate: engine.Pattern | None = None
     """Words the check demands near every finding: texts without them are skipped."""
-    needs_digit: bool = False
-    """Every match contains a digit: texts without one are skipped."""
+    min_digits: int = 0
+    """Digits every match holds: texts with fewer digits in all are skipped."""
     case_sensitive: bool = True
     blocker: Check | None = None
     """For a candidate that fails the check: the span whose digits detectors that
     `yield_to_blocks` must not claim (a card number that fails Luhn is no phone number)."""
     yield_to_blocks: bool = False
+    builtin: bool = True
+    """False for a policy's custom pattern (which may match anything, even "id")."""
 
 
 def _is_word(byte: int) -> bool:
@@ -159,7 +161,7 @@ CARD = Detector(
     # Any separator style: spaces, dashes, dots, slashes, underscores, or none.
     pattern=rb"\d(?:[ ._/\-]{0,3}\d){12,30}",
     check=_card,
-    needs_digit=True,
+    min_digits=13,
     blocker=_card_like,
 )
 
@@ -196,7 +198,7 @@ IBAN = Detector(
     # Any case and spacing: the country's IBAN length decides where it ends.
     pattern=rb"[A-Za-z]{2}\d{2}(?:[ \-]?[A-Za-z0-9]){11,30}",
     check=_iban,
-    needs_digit=True,
+    min_digits=2,
     blocker=_iban_span,
 )
 
@@ -220,7 +222,7 @@ SSN = Detector(
     kind="ssn",
     pattern=rb"\d{3}-\d{2}-\d{4}|\d{3} \d{2} \d{4}|\d{9}",
     check=_ssn,
-    needs_digit=True,
+    min_digits=9,
 )
 
 # --- IP addresses ------------------------------------------------------------------
@@ -247,7 +249,7 @@ IPV4 = Detector(
     kind="ip-address",
     pattern=rb"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}",
     check=_ipv4,
-    needs_digit=True,
+    min_digits=4,
 )
 
 
@@ -288,7 +290,7 @@ _DATE_SHAPE = engine.compile_bytes(
 # Right before a number: it is a reference, not a phone number.
 _NOT_PHONE_BEFORE = engine.compile_bytes(
     rb"(?:order|invoice|ticket|ref|sku|case|id|no\.|nr\.?|#|build|port|isbn|tracking|"
-    rb"account|version|page|room)\s*[:#]?\s*$",
+    rb"account|version|page|room|ts|epoch|timestamp|unix|time)\s*[:#=]?\s*$",
     case_sensitive=False,
 )
 # Right after it: a quantity ("690 125 267 bytes"), not a phone number.
@@ -308,17 +310,17 @@ def _phone_ok(data: bytes, s: int, e: int, *, context: bool) -> bool:
         return checksums.phone_valid(
             "+" + text.lstrip("+0") if text.startswith("00") else text, international=True
         )
+    # Named as a reference, a timestamp or a quantity: not a phone number.
+    if _NOT_PHONE_BEFORE.search(data[max(0, s - 16) : s]) is not None:
+        return False
+    if _NOT_PHONE_AFTER.search(data[e : e + 8]) is not None:
+        return False
     if context:  # also a country code written without its "+"
         return checksums.phone_valid(text, international=False) or checksums.phone_valid(
             "+" + digits, international=True
         )
     # Without the word "phone" nearby: only numbers written the way their country
-    # writes phone numbers (bare digit strings are order numbers and timestamps), and
-    # not named as a reference or a quantity.
-    if _NOT_PHONE_BEFORE.search(data[max(0, s - 16) : s]) is not None:
-        return False
-    if _NOT_PHONE_AFTER.search(data[e : e + 8]) is not None:
-        return False
+    # writes phone numbers (bare digit strings are order numbers and timestamps).
     if text.startswith("(") or (text.isdigit() and text[0] == "0" and len(text) in (10, 11)):
         # An area code in parentheses, or a trunk 0 and a full national number.
         return checksums.phone_valid(text, international=False)
@@ -326,12 +328,18 @@ def _phone_ok(data: bytes, s: int, e: int, *, context: bool) -> bool:
     return formatted and checksums.phone_valid(text, international=False, grouped=True)
 
 
+# An extension after the number: "555-0100x123", "555-0100 ext. 12".
+_EXTENSION = engine.compile_bytes(rb"^(?:x| ?ext\.? ?)\d{1,6}", case_sensitive=False)
+
+
 def _phone(data: bytes, start: int, end: int) -> Span | None:
-    if not _clear(data, start, end, also=b"+.-/:"):
+    extension = _EXTENSION.search(data[end : end + 14])
+    full = end + extension.end() if extension is not None else end
+    if not _clear(data, start, full, also=b"+.-/:"):
         return None
     context = _context(data, start, _PHONE_WORDS)
     if _phone_ok(data, start, end, context=context):
-        return start, end
+        return start, full
     # A phone number followed by more digits ("030 1234567 2024"): whole leading groups.
     groups = _groups(data, start, end)
     for last in range(len(groups) - 2, max(-1, len(groups) - 5), -1):
@@ -345,7 +353,7 @@ PHONE = Detector(
     kind="phone",
     pattern=rb"(?:\+|00)?\(?\d[\d ().\-/]{5,22}\d\)?",
     check=_phone,
-    needs_digit=True,
+    min_digits=7,
     yield_to_blocks=True,
 )
 
@@ -444,7 +452,7 @@ DOB = Detector(
         + rb" \d{1,2}(?:st|nd|rd|th)?,? \d{4}"
     ),
     check=_dob,
-    needs_digit=True,
+    min_digits=5,
     context_gate=_BIRTH_WORDS,
 )
 
@@ -472,31 +480,32 @@ def _national(name: str, *, context: bool, separators: bytes = b"") -> Check:
 
 
 _NATIONAL = (
+    # (name, pattern, least digits, needs context words)
     # Letters or formatting make these unlike order numbers: no context needed.
-    ("es-dni", rb"\d{8}[ \-]?[A-Za-z]", False),
-    ("es-nie", rb"[XYZxyz][ \-]?\d{7}[ \-]?[A-Za-z]", False),
-    ("it-codice-fiscale", rb"[A-Za-z]{6}\d{2}[A-Za-z]\d{2}[A-Za-z]\d{3}[A-Za-z]", False),
-    ("fr-nir", rb"[12] ?\d{2} ?\d{2} ?(?:\d{2}|2[ABab]) ?\d{3} ?\d{3} ?\d{2}", False),
-    ("br-cpf", rb"\d{3}\.\d{3}\.\d{3}-\d{2}", False),
-    ("in-aadhaar", rb"[2-9]\d{3} \d{4} \d{4}", False),
-    ("se-personnummer", rb"(?:\d{2})?\d{6}[-+]\d{4}", False),
-    ("cn-ric", rb"\d{17}[\dXx]", False),
+    ("es-dni", rb"\d{8}[ \-]?[A-Za-z]", 8, False),
+    ("es-nie", rb"[XYZxyz][ \-]?\d{7}[ \-]?[A-Za-z]", 7, False),
+    ("it-codice-fiscale", rb"[A-Za-z]{6}\d{2}[A-Za-z]\d{2}[A-Za-z]\d{3}[A-Za-z]", 7, False),
+    ("fr-nir", rb"[12] ?\d{2} ?\d{2} ?(?:\d{2}|2[ABab]) ?\d{3} ?\d{3} ?\d{2}", 13, False),
+    ("br-cpf", rb"\d{3}\.\d{3}\.\d{3}-\d{2}", 11, False),
+    ("in-aadhaar", rb"[2-9]\d{3} \d{4} \d{4}", 12, False),
+    ("se-personnummer", rb"(?:\d{2})?\d{6}[-+]\d{4}", 10, False),
+    ("cn-ric", rb"\d{17}[\dXx]", 17, False),
     # Bare digits: only where the text says it is an identity number.
-    ("nl-bsn", rb"\d{9}", True),
-    ("br-cpf", rb"\d{11}", True),
-    ("in-aadhaar", rb"[2-9]\d{11}", True),
-    ("pl-pesel", rb"\d{11}", True),
-    ("de-idnr", rb"\d{2} ?\d{3} ?\d{3} ?\d{3}", True),
+    ("nl-bsn", rb"\d{9}", 9, True),
+    ("br-cpf", rb"\d{11}", 11, True),
+    ("in-aadhaar", rb"[2-9]\d{11}", 12, True),
+    ("pl-pesel", rb"\d{11}", 11, True),
+    ("de-idnr", rb"\d{2} ?\d{3} ?\d{3} ?\d{3}", 11, True),
 )
 NATIONAL_IDS = tuple(
     Detector(
         kind="national-id",
         pattern=pattern,
         check=_national(name, context=context),
-        needs_digit=True,
+        min_digits=digits,
         context_gate=_ID_WORDS if context else None,
     )
-    for name, pattern, context in _NATIONAL
+    for name, pattern, digits, context in _NATIONAL
 )
 
 _PASSPORT_WORDS = engine.compile_bytes(
@@ -516,7 +525,7 @@ PASSPORT = Detector(
     # No check digits outside the machine-readable zone: the word "passport" decides.
     pattern=rb"[A-Z]{0,2}\d{6,9}",
     check=_passport,
-    needs_digit=True,
+    min_digits=6,
     context_gate=_PASSPORT_WORDS,
 )
 

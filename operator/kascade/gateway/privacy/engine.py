@@ -13,6 +13,7 @@ reads the same buffer (the `str` API would re-encode the whole text on every cal
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import re2
@@ -23,6 +24,10 @@ Pattern = Any
 # A pattern's automaton may use this much memory; RE2 falls back to a slower, still
 # linear, matcher when the DFA cache fills.
 _MAX_MEM = 8 << 20
+
+
+# The wheel's compiled objects, when this version exposes them (see `spans`).
+_UNANCHORED = getattr(getattr(re2, "_Anchor", None), "UNANCHORED", None)
 
 
 class PatternError(ValueError):
@@ -44,6 +49,29 @@ def compile_bytes(pattern: str | bytes, *, case_sensitive: bool = True) -> Patte
         return re2.compile(raw, _options(case_sensitive=case_sensitive))
     except re2.error as exc:
         raise PatternError(str(exc) or "not supported by RE2") from None
+
+
+def spans(pattern: Pattern, data: bytes) -> Iterator[tuple[int, int]]:
+    """(start, end) of each non-empty, non-overlapping match, left to right.
+
+    Calls the compiled RE2 object directly when the wheel exposes it: the public
+    `finditer` builds a match object per hit, which doubled the cost of a scan."""
+    regexp = getattr(pattern, "_regexp", None)
+    if regexp is None or _UNANCHORED is None:
+        for match in pattern.finditer(data):
+            if match.end() > match.start():
+                yield match.span()
+        return
+    pos, end = 0, len(data)
+    while pos <= end:
+        (start, stop), *_ = regexp.Match(_UNANCHORED, data, pos, end)
+        if start < 0:
+            return
+        if stop > start:
+            yield start, stop
+            pos = stop
+        else:
+            pos = stop + 1
 
 
 def encode(text: str) -> bytes:

@@ -17,7 +17,7 @@ from kascade.gateway.privacy import detectors as detectors_mod
 # Kept for callers that checked numbers directly.
 luhn_valid = checksums.luhn_valid
 iban_valid = checksums.iban_valid
-_HAS_DIGIT = engine.compile_bytes(rb"[0-9]")
+_DIGITS = b"0123456789"
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def _custom(pattern: config_mod.CustomPattern) -> _Compiled:
             f"privacy.customPatterns[{pattern.name}].regex: the RE2 engine (linear time) "
             f"cannot compile it: {exc}; lookaround and backreferences are not supported"
         ) from None
-    return _Compiled(detectors_mod.Detector(kind=pattern.name, pattern=b""), regex)
+    return _Compiled(detectors_mod.Detector(kind=pattern.name, pattern=b"", builtin=False), regex)
 
 
 class Scanner:
@@ -57,6 +57,15 @@ class Scanner:
             for d in detectors_mod.BUILTIN
             if d.kind in enabled
         ]
+        # One pass of all built-in patterns as one alternation answers "could any of
+        # them match here?": most texts hold no candidate at all, and then the scan
+        # costs this one pass instead of one per detector.
+        patterns = [c.detector.pattern for c in self._compiled]
+        self._any = (
+            engine.compile_bytes(b"|".join(b"(?:" + p + b")" for p in patterns))
+            if patterns
+            else None
+        )
         self._compiled.extend(_custom(p) for p in privacy.custom_patterns)
 
     @property
@@ -67,26 +76,23 @@ class Scanner:
         """Validated findings (byte offsets), left to right, non-overlapping."""
         # (start, priority, end, kind or None for a blocked span, yields to blocks)
         found: list[tuple[int, int, int, str | None, bool]] = []
-        has_digit: bool | None = None
+        digits = len(data) - len(data.translate(None, _DIGITS))
+        # Keys and role names ("content", "tool_call_id"): no built-in detector can match.
+        plain = len(data) < 20 and data.replace(b"_", b"").isalpha()
         gates_seen: dict[engine.Pattern, bool] = {}
+        none_builtin = plain or self._any is None or self._any.search(data) is None
         for priority, compiled in enumerate(self._compiled):
             d = compiled.detector
+            if d.builtin and (none_builtin or digits < d.min_digits):
+                continue
             if d.gates and not any(gate in data for gate in d.gates):
                 continue
-            if d.needs_digit:
-                if has_digit is None:
-                    has_digit = _HAS_DIGIT.search(data) is not None
-                if not has_digit:
-                    continue
             if d.context_gate is not None:
                 if d.context_gate not in gates_seen:
                     gates_seen[d.context_gate] = d.context_gate.search(data) is not None
                 if not gates_seen[d.context_gate]:
                     continue
-            for match in compiled.regex.finditer(data):
-                start, end = match.span()
-                if start == end:
-                    continue
+            for start, end in engine.spans(compiled.regex, data):
                 span = (start, end) if d.check is None else d.check(data, start, end)
                 if span is not None:
                     found.append((span[0], priority, span[1], d.kind, d.yield_to_blocks))
