@@ -87,6 +87,16 @@ def _text_of(body: Any) -> tuple[str, str]:
 # ---- 2. detection quality -----------------------------------------------------------
 
 
+def _figures(hits: int, gone: int, total: int, false: int) -> dict[str, Any]:
+    return {
+        "n": total,
+        "recall": round(hits / total, 4),
+        "redacted": round(gone / total, 4),
+        "precision": round(hits / (hits + false), 4) if hits + false else 1.0,
+        "false_positives": false,
+    }
+
+
 def _score(samples: list[corpus_mod.Sample], clean: list[corpus_mod.Sample]) -> dict[str, Any]:
     scanner = _scanner()
     kinds = corpus_mod.KINDS
@@ -130,20 +140,10 @@ def _score(samples: list[corpus_mod.Sample], clean: list[corpus_mod.Sample]) -> 
         for kind, count in result.counts.items():
             false[kind] += count
     seconds = time.perf_counter() - started
-    per_kind = {
-        kind: {
-            "n": total[kind],
-            "recall": round(hits[kind] / total[kind], 4),
-            "redacted": round(gone[kind] / total[kind], 4),
-            "precision": round(hits[kind] / (hits[kind] + false[kind]), 4)
-            if hits[kind] + false[kind]
-            else 1.0,
-            "false_positives": false[kind],
-        }
-        for kind in kinds
-    }
     return {
-        "per_kind": per_kind,
+        "per_kind": {
+            kind: _figures(hits[kind], gone[kind], total[kind], false[kind]) for kind in kinds
+        },
         "by_field_recall": {f: round(a / b, 4) for f, (a, b) in sorted(by_field.items())},
         "misses_sample": {k: v[:5] for k, v in misses.items()},
         "corpus_ms_per_mib": round(seconds * 1000 / (scanned_bytes / MIB), 1),

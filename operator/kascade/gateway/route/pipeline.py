@@ -111,28 +111,9 @@ async def _route(
     policy = d.policy
     cfg = policy.config
     # 1. Privacy: every field that could leave the cluster.
-    outbound, outbound_params = chat.messages, chat.params
-    local_only = raw_pii = False
-    if policy.scanner.enabled:
-        scanned = await screen_mod.scan(
-            policy.scanner, messages=chat.messages, params=chat.params, size=chat.body_bytes
-        )
-        screened = screen_mod.decide(
-            cfg.privacy, scanned, messages=chat.messages, params=chat.params,
-            has_experts=bool(policy.experts),
-        )  # fmt: skip
-        outbound, outbound_params = screened.messages, screened.params
-        local_only, raw_pii = screened.local_only, screened.raw_pii
-        d.pii = screened.counts
-        if cfg.audit.include_prompts:  # always the redacted text, whatever the action
-            d.prompt = screen_mod.audit_prompt(scanned, messages=chat.messages)
-        if screened.done is not None:
-            kinds = sorted(kind for kind, count in screened.counts.items() if count)
-            d.privacy = f"{screened.done}:{','.join(kinds)}"
-            for kind in kinds:
-                state.metrics.privacy_detections.labels(policy.name, kind, screened.done).inc()
-    elif cfg.audit.include_prompts:
-        d.prompt = chat.messages  # no detector configured: nothing to redact
+    screened = await _privacy(state, chat, d)
+    outbound, outbound_params = screened.messages, screened.params
+    local_only, raw_pii = screened.local_only, screened.raw_pii
     # 2. Cache.
     hit = _cache_lookup(state, chat, d)
     if hit is None and d.exact_key is not None and state.shared_cache is not None:
@@ -212,6 +193,33 @@ async def _route(
         answer=answer,
         pool=pool,
     )
+
+
+async def _privacy(
+    state: State, chat: request.ChatRequest, d: decision_mod.Decision
+) -> screen_mod.Screened:
+    policy = d.policy
+    cfg = policy.config
+    if not policy.scanner.enabled:
+        if cfg.audit.include_prompts:
+            d.prompt = chat.messages  # no detector configured: nothing to redact with
+        return screen_mod.Screened(messages=chat.messages, params=chat.params, counts={})
+    scanned = await screen_mod.scan(
+        policy.scanner, messages=chat.messages, params=chat.params, size=chat.body_bytes
+    )
+    screened = screen_mod.decide(
+        cfg.privacy, scanned, messages=chat.messages, params=chat.params,
+        has_experts=bool(policy.experts),
+    )  # fmt: skip
+    d.pii = screened.counts
+    if cfg.audit.include_prompts:  # always the redacted text, whatever the action
+        d.prompt = screen_mod.audit_prompt(scanned, messages=chat.messages)
+    if screened.done is not None:
+        kinds = sorted(kind for kind, count in screened.counts.items() if count)
+        d.privacy = f"{screened.done}:{','.join(kinds)}"
+        for kind in kinds:
+            state.metrics.privacy_detections.labels(policy.name, kind, screened.done).inc()
+    return screened
 
 
 async def _local_pass(
