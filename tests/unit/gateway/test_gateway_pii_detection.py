@@ -82,6 +82,11 @@ def _redact(text: str, privacy_config: config.PrivacyConfig = ALL) -> tuple[str,
         ("x 091 15 0110 y", "ssn"),
         ("call +1-262-769-5835x90271 now", "phone"),
         ("desk 301-356-7216 ext. 112 ok", "phone"),
+        # Unlabelled bare numbers that are valid: a national number, one with its
+        # country code but no "+", a trunk 0 with unusual grouping.
+        ("reach 3505378863 soon", "phone"),
+        ("reach 4930123456789 soon", "phone"),
+        ("reach 053-7213337 soon", "phone"),
     ],
 )
 def test_detects(text: str, kind: str) -> None:
@@ -121,6 +126,7 @@ def test_detects(text: str, kind: str) -> None:
         "2015-02-12T07:09:02.293083",
         "il est nécessaire. python 2.7.18",
         "upgrade the node to v10.0.0.1",
+        "epoch_ms 1714566645123, EAN 4006381333931",
     ],
 )
 def test_ignores_look_alikes(text: str) -> None:

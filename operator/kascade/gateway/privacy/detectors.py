@@ -77,7 +77,7 @@ def _more_digits(data: bytes, start: int, end: int) -> bool:
 
 
 def _context(data: bytes, start: int, words: engine.Pattern) -> bool:
-    return words.search(data[max(0, start - _WINDOW) : start]) is not None
+    return engine.found(words, data[max(0, start - _WINDOW) : start])
 
 
 _NOT_DIGITS = bytes(b for b in range(256) if b not in _DIGITS)
@@ -149,8 +149,9 @@ def _card(data: bytes, start: int, end: int) -> Span | None:
 
 
 def _card_like(data: bytes, start: int, end: int) -> Span | None:
-    """A span written like a card number (a network's first digit, 13 to 19 digits)."""
-    for s, e in _group_spans(data, start, end, 13, 19):
+    """A span written like a card number (a network's first digit, 16 to 19 digits:
+    shorter ones may be phone numbers with their country code, up to 15 digits)."""
+    for s, e in _group_spans(data, start, end, 16, 19):
         if data[s] in b"23456" and _clear(data, s, e):
             return s, e
     return None
@@ -290,7 +291,8 @@ _DATE_SHAPE = engine.compile_bytes(
 # Right before a number: it is a reference, not a phone number.
 _NOT_PHONE_BEFORE = engine.compile_bytes(
     rb"(?:order|invoice|ticket|ref|sku|case|id|no\.|nr\.?|#|build|port|isbn|tracking|"
-    rb"account|version|page|room|ts|epoch|timestamp|unix|time)\s*[:#=]?\s*$",
+    rb"account|version|page|room|ts|epoch|epoch_ms|ms|timestamp|unix|time|ean|gtin|upc|"
+    rb"serial|batch|lot)\s*[:#=]?\s*$",
     case_sensitive=False,
 )
 # Right after it: a quantity ("690 125 267 bytes"), not a phone number.
@@ -303,7 +305,7 @@ _NOT_PHONE_AFTER = engine.compile_bytes(
 
 def _phone_ok(data: bytes, s: int, e: int, *, context: bool) -> bool:
     digits = _digits(data, s, e)
-    if not 7 <= len(digits) <= 15 or _DATE_SHAPE.search(data[s:e]) is not None:
+    if not 7 <= len(digits) <= 15 or engine.found(_DATE_SHAPE, data[s:e]):
         return False
     text = engine.decode(data[s:e])
     if text.startswith(("+", "00")):
@@ -311,9 +313,9 @@ def _phone_ok(data: bytes, s: int, e: int, *, context: bool) -> bool:
             "+" + text.lstrip("+0") if text.startswith("00") else text, international=True
         )
     # Named as a reference, a timestamp or a quantity: not a phone number.
-    if _NOT_PHONE_BEFORE.search(data[max(0, s - 16) : s]) is not None:
+    if engine.found(_NOT_PHONE_BEFORE, data[max(0, s - 16) : s]):
         return False
-    if _NOT_PHONE_AFTER.search(data[e : e + 8]) is not None:
+    if engine.found(_NOT_PHONE_AFTER, data[e : e + 8]):
         return False
     if context:  # also a country code written without its "+"
         return checksums.phone_valid(text, international=False) or checksums.phone_valid(
@@ -321,11 +323,18 @@ def _phone_ok(data: bytes, s: int, e: int, *, context: bool) -> bool:
         )
     # Without the word "phone" nearby: only numbers written the way their country
     # writes phone numbers (bare digit strings are order numbers and timestamps).
-    if text.startswith("(") or (text.isdigit() and text[0] == "0" and len(text) in (10, 11)):
+    if text.startswith("(") or (text[0] == "0" and len(digits) in (10, 11)):
         # An area code in parentheses, or a trunk 0 and a full national number.
         return checksums.phone_valid(text, international=False)
-    formatted = any(ch in text for ch in " ()-./")
-    return formatted and checksums.phone_valid(text, international=False, grouped=True)
+    if text.isdigit():
+        # Ten to thirteen bare digits with no label: a full national number, or one
+        # with its country code. Redacting an unlabelled number that happens to be
+        # valid costs less than sending a phone number out.
+        return 10 <= len(text) <= 13 and (
+            (len(text) <= 11 and checksums.phone_valid(text, international=False))
+            or checksums.phone_valid("+" + text, international=True)
+        )
+    return checksums.phone_valid(text, international=False, grouped=True)
 
 
 # An extension after the number: "555-0100x123", "555-0100 ext. 12".
@@ -333,8 +342,8 @@ _EXTENSION = engine.compile_bytes(rb"^(?:x| ?ext\.? ?)\d{1,6}", case_sensitive=F
 
 
 def _phone(data: bytes, start: int, end: int) -> Span | None:
-    extension = _EXTENSION.search(data[end : end + 14])
-    full = end + extension.end() if extension is not None else end
+    extension = next(engine.spans(_EXTENSION, data[end : end + 14]), None)
+    full = end + extension[1] if extension is not None else end
     if not _clear(data, start, full, also=b"+.-/:"):
         return None
     context = _context(data, start, _PHONE_WORDS)

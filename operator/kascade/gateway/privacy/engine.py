@@ -74,6 +74,14 @@ def spans(pattern: Pattern, data: bytes) -> Iterator[tuple[int, int]]:
             pos = stop + 1
 
 
+def found(pattern: Pattern, data: bytes) -> bool:
+    """Whether the pattern matches anywhere in `data`."""
+    regexp = getattr(pattern, "_regexp", None)
+    if regexp is None or _UNANCHORED is None:
+        return pattern.search(data) is not None
+    return bool(regexp.Match(_UNANCHORED, data, 0, len(data))[0][0] >= 0)
+
+
 def encode(text: str) -> bytes:
     """UTF-8 bytes of a text; lone surrogates (valid in JSON strings) pass through."""
     return text.encode("utf-8", "surrogatepass")

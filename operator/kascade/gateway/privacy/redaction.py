@@ -80,7 +80,7 @@ class Scanner:
         # Keys and role names ("content", "tool_call_id"): no built-in detector can match.
         plain = len(data) < 20 and data.replace(b"_", b"").isalpha()
         gates_seen: dict[engine.Pattern, bool] = {}
-        none_builtin = plain or self._any is None or self._any.search(data) is None
+        none_builtin = plain or self._any is None or not engine.found(self._any, data)
         for priority, compiled in enumerate(self._compiled):
             d = compiled.detector
             if d.builtin and (none_builtin or digits < d.min_digits):
@@ -89,7 +89,7 @@ class Scanner:
                 continue
             if d.context_gate is not None:
                 if d.context_gate not in gates_seen:
-                    gates_seen[d.context_gate] = d.context_gate.search(data) is not None
+                    gates_seen[d.context_gate] = engine.found(d.context_gate, data)
                 if not gates_seen[d.context_gate]:
                     continue
             for start, end in engine.spans(compiled.regex, data):
