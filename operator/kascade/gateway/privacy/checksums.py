@@ -190,6 +190,19 @@ def _splits(text: str) -> set[int]:
     return out
 
 
+def with_country_code_valid(digits: str) -> bool:
+    """Digits that start with a country code, written without "+", maybe keeping the
+    national trunk 0 ("33 0 227465501" as people write "+33 (0)2 27 46 55 01")."""
+    if phone_valid("+" + digits, international=True):
+        return True
+    return any(
+        digits[size] == "0"
+        and phone_valid(f"+{digits[:size]}{digits[size + 1 :]}", international=True)
+        for size in (1, 2, 3)
+        if len(digits) > size + 7
+    )
+
+
 def ssn_valid(text: str) -> bool:
     """US Social Security Number rules (no area 000/666/9xx, group 00, serial 0000)."""
     return bool(ssn.is_valid(text.replace(" ", "-")))

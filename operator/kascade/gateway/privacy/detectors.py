@@ -318,8 +318,8 @@ def _phone_ok(data: bytes, s: int, e: int, *, context: bool) -> bool:
     if engine.found(_NOT_PHONE_AFTER, data[e : e + 8]):
         return False
     if context:  # also a country code written without its "+"
-        return checksums.phone_valid(text, international=False) or checksums.phone_valid(
-            "+" + digits, international=True
+        return checksums.phone_valid(text, international=False) or (
+            checksums.with_country_code_valid(digits)
         )
     # Without the word "phone" nearby: only numbers written the way their country
     # writes phone numbers (bare digit strings are order numbers and timestamps).
@@ -332,7 +332,7 @@ def _phone_ok(data: bytes, s: int, e: int, *, context: bool) -> bool:
         # valid costs less than sending a phone number out.
         return 10 <= len(text) <= 13 and (
             (len(text) <= 11 and checksums.phone_valid(text, international=False))
-            or checksums.phone_valid("+" + text, international=True)
+            or checksums.with_country_code_valid(text)
         )
     return checksums.phone_valid(text, international=False, grouped=True)
 
