@@ -29,7 +29,9 @@ import argparse
 import asyncio
 import contextlib
 import json
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +39,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -187,8 +191,6 @@ def _score_legacy(samples: list[corpus_mod.Sample], clean: list[corpus_mod.Sampl
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -207,8 +209,6 @@ def _wait(url: str, timeout: float = 30) -> None:
 
 @contextlib.contextmanager
 def _proc(args: list[str], log: Path) -> Iterator[None]:
-    import subprocess
-
     with open(log, "wb") as out:
         proc = subprocess.Popen([PYTHON, *args], stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -248,8 +248,6 @@ def _gateway_config(expert: str) -> dict[str, Any]:
 
 
 async def _send_all(url: str, bodies: list[dict[str, Any]], concurrency: int) -> list[int]:
-    import aiohttp
-
     statuses: list[int] = []
     queue = list(enumerate(bodies))
 
@@ -267,8 +265,6 @@ async def _send_all(url: str, bodies: list[dict[str, Any]], concurrency: int) ->
 
 async def _healthz_while(url: str, body: bytes) -> dict[str, float]:
     """Worst /healthz latency while the gateway takes `body`, and when idle."""
-    import aiohttp
-
     async with aiohttp.ClientSession() as session:
 
         async def probe(until: asyncio.Future[Any] | None, n: int) -> list[float]:

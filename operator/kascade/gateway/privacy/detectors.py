@@ -15,6 +15,9 @@ never leave the cluster need `local-only` with a detector that fires on them.
 
 from __future__ import annotations
 
+import base64
+import ipaddress
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -260,8 +263,6 @@ def _ipv6(data: bytes, start: int, end: int) -> Span | None:
     text = engine.decode(data[start:end])
     if sum(1 for part in text.split(":") if part) < 3:
         return None  # "::1" and "a:b::" carry nothing personal
-    import ipaddress
-
     try:
         ipaddress.IPv6Address(text)
     except ValueError:
@@ -546,9 +547,6 @@ def _token(data: bytes, start: int, end: int) -> Span | None:
 
 
 def _jwt(data: bytes, start: int, end: int) -> Span | None:
-    import base64
-    import json
-
     header = data[start : data.index(b".", start)]
     try:
         decoded = json.loads(base64.urlsafe_b64decode(header + b"=" * (-len(header) % 4)))
