@@ -112,8 +112,12 @@ class Corpus:
         }
         if style in formats:
             return phonenumbers.format_number(number, formats[style]), style
-        if style == "bare":  # digits only: needs a word like "phone" to be told apart
-            return "".join(ch for ch in raw if ch.isdigit()), style
+        if style == "bare":  # digits only, national or with the country code (no extension)
+            form = self.rng.choice(
+                [phonenumbers.PhoneNumberFormat.NATIONAL, phonenumbers.PhoneNumberFormat.E164]
+            )
+            written = phonenumbers.format_number(number, form)
+            return "".join(ch for ch in written if ch.isdigit()), style
         return raw, style
 
     def card(self) -> str:
