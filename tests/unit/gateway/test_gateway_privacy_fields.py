@@ -95,8 +95,23 @@ def test_every_forwarded_parameter_is_scanned_and_settings_are_kept() -> None:
 def test_binary_parts_are_reported_by_path() -> None:
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
     audio = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
-    result = _scan([{"role": "user", "content": [{"type": "text", "text": "hi"}, image, audio]}])
-    assert result.unscannable == ["messages[0].content[1].image_url.url", "messages[0].content[2]"]
+    pdf = {
+        "type": "file",
+        "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBE"},
+    }
+    stored = {"type": "file", "file": {"file_id": "file-abc123"}}  # the provider holds it
+    source = {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": "iV"},
+    }
+    parts = [{"type": "text", "text": "hi"}, image, audio, pdf, stored, source]
+    result = _scan([{"role": "user", "content": parts}])
+    assert result.unscannable == [
+        "messages[0].content[1].image_url.url",
+        "messages[0].content[2]",
+        "messages[0].content[3].file.file_data",
+        "messages[0].content[5].source",
+    ]
     assert result.counts == {}
 
 

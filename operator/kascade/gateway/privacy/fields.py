@@ -39,7 +39,9 @@ _SETTINGS = frozenset(
 )
 # Integers this long can be card, phone or ID numbers written as JSON numbers.
 _MIN_NUMBER = 1_000_000
-_BINARY_TYPES = frozenset({"input_audio", "file", "input_file"})
+# Parts whose payload is raw base64 without a `data:` prefix. File parts carry a
+# `data:` URL (caught as a string) or a file id the provider already holds.
+_BINARY_TYPES = frozenset({"input_audio"})
 
 
 @dataclass
@@ -118,7 +120,7 @@ def _is_binary(text: str) -> bool:
 
 
 def _binary_part(part: dict[str, Any]) -> bool:
-    """Audio and file parts carry raw base64; Anthropic-style image sources too."""
+    """Audio parts carry raw base64; Anthropic-style image sources too."""
     kind = part.get("type")
     if kind in _BINARY_TYPES:
         return True
