@@ -209,6 +209,10 @@ class RuleWhen(_Model):
     task_labels: list[str] | None = None
     """Matches when the request header `x-kascade-task` is one of these."""
     header: HeaderMatch | None = None
+    has_tools: bool | None = None
+    """True matches requests that offer tools, false requests that offer none."""
+    response_formats: list[Literal["text", "json_object", "json_schema"]] | None = None
+    """Matches when `response_format.type` is one of these (absent counts as text)."""
 
 
 class Rule(_Model):
@@ -260,7 +264,9 @@ class FallbackConfig(_Model):
 class AuditConfig(_Model):
     enabled: bool = True
     include_prompts: bool = False
-    """Audit lines hold the messages after redaction (never the raw text)."""
+    """Audit lines also carry the messages' text and the answer's tool-call arguments,
+    redacted by the policy's privacy detectors (the RoutingPolicy's
+    `audit.includePrompts`)."""
 
 
 class PolicyConfig(_Model):

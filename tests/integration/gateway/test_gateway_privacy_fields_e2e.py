@@ -39,6 +39,14 @@ def _body(**extra: Any) -> dict[str, Any]:
             {"role": "tool", "tool_call_id": "call_1", "content": json.dumps({"phone": PHONE})},
         ],
         "stop": [f"mail {EMAIL}"],
+        # Forwarded parameters that carry text: scanned like the messages.
+        "tools": [{"type": "function", "function": {
+            "name": "lookup_customer", "description": f"Escalations go to {EMAIL}",
+            "parameters": {"type": "object", "properties": {
+                "phone": {"type": "string", "default": PHONE}}},
+        }}],
+        "user": EMAIL,
+        "metadata": {"contact": IDN_EMAIL},
         **extra,
     }  # fmt: skip
 
@@ -79,11 +87,15 @@ async def test_no_field_carries_personal_data_to_the_expert(start_sim, start_gat
         "My card [REDACTED:CREDIT-CARD] was charged twice, key [REDACTED:SECRET]"
     )
     assert sent["stop"] == ["mail [REDACTED:EMAIL]"]
+    function = sent["tools"][0]["function"]
+    assert function["description"] == "Escalations go to [REDACTED:EMAIL]"
+    assert function["parameters"]["properties"]["phone"]["default"] == "[REDACTED:PHONE]"
+    assert (sent["user"], sent["metadata"]) == ("[REDACTED:EMAIL]", {"contact": "[REDACTED:EMAIL]"})
     assert headers["x-kascade-privacy"] == "redacted:credit-card,email,phone,secret"
     # The local pool is inside the cluster: it saw the original.
     assert EMAIL in json.dumps(pool.records)
     audit = gw.audit()[0]
-    assert audit["pii_found"] == {"email": 5, "phone": 2, "credit-card": 1, "secret": 1}
+    assert audit["pii_found"] == {"email": 8, "phone": 3, "credit-card": 1, "secret": 1}
     assert "prompt" not in audit  # includePrompts is off by default
 
 
@@ -128,12 +140,18 @@ async def test_include_prompts_stores_only_redacted_text(start_sim, start_gatewa
         audit={"includePrompts": True})  # fmt: skip
     status, _, _ = await _post(http, gw.url, _body())
     assert status == 200
-    line = gw.audit_path.read_text() if gw.audit() else ""
+    (audit,) = gw.audit()
+    line = json.dumps(audit, ensure_ascii=False)
     for secret in SECRETS:
         assert secret not in line
-    prompt = gw.audit()[0]["prompt"]
-    assert prompt[1]["name"] == "[REDACTED:EMAIL]"
-    assert prompt[0]["content"] == "Contact [REDACTED:EMAIL] for refunds."
+    assert audit["messages"][0] == {
+        "role": "system",
+        "text": "Contact [REDACTED:EMAIL] for refunds.",
+    }
+    assert audit["messages"][1]["text"] == (
+        "My card [REDACTED:CREDIT-CARD] was charged twice, key [REDACTED:SECRET]"
+    )
+    assert json.loads(audit["messages"][3]["text"]) == {"phone": "[REDACTED:PHONE]"}
 
 
 async def test_a_body_at_the_limit_does_not_hold_the_event_loop(

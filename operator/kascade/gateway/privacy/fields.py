@@ -150,16 +150,3 @@ def _walk_request(
         new_params[key] = value if key in _SETTINGS else walk.value(value, key, key)
     if any(new_params[k] is not params[k] for k in params):
         scan.params = new_params
-
-
-def without_binary(value: Any) -> Any:
-    """A copy with every binary string replaced by `[BINARY:<n> chars]`."""
-    if isinstance(value, str):
-        return f"[BINARY:{len(value)} chars]" if _is_binary(value) else value
-    if isinstance(value, dict):
-        if _binary_part(value):
-            return {"type": value.get("type"), "data": "[BINARY]"}
-        return {k: without_binary(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [without_binary(v) for v in value]
-    return value

@@ -102,7 +102,5 @@ def audit_prompt(
     result: fields.RequestScan, *, messages: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """The messages as an audit line may hold them: redacted whatever the policy's action
-    (local-only and allow keep the original for the model, never for the log), and
-    binary parts replaced by their size."""
-    redacted = result.messages if result.messages is not None else messages
-    return fields.without_binary(redacted) if result.unscannable else redacted
+    (local-only and allow keep the original for the model, never for the log)."""
+    return result.messages if result.messages is not None else messages

@@ -39,6 +39,12 @@ class Decision:
     """The pool whose local pass this request used (or would have used)."""
     privacy: str | None = None
     """What was done about detected personal data, e.g. ``redacted:email,phone``."""
+    format_problem: str | None = None
+    """Why a local answer did not follow the requested response_format."""
+    tool_calls: tuple[str, ...] = ()
+    """Names of the functions the answer calls."""
+    tool_arguments: tuple[str, ...] = ()
+    """Their arguments (JSON text); audited only with `audit.includePrompts`."""
     prompt: list[dict[str, Any]] | None = None
     """The messages after redaction, for audit lines when `audit.includePrompts` is on."""
 
