@@ -292,8 +292,8 @@ _DATE_SHAPE = engine.compile_bytes(
 # Right before a number: it is a reference, not a phone number.
 _NOT_PHONE_BEFORE = engine.compile_bytes(
     # Labels only: common words ("this time", "in case") would veto real numbers.
-    rb"(?:order|invoice|ticket|ref|sku|\bid|no\.|nr\.?|#|build|port|isbn|tracking|version|"
-    rb"\bts|epoch|epoch_ms|timestamp|unix|ean|gtin|upc|serial|batch)\s*[:#=]?\s*$",
+    rb"(?:\b(?:order|invoice|ticket|ref|sku|id|no\.|nr\.?|build|port|isbn|tracking|version|"
+    rb"ts|epoch|epoch_ms|timestamp|unix|ean|gtin|upc|serial|batch)|#)\s*[:#=]?\s*$",
     case_sensitive=False,
 )
 # Right after it: a quantity ("690 125 267 bytes"), not a phone number.
