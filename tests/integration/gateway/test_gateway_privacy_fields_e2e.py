@@ -154,12 +154,13 @@ async def test_include_prompts_stores_only_redacted_text(start_sim, start_gatewa
     assert json.loads(audit["messages"][3]["text"]) == {"phone": "[REDACTED:PHONE]"}
 
 
-async def test_a_body_at_the_limit_does_not_hold_the_event_loop(
+async def test_a_large_body_is_scanned_off_the_event_loop(
     start_sim, start_gateway, http, monkeypatch
 ) -> None:
     _, expert, gw = await _stack(start_sim, start_gateway, privacy={"detectors": ["email"]})
-    # The input that took minutes with the backtracking email pattern, at ~1 MiB.
-    text = f"{EMAIL} @ " + "a" * 1_000_000
+    # The input that took seconds with the backtracking email pattern (200 KB: the
+    # privacy thread's range; larger bodies go to the privacy process, below).
+    text = f"{EMAIL} @ " + "a" * 200_000
     scanner = gw.state.runtime.policies["default"].scanner
     answered = threading.Event()
     real = scanner.redact_text
@@ -183,3 +184,23 @@ async def test_a_body_at_the_limit_does_not_hold_the_event_loop(
 
 def _body_of(text: str) -> dict[str, Any]:
     return {"model": "default", "messages": [{"role": "user", "content": text}]}
+
+
+async def test_a_body_at_the_limit_is_scanned_in_the_privacy_process(
+    start_sim, start_gateway, http, monkeypatch
+) -> None:
+    _, expert, gw = await _stack(start_sim, start_gateway, privacy={"detectors": ["email"]})
+    scanner = gw.state.runtime.policies["default"].scanner
+
+    def not_here(text: str, **kwargs: Any) -> str:
+        raise AssertionError("a 1 MiB body was scanned in the gateway's own interpreter")
+
+    monkeypatch.setattr(scanner, "redact_text", not_here)
+    # The input that took minutes with the backtracking email pattern, at ~1 MiB.
+    text = f"{EMAIL} @ " + "a" * 1_000_000
+    status, headers, _ = await _post(http, gw.url, _body_of(text))
+    assert (status, headers["x-kascade-route"]) == (200, "expert:e1")
+    assert headers["x-kascade-privacy"] == "redacted:email"
+    sent = expert.records[0]["body"]["messages"][0]["content"]
+    assert sent.startswith("[REDACTED:EMAIL] @ aaa")
+    assert EMAIL not in json.dumps(expert.records)

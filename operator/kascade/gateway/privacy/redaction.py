@@ -50,6 +50,7 @@ class Scanner:
     """A policy's compiled detectors; `find()` and `redact_text()` work on one text."""
 
     def __init__(self, *, privacy: config_mod.PrivacyConfig) -> None:
+        self.privacy = privacy
         self.action = privacy.action
         enabled = set(privacy.detectors)
         self._compiled = [
