@@ -303,6 +303,7 @@ def policy_config(policy: v1alpha1.RoutingPolicy) -> gw.PolicyConfig:
                 gw.CustomPattern(name=p.name, regex=p.regex) for p in spec.privacy.custom_patterns
             ],
             action=spec.privacy.action,
+            unscannable=spec.privacy.unscannable,
         ),
         cache=gw.CacheConfig(
             exact=None

@@ -21,7 +21,17 @@ from kascade.api import limits
 
 Window = Literal["rolling-24h", "calendar-day", "calendar-month"]
 Provider = Literal["openai", "openai-compatible", "anthropic", "azure-openai"]
-Detector = Literal["email", "phone", "credit-card", "iban", "ip-address"]
+Detector = Literal[
+    "email",
+    "phone",
+    "credit-card",
+    "iban",
+    "ip-address",
+    "ssn",
+    "date-of-birth",
+    "national-id",
+    "secret",
+]
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 RetryCondition = Literal["rate-limited", "server-error", "timeout", "connection-error"]
@@ -269,6 +279,9 @@ class PrivacyConfig(_Model):
     detectors: list[Detector] = []
     custom_patterns: list[CustomPattern] = []
     action: Literal["redact", "local-only", "allow"] = "redact"
+    unscannable: Literal["reject", "local-only", "allow"] = "reject"
+    """Binary parts (images, audio, files) under redact/local-only: refuse with 400, keep
+    the request in the cluster, or send them unscanned."""
 
 
 class ExactCache(_Model):

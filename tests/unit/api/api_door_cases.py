@@ -181,7 +181,7 @@ CASES: tuple[DoorCase, ...] = (
     DoorCase("policy-duplicate-pattern-names",
              _patterns({"name": "id", "regex": "a"}, {"name": "id", "regex": "b"}),
              "spec.privacy.customPatterns[1]"),
-    DoorCase("policy-detector-unknown", base.policy(privacy={"detectors": ["ssn"]}),
+    DoorCase("policy-detector-unknown", base.policy(privacy={"detectors": ["person-name"]}),
              "spec.privacy.detectors[0]"),
     DoorCase("policy-pool-uppercase", base.policy(localPool="SmolPool"), "spec.localPool",
              "a LocalModelPool name"),

@@ -97,6 +97,7 @@ GATEWAY_SOURCES: dict[str, Source] = {
     "policies.*.privacy.detectors[]": Source(RP, "spec.privacy.detectors[]"),
     "policies.*.privacy.customPatterns[].name": Source(RP, "spec.privacy.customPatterns[].name"),
     "policies.*.privacy.action": Source(RP, "spec.privacy.action"),
+    "policies.*.privacy.unscannable": Source(RP, "spec.privacy.unscannable"),
     "policies.*.cache.exact.ttlSeconds": Source(RP, "spec.cache.exact.ttlSeconds"),
     "policies.*.cache.semantic.threshold": Source(RP, "spec.cache.semantic.threshold"),
     "policies.*.cache.semantic.ttlSeconds": Source(RP, "spec.cache.semantic.ttlSeconds"),

@@ -45,7 +45,17 @@ Label = Annotated[
 ]
 """A task label such as 'code' or 'summarize'."""
 
-PiiDetector = Literal["email", "phone", "credit-card", "iban", "ip-address"]
+PiiDetector = Literal[
+    "email",
+    "phone",
+    "credit-card",
+    "iban",
+    "ip-address",
+    "ssn",
+    "date-of-birth",
+    "national-id",
+    "secret",
+]
 
 
 class PolicyConditionType(enum.StrEnum):
@@ -286,17 +296,32 @@ class CustomPattern(common.KascadeModel):
 
 
 def _all_detectors() -> list[PiiDetector]:
-    return ["email", "phone", "credit-card", "iban", "ip-address"]
+    return [
+        "email",
+        "phone",
+        "credit-card",
+        "iban",
+        "ip-address",
+        "ssn",
+        "date-of-birth",
+        "national-id",
+        "secret",
+    ]
 
 
 class PrivacySpec(common.KascadeModel):
     """Personal data detection and what to do about it."""
 
-    detectors: Annotated[list[PiiDetector], pydantic.Field(max_length=5)] = pydantic.Field(
+    detectors: Annotated[list[PiiDetector], pydantic.Field(max_length=9)] = pydantic.Field(
         default_factory=_all_detectors,
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
-    """Built-in detectors: email, phone, credit-card (Luhn-checked), iban, ip-address."""
+    """Built-in detectors: email (internationalised), phone (number plans of 15
+    countries), credit-card (Luhn and issuer prefix), iban (mod-97), ip-address (IPv4,
+    IPv6), ssn (US), date-of-birth (dates next to words like "born"), national-id
+    (check-digit IDs of 10 countries, passport numbers next to "passport"), secret
+    (API keys, AWS keys, JWTs, PEM blocks). None detects person names or postal
+    addresses."""
 
     custom_patterns: Annotated[list[CustomPattern], pydantic.Field(max_length=32)] = pydantic.Field(
         default_factory=list,
@@ -312,6 +337,12 @@ class PrivacySpec(common.KascadeModel):
     """'redact' (replace detected data before anything leaves the cluster), 'local-only'
     (never escalate such requests) or 'allow' (send as is, to experts whose dataPolicy
     allows personal data)."""
+
+    unscannable: Literal["reject", "local-only", "allow"] = "reject"
+    """Binary parts no detector can read (base64 images, audio, files) under action
+    'redact' or 'local-only', when the policy has experts: 'reject' answers 400 naming
+    the part, 'local-only' keeps the request in the cluster, 'allow' sends them
+    unscanned."""
 
 
 class ExactCache(common.KascadeModel):

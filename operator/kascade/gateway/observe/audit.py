@@ -1,4 +1,5 @@
-"""One JSON line per request with the decision rationale; never prompt text."""
+"""One JSON line per request with the decision rationale; prompt text only when the
+policy sets `audit.includePrompts`, and then only after redaction."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ class AuditLog:
         return self._stream is not None
 
     def write(self, record: dict[str, Any]) -> None:
-        """Queues one line; records hold decisions, counts and ids, never message text."""
+        """Queues one line; records hold decisions, counts and ids (and redacted messages
+        under `includePrompts`), never raw message text."""
         if self._stream is None:
             return
         record.setdefault("ts", round(time.time(), 3))

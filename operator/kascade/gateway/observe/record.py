@@ -78,16 +78,19 @@ def record(
 
 def _prompts(*, chat: request.ChatRequest, d: decision_mod.Decision) -> dict[str, object]:
     """Message text and tool-call arguments, redacted by the policy's detectors whatever
-    its privacy action (an audit log is not where personal data may go)."""
+    its privacy action (an audit log is not where personal data may go). The messages
+    come from the privacy step's redacted copy when it ran (no second scan here, on the
+    event loop); requests refused before it are redacted now."""
     scanner = d.policy.scanner
 
     def redact(text: str) -> str:
         return scanner.redact_text(text, counts={}) if scanner.enabled else text
 
+    if d.prompt is not None:
+        texts = [(m.get("role"), request.text_of(m.get("content"))) for m in d.prompt]
+    else:
+        texts = [(m.get("role"), redact(request.text_of(m.get("content")))) for m in chat.messages]
     return {
-        "messages": [
-            {"role": str(m.get("role")), "text": redact(request.text_of(m.get("content")))}
-            for m in chat.messages
-        ],
+        "messages": [{"role": str(role), "text": text} for role, text in texts],
         "tool_call_arguments": [redact(a) for a in d.tool_arguments],
     }

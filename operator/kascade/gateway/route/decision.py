@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from kascade.gateway import ledger, runtime
 from kascade.gateway.cache import memory as cache_mod
@@ -47,6 +48,8 @@ class Decision:
     """Their arguments (JSON text); audited only with `audit.includePrompts`."""
     caller: access.Caller = access.ANONYMOUS_CALLER
     """Who sent the request (its tenant, if any)."""
+    prompt: list[dict[str, Any]] | None = None
+    """The messages after redaction, for audit lines when `audit.includePrompts` is on."""
 
     def headers(self) -> dict[str, str]:
         h = {

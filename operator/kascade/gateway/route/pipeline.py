@@ -21,6 +21,7 @@ from kascade.gateway.experts import capabilities, escalation
 from kascade.gateway.observe import audit as audit_mod
 from kascade.gateway.observe import metrics as metrics_mod
 from kascade.gateway.observe import record
+from kascade.gateway.privacy import screen as screen_mod
 from kascade.gateway.route import capability, formats, local, pressure, request, rules
 from kascade.gateway.route import confidence as confidence_mod
 from kascade.gateway.route import decision as decision_mod
@@ -126,26 +127,10 @@ async def _route(
 ) -> web.StreamResponse:
     policy = d.policy
     cfg = policy.config
-    # 1. Privacy.
-    outbound = chat.messages
-    local_only = raw_pii = False
-    if policy.scanner.enabled:
-        scan = policy.scanner.scan(messages=chat.messages)
-        d.pii = scan.counts
-        if scan.found:
-            if cfg.privacy.action == "redact" and scan.redacted_messages is not None:
-                outbound = scan.redacted_messages
-                done = "redacted"
-            elif cfg.privacy.action == "local-only":
-                local_only = True
-                done = "local-only"
-            else:
-                raw_pii = True
-                done = "allowed"
-            kinds = sorted(kind for kind, count in scan.counts.items() if count)
-            d.privacy = f"{done}:{','.join(kinds)}"
-            for kind in kinds:
-                state.metrics.privacy_detections.labels(policy.name, kind, done).inc()
+    # 1. Privacy: every field that could leave the cluster.
+    screened = await _privacy(state, chat, d)
+    outbound, outbound_params = screened.messages, screened.params
+    local_only, raw_pii = screened.local_only, screened.raw_pii
     # 2. Cache.
     hit = _cache_lookup(state, chat, d)
     if hit is None and d.exact_key is not None and state.shared_cache is not None:
@@ -233,10 +218,38 @@ async def _route(
         d,
         experts=experts,
         outbound=outbound,
+        outbound_params=outbound_params,
         raw_pii=raw_pii,
         answer=answer,
         pool=pool,
     )
+
+
+async def _privacy(
+    state: State, chat: request.ChatRequest, d: decision_mod.Decision
+) -> screen_mod.Screened:
+    policy = d.policy
+    cfg = policy.config
+    if not policy.scanner.enabled:
+        if cfg.audit.include_prompts:
+            d.prompt = chat.messages  # no detector configured: nothing to redact with
+        return screen_mod.Screened(messages=chat.messages, params=chat.params, counts={})
+    scanned = await screen_mod.scan(
+        policy.scanner, messages=chat.messages, params=chat.params, size=chat.body_bytes
+    )
+    screened = screen_mod.decide(
+        cfg.privacy, scanned, messages=chat.messages, params=chat.params,
+        has_experts=bool(policy.experts),
+    )  # fmt: skip
+    d.pii = screened.counts
+    if cfg.audit.include_prompts:  # always the redacted text, whatever the action
+        d.prompt = screen_mod.audit_prompt(scanned, messages=chat.messages)
+    if screened.done is not None:
+        kinds = sorted(kind for kind, count in screened.counts.items() if count)
+        d.privacy = f"{screened.done}:{','.join(kinds)}"
+        for kind in kinds:
+            state.metrics.privacy_detections.labels(policy.name, kind, screened.done).inc()
+    return screened
 
 
 async def _local_pass(
@@ -288,6 +301,7 @@ async def _escalate(
     *,
     experts: list[escalation.ExpertState],
     outbound: list[dict[str, Any]],
+    outbound_params: dict[str, Any],
     raw_pii: bool,
     answer: local.LocalAnswer | None,
     pool: Any,
@@ -296,7 +310,7 @@ async def _escalate(
     call = escalation.Call(
         request_id=d.request_id,
         messages=outbound,
-        params=chat.params,
+        params=outbound_params,
         requested_max_tokens=chat.max_tokens,
         prompt_bound=chat.prompt_bound,
         prompt_estimate=chat.prompt_estimate,

@@ -30,6 +30,8 @@ class ChatRequest:
     """Names of the functions offered in `tools` (governance: names only)."""
     response_format: str | None = None
     """`response_format.type` when the request sets one."""
+    body_bytes: int = 0
+    """Size of the request body: large ones are scanned for privacy off the event loop."""
 
 
 def _bad(message: str, *, param: str | None, code: str = "invalid_value") -> errors.ApiError:
@@ -136,4 +138,5 @@ def parse(raw: bytes) -> ChatRequest:
         prompt_estimate=estimate,
         tools=tools,
         response_format=response_format,
+        body_bytes=len(raw),
     )
