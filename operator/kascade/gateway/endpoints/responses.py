@@ -92,6 +92,8 @@ async def respond(
     completion: dict[str, Any],
     raw: bytes | None = None,
 ) -> web.StreamResponse:
+    usage = completion.get("usage")
+    d.usage = usage if isinstance(usage, dict) else None
     if not chat.stream:
         return web.Response(
             body=raw if raw is not None else json.dumps(completion).encode(),

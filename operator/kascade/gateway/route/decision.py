@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from kascade.gateway.cache.memory import memory as cache_mod
 from kascade.gateway import ledger, runtime
@@ -38,6 +39,10 @@ class Decision:
     """The pool whose local pass this request used (or would have used)."""
     privacy: str | None = None
     """What was done about detected personal data, e.g. ``redacted:email,phone``."""
+    task: str = "none"
+    """The task label for metrics (rules.task_label)."""
+    usage: dict[str, Any] | None = None
+    """Token usage of the answer sent (local or cached), for the all-expert baseline."""
 
     def headers(self) -> dict[str, str]:
         h = {

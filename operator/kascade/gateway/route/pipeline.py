@@ -73,6 +73,7 @@ async def handle_chat(state: State, http: web.Request) -> web.StreamResponse:
             )
     except errors.ApiError as exc:
         state.metrics.requests.labels("", "error", exc.code or "invalid_request").inc()
+        state.metrics.http_responses.labels("", f"{exc.status // 100}xx").inc()
         return exc.response(extra_headers=ids)
     decision = decision_mod.Decision(request_id=request_id, policy=policy)
     status = 200
@@ -114,6 +115,7 @@ async def _route(
 ) -> web.StreamResponse:
     policy = d.policy
     cfg = policy.config
+    d.task = rules.task_label(rules=cfg.rules, headers=http.headers)
     # 1. Privacy.
     outbound = chat.messages
     local_only = raw_pii = False
