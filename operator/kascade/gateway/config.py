@@ -16,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
+from kascade.api import limits
+
 Window = Literal["rolling-24h", "calendar-day", "calendar-month"]
 Provider = Literal["openai", "openai-compatible", "anthropic", "azure-openai"]
 Detector = Literal["email", "phone", "credit-card", "iban", "ip-address"]
@@ -94,7 +96,7 @@ class Pricing(_Model):
 
 
 class BudgetConfig(_Model):
-    limit_usd: float = Field(alias="limitUSD", ge=0, le=9_000_000)
+    limit_usd: float = Field(alias="limitUSD", ge=0, le=limits.USD_MAX)
     """Most USD that may be spent on this expert per window."""
     window: Window = "calendar-month"
     """`rolling-24h`, `calendar-day` or `calendar-month` (calendar windows in UTC)."""
@@ -114,7 +116,7 @@ class Timeouts(_Model):
 
 
 class Retries(_Model):
-    max_attempts: int = Field(default=2, ge=1, le=10)
+    max_attempts: int = Field(default=2, ge=1, le=limits.MAX_RETRIES + 1)
     """Attempts per expert, the first included; only retryable errors are retried."""
     initial_backoff_millis: int = Field(default=200, ge=0)
     max_backoff_millis: int = Field(default=5000, ge=0)
@@ -132,7 +134,7 @@ class CircuitBreakerConfig(_Model):
 
 class ExpertConfig(_Model):
     provider: Provider
-    endpoint: str = Field(pattern=r"^https?://")
+    endpoint: str = Field(pattern=limits.ENDPOINT, max_length=limits.ENDPOINT_MAX)
     """Base URL, e.g. `https://api.openai.com` (paths are added per provider)."""
     model: str
     """Model name (the deployment name for azure-openai)."""
@@ -211,7 +213,7 @@ class Rule(_Model):
 
 
 class CustomPattern(_Model):
-    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    name: str = Field(pattern=limits.DNS1123_LABEL, max_length=limits.DNS1123_LABEL_MAX)
     regex: str
 
 

@@ -7,7 +7,9 @@ from typing import Annotated, ClassVar, Literal
 
 import pydantic
 
+from kascade.api import limits
 from kascade.api.v1alpha1 import common
+from kascade.api.v1alpha1 import regex as regex_mod
 
 KIND = "RoutingPolicy"
 PLURAL = "routingpolicies"
@@ -16,9 +18,9 @@ PoolName = Annotated[
     str,
     pydantic.Field(
         min_length=1,
-        max_length=40,
+        max_length=limits.POOL_NAME_MAX,
         pattern=common.hinted(
-            r"^[a-z]([-a-z0-9]*[a-z0-9])?$",
+            limits.POOL_NAME,
             "a LocalModelPool name: lowercase letters, digits and '-', starting with a letter",
         ),
     ),
@@ -53,6 +55,10 @@ class PolicyConditionType(enum.StrEnum):
     """The gateway serves this policy."""
     REFERENCES_RESOLVED = "ReferencesResolved"
     """Every referenced pool and expert exists."""
+    DEGRADED = "Degraded"
+    """No listed expert can take escalations now (all suspended, invalid, without
+    credentials or out of budget): escalations degrade to the local answer (or fail,
+    with fallback.whenExpertsUnavailable: error)."""
 
 
 class Tier(common.KascadeModel):
@@ -239,8 +245,28 @@ class CustomPattern(common.KascadeModel):
     name: common.DnsLabel
     """Pattern name, used in redaction markers and audit lines."""
 
-    regex: Annotated[str, pydantic.Field(min_length=1, max_length=1024)]
-    """Python regular expression (re syntax); checked when the policy is compiled."""
+    regex: Annotated[
+        str,
+        pydantic.Field(
+            min_length=1,
+            max_length=1024,
+            json_schema_extra={
+                common.CEL_RULES_KEY: [
+                    {
+                        # Compiling the pattern is the check: CEL's matches() is RE2, and an
+                        # invalid pattern is an evaluation error, which rejects the object.
+                        "rule": "''.matches(self) || !''.matches(self)",
+                        "message": "must be a regular expression in RE2 syntax (no "
+                        "backreferences or lookaround)",
+                    }
+                ]
+            },
+        ),
+        pydantic.AfterValidator(regex_mod.check_re2),
+    ]
+    """Regular expression in RE2 syntax (Go's regexp; Python's re without backreferences
+    or lookaround), matched in time linear in the prompt. Checked when the policy is
+    applied."""
 
 
 def _all_detectors() -> list[PiiDetector]:
@@ -389,6 +415,7 @@ class RoutingPolicySpec(common.KascadeModel):
         common.CelRule(
             rule="has(self.localPool) != has(self.tiers)",
             message="exactly one of localPool or tiers is required",
+            field_path=".localPool",
             check=lambda s: (s.local_pool is None) != (s.tiers is None),
         ),
         common.CelRule(
@@ -444,7 +471,7 @@ class RoutingPolicyStatus(common.KascadeModel):
     conditions: Annotated[list[common.Condition], pydantic.Field(max_length=16)] = pydantic.Field(
         default_factory=list, json_schema_extra=common.CONDITIONS_LIST
     )
-    """Ready and ReferencesResolved."""
+    """Ready, ReferencesResolved and Degraded."""
 
     observed_generation: int | None = pydantic.Field(default=None, alias="observedGeneration")
     """The metadata.generation this status describes."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kascade.gateway.cache.memory import memory as cache_mod
 from kascade.gateway import ledger, runtime
+from kascade.gateway.cache import memory as cache_mod
 from kascade.gateway.experts import escalation
 
 
