@@ -66,6 +66,8 @@ def _draw_panel(
     rate_interval: str,
 ) -> int:
     start, end, step = window
+    custom = panel["fieldConfig"]["defaults"].get("custom", {})
+    log_scale = custom.get("scaleDistribution", {}).get("type") == "log"
     drawn = 0
     ax.set_title(panel["title"], fontsize=10)
     for target in panel["targets"]:
@@ -79,11 +81,15 @@ def _draw_panel(
         for s in series:
             points = [(float(t) - end, float(v)) for t, v in s["values"]]
             points = [(t, v) for t, v in points if v == v and abs(v) != float("inf")]
+            if log_scale:
+                points = [(t, v) for t, v in points if v > 0]
             if not points:
                 continue
             xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, label=_legend(target["legendFormat"], s["metric"]), linewidth=1.4)
             drawn += 1
+    if log_scale and drawn:
+        ax.set_yscale("log")
     if panel["type"] != "heatmap":
         ax.set_xlabel("seconds before the end", fontsize=8)
         ax.set_ylabel(UNITS.get(panel["fieldConfig"]["defaults"]["unit"], ""), fontsize=8)
