@@ -135,7 +135,25 @@ def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             out[key] = value
     if node.get("additionalProperties") is True and "properties" not in node:
         out["x-kubernetes-preserve-unknown-fields"] = True
-    return _hinted_pattern(out)
+    return _unique_names(_hinted_pattern(out))
+
+
+def _unique_names(node: dict[str, Any]) -> dict[str, Any]:
+    """A list keyed by ``name`` gets a rule that says what a duplicate is, in words.
+
+    The API server reports a duplicate key of a list map as ``Duplicate value:
+    map[string]interface {}{"name":"small"}``; the rule adds a line a user can read.
+    """
+    if node.get("x-kubernetes-list-map-keys") != ["name"] or "maxItems" not in node:
+        return node
+    rule = {
+        "rule": "self.all(x, self.exists_one(y, y.name == x.name))",
+        "message": "each entry needs a name of its own: two entries share a name",
+    }
+    rules = node.get(common.CEL_RULES_KEY, [])
+    if any(r["rule"] == rule["rule"] for r in rules):
+        return node  # already converted (a referenced model is converted twice)
+    return {**node, common.CEL_RULES_KEY: [*rules, rule]}
 
 
 def _hinted_pattern(node: dict[str, Any]) -> dict[str, Any]:

@@ -235,6 +235,10 @@ def policy_config(policy: v1alpha1.RoutingPolicy) -> gw.PolicyConfig:
                     else gw.HeaderMatch(
                         name=rule.when.header.name, values=list(rule.when.header.values)
                     ),
+                    has_tools=rule.when.has_tools,
+                    response_formats=None
+                    if rule.when.response_formats is None
+                    else list(rule.when.response_formats),
                 ),
                 action=rule.action,
                 target=tiers.get(rule.tier or "") if rule.action == "tier" else rule.expert,
@@ -267,7 +271,9 @@ def policy_config(policy: v1alpha1.RoutingPolicy) -> gw.PolicyConfig:
             message=spec.fallback.message,
         ),
         max_cost_per_request_usd=spec.max_cost_per_request_usd,
-        audit=gw.AuditConfig(enabled=spec.audit.enabled),
+        audit=gw.AuditConfig(
+            enabled=spec.audit.enabled, include_prompts=spec.audit.include_prompts
+        ),
     )
 
 

@@ -199,6 +199,10 @@ class RuleWhen(_Model):
     task_labels: list[str] | None = None
     """Matches when the request header `x-kascade-task` is one of these."""
     header: HeaderMatch | None = None
+    has_tools: bool | None = None
+    """True matches requests that offer tools, false requests that offer none."""
+    response_formats: list[Literal["text", "json_object", "json_schema"]] | None = None
+    """Matches when `response_format.type` is one of these (absent counts as text)."""
 
 
 class Rule(_Model):
@@ -246,6 +250,10 @@ class FallbackConfig(_Model):
 
 class AuditConfig(_Model):
     enabled: bool = True
+    include_prompts: bool = False
+    """Audit lines also carry the messages' text and the answer's tool-call arguments,
+    redacted by the policy's privacy detectors (the RoutingPolicy's
+    `audit.includePrompts`)."""
 
 
 class PolicyConfig(_Model):

@@ -169,7 +169,7 @@ def test_every_rule_has_a_message_and_object_rules_name_their_field() -> None:
     # and the API server names that object.
     assert unnamed == [
         "routingpolicies.spec.rules[].when: rules[].when needs at least one of "
-        "minPromptTokens, maxPromptTokens, taskLabels or header"
+        "minPromptTokens, maxPromptTokens, taskLabels, header, hasTools or responseFormats"
     ]
 
 

@@ -85,6 +85,7 @@ GATEWAY_SOURCES: dict[str, Source] = {
     "policies.*.rules[].when.minPromptTokens": Source(RP, "spec.rules[].when.minPromptTokens"),
     "policies.*.rules[].when.maxPromptTokens": Source(RP, "spec.rules[].when.maxPromptTokens"),
     "policies.*.rules[].action": Source(RP, "spec.rules[].action"),
+    "policies.*.rules[].when.responseFormats[]": Source(RP, "spec.rules[].when.responseFormats[]"),
     "policies.*.overflow": Source(RP, "spec.overflow"),
     "policies.*.privacy.detectors[]": Source(RP, "spec.privacy.detectors[]"),
     "policies.*.privacy.customPatterns[].name": Source(RP, "spec.privacy.customPatterns[].name"),

@@ -170,17 +170,33 @@ class RuleMatch(common.KascadeModel):
     header: HeaderMatch | None = None
     """Matches a request header."""
 
+    has_tools: bool | None = pydantic.Field(default=None, alias="hasTools")
+    """true matches requests that offer tools (function calling); false matches
+    requests that offer none."""
+
+    response_formats: (
+        Annotated[list[Literal["text", "json_object", "json_schema"]], pydantic.Field(max_length=3)]
+        | None
+    ) = pydantic.Field(
+        default=None, alias="responseFormats", json_schema_extra={"x-kubernetes-list-type": "set"}
+    )
+    """Matches requests whose response_format.type is one of these ('text' also
+    matches requests without a response_format)."""
+
     __kascade_rules__: ClassVar[tuple[common.CelRule, ...]] = (
         common.CelRule(
             rule="has(self.minPromptTokens) || has(self.maxPromptTokens) || "
-            "has(self.taskLabels) || has(self.header)",
+            "has(self.taskLabels) || has(self.header) || has(self.hasTools) || "
+            "has(self.responseFormats)",
             message="rules[].when needs at least one of minPromptTokens, maxPromptTokens, "
-            "taskLabels or header",
+            "taskLabels, header, hasTools or responseFormats",
             check=lambda w: (
                 w.min_prompt_tokens is not None
                 or w.max_prompt_tokens is not None
                 or w.task_labels is not None
                 or w.header is not None
+                or w.has_tools is not None
+                or w.response_formats is not None
             ),
         ),
         common.CelRule(
@@ -349,7 +365,8 @@ class AuditSpec(common.KascadeModel):
     """Whether audit lines are written."""
 
     include_prompts: bool = pydantic.Field(default=False, alias="includePrompts")
-    """Whether audit lines contain the (redacted) prompt text."""
+    """Whether audit lines contain the prompt text and the answer's tool-call arguments,
+    redacted by the policy's privacy detectors whatever its privacy action."""
 
 
 class RoutingPolicySpec(common.KascadeModel):

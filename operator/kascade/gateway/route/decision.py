@@ -43,6 +43,12 @@ class Decision:
     """The task label for metrics (rules.task_label)."""
     usage: dict[str, Any] | None = None
     """Token usage of the answer sent (local or cached), for the all-expert baseline."""
+    format_problem: str | None = None
+    """Why a local answer did not follow the requested response_format."""
+    tool_calls: tuple[str, ...] = ()
+    """Names of the functions the answer calls."""
+    tool_arguments: tuple[str, ...] = ()
+    """Their arguments (JSON text); audited only with `audit.includePrompts`."""
 
     def headers(self) -> dict[str, str]:
         h = {

@@ -21,9 +21,9 @@ from kascade.gateway.experts import escalation
 from kascade.gateway.observe import audit as audit_mod
 from kascade.gateway.observe import metrics as metrics_mod
 from kascade.gateway.observe import record
+from kascade.gateway.route import capability, formats, local, pressure, request, rules
 from kascade.gateway.route import confidence as confidence_mod
 from kascade.gateway.route import decision as decision_mod
-from kascade.gateway.route import local, pressure, request, rules
 
 log = logging.getLogger("kascade.gateway")
 
@@ -138,7 +138,13 @@ async def _route(
     if hit is not None:
         return await responses.respond(http, chat, d, completion=hit)
     # 3. Rules.
-    matched = rules.match(rules=cfg.rules, prompt_tokens=chat.prompt_estimate, headers=http.headers)
+    matched = rules.match(
+        rules=cfg.rules,
+        prompt_tokens=chat.prompt_estimate,
+        headers=http.headers,
+        has_tools=bool(chat.tools),
+        response_format=chat.response_format,
+    )
     pool = policy.pool
     d.pool = cfg.local_pool
     experts = policy.experts
@@ -159,6 +165,7 @@ async def _route(
     if local_only:  # Personal data under local-only outranks every rule.
         experts = []
         escalate_reason = None
+    experts = capability.capable(experts=experts, chat=chat)
     # 4. Local pass (skipped when a rule sends the request straight to an expert).
     answer: local.LocalAnswer | None = None
     if escalate_reason is None:
@@ -187,6 +194,9 @@ async def _route(
                 d.reason = "confident"
             else:
                 escalate_reason = "low_confidence"
+            d.format_problem = formats.problem(chat=chat, completion=answer.completion)
+            if d.format_problem is not None:
+                escalate_reason = "invalid_format"
             if escalate_reason is None or not experts:
                 if escalate_reason is not None:
                     d.reason = "local_only" if local_only else "no_experts"
