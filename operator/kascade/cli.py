@@ -37,6 +37,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "main",
         "Run a simulated cloud LLM expert (OpenAI / Anthropic APIs) for tests and demos.",
     ),
+    "status": (
+        "kascade.local.status",
+        "main",
+        "Show spend, budgets, escalations and cache hits of a gateway (embedded or in a cluster).",
+    ),
     "operator": (
         "kascade.controller.main",
         "main",

@@ -17,7 +17,7 @@ import kopf
 import prometheus_client
 
 from kascade.compile import resources
-from kascade.controller import autoscaling, failures, reconcile, spend
+from kascade.controller import autoscaling, failures, pool_metrics, reconcile, spend
 from kascade.controller import kube as kube_mod
 from kascade.controller import tenants as tenants_mod
 
@@ -212,6 +212,8 @@ async def pool_event(
 ) -> None:
     if event["type"] != "DELETED":
         _schedule_pool(memo, namespace, _snapshot(body), policies)
+    else:
+        pool_metrics.forget_pool(namespace=namespace, name=body["metadata"]["name"])
     if _spec_changed(memo, event, body):
         _schedule_namespace(memo, namespace, pools, experts, policies, tenants)
 

@@ -18,7 +18,7 @@ from kascade.api.v1alpha1 import problems as problems_mod
 from kascade.compile import gateway as compile_gateway
 from kascade.compile import resources
 from kascade.compile import serving as compile_serving
-from kascade.controller import children, failures, spend, status
+from kascade.controller import children, failures, pool_metrics, spend, status
 from kascade.controller import conditions as cond
 from kascade.controller import kube as kube_mod
 
@@ -218,6 +218,7 @@ async def reconcile_pool(
                 ),
             ],
         )
+    pool_metrics.observe_pool(namespace=namespace, pool=pool, desired=desired_replicas, ready=ready)
     desired_status: dict[str, Any] = {
         "conditions": conds,
         "observedGeneration": generation,

@@ -107,6 +107,8 @@ async def respond(
     completion: dict[str, Any],
     raw: bytes | None = None,
 ) -> web.StreamResponse:
+    usage = completion.get("usage")
+    d.usage = usage if isinstance(usage, dict) else None
     d.tool_calls, d.tool_arguments = providers.tool_calls_of(completion)
     if not chat.stream:
         return web.Response(

@@ -23,6 +23,7 @@ from kascade.gateway.experts import escalation, providers
 from kascade.gateway.observe import audit as audit_mod
 from kascade.gateway.observe import loop as loop_monitor
 from kascade.gateway.observe import metrics as metrics_mod
+from kascade.gateway.observe import scrape
 from kascade.gateway.route import pipeline, pressure
 from kascade.gateway.tenants import keys as keys_mod
 
@@ -122,18 +123,9 @@ async def _readyz(http: web.Request) -> web.Response:
 
 async def _metrics(http: web.Request) -> web.Response:
     state = http.app[STATE]
-    # Budget remaining is read from the ledger at scrape time (shared across replicas
-    # with Redis), not tracked per request.
-    for name, expert in state.experts.items():
-        if name not in state.runtime.config.experts:
-            continue
-        try:
-            snap = await state.escalator.ledger.snapshot(expert=name, budget=expert.budget)
-        except ledger.LedgerError:
-            continue
-        state.metrics.budget_remaining.labels(name).set(
-            float(ledger.nanos_to_usd(snap.remaining_nanos))
-        )
+    # Budgets are read from the ledger at scrape time (shared across replicas with
+    # Redis), not tracked per request.
+    await scrape.refresh(state)
     body = state.metrics.render()
     return web.Response(body=body, headers={"content-type": "text/plain; version=0.0.4"})
 

@@ -21,6 +21,7 @@ class Metrics:
         self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self._escalation_children: dict[tuple[str, str, str], Any] = {}
         self._cost_children: dict[str, Any] = {}
+        self._answer_children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         r = self.registry
         self.requests = Counter(
             "kascade_requests_total",
@@ -173,6 +174,7 @@ class Metrics:
             "Longest event-loop stall of this process (a 10 ms timer late, on CPU).",
             registry=r,
         )
+        self._init_dashboard_families(r)
 
     def observe_request(self, *, policy: str, route: str, reason: str, seconds: float) -> None:
         """Counts one request and its duration (label children are cached: the
@@ -202,6 +204,20 @@ class Metrics:
         if child is None:
             child = self._cost_children[expert] = self.expert_cost.labels(expert)
         child.inc(usd)
+
+    def observe_answer(self, *, policy: str, task: str, usd: float, baseline_usd: float) -> None:
+        """Counts one answered request with what it cost and its all-expert baseline."""
+        key = (policy, task)
+        children = self._answer_children.get(key)
+        if children is None:
+            children = self._answer_children[key] = (
+                self.task_requests.labels(*key),
+                self.request_cost.labels(*key),
+                self.baseline_cost.labels(*key),
+            )
+        children[0].inc()
+        children[1].inc(usd)
+        children[2].inc(baseline_usd)
 
     def observe_pool_escalation(self, *, pool: str, reason: str, usd: float) -> None:
         """Counts one escalation of a pool's request and what it cost."""
@@ -235,6 +251,76 @@ class Metrics:
             self.tools_offered.labels(policy, self._tool_label(name)).inc()
         for name in called:
             self.tool_calls.labels(policy, expert, self._tool_label(name)).inc()
+
+    def _init_dashboard_families(self, r: CollectorRegistry) -> None:
+        # What the chart's dashboard and alerts need beyond the families above
+        # (docs/observability.md). Budget, circuit and ledger gauges are set at scrape
+        # time (observe/scrape.py); the rest per request (observe/record.py).
+        self.budget_limit = Gauge(
+            "kascade_budget_limit_usd",
+            "Budget limit of the current window per expert.",
+            ["expert"],
+            registry=r,
+        )
+        self.budget_spent = Gauge(
+            "kascade_budget_spent_usd",
+            "Settled spend in the current budget window per expert.",
+            ["expert"],
+            registry=r,
+        )
+        self.budget_reserved = Gauge(
+            "kascade_budget_reserved_usd",
+            "Outstanding reservations (calls in flight, worst case) per expert.",
+            ["expert"],
+            registry=r,
+        )
+        self.budget_window_end = Gauge(
+            "kascade_budget_window_end_timestamp_seconds",
+            "When the current budget window resets (rolling-24h: now plus 24 hours).",
+            ["expert"],
+            registry=r,
+        )
+        self.circuit_state = Gauge(
+            "kascade_circuit_breaker_state",
+            "Circuit breaker of each expert at this replica: 0 closed, 1 half-open, 2 open.",
+            ["expert"],
+            registry=r,
+        )
+        self.ledger_up = Gauge(
+            "kascade_ledger_up",
+            "1 when the budget ledger answered at the last scrape, else 0.",
+            registry=r,
+        )
+        self.threshold = Gauge(
+            "kascade_confidence_threshold",
+            "Confidence threshold applied to the policy's last local answer.",
+            ["policy"],
+            registry=r,
+        )
+        self.task_requests = Counter(
+            "kascade_task_requests_total",
+            "Answered requests by task label (a label a policy rule names, else other).",
+            ["policy", "task"],
+            registry=r,
+        )
+        self.request_cost = Counter(
+            "kascade_request_cost_usd_total",
+            "USD settled for requests' expert calls, by policy and task label.",
+            ["policy", "task"],
+            registry=r,
+        )
+        self.baseline_cost = Counter(
+            "kascade_baseline_cost_usd_total",
+            "What the same answers would have cost from the policy's first expert.",
+            ["policy", "task"],
+            registry=r,
+        )
+        self.http_responses = Counter(
+            "kascade_http_responses_total",
+            "Chat completion responses by status class (2xx, 4xx, 5xx).",
+            ["policy", "code"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -32,6 +32,13 @@ def record(
     )
     if d.confidence is not None and d.cache in ("off", "miss"):
         m.confidence.labels(d.policy.name).observe(d.confidence)
+    m.http_responses.labels(d.policy.name, f"{status // 100}xx").inc()
+    if d.threshold is not None:
+        m.threshold.labels(d.policy.name).set(d.threshold)
+    if route_label != "error":
+        usd = d.cost_nanos / 1_000_000_000
+        baseline = usd if route_label == "expert" else baseline_usd(d, chat)
+        m.observe_answer(policy=d.policy.name, task=d.task, usd=usd, baseline_usd=baseline)
     if chat.tools or d.tool_calls:
         expert = d.route.removeprefix("expert:") if d.route.startswith("expert:") else ""
         m.observe_tools(
@@ -94,3 +101,21 @@ def _prompts(*, chat: request.ChatRequest, d: decision_mod.Decision) -> dict[str
         "messages": [{"role": str(role), "text": text} for role, text in texts],
         "tool_call_arguments": [redact(a) for a in d.tool_arguments],
     }
+
+
+def baseline_usd(d: decision_mod.Decision, chat: request.ChatRequest) -> float:
+    """What a locally (or cache-) answered request would have cost from the policy's
+    first expert, at its prices: the answer's reported tokens, else the prompt
+    estimate and no completion tokens."""
+    if not d.policy.experts:
+        return 0.0
+    pricing = d.policy.experts[0].config.pricing
+    usage = d.usage or {}
+    prompt = usage.get("prompt_tokens")
+    completion = usage.get("completion_tokens")
+    prompt_tokens = prompt if isinstance(prompt, int) else chat.prompt_estimate
+    completion_tokens = completion if isinstance(completion, int) else 0
+    return (
+        prompt_tokens * pricing.input_per_million_tokens
+        + completion_tokens * pricing.output_per_million_tokens
+    ) / 1_000_000

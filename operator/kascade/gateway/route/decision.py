@@ -40,6 +40,10 @@ class Decision:
     """The pool whose local pass this request used (or would have used)."""
     privacy: str | None = None
     """What was done about detected personal data, e.g. ``redacted:email,phone``."""
+    task: str = "none"
+    """The task label for metrics (rules.task_label)."""
+    usage: dict[str, Any] | None = None
+    """Token usage of the answer sent (local or cached), for the all-expert baseline."""
     format_problem: str | None = None
     """Why a local answer did not follow the requested response_format."""
     tool_calls: tuple[str, ...] = ()

@@ -63,6 +63,7 @@ async def handle_chat(state: State, http: web.Request) -> web.StreamResponse:
         policy = _resolve_policy(rt, caller, chat.model)
     except errors.ApiError as exc:
         state.metrics.requests.labels("", "error", exc.code or "invalid_request").inc()
+        state.metrics.http_responses.labels("", f"{exc.status // 100}xx").inc()
         return exc.response(extra_headers=ids)
     decision = decision_mod.Decision(request_id=request_id, policy=policy, caller=caller)
     status = 200
@@ -127,6 +128,7 @@ async def _route(
 ) -> web.StreamResponse:
     policy = d.policy
     cfg = policy.config
+    d.task = rules.task_label(rules=cfg.rules, headers=http.headers)
     # 1. Privacy: every field that could leave the cluster.
     screened = await _privacy(state, chat, d)
     outbound, outbound_params = screened.messages, screened.params

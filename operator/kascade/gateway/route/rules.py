@@ -43,3 +43,17 @@ def match(
                 continue
         return index, rule
     return None
+
+
+def task_label(*, rules: list[config_mod.Rule], headers: Mapping[str, str]) -> str:
+    """The request's task label as a metric label: the `x-kascade-task` value when one
+    of the policy's rules names it, ``other`` for any other value, ``none`` without the
+    header. Bounded by the config, so a client cannot grow the metric's series."""
+    value = headers.get(TASK_HEADER)
+    if value is None:
+        return "none"
+    for rule in rules:
+        labels = rule.when.task_labels
+        if labels is not None and value in labels:
+            return value
+    return "other"
