@@ -37,7 +37,7 @@ import pytest
 from tests.integration.gateway.conftest import PYTHON, REPO, gw_free_port, serve
 
 from kascade.gateway import config as config_mod
-from kascade.gateway import ledger
+from kascade.gateway import ledger, redis_source
 from kascade.gateway.experts import worst_case
 from kascade.simexpert import server as sim_server
 
@@ -316,7 +316,11 @@ async def _check_books(
 ) -> None:
     # Read the books as they stand once every open reservation has expired: the
     # killed gateway's are then worst-case spend (the clock is moved, not waited for).
-    reader = ledger.RedisLedger(url=redis_url, clock=lambda: time.time() + TTL_S + 5)
+    reader = ledger.RedisLedger(
+        url=redis_url,
+        key_prefix=redis_source.key_prefix("billing"),  # the gateways' namespace
+        clock=lambda: time.time() + TTL_S + 5,
+    )
     pricing = config_mod.Pricing.model_validate(PRICING)
     try:
         for name, app in sims.items():

@@ -14,6 +14,7 @@ import pytest
 from tests import tenant_support
 from tests.integration.gateway.conftest import chat, gateway_config, gw_wait_for_http
 from tests.integration.gateway.test_gateway_budgets import (
+    BOUND,
     MAX_TOKENS,
     PROMPT,
     WORST_NANOS,
@@ -75,7 +76,14 @@ async def test_two_tenants_spend_their_own_limits_exactly(
     }
     pool_url, pool_ctx, _ = _start_sim_process(tmp_path, "pool", "--confidence", "0.1")
     e1_url, e1_ctx, e1_record = _start_sim_process(
-        tmp_path, "e1", "--latency-ms", "50", "--prompt-tokens", "50", "--completion-tokens", "50"
+        tmp_path,
+        "e1",
+        "--latency-ms",
+        "50",
+        "--prompt-tokens",
+        str(BOUND.prompt_tokens),
+        "--completion-tokens",
+        str(BOUND.completion_tokens),
     )
     config = gateway_config(
         pool=pool_url,
@@ -119,7 +127,10 @@ async def test_two_namespaces_with_same_names_spend_independently(
     redis_url: str, start_sim, start_gateway, tmp_path: Path, http
 ) -> None:
     pool = await start_sim(name="pool", confidence=0.1)
-    expert = await start_sim(name="e1", prompt_tokens=50, completion_tokens=50)
+    # It reports the full worst case as usage, so settling frees nothing.
+    expert = await start_sim(
+        name="e1", prompt_tokens=BOUND.prompt_tokens, completion_tokens=BOUND.completion_tokens
+    )
     key = tenant_support.new_key("t")
     tenant_support.write_secret_dir(tmp_path / "t", {"k": key})
     tenant = tenant_support.tenant(tmp_path / "t", budget={"limitUSD": float(_usd(2))})
