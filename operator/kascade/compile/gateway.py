@@ -103,6 +103,15 @@ def expert_config(expert: v1alpha1.CloudExpert, *, credentials: CredentialsMode)
     )
 
 
+def _degeneration(spec: v1alpha1.routingpolicy.DegenerationSpec) -> gw.DegenerationConfig:
+    return gw.DegenerationConfig(
+        enabled=spec.enabled,
+        max_repetition=spec.max_repetition,
+        max_prompt_echo=spec.max_prompt_echo,
+        escalate_cut_off=spec.escalate_cut_off,
+    )
+
+
 def policy_config(policy: v1alpha1.RoutingPolicy) -> gw.PolicyConfig:
     spec = policy.spec
     tiers = {t.name: t.pool for t in spec.tiers or []}
@@ -122,6 +131,13 @@ def policy_config(policy: v1alpha1.RoutingPolicy) -> gw.PolicyConfig:
                 min_threshold=dynamic.min_threshold,
                 max_threshold=dynamic.max_threshold,
                 budget_pressure=dynamic.budget_pressure,
+            ),
+            degeneration=_degeneration(spec.confidence.degeneration),
+            combined=None
+            if spec.confidence.combined is None
+            else gw.CombinedScore(
+                intercept=spec.confidence.combined.intercept,
+                weights=dict(spec.confidence.combined.weights),
             ),
         ),
         rules=[
@@ -245,5 +261,8 @@ def confidence_methods(policies: Iterable[v1alpha1.RoutingPolicy]) -> dict[str, 
     for policy in sorted(policies, key=lambda p: p.metadata.name):
         spec = policy.spec
         for pool in [spec.local_pool] if spec.local_pool else [t.pool for t in spec.tiers or []]:
-            methods.setdefault(pool, spec.confidence.method)
+            # A combined score is computed by the gateway from the signals every pool
+            # sends; the pool's own figure is then the default method's.
+            method = spec.confidence.method
+            methods.setdefault(pool, "mean-token-prob" if method == "combined" else method)
     return methods

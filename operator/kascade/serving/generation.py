@@ -33,6 +33,8 @@ class Finished:
     """Generated tokens, not counting the end token."""
     confidence: float | None
     """Per the pool's method; None only when scoring was turned off."""
+    signals: dict[str, float] | None = None
+    """Every confidence signal (see ``confidence.SIGNAL_NAMES``); None when scoring was off."""
 
 
 Event = TextDelta | Finished
@@ -111,4 +113,5 @@ def run_generation(
         finish_reason=finish,
         completion_tokens=tokens,
         confidence=acc.value(method=method) if acc.count else None,
+        signals=acc.signals() if acc.count else None,
     )

@@ -93,13 +93,91 @@ class DynamicThreshold(common.KascadeModel):
     )
 
 
+COMBINED_FEATURES = (
+    "log_mean_token_prob",
+    "log_min_token_prob",
+    "log_token_prob_q05",
+    "log_token_prob_q10",
+    "log_token_prob_q25",
+    "log_token_prob_q50",
+    "margin",
+    "mean_logprob",
+    "log_tokens",
+    "repetition",
+    "prompt_echo",
+    "cut_off",
+    "degenerate_empty",
+    "log_answer_words",
+)
+"""Feature names a combined score may weigh (besides ``task:<label>``); the gateway's
+``route.combined_score.FEATURE_NAMES`` is the same list (a test holds them equal)."""
+
+_CEL_FEATURES = "[" + ", ".join(f"'{name}'" for name in COMBINED_FEATURES) + "]"
+
+
+class DegenerationSpec(common.KascadeModel):
+    """Escalates answers that loop, parrot the prompt, or are empty, whatever their
+    token probabilities (reason 'degenerate')."""
+
+    enabled: bool = True
+    """Turns the detector on (the default) or off."""
+
+    max_repetition: common.Fraction = pydantic.Field(default=0.5, alias="maxRepetition")
+    """Largest share of the answer's word trigrams that may repeat an earlier one."""
+
+    max_prompt_echo: common.Fraction = pydantic.Field(default=0.9, alias="maxPromptEcho")
+    """Largest share of the answer's word trigrams that may also be in the last user
+    message."""
+
+    escalate_cut_off: bool = pydantic.Field(default=False, alias="escalateCutOff")
+    """Also escalate answers cut off at max_tokens."""
+
+
+class CombinedScoreSpec(common.KascadeModel):
+    """A calibrated logistic model over confidence signals: score = 1 / (1 + exp(-(
+    intercept + sum of weight * feature))). Fit it with bench/routing_quality.py."""
+
+    intercept: float = pydantic.Field(ge=-1000.0, le=1000.0)
+    """The model's intercept."""
+
+    weights: Annotated[
+        dict[str, Annotated[float, pydantic.Field(ge=-1000.0, le=1000.0)]],
+        pydantic.Field(max_length=64),
+    ]
+    """Feature name -> weight. Features: log_mean_token_prob, log_min_token_prob,
+    log_token_prob_q05/q10/q25/q50, margin, mean_logprob, log_tokens, repetition,
+    prompt_echo, cut_off, degenerate_empty, log_answer_words, and task:<label> (1 when
+    the request's x-kascade-task header is that label)."""
+
+    __kascade_rules__: ClassVar[tuple[common.CelRule, ...]] = (
+        common.CelRule(
+            rule=f"self.weights.all(k, k in {_CEL_FEATURES} || k.startsWith('task:'))",
+            message="confidence.combined.weights: unknown feature name (accepted: "
+            + ", ".join(COMBINED_FEATURES)
+            + ", or task:<label>)",
+            field_path=".weights",
+            check=lambda c: all(k in COMBINED_FEATURES or k.startswith("task:") for k in c.weights),
+        ),
+    )
+
+
 class ConfidenceSpec(common.KascadeModel):
     """When a local answer is good enough to return without escalating."""
 
-    method: Literal["mean-token-prob", "min-token-prob", "margin"] = "mean-token-prob"
+    method: Literal[
+        "mean-token-prob", "min-token-prob", "margin", "sequence-prob", "token-prob-q10", "combined"
+    ] = "mean-token-prob"
     """Score of the local answer: 'mean-token-prob' (mean token probability),
-    'min-token-prob' (least confident token) or 'margin' (mean gap between the top two
-    token probabilities)."""
+    'min-token-prob' (least confident token), 'margin' (mean gap between the top two
+    token probabilities), 'sequence-prob' (probability of the whole answer, exp of its
+    log-prob), 'token-prob-q10' (10th percentile of token probabilities) or 'combined'
+    (the calibrated model in 'combined')."""
+
+    degeneration: DegenerationSpec = pydantic.Field(default_factory=DegenerationSpec)
+    """The degeneration detector's limits."""
+
+    combined: CombinedScoreSpec | None = None
+    """Weights of the combined score; required when method is 'combined'."""
 
     threshold: common.Fraction = 0.5
     """Answers scoring below this, in [0, 1], are escalated."""
@@ -118,6 +196,12 @@ class ConfidenceSpec(common.KascadeModel):
                 c.dynamic is None
                 or c.dynamic.min_threshold <= c.threshold <= c.dynamic.max_threshold
             ),
+        ),
+        common.CelRule(
+            rule="self.method != 'combined' || has(self.combined)",
+            message="confidence.method 'combined' needs confidence.combined (its weights)",
+            field_path=".combined",
+            check=lambda c: c.method != "combined" or c.combined is not None,
         ),
     )
 

@@ -51,6 +51,7 @@ def record(
             "privacy_action": d.policy.config.privacy.action,
             "pii_found": d.pii,
             "local_error": d.local_error,
+            "degeneration": d.degeneration,
             "stream": chat.stream,
             "prompt_tokens_estimate": chat.prompt_estimate,
             "duration_ms": round(elapsed * 1000, 3),

@@ -38,6 +38,8 @@ class Decision:
     """The pool whose local pass this request used (or would have used)."""
     privacy: str | None = None
     """What was done about detected personal data, e.g. ``redacted:email,phone``."""
+    degeneration: str | None = None
+    """The degeneration limit the local answer broke (``repetition``, ...), if any."""
 
     def headers(self) -> dict[str, str]:
         h = {
@@ -50,6 +52,8 @@ class Decision:
             h["x-kascade-confidence"] = f"{self.confidence:.4f}"
         if self.privacy is not None:
             h["x-kascade-privacy"] = self.privacy
+        if self.degeneration is not None:
+            h["x-kascade-degeneration"] = self.degeneration
         if self.degraded is not None:
             # One line, ASCII only: the policy's message may hold any character.
             text = " ".join(self.degraded.split())[:500]

@@ -15,7 +15,9 @@ from aiohttp import web
 
 from kascade.gateway.observe import audit as audit_mod
 from kascade.gateway.cache.memory import memory as cache_mod
+from kascade.gateway.route import combined_score
 from kascade.gateway.route import confidence as confidence_mod
+from kascade.gateway.route import degeneration
 from kascade.gateway.route import decision as decision_mod
 from kascade.gateway import runtime
 from kascade.gateway.endpoints import errors
@@ -178,15 +180,17 @@ async def _route(
             d.local_error = failure.kind
             escalate_reason = "local_error"
         if answer is not None:
-            # 5. Confidence check.
-            d.confidence = answer.confidence
+            # 5. Confidence check (the degeneration detector first: it overrides scores).
+            d.confidence = _score(chat, d, answer=answer, http=http)
             burn, unavailable = state.pressure.inputs(experts=experts)
             d.threshold = confidence_mod.threshold(
                 confidence=cfg.confidence, burn=burn, unavailable_fraction=unavailable
             )
-            if answer.confidence is None:
+            if d.degeneration is not None:
+                escalate_reason = "degenerate"
+            elif d.confidence is None:
                 d.reason = "confidence_unavailable"
-            elif answer.confidence >= d.threshold:
+            elif d.confidence >= d.threshold:
                 d.reason = "confident"
             else:
                 escalate_reason = "low_confidence"
@@ -211,6 +215,42 @@ async def _route(
         raw_pii=raw_pii,
         answer=answer,
         pool=pool,
+    )
+
+
+def _score(
+    chat: request.ChatRequest,
+    d: decision_mod.Decision,
+    *,
+    answer: local.LocalAnswer,
+    http: web.Request,
+) -> float | None:
+    """The answer's confidence per the policy's method; sets ``d.degeneration`` when
+    the detector flags the answer."""
+    conf = d.policy.config.confidence
+    text = degeneration.detect(
+        answer=answer.text(),
+        prompt=degeneration.prompt_text(chat.messages),
+        finish_reason=answer.finish_reason(),
+    )
+    if conf.degeneration.enabled:
+        d.degeneration = degeneration.verdict(
+            features=text,
+            limits=degeneration.Limits(
+                max_repetition=conf.degeneration.max_repetition,
+                max_prompt_echo=conf.degeneration.max_prompt_echo,
+                escalate_cut_off=conf.degeneration.escalate_cut_off,
+            ),
+        )
+    if conf.method != "combined" or conf.combined is None:
+        return answer.confidence
+    values = combined_score.features(
+        signals=answer.signals or {}, text=text, task=http.headers.get(rules.TASK_HEADER)
+    )
+    if values is None:
+        return None
+    return combined_score.score(
+        values=values, weights=conf.combined.weights, intercept=conf.combined.intercept
     )
 
 
