@@ -10,11 +10,9 @@ import time
 import pytest
 
 from kascade.gateway import config
-from kascade.gateway.experts import breaker
-from kascade.gateway.route import confidence
 from kascade.gateway.endpoints import errors
-from kascade.gateway.route import request
-from kascade.gateway.route import rules
+from kascade.gateway.experts import breaker
+from kascade.gateway.route import confidence, request, rules
 
 
 def test_confidence_from_body_header_or_logprobs() -> None:

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from kascade.gateway import config
-from kascade.gateway.privacy.redaction import redaction as privacy
+from kascade.gateway.privacy import redaction as privacy
 
 ALL = config.PrivacyConfig(detectors=["email", "phone", "credit-card", "iban", "ip-address"])
 

@@ -8,8 +8,7 @@ from decimal import Decimal
 import pytest
 
 from kascade.gateway import config, ledger
-from kascade.gateway.experts import escalation
-from kascade.gateway.experts import providers
+from kascade.gateway.experts import escalation, providers
 
 
 def _expert(**kw: object) -> config.ExpertConfig:

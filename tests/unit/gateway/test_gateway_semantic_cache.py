@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kascade.gateway import config
-from kascade.gateway.cache.memory import memory as cache
+from kascade.gateway.cache import memory as cache
 
 THRESHOLD = 0.8
 

@@ -16,7 +16,7 @@ from typing import Any
 import redis.asyncio as redis_asyncio
 from redis import exceptions as redis_exceptions
 
-from kascade.gateway.cache.memory import memory as cache_mod
+from kascade.gateway.cache import memory as cache_mod
 
 log = logging.getLogger("kascade.gateway")
 _TIMEOUT_S = 0.25

@@ -9,13 +9,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from kascade.gateway.endpoints import errors, sse
+from kascade.gateway.experts import escalation, providers
 from kascade.gateway.route import decision as decision_mod
-from kascade.gateway.endpoints import errors
-from kascade.gateway.experts import escalation
-from kascade.gateway.route import local
-from kascade.gateway.experts import providers
-from kascade.gateway.route import request
-from kascade.gateway.endpoints import sse
+from kascade.gateway.route import local, request
 
 
 def no_local_answer(d: decision_mod.Decision, *, detail: str) -> errors.ApiError:

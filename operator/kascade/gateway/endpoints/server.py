@@ -14,19 +14,14 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from kascade.gateway.observe import audit as audit_mod
 from kascade.gateway import config as config_mod
 from kascade.gateway import ledger, runtime
-from kascade.gateway.endpoints import errors
-from kascade.gateway.experts import escalation
-from kascade.gateway.endpoints import feedback
-from kascade.gateway.endpoints import inbound
-from kascade.gateway.route import pipeline
-from kascade.gateway.route import pressure
-from kascade.gateway.experts import providers
-from kascade.gateway.cache.memory import shared as shared_cache
-from kascade.gateway.endpoints import status
+from kascade.gateway.cache import shared as shared_cache
+from kascade.gateway.endpoints import errors, feedback, inbound, status
+from kascade.gateway.experts import escalation, providers
+from kascade.gateway.observe import audit as audit_mod
 from kascade.gateway.observe import metrics as metrics_mod
+from kascade.gateway.route import pipeline, pressure
 
 log = logging.getLogger("kascade.gateway")
 STATE: web.AppKey[pipeline.State] = web.AppKey("state", pipeline.State)

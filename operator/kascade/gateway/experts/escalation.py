@@ -23,9 +23,9 @@ from typing import Any
 
 import aiohttp
 
-from kascade.gateway.experts import breaker as breaker_mod
 from kascade.gateway import config as config_mod
 from kascade.gateway import ledger
+from kascade.gateway.experts import breaker as breaker_mod
 from kascade.gateway.experts import providers
 from kascade.gateway.observe import metrics as metrics_mod
 

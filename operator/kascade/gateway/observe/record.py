@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from kascade.gateway.observe import audit as audit_mod
-from kascade.gateway.route import decision as decision_mod
 from kascade.gateway.observe import metrics as metrics_mod
+from kascade.gateway.route import decision as decision_mod
 from kascade.gateway.route import request
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kascade.gateway.cache.memory import memory as cache_mod
 from kascade.gateway import ledger, runtime
+from kascade.gateway.cache import memory as cache_mod
 from kascade.gateway.experts import escalation
 
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import aiohttp
 
-from kascade.gateway.route import confidence as confidence_mod
 from kascade.gateway import config as config_mod
 from kascade.gateway.experts import escalation
+from kascade.gateway.route import confidence as confidence_mod
 
 
 @dataclass(frozen=True)

@@ -13,24 +13,17 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from kascade.gateway.observe import audit as audit_mod
-from kascade.gateway.cache.memory import memory as cache_mod
-from kascade.gateway.route import combined_score
-from kascade.gateway.route import confidence as confidence_mod
-from kascade.gateway.route import degeneration
-from kascade.gateway.route import decision as decision_mod
 from kascade.gateway import runtime
-from kascade.gateway.endpoints import errors
+from kascade.gateway.cache import memory as cache_mod
+from kascade.gateway.cache import shared as shared_cache_mod
+from kascade.gateway.endpoints import errors, inbound, responses
 from kascade.gateway.experts import escalation
-from kascade.gateway.endpoints import inbound
-from kascade.gateway.route import local
-from kascade.gateway.route import pressure
-from kascade.gateway.observe import record
-from kascade.gateway.route import request
-from kascade.gateway.endpoints import responses
-from kascade.gateway.route import rules
+from kascade.gateway.observe import audit as audit_mod
 from kascade.gateway.observe import metrics as metrics_mod
-from kascade.gateway.cache.memory import shared as shared_cache_mod
+from kascade.gateway.observe import record
+from kascade.gateway.route import combined_score, degeneration, local, pressure, request, rules
+from kascade.gateway.route import confidence as confidence_mod
+from kascade.gateway.route import decision as decision_mod
 
 log = logging.getLogger("kascade.gateway")
 
