@@ -103,6 +103,19 @@ def expert_config(expert: v1alpha1.CloudExpert, *, credentials: CredentialsMode)
     )
 
 
+def _target(spec: v1alpha1.routingpolicy.ConfidenceTargetSpec | None) -> gw.TargetConfig | None:
+    if spec is None:
+        return None
+    return gw.TargetConfig(
+        max_local_error_rate=spec.max_local_error_rate,
+        confidence_level=spec.confidence_level,
+        shadow_fraction=spec.shadow_fraction,
+        max_shadow_budget_share=spec.max_shadow_budget_share,
+        window_labels=spec.window_labels,
+        min_labels=spec.min_labels,
+    )
+
+
 def _degeneration(spec: v1alpha1.routingpolicy.DegenerationSpec) -> gw.DegenerationConfig:
     return gw.DegenerationConfig(
         enabled=spec.enabled,
@@ -133,6 +146,7 @@ def policy_config(policy: v1alpha1.RoutingPolicy) -> gw.PolicyConfig:
                 budget_pressure=dynamic.budget_pressure,
             ),
             degeneration=_degeneration(spec.confidence.degeneration),
+            target=_target(spec.confidence.target),
             combined=None
             if spec.confidence.combined is None
             else gw.CombinedScore(

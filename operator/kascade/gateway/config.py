@@ -210,6 +210,23 @@ class CombinedScore(_Model):
         return self
 
 
+class TargetConfig(_Model):
+    """A declared quality target: the threshold is learned (see ``route.calibration``)."""
+
+    max_local_error_rate: float = Field(gt=0, lt=1)
+    """Highest error rate allowed among answers kept local (judged by the expert)."""
+    confidence_level: float = Field(default=0.9, gt=0, lt=1)
+    """Probability with which the learned threshold holds the rate (1 - delta)."""
+    shadow_fraction: Probability = 0.1
+    """Share of scored requests labelled (kept ones by a shadow call to the expert)."""
+    max_shadow_budget_share: Probability = 0.1
+    """Most of an expert's budget limit shadow calls may spend."""
+    window_labels: int = Field(default=1000, ge=10, le=100_000)
+    """Labels kept per task (the most recent); older ones age out (drift)."""
+    min_labels: int = Field(default=50, ge=10, le=100_000)
+    """Labels needed before the learned threshold replaces the policy's."""
+
+
 class ConfidenceConfig(_Model):
     method: ConfidenceMethod = "mean-token-prob"
     threshold: Probability = 0.7
@@ -218,6 +235,8 @@ class ConfidenceConfig(_Model):
     degeneration: DegenerationConfig = DegenerationConfig()
     combined: CombinedScore | None = None
     """Required when ``method`` is ``combined``."""
+    target: TargetConfig | None = None
+    """A quality target; the threshold is then learned from labels."""
 
     @model_validator(mode="after")
     def _combined_given(self) -> ConfidenceConfig:

@@ -95,3 +95,22 @@ def test_every_committed_item_grades_its_own_answer_as_right_and_a_blank_as_wron
         assert not answer_match.matches(
             answer="I do not know.", expected=item["answers"], grading=grading
         ), item["id"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "reference", "same"),
+    [
+        ("Paris", "The capital of France is Paris.", True),
+        ("The capital of France is Paris.", "Paris", True),
+        ("The capital of France is Lyon.", "Paris", False),
+        ("53 times 23 is 1219.", "1219", True),
+        ("1218", "The product is 1219.", False),
+        ("I am not sure.", "1219", False),
+        ("", "Paris", False),
+        ("A long answer that rambles about many things", "A different long answer", False),
+    ],
+)
+def test_agree_judges_a_local_answer_by_the_expert_s(
+    answer: str, reference: str, same: bool
+) -> None:
+    assert answer_match.agree(answer=answer, reference=reference) is same

@@ -161,6 +161,33 @@ class CombinedScoreSpec(common.KascadeModel):
     )
 
 
+class ConfidenceTargetSpec(common.KascadeModel):
+    """A declared quality target: the gateway learns the threshold that keeps the error
+    rate of local answers under maxLocalErrorRate, from labels it collects itself (the
+    expert's answer on a sampled share of requests; shadow calls for answers kept local).
+    Method and guarantee: docs/gateway.md, 'Learned threshold'."""
+
+    max_local_error_rate: float = pydantic.Field(gt=0.0, lt=1.0, alias="maxLocalErrorRate")
+    """Highest error rate allowed among answers kept local, as judged against the expert."""
+
+    confidence_level: float = pydantic.Field(default=0.9, gt=0.0, lt=1.0, alias="confidenceLevel")
+    """Probability with which the learned threshold holds the rate."""
+
+    shadow_fraction: common.Fraction = pydantic.Field(default=0.1, alias="shadowFraction")
+    """Share of scored requests that are labelled; kept ones cost a shadow expert call."""
+
+    max_shadow_budget_share: common.Fraction = pydantic.Field(
+        default=0.1, alias="maxShadowBudgetShare"
+    )
+    """Most of the first expert's budget limit that shadow calls may spend."""
+
+    window_labels: int = pydantic.Field(default=1000, ge=10, le=100_000, alias="windowLabels")
+    """Most recent labels kept per task; older ones age out so the threshold follows drift."""
+
+    min_labels: int = pydantic.Field(default=50, ge=10, le=100_000, alias="minLabels")
+    """Labels needed before the learned threshold replaces confidence.threshold."""
+
+
 class ConfidenceSpec(common.KascadeModel):
     """When a local answer is good enough to return without escalating."""
 
@@ -178,6 +205,10 @@ class ConfidenceSpec(common.KascadeModel):
 
     combined: CombinedScoreSpec | None = None
     """Weights of the combined score; required when method is 'combined'."""
+
+    target: ConfidenceTargetSpec | None = None
+    """A quality target; when set the threshold is learned (confidence.threshold applies
+    until enough labels exist)."""
 
     threshold: common.Fraction = 0.5
     """Answers scoring below this, in [0, 1], are escalated."""

@@ -188,6 +188,7 @@ def build_app(
         yield
         if watcher_task is not None:
             watcher_task.cancel()
+        await state.quality.close()
         if state.shared_cache is not None:
             await state.shared_cache.close()
         await session.close()

@@ -40,6 +40,7 @@ def record(
             "degraded": d.degraded is not None,
             "confidence": d.confidence,
             "threshold": None if d.threshold is None else round(d.threshold, 4),
+            "threshold_learned": d.threshold_learned,
             "method": d.policy.config.confidence.method,
             "rule": d.rule,
             "rule_name": d.rule_name,

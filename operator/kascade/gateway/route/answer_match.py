@@ -22,7 +22,7 @@ import re
 import unicodedata
 from collections.abc import Sequence
 
-__all__ = ["Grading", "first_line", "matches", "normalize", "stated_number"]
+__all__ = ["Grading", "agree", "first_line", "matches", "normalize", "stated_number"]
 
 _MAX_LINE = 300
 _NUMBER = re.compile(r"[-\u2212]?\d[\d,]*(?:\.\d+)?")
@@ -110,3 +110,21 @@ def matches(*, answer: str, expected: Sequence[str], grading: Grading) -> bool:
         return any(abs(got - n) <= 1e-9 for n in wanted)
     line = f" {normalize(first_line(answer))} "
     return any(f" {n} " in line for n in (normalize(e) for e in expected) if n)
+
+
+def agree(*, answer: str, reference: str) -> bool:
+    """Whether ``answer`` says what ``reference`` (the expert's answer) says: the same
+    stated number when the reference states one; else the same first line, or one
+    first line of at most 5 words contained, as whole words, in the other. A coarse
+    judge for short answers; long free-form answers rarely agree by this rule."""
+    number = stated_number(reference)
+    if number is not None:
+        got = stated_number(answer)
+        return got is not None and abs(got - number) <= 1e-9
+    ref, loc = normalize(first_line(reference)), normalize(first_line(answer))
+    if not ref or not loc:
+        return False
+    if ref == loc:
+        return True
+    short, long = sorted((ref, loc), key=len)
+    return len(short.split()) <= 5 and f" {short} " in f" {long} "

@@ -38,6 +38,8 @@ class Decision:
     """The pool whose local pass this request used (or would have used)."""
     privacy: str | None = None
     """What was done about detected personal data, e.g. ``redacted:email,phone``."""
+    threshold_learned: bool = False
+    """The threshold in force was learned for the policy's quality target."""
     degeneration: str | None = None
     """The degeneration limit the local answer broke (``repetition``, ...), if any."""
 

@@ -4,6 +4,7 @@ escalation → record. One function per step; `handle_chat` reads as the recipe.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -21,7 +22,15 @@ from kascade.gateway.experts import escalation
 from kascade.gateway.observe import audit as audit_mod
 from kascade.gateway.observe import metrics as metrics_mod
 from kascade.gateway.observe import record
-from kascade.gateway.route import combined_score, degeneration, local, pressure, request, rules
+from kascade.gateway.route import (
+    combined_score,
+    degeneration,
+    local,
+    pressure,
+    request,
+    rules,
+    shadow,
+)
 from kascade.gateway.route import confidence as confidence_mod
 from kascade.gateway.route import decision as decision_mod
 
@@ -40,6 +49,8 @@ class State:
     audit: audit_mod.AuditLog
     experts: dict[str, escalation.ExpertState]
     shared_cache: shared_cache_mod.SharedExactCache | None = None
+    quality: shadow.Quality = dataclasses.field(default_factory=shadow.Quality)
+    """Learning state of policies with a quality target (labels, learned thresholds)."""
 
 
 class _LocalRejected(Exception):
@@ -179,6 +190,11 @@ async def _route(
             d.threshold = confidence_mod.threshold(
                 confidence=cfg.confidence, burn=burn, unavailable_fraction=unavailable
             )
+            quality, task = _quality(state, d, http)
+            learned = quality.calibrator.threshold(task=task) if quality else None
+            if learned is not None:
+                d.threshold, d.threshold_learned = learned, True
+            drawn = quality is not None and d.confidence is not None and quality.budget.sample()
             if d.degeneration is not None:
                 escalate_reason = "degenerate"
             elif d.confidence is None:
@@ -190,6 +206,11 @@ async def _route(
             if escalate_reason is None or not experts:
                 if escalate_reason is not None:
                     d.reason = "local_only" if local_only else "no_experts"
+                if drawn and quality is not None and experts:
+                    call = _call(chat, d, outbound=outbound, raw_pii=raw_pii)
+                    _start_shadow(
+                        state, d, quality, task, answer=answer, expert=experts[0], call=call
+                    )
                 _cache_store(state, chat, d, completion=answer.completion)
                 return await responses.respond(http, chat, d, completion=answer.completion)
     assert escalate_reason is not None
@@ -198,7 +219,7 @@ async def _route(
         detail = f"local pool: {d.local_error or 'saturated'}; no expert may receive this request"
         raise responses.no_local_answer(d, detail=detail)
     # 6. Escalation.
-    return await _escalate(
+    response = await _escalate(
         state,
         http,
         chat,
@@ -209,6 +230,83 @@ async def _route(
         answer=answer,
         pool=pool,
     )
+    if answer is not None and drawn and quality is not None and d.confidence is not None:
+        expert_answer = d.outcome.answer if d.outcome is not None else None
+        if expert_answer is not None:  # a free label: the expert already answered
+            shadow.label(
+                quality=quality,
+                policy=d.policy.name,
+                task=task,
+                score=d.confidence,
+                local_text=answer.text(),
+                expert_text=shadow.completion_text(expert_answer.completion),
+                metrics=state.metrics,
+                audit=state.audit,
+            )
+    return response
+
+
+def _quality(
+    state: State, d: decision_mod.Decision, http: web.Request
+) -> tuple[shadow.PolicyQuality | None, str | None]:
+    """The policy's learning state (None without a target) and the request's task, when
+    a rule of the policy names it (so metric labels stay a bounded set)."""
+    target = d.policy.config.confidence.target
+    if target is None:
+        return None, None
+    task = http.headers.get(rules.TASK_HEADER)
+    named = {t for r in d.policy.config.rules if r.when.task_labels for t in r.when.task_labels}
+    return state.quality.policy(name=d.policy.name, target=target), (
+        task if task in named else None
+    )
+
+
+def _call(
+    chat: request.ChatRequest,
+    d: decision_mod.Decision,
+    *,
+    outbound: list[dict[str, Any]],
+    raw_pii: bool,
+) -> escalation.Call:
+    return escalation.Call(
+        request_id=d.request_id,
+        messages=outbound,
+        params=chat.params,
+        requested_max_tokens=chat.max_tokens,
+        prompt_bound=chat.prompt_bound,
+        prompt_estimate=chat.prompt_estimate,
+        raw_personal_data=raw_pii,
+        max_cost_nanos=d.policy.max_cost_nanos,
+    )
+
+
+def _start_shadow(
+    state: State,
+    d: decision_mod.Decision,
+    quality: shadow.PolicyQuality,
+    task: str | None,
+    *,
+    answer: local.LocalAnswer,
+    expert: escalation.ExpertState,
+    call: escalation.Call,
+) -> None:
+    assert d.confidence is not None
+    job = asyncio.get_running_loop().create_task(
+        shadow.shadow_call(
+            quality=quality,
+            escalator=state.escalator,
+            expert=expert,
+            call=call,
+            policy=d.policy.name,
+            task=task,
+            score=d.confidence,
+            local_text=answer.text(),
+            metrics=state.metrics,
+            audit=state.audit,
+        )
+    )
+    state.quality.tasks.add(job)
+    job.add_done_callback(state.quality.tasks.discard)
 
 
 def _score(
@@ -301,16 +399,7 @@ async def _escalate(
     pool: Any,
 ) -> web.StreamResponse:
     cfg = d.policy.config
-    call = escalation.Call(
-        request_id=d.request_id,
-        messages=outbound,
-        params=chat.params,
-        requested_max_tokens=chat.max_tokens,
-        prompt_bound=chat.prompt_bound,
-        prompt_estimate=chat.prompt_estimate,
-        raw_personal_data=raw_pii,
-        max_cost_nanos=d.policy.max_cost_nanos,
-    )
+    call = _call(chat, d, outbound=outbound, raw_pii=raw_pii)
     ordered = state.escalator.order(experts=experts, selection=cfg.selection, call=call)
     streamed: list[web.StreamResponse] = []
     writer = responses.expert_stream_writer(http, d, streamed) if chat.stream else None
