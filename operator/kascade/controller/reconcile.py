@@ -17,7 +17,7 @@ from kascade.api import v1alpha1
 from kascade.compile import gateway as compile_gateway
 from kascade.compile import resources
 from kascade.compile import serving as compile_serving
-from kascade.controller import children, spend, status
+from kascade.controller import children, events, quality, spend, status
 from kascade.controller import conditions as cond
 from kascade.controller import kube as kube_mod
 
@@ -262,7 +262,18 @@ async def _policy_status(
                 ),
             ],
         )
-    await status.write(ctx.kube, body, {"conditions": conds, "observedGeneration": generation})
+    desired: dict[str, Any] = {"conditions": conds, "observedGeneration": generation}
+    if ctx.gateway_status is not None and not missing:
+        document = await ctx.gateway_status.read(body["metadata"]["namespace"])
+        learned, moved = quality.policy_quality(
+            document, policy=_name(body), previous=body.get("status")
+        )
+        if learned is not None:
+            desired["quality"] = learned
+        for message in moved:
+            log.info("Learned threshold moved policy=%s: %s", _name(body), message)
+            await events.record(ctx.kube, body, reason="LearnedThreshold", message=message)
+    await status.write(ctx.kube, body, desired)
 
 
 # ----------------------------------------------------------------------------- experts

@@ -553,6 +553,41 @@ class PolicyStats(common.KascadeModel):
     """Start of the period these figures cover."""
 
 
+class LearnedThreshold(common.KascadeModel):
+    """The threshold learned for one task (or '*' for all traffic) and what it rests on."""
+
+    task: Annotated[str, pydantic.Field(max_length=253)]
+    """Task label from the policy's rules, or '*' for all traffic."""
+
+    threshold: common.Fraction | None = None
+    """Learned threshold; unset while fewer than minLabels labels exist."""
+
+    labels: int = pydantic.Field(default=0, ge=0)
+    """Labels in the window."""
+
+    local_error_estimate: common.Fraction | None = pydantic.Field(
+        default=None, alias="localErrorEstimate"
+    )
+    """Observed error rate of labelled answers at the learned threshold."""
+
+    local_error_upper_bound: common.Fraction | None = pydantic.Field(
+        default=None, alias="localErrorUpperBound"
+    )
+    """Upper confidence bound of that rate (Clopper-Pearson, at confidenceLevel)."""
+
+
+class QualityStatus(common.KascadeModel):
+    """What the gateway learned for the policy's quality target (confidence.target)."""
+
+    max_local_error_rate: float = pydantic.Field(gt=0.0, lt=1.0, alias="maxLocalErrorRate")
+    """The declared target."""
+
+    learned: Annotated[list[LearnedThreshold], pydantic.Field(max_length=64)] = pydantic.Field(
+        default_factory=list
+    )
+    """One entry per task with labels ('*' first)."""
+
+
 class RoutingPolicyStatus(common.KascadeModel):
     """Observed state of a RoutingPolicy, written by the operator."""
 
@@ -569,6 +604,10 @@ class RoutingPolicyStatus(common.KascadeModel):
 
     stats: PolicyStats | None = None
     """Traffic figures."""
+
+    quality: QualityStatus | None = None
+    """The learned threshold, its label count and estimated local error rate (policies
+    with confidence.target; read from the gateway)."""
 
 
 class RoutingPolicy(common.KascadeModel):
