@@ -55,6 +55,7 @@ cluster-down:
 bench: venv
 	$(PY) bench/gateway.py
 	$(PY) bench/serving.py
+	$(PY) bench/routing_quality.py --quick
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

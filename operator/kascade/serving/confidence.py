@@ -44,6 +44,10 @@ SIGNAL_NAMES = (
     "token_prob_q25",
     "token_prob_q50",
     "tokens",
+    "novel_token_prob_mean",
+    "novel_token_prob_min",
+    "first_line_prob_mean",
+    "first_line_prob_min",
 )
 """Keys of :meth:`ConfidenceAccumulator.signals`, in order."""
 
@@ -109,21 +113,29 @@ class ConfidenceAccumulator:
     the whole list, and a few kilobytes per request cost nothing next to the model.
     """
 
-    __slots__ = ("_margins", "_probs")
+    __slots__ = ("_first_line", "_margins", "_novel", "_probs")
 
     def __init__(self) -> None:
         self._probs: list[float] = []
         self._margins: list[float] = []
+        self._novel: list[float] = []
+        self._first_line: list[float] = []
 
     @property
     def count(self) -> int:
         """Number of scored tokens so far."""
         return len(self._probs)
 
-    def add(self, score: TokenScore) -> None:
-        """Adds one step's score."""
+    def add(self, score: TokenScore, *, novel: bool = True, first_line: bool = True) -> None:
+        """Adds one step's score. ``novel``: the token is not in the prompt (copied
+        tokens are easy, so the answer's own tokens say more); ``first_line``: it is
+        part of the answer's first line (where a short answer is stated)."""
         self._probs.append(score.prob)
         self._margins.append(score.top1 - score.top2)
+        if novel:
+            self._novel.append(score.prob)
+        if first_line:
+            self._first_line.append(score.prob)
 
     def _quantile(self, q: float) -> float:
         ordered = sorted(self._probs)
@@ -162,4 +174,13 @@ class ConfidenceAccumulator:
             "token_prob_q25": self._quantile(0.25),
             "token_prob_q50": self._quantile(0.50),
             "tokens": float(len(self._probs)),
+            # Over no such token, the figure of the whole answer stands in.
+            "novel_token_prob_mean": _mean(self._novel or self._probs),
+            "novel_token_prob_min": min(self._novel or self._probs),
+            "first_line_prob_mean": _mean(self._first_line or self._probs),
+            "first_line_prob_min": min(self._first_line or self._probs),
         }
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)

@@ -112,3 +112,24 @@ def test_a_zero_probability_token_does_not_break_the_logs() -> None:
     acc.add(confidence.TokenScore(prob=0.0, top1=0.5, top2=0.4))
     assert acc.value(method=M.SEQUENCE_PROB) == pytest.approx(1e-12)
     assert math.isfinite(acc.signals()["mean_logprob"])
+
+
+def test_novel_and_first_line_signals_keep_only_their_tokens() -> None:
+    acc = confidence.ConfidenceAccumulator()
+    acc.add(confidence.TokenScore(prob=0.99, top1=0.99, top2=0.0), novel=False)  # copied
+    acc.add(confidence.TokenScore(prob=0.3, top1=0.5, top2=0.3))  # the answer
+    acc.add(confidence.TokenScore(prob=0.6, top1=0.6, top2=0.1), first_line=False)
+    signals = acc.signals()
+    assert signals["novel_token_prob_mean"] == pytest.approx((0.3 + 0.6) / 2)
+    assert signals["novel_token_prob_min"] == pytest.approx(0.3)
+    assert signals["first_line_prob_mean"] == pytest.approx((0.99 + 0.3) / 2)
+    assert signals["first_line_prob_min"] == pytest.approx(0.3)
+
+
+def test_without_novel_tokens_the_whole_answer_stands_in() -> None:
+    acc = confidence.ConfidenceAccumulator()
+    acc.add(confidence.TokenScore(prob=0.8, top1=0.8, top2=0.1), novel=False)
+    acc.add(confidence.TokenScore(prob=0.4, top1=0.4, top2=0.3), novel=False)
+    signals = acc.signals()
+    assert signals["novel_token_prob_mean"] == signals["mean_token_prob"]
+    assert signals["novel_token_prob_min"] == signals["min_token_prob"]

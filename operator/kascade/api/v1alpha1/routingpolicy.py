@@ -100,6 +100,10 @@ COMBINED_FEATURES = (
     "log_token_prob_q10",
     "log_token_prob_q25",
     "log_token_prob_q50",
+    "log_novel_token_prob_mean",
+    "log_novel_token_prob_min",
+    "log_first_line_prob_mean",
+    "log_first_line_prob_min",
     "margin",
     "mean_logprob",
     "log_tokens",
@@ -145,7 +149,8 @@ class CombinedScoreSpec(common.KascadeModel):
         pydantic.Field(max_length=64),
     ]
     """Feature name -> weight. Features: log_mean_token_prob, log_min_token_prob,
-    log_token_prob_q05/q10/q25/q50, margin, mean_logprob, log_tokens, repetition,
+    log_token_prob_q05/q10/q25/q50, log_novel_token_prob_mean/min (tokens not in the
+    prompt), log_first_line_prob_mean/min, margin, mean_logprob, log_tokens, repetition,
     prompt_echo, cut_off, degenerate_empty, log_answer_words, and task:<label> (1 when
     the request's x-kascade-task header is that label)."""
 

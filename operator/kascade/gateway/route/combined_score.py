@@ -11,6 +11,9 @@ Features (a weight for a feature that is absent counts as 0):
 - ``log_mean_token_prob``, ``log_min_token_prob``, ``log_token_prob_q05``,
   ``log_token_prob_q10``, ``log_token_prob_q25``, ``log_token_prob_q50``: natural log
   of the pool's token-probability signals (floored at 1e-6).
+- ``log_novel_token_prob_mean`` / ``_min``: the same over tokens not in the prompt;
+  ``log_first_line_prob_mean`` / ``_min``: over the answer's first line (a pool that
+  does not send them: the whole answer's mean / min stand in).
 - ``margin``, ``mean_logprob``: as the pool reports them.
 - ``log_tokens``: log(1 + generated tokens).
 - ``repetition``, ``prompt_echo``, ``cut_off``, ``degenerate_empty``,
@@ -37,8 +40,17 @@ _LOG_SIGNALS = (
     "token_prob_q25",
     "token_prob_q50",
 )
+_OPTIONAL_LOG_SIGNALS = {
+    "novel_token_prob_mean": "mean_token_prob",
+    "novel_token_prob_min": "min_token_prob",
+    "first_line_prob_mean": "mean_token_prob",
+    "first_line_prob_min": "min_token_prob",
+}
+"""Signals only a Kascade pool sends (they need the prompt's tokens), and the signal
+that stands in for each when a pool does not."""
 FEATURE_NAMES = (
     *(f"log_{name}" for name in _LOG_SIGNALS),
+    *(f"log_{name}" for name in _OPTIONAL_LOG_SIGNALS),
     "margin",
     "mean_logprob",
     "log_tokens",
@@ -61,6 +73,10 @@ def features(
     if not all(isinstance(signals.get(name), int | float) for name in _LOG_SIGNALS):
         return None
     out = {f"log_{name}": math.log(max(float(signals[name]), _FLOOR)) for name in _LOG_SIGNALS}
+    for name, stand_in in _OPTIONAL_LOG_SIGNALS.items():
+        value = signals.get(name)
+        value = value if isinstance(value, int | float) else signals[stand_in]
+        out[f"log_{name}"] = math.log(max(float(value), _FLOOR))
     out["margin"] = float(signals.get("margin", 0.0))
     out["mean_logprob"] = float(signals.get("mean_logprob", 0.0))
     out["log_tokens"] = math.log1p(float(signals.get("tokens", 0.0)))
