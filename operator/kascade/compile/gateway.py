@@ -113,6 +113,7 @@ def _target(spec: v1alpha1.routingpolicy.ConfidenceTargetSpec | None) -> gw.Targ
         max_shadow_budget_share=spec.max_shadow_budget_share,
         window_labels=spec.window_labels,
         min_labels=spec.min_labels,
+        tasks=list(spec.tasks),
     )
 
 

@@ -225,6 +225,8 @@ class TargetConfig(_Model):
     """Labels kept per task (the most recent); older ones age out (drift)."""
     min_labels: int = Field(default=50, ge=10, le=100_000)
     """Labels needed before the learned threshold replaces the policy's."""
+    tasks: list[str] = Field(default_factory=list, max_length=32)
+    """Task labels (header ``x-kascade-task``) that learn their own threshold."""
 
 
 class ConfidenceConfig(_Model):

@@ -164,3 +164,29 @@ async def test_shadow_calls_never_spend_past_their_share_of_the_budget(
     # Shadow calls are paid from the expert's budget like any call: the ledger has them.
     status = await _status(http, gw.url)
     assert float(status["experts"]["e1"]["budget"]["spentUSD"]) * 1e9 == spent_nanos
+
+
+async def test_only_listed_tasks_learn_their_own_threshold(start_sim, start_gateway, http) -> None:
+    pool = await start_sim(name="pool", confidence=0.5, answer="42")
+    expert = await start_sim(name="e1")
+    gw = await start_gateway(
+        gateway_config(
+            pool=pool.url,
+            experts={"e1": expert_config(expert.url)},
+            policy={"confidence": {"target": {**TARGET, "minLabels": 10, "tasks": ["math"]}}},
+        )
+    )
+    for i in range(40):
+        task = "math" if i % 2 == 0 else "poetry"
+        async with http.post(
+            f"{gw.url}/v1/chat/completions",
+            json=chat(_prompt(0.95, True), max_tokens=10),
+            headers={"x-kascade-task": task},
+        ) as resp:
+            assert resp.status == 200
+    await _settled(gw)
+    tasks = (await _status(http, gw.url))["quality"]["default"]["tasks"]
+    assert set(tasks) == {"*", "math"}  # an unlisted label is not a key (bounded metrics)
+    assert tasks["math"]["labels"] == 20
+    assert tasks["*"]["labels"] == 40
+    assert tasks["math"]["threshold"] is not None

@@ -192,6 +192,12 @@ class ConfidenceTargetSpec(common.KascadeModel):
     min_labels: int = pydantic.Field(default=50, ge=10, le=100_000, alias="minLabels")
     """Labels needed before the learned threshold replaces confidence.threshold."""
 
+    tasks: Annotated[list[common.DnsLabel], pydantic.Field(max_length=32)] = pydantic.Field(
+        default_factory=list
+    )
+    """Task labels (header x-kascade-task) that learn their own threshold once they have
+    minLabels labels; other requests use the threshold learned on all traffic."""
+
 
 class ConfidenceSpec(common.KascadeModel):
     """When a local answer is good enough to return without escalating."""

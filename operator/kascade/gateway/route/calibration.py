@@ -24,8 +24,8 @@ exist the policy's own threshold applies. Labels live in a sliding window of the
 one window. A label is only as good as the expert's answer: the guarantee is relative to
 the expert.
 
-Per task: labels are kept per task label (header ``x-kascade-task``) as well as for all
-traffic; a task with ``minLabels`` of its own uses its own threshold.
+Per task: labels are kept per task label (header ``x-kascade-task``, when the target
+lists it) as well as for all traffic; a task with ``minLabels`` of its own uses its own threshold.
 """
 
 from __future__ import annotations

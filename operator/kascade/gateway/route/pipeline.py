@@ -250,14 +250,13 @@ def _quality(
     state: State, d: decision_mod.Decision, http: web.Request
 ) -> tuple[shadow.PolicyQuality | None, str | None]:
     """The policy's learning state (None without a target) and the request's task, when
-    a rule of the policy names it (so metric labels stay a bounded set)."""
+    the target names it (so metric labels stay a bounded set)."""
     target = d.policy.config.confidence.target
     if target is None:
         return None, None
     task = http.headers.get(rules.TASK_HEADER)
-    named = {t for r in d.policy.config.rules if r.when.task_labels for t in r.when.task_labels}
     return state.quality.policy(name=d.policy.name, target=target), (
-        task if task in named else None
+        task if task in target.tasks else None
     )
 
 
