@@ -181,6 +181,7 @@ class ChatServer:
             temperature=request.temperature,
             top_p=request.top_p,
             seed=request.seed,
+            json_schema=request.json_schema,
         )
         return prompt, params
 

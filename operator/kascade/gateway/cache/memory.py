@@ -22,7 +22,34 @@ from typing import Any
 from kascade.gateway import config as config_mod
 
 # Parameters that change the answer, so they are part of the key.
-_KEY_PARAMS = ("temperature", "top_p", "max_tokens", "stop", "seed", "n", "response_format")
+_KEY_PARAMS = (
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "stop",
+    "seed",
+    "n",
+    "response_format",
+    # Also answer-changing: the tools offered and how they may be called, and the rest
+    # of what a provider honours (a different value may give a different answer).
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "functions",
+    "function_call",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "presence_penalty",
+    "frequency_penalty",
+    "max_completion_tokens",
+    "reasoning_effort",
+    "verbosity",
+    "modalities",
+    "audio",
+    "prediction",
+    "web_search_options",
+)
 
 
 @dataclass(frozen=True)
@@ -60,13 +87,24 @@ def _freeze(value: object) -> object:
     return value
 
 
+def _beyond_text(message: dict[str, Any]) -> object:
+    """What a message holds besides its text (tool calls and their ids, images, ...):
+    two turns that differ only there must not share an answer."""
+    content = message.get("content")
+    parts = [
+        p for p in content if isinstance(p, dict) and p.get("type") != "text"
+    ] if isinstance(content, list) else []  # fmt: skip
+    rest = {k: v for k, v in message.items() if k not in ("role", "content")}
+    return _freeze([parts, rest]) if parts or rest else ()
+
+
 def exact_key(*, policy: str, body: dict[str, Any]) -> ExactKey:
     """Key over the policy, normalised messages and answer-changing parameters.
 
     A plain tuple: the dict compares it in full, so different prompts never collide
     (a digest would be smaller but could)."""
     messages = tuple(
-        (str(m.get("role")), _normalise(_content_text(m.get("content"))))
+        (str(m.get("role")), _normalise(_content_text(m.get("content"))), _beyond_text(m))
         for m in body.get("messages", ())
         if isinstance(m, dict)
     )
@@ -316,7 +354,14 @@ def semantic_parts(*, policy: str, body: dict[str, Any]) -> tuple[ExactKey, str]
     """(context key, last user text): earlier messages and parameters must match exactly."""
     messages = [m for m in body.get("messages", []) if isinstance(m, dict)]
     last = _content_text(messages[-1].get("content")) if messages else ""
-    head = {**body, "messages": messages[:-1], "stream": None, "model": None}
+    # Only the last message's text is compared by similarity: what else it holds
+    # (images, tool results' ids) belongs to the context, which must match exactly.
+    rest = [{**messages[-1], "content": ""}] if messages and _beyond_text(messages[-1]) else []
+    if rest and isinstance(messages[-1].get("content"), list):
+        rest[0]["content"] = [
+            p for p in messages[-1]["content"] if isinstance(p, dict) and p.get("type") != "text"
+        ]
+    head = {**body, "messages": messages[:-1] + rest, "stream": None, "model": None}
     return exact_key(policy=policy, body=head), last
 
 

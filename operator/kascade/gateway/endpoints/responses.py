@@ -44,6 +44,8 @@ def expert_stream_writer(
             if out is not None:
                 await response.write(out)
         await response.write_eof()
+        d.tool_calls = tuple(translator.tool_names)
+        d.tool_arguments = tuple(translator.tool_arguments)
         return translator.prompt_tokens, translator.completion_tokens
 
     return write
@@ -65,9 +67,20 @@ async def stream_local(
         async with local.open_stream(session=session, pool=pool, body=chat.body) as up:
             response = web.StreamResponse(headers=sse_headers(d))
             await response.prepare(http)
+            # Tool calls are read from the copied lines only when tools were offered:
+            # other streams stay a plain copy.
+            watch = providers.StreamTranslator(provider="openai") if chat.tools else None
+            pending = b""
             async for chunk in up.content.iter_any():
                 await response.write(chunk)
+                if watch is not None:
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    for line in lines:
+                        watch.feed(line)
             await response.write_eof()
+            if watch is not None:
+                d.tool_calls = tuple(watch.tool_names)
+                d.tool_arguments = tuple(watch.tool_arguments)
             return response
     except local.Overflow as overflow:
         raise errors.ApiError(
@@ -89,6 +102,7 @@ async def respond(
     completion: dict[str, Any],
     raw: bytes | None = None,
 ) -> web.StreamResponse:
+    d.tool_calls, d.tool_arguments = providers.tool_calls_of(completion)
     if not chat.stream:
         return web.Response(
             body=raw if raw is not None else json.dumps(completion).encode(),

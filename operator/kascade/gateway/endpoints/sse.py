@@ -18,7 +18,14 @@ def chunks_from_completion(completion: dict[str, Any]) -> list[bytes]:
         "created": completion.get("created", 0),
         "model": completion.get("model", ""),
     }
-    content = {"role": "assistant", "content": message.get("content") or ""}
+    content: dict[str, Any] = {"role": "assistant", "content": message.get("content") or ""}
+    calls = message.get("tool_calls")
+    if isinstance(calls, list) and calls:
+        # Stream deltas number the calls; the finished message lists them in order.
+        content["content"] = message.get("content")
+        content["tool_calls"] = [
+            {**call, "index": i} for i, call in enumerate(calls) if isinstance(call, dict)
+        ]
     first = {**base, "choices": [{"index": 0, "delta": content, "finish_reason": None}]}
     finish = choice.get("finish_reason") or "stop"
     last = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}

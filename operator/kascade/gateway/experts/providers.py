@@ -11,15 +11,32 @@ from pathlib import Path
 from typing import Any
 
 from kascade.gateway import config as config_mod
+from kascade.gateway.experts import anthropic
 
 ANTHROPIC_VERSION = "2023-06-01"
-_FINISH = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "max_tokens": "length",
-    "tool_use": "tool_calls",
-}
-_PASS_PARAMS = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty")
+
+
+class Unsupported(ValueError):
+    """A request an expert's provider cannot honour; `param` names the parameter."""
+
+    def __init__(self, *, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def check(*, provider: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> None:
+    """Raises Unsupported when the provider cannot honour the request as sent.
+
+    OpenAI and Azure OpenAI take every forwarded parameter verbatim (the upstream
+    itself answers 400 for a model that lacks a feature); Anthropic is translated.
+    """
+    if provider != "anthropic":
+        return
+    try:
+        anthropic.check_params(params)
+        anthropic.messages(messages)
+    except anthropic.Unsupported as exc:
+        raise Unsupported(param=exc.param, message=str(exc)) from None
 
 
 class CredentialError(RuntimeError):
@@ -74,34 +91,23 @@ def build_request(
     """The HTTP request for one expert call in its provider's dialect."""
     base = expert.endpoint.rstrip("/")
     headers = {"content-type": "application/json"}
-    extra = {k: params[k] for k in _PASS_PARAMS if k in params}
     if expert.provider == "anthropic":
-        system = "\n\n".join(_text(m.get("content")) for m in messages if m.get("role") == "system")
-        body: dict[str, Any] = {
-            "model": expert.model,
-            "max_tokens": max_tokens,
-            "messages": [
-                {"role": m.get("role"), "content": _text(m.get("content"))}
-                for m in messages
-                if m.get("role") != "system"
-            ],
-        }
-        if system:
-            body["system"] = system
-        for key in ("temperature", "top_p"):
-            if key in extra:
-                body[key] = extra[key]
-        if "stop" in extra:
-            stop = extra["stop"]
-            body["stop_sequences"] = [stop] if isinstance(stop, str) else stop
-        if stream:
-            body["stream"] = True
+        body = anthropic.request_body(
+            model=expert.model,
+            openai_messages=messages,
+            params=params,
+            max_tokens=max_tokens,
+            stream=stream,
+        )
         headers["anthropic-version"] = ANTHROPIC_VERSION
         if api_key:
             headers["x-api-key"] = api_key
         url = f"{base}/v1/messages"
     else:
-        body = {"model": expert.model, "messages": messages, "max_tokens": max_tokens, **extra}
+        # The client's own name for the limit is kept (reasoning models refuse
+        # max_tokens); its value is the one resolved for this expert.
+        limit = "max_completion_tokens" if "max_completion_tokens" in params else "max_tokens"
+        body = {"model": expert.model, "messages": messages, **params, limit: max_tokens}
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -119,12 +125,24 @@ def build_request(
     return UpstreamRequest(url=url, headers=headers, body=json.dumps(body).encode())
 
 
-def _text(content: object) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return ""
+def tool_calls_of(completion: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(names, arguments) of the function calls in an OpenAI-shaped answer."""
+    names: list[str] = []
+    arguments: list[str] = []
+    for choice in completion.get("choices") or []:
+        message = choice.get("message") if isinstance(choice, dict) else None
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        for call in calls if isinstance(calls, list) else []:
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict) and isinstance(function.get("name"), str):
+                names.append(function["name"])
+                arguments.append(str(function.get("arguments") or ""))
+    return tuple(names), tuple(arguments)
+
+
+def tool_call_names(completion: dict[str, Any]) -> tuple[str, ...]:
+    """Names of the functions an OpenAI-shaped answer calls (governance: names only)."""
+    return tool_calls_of(completion)[0]
 
 
 @dataclass(frozen=True)
@@ -150,31 +168,7 @@ def parse_answer(*, provider: str, data: Any, raw: bytes | None = None) -> Answe
         blocks = data.get("content")
         if not isinstance(blocks, list):
             raise BadUpstreamBody("anthropic answer has no content list")
-        text = "".join(
-            str(b.get("text", ""))
-            for b in blocks
-            if isinstance(b, dict) and b.get("type") == "text"
-        )
-        usage = _dict(data.get("usage"))
-        pt, ct = _int(usage.get("input_tokens")), _int(usage.get("output_tokens"))
-        completion = {
-            "id": str(data.get("id", "")),
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": str(data.get("model", "")),
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": _FINISH.get(str(data.get("stop_reason")), "stop"),
-                }
-            ],
-            "usage": {
-                "prompt_tokens": pt or 0,
-                "completion_tokens": ct or 0,
-                "total_tokens": (pt or 0) + (ct or 0),
-            },
-        }
+        completion, pt, ct = anthropic.completion(data, blocks=blocks)
         return Answer(completion=completion, prompt_tokens=pt, completion_tokens=ct)
     choices = data.get("choices")
     if not isinstance(choices, list) or not choices:
@@ -199,14 +193,19 @@ def _int(value: object) -> int | None:
 @dataclass
 class StreamTranslator:
     """Turns a provider's SSE lines into OpenAI `chat.completion.chunk` SSE lines and
-    collects the usage the stream reports."""
+    collects the usage and the tool calls the stream reports."""
 
     provider: str
     model: str = ""
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     text: list[str] = field(default_factory=list)
+    tool_names: list[str] = field(default_factory=list)
+    """Names of the functions the streamed answer calls, in order."""
+    tool_arguments: list[str] = field(default_factory=list)
+    """Their arguments (JSON text), in the same order."""
     _id: str = field(default_factory=lambda: f"chatcmpl-{time.time_ns():x}")
+    _anthropic: anthropic.StreamState = field(default_factory=anthropic.StreamState)
 
     def feed(self, line: bytes) -> bytes | None:
         """One upstream line in; the bytes to forward (or None to drop it)."""
@@ -222,49 +221,61 @@ class StreamTranslator:
             return None
         if not isinstance(event, dict):
             return None
-        if self.provider != "anthropic":
-            usage = event.get("usage")
-            if isinstance(usage, dict):
-                self.prompt_tokens = _int(usage.get("prompt_tokens"))
-                self.completion_tokens = _int(usage.get("completion_tokens"))
-            for choice in event.get("choices") or []:
-                if isinstance(choice, dict) and isinstance(choice.get("delta"), dict):
-                    content = choice["delta"].get("content")
-                    if isinstance(content, str):
-                        self.text.append(content)
-            return b"data: " + payload + b"\n\n"
-        return self._anthropic(event)
+        if self.provider == "anthropic":
+            return self._from_anthropic(event)
+        usage = event.get("usage")
+        if isinstance(usage, dict):
+            self.prompt_tokens = _int(usage.get("prompt_tokens"))
+            self.completion_tokens = _int(usage.get("completion_tokens"))
+        for choice in event.get("choices") or []:
+            if isinstance(choice, dict) and isinstance(choice.get("delta"), dict):
+                self._observe(choice["delta"])
+        return b"data: " + payload + b"\n\n"
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None) -> bytes:
+    def _observe(self, delta: dict[str, Any]) -> None:
+        content = delta.get("content")
+        if isinstance(content, str):
+            self.text.append(content)
+        for call in delta.get("tool_calls") or []:
+            function = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(function, dict):
+                continue
+            name = function.get("name")
+            if isinstance(name, str) and name:  # only a call's first delta names it
+                self.tool_names.append(name)
+                self.tool_arguments.append("")
+            arguments = function.get("arguments")
+            if isinstance(arguments, str) and self.tool_arguments:
+                self.tool_arguments[-1] += arguments
+
+    def _from_anthropic(self, event: dict[str, Any]) -> bytes | None:
+        state = self._anthropic
+        out = state.delta(event)
+        self.model = state.model
+        self.prompt_tokens = state.prompt_tokens
+        self.completion_tokens = state.completion_tokens
+        if out is None:
+            return None
+        if out.done:
+            # Usage as the OpenAI adapter's streams carry it (the gateway asks for it).
+            if self.prompt_tokens is None or self.completion_tokens is None:
+                return b"data: [DONE]\n\n"
+            usage = {
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens,
+            }
+            return self._event(choices=[], usage=usage) + b"data: [DONE]\n\n"
+        self._observe(out.delta)
+        choice = {"index": 0, "delta": out.delta, "finish_reason": out.finish}
+        return self._event(choices=[choice])
+
+    def _event(self, **fields: Any) -> bytes:
         chunk = {
             "id": self._id,
             "object": "chat.completion.chunk",
             "created": int(time.time()),
             "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            **fields,
         }
         return b"data: " + json.dumps(chunk).encode() + b"\n\n"
-
-    def _anthropic(self, event: dict[str, Any]) -> bytes | None:
-        kind = event.get("type")
-        if kind == "message_start":
-            message = event.get("message") or {}
-            self.model = str(message.get("model", ""))
-            usage = message.get("usage") or {}
-            self.prompt_tokens = _int(usage.get("input_tokens"))
-            return self._chunk({"role": "assistant", "content": ""}, None)
-        if kind == "content_block_delta":
-            delta = event.get("delta") or {}
-            text = delta.get("text")
-            if isinstance(text, str):
-                self.text.append(text)
-                return self._chunk({"content": text}, None)
-            return None
-        if kind == "message_delta":
-            usage = event.get("usage") or {}
-            self.completion_tokens = _int(usage.get("output_tokens"))
-            reason = (event.get("delta") or {}).get("stop_reason")
-            return self._chunk({}, _FINISH.get(str(reason), "stop"))
-        if kind == "message_stop":
-            return b"data: [DONE]\n\n"
-        return None

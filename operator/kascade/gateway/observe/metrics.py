@@ -8,6 +8,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+# Tool names come from clients: past this many distinct names they count as "other",
+# so a client cannot grow the metric without bound.
+MAX_TOOL_LABELS = 256
 
 
 class Metrics:
@@ -101,6 +104,20 @@ class Metrics:
             ["policy", "kind", "action"],
             registry=r,
         )
+        self.tools_offered = Counter(
+            "kascade_tools_offered_total",
+            "Tools (function names) offered in requests, per policy.",
+            ["policy", "tool"],
+            registry=r,
+        )
+        self.tool_calls = Counter(
+            "kascade_tool_calls_total",
+            "Tool calls in answers by policy, expert ('' for local and cached answers) "
+            "and function name.",
+            ["policy", "expert", "tool"],
+            registry=r,
+        )
+        self._tool_labels: set[str] = set()
         self.feedback = Counter(
             "kascade_feedback_total",
             "Feedback ratings received.",
@@ -174,6 +191,23 @@ class Metrics:
         self.pool_escalations.labels(pool, reason).inc()
         if usd > 0:
             self.pool_escalation_cost.labels(pool, reason).inc(usd)
+
+    def _tool_label(self, name: str) -> str:
+        if name in self._tool_labels:
+            return name
+        if len(self._tool_labels) >= MAX_TOOL_LABELS:
+            return "other"
+        self._tool_labels.add(name)
+        return name
+
+    def observe_tools(
+        self, *, policy: str, expert: str, offered: tuple[str, ...], called: tuple[str, ...]
+    ) -> None:
+        """Counts the tools a request offered and the tool calls its answer made."""
+        for name in offered:
+            self.tools_offered.labels(policy, self._tool_label(name)).inc()
+        for name in called:
+            self.tool_calls.labels(policy, expert, self._tool_label(name)).inc()
 
     def render(self) -> bytes:
         """The text exposition format."""

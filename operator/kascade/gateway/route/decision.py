@@ -42,6 +42,12 @@ class Decision:
     """The threshold in force was learned for the policy's quality target."""
     degeneration: str | None = None
     """The degeneration limit the local answer broke (``repetition``, ...), if any."""
+    format_problem: str | None = None
+    """Why a local answer did not follow the requested response_format."""
+    tool_calls: tuple[str, ...] = ()
+    """Names of the functions the answer calls."""
+    tool_arguments: tuple[str, ...] = ()
+    """Their arguments (JSON text); audited only with `audit.includePrompts`."""
 
     def headers(self) -> dict[str, str]:
         h = {

@@ -29,6 +29,12 @@ class LocalAnswer:
         content = message.get("content") if isinstance(message, dict) else None
         return content if isinstance(content, str) else ""
 
+    def calls_tools(self) -> bool:
+        """The answer is a tool call (its text may rightly be empty)."""
+        choice = self.completion["choices"][0] if self.completion["choices"] else {}
+        message = choice.get("message") if isinstance(choice, dict) else None
+        return isinstance(message, dict) and bool(message.get("tool_calls"))
+
     def finish_reason(self) -> str | None:
         """The pool's finish reason, if it sent one."""
         choice = self.completion["choices"][0] if self.completion["choices"] else {}

@@ -23,8 +23,10 @@ from kascade.gateway.observe import audit as audit_mod
 from kascade.gateway.observe import metrics as metrics_mod
 from kascade.gateway.observe import record
 from kascade.gateway.route import (
+    capability,
     combined_score,
     degeneration,
+    formats,
     local,
     pressure,
     request,
@@ -147,7 +149,13 @@ async def _route(
     if hit is not None:
         return await responses.respond(http, chat, d, completion=hit)
     # 3. Rules.
-    matched = rules.match(rules=cfg.rules, prompt_tokens=chat.prompt_estimate, headers=http.headers)
+    matched = rules.match(
+        rules=cfg.rules,
+        prompt_tokens=chat.prompt_estimate,
+        headers=http.headers,
+        has_tools=bool(chat.tools),
+        response_format=chat.response_format,
+    )
     pool = policy.pool
     d.pool = cfg.local_pool
     experts = policy.experts
@@ -168,6 +176,7 @@ async def _route(
     if local_only:  # Personal data under local-only outranks every rule.
         experts = []
         escalate_reason = None
+    experts = capability.capable(experts=experts, chat=chat)
     # 4. Local pass (skipped when a rule sends the request straight to an expert).
     answer: local.LocalAnswer | None = None
     if escalate_reason is None:
@@ -203,6 +212,9 @@ async def _route(
                 d.reason = "confident"
             else:
                 escalate_reason = "low_confidence"
+            d.format_problem = formats.problem(chat=chat, completion=answer.completion)
+            if d.format_problem is not None:
+                escalate_reason = "invalid_format"
             if escalate_reason is None or not experts:
                 if escalate_reason is not None:
                     d.reason = "local_only" if local_only else "no_experts"
@@ -323,7 +335,7 @@ def _score(
         prompt=degeneration.prompt_text(chat.messages),
         finish_reason=answer.finish_reason(),
     )
-    if conf.degeneration.enabled:
+    if conf.degeneration.enabled and not answer.calls_tools():
         d.degeneration = degeneration.verdict(
             features=text,
             limits=degeneration.Limits(

@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from kascade.gateway.endpoints import errors
+from kascade.gateway.route import parameters
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 _NUMBER_BOUNDS = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0)}
-# Parameters forwarded to experts (the rest of an OpenAI body is for the local pool).
-FORWARDED = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty")
+# Parameters forwarded to experts (each provider adapter sends or refuses them).
+FORWARDED = parameters.FORWARDED
+_FORWARDED = frozenset(FORWARDED)
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,10 @@ class ChatRequest:
     params: dict[str, Any]
     prompt_bound: int
     prompt_estimate: int
+    tools: tuple[str, ...] = ()
+    """Names of the functions offered in `tools` (governance: names only)."""
+    response_format: str | None = None
+    """`response_format.type` when the request sets one."""
 
 
 def _bad(message: str, *, param: str | None, code: str = "invalid_value") -> errors.ApiError:
@@ -49,6 +55,7 @@ def parse(raw: bytes) -> ChatRequest:
         ) from None
     if not isinstance(body, dict):
         raise _bad("Request body must be a JSON object.", param=None, code="invalid_type")
+    parameters.check_known(body)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _bad("`model` must be a non-empty string naming a RoutingPolicy.", param="model")
@@ -95,7 +102,10 @@ def parse(raw: bytes) -> ChatRequest:
     n = body.get("n", 1)
     if n != 1:
         raise _bad("`n` must be 1: the gateway returns one choice.", param="n")
-    params = {k: body[k] for k in FORWARDED if k in body}
+    tools = parameters.tool_names(body)
+    response_format = parameters.format_type(body)
+    # In the client's order; explicit nulls mean "not set" (strict providers refuse them).
+    params = {k: v for k, v in body.items() if k in _FORWARDED and v is not None}
     return ChatRequest(
         body=body,
         model=model,
@@ -105,4 +115,6 @@ def parse(raw: bytes) -> ChatRequest:
         params=params,
         prompt_bound=bound,
         prompt_estimate=estimate,
+        tools=tools,
+        response_format=response_format,
     )
