@@ -60,6 +60,7 @@ bench: venv
 	PY=$(PY) bench/build-llama-server >/dev/null
 	$(PY) bench/gateway.py
 	$(PY) bench/serving.py
+	$(PY) bench/routing_quality.py --quick
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

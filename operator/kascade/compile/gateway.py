@@ -251,6 +251,29 @@ def expert_config(expert: v1alpha1.CloudExpert, *, credentials: CredentialsMode)
     )
 
 
+def _target(spec: v1alpha1.routingpolicy.ConfidenceTargetSpec | None) -> gw.TargetConfig | None:
+    if spec is None:
+        return None
+    return gw.TargetConfig(
+        max_local_error_rate=spec.max_local_error_rate,
+        confidence_level=spec.confidence_level,
+        shadow_fraction=spec.shadow_fraction,
+        max_shadow_budget_share=spec.max_shadow_budget_share,
+        window_labels=spec.window_labels,
+        min_labels=spec.min_labels,
+        tasks=list(spec.tasks),
+    )
+
+
+def _degeneration(spec: v1alpha1.routingpolicy.DegenerationSpec) -> gw.DegenerationConfig:
+    return gw.DegenerationConfig(
+        enabled=spec.enabled,
+        max_repetition=spec.max_repetition,
+        max_prompt_echo=spec.max_prompt_echo,
+        escalate_cut_off=spec.escalate_cut_off,
+    )
+
+
 def policy_config(policy: v1alpha1.RoutingPolicy) -> gw.PolicyConfig:
     spec = policy.spec
     tiers = {t.name: t.pool for t in spec.tiers or []}
@@ -270,6 +293,14 @@ def policy_config(policy: v1alpha1.RoutingPolicy) -> gw.PolicyConfig:
                 min_threshold=dynamic.min_threshold,
                 max_threshold=dynamic.max_threshold,
                 budget_pressure=dynamic.budget_pressure,
+            ),
+            degeneration=_degeneration(spec.confidence.degeneration),
+            target=_target(spec.confidence.target),
+            combined=None
+            if spec.confidence.combined is None
+            else gw.CombinedScore(
+                intercept=spec.confidence.combined.intercept,
+                weights=dict(spec.confidence.combined.weights),
             ),
         ),
         rules=[
@@ -511,5 +542,8 @@ def confidence_methods(policies: Iterable[v1alpha1.RoutingPolicy]) -> dict[str, 
     for policy in sorted(policies, key=lambda p: p.metadata.name):
         spec = policy.spec
         for pool in [spec.local_pool] if spec.local_pool else [t.pool for t in spec.tiers or []]:
-            methods.setdefault(pool, spec.confidence.method)
+            # A combined score is computed by the gateway from the signals every pool
+            # sends; the pool's own figure is then the default method's.
+            method = spec.confidence.method
+            methods.setdefault(pool, "mean-token-prob" if method == "combined" else method)
     return methods

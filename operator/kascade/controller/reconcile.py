@@ -18,7 +18,7 @@ from kascade.api.v1alpha1 import problems as problems_mod
 from kascade.compile import gateway as compile_gateway
 from kascade.compile import resources
 from kascade.compile import serving as compile_serving
-from kascade.controller import children, failures, pool_metrics, spend, status
+from kascade.controller import children, events, failures, pool_metrics, quality, spend, status
 from kascade.controller import conditions as cond
 from kascade.controller import kube as kube_mod
 
@@ -433,7 +433,25 @@ async def _policy_status(ctx: Context, body: dict[str, Any], verdict: _Verdict) 
             _degraded(body, verdict.unusable, verdict.ledger_warning),
         ]
     conds = cond.set_conditions(conds, generation=generation, updates=updates)
-    await status.write(ctx.kube, body, {"conditions": conds, "observedGeneration": generation})
+    desired: dict[str, Any] = {"conditions": conds, "observedGeneration": generation}
+    if not verdict.missing:
+        desired.update(await _learned_quality(ctx, body))
+    await status.write(ctx.kube, body, desired)
+
+
+async def _learned_quality(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
+    """``quality`` mirrored from the gateway (policies with a target), and an Event for
+    every learned threshold that moved since the status last written."""
+    if ctx.gateway_status is None:
+        return {}
+    document = await ctx.gateway_status.read(body["metadata"]["namespace"])
+    learned, moved = quality.policy_quality(
+        document, policy=_name(body), previous=body.get("status")
+    )
+    for message in moved:
+        log.info("Learned threshold moved policy=%s: %s", _name(body), message)
+        await events.record(ctx.kube, body, reason="LearnedThreshold", message=message)
+    return {} if learned is None else {"quality": learned}
 
 
 def _degraded(

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic.alias_generators import to_camel
 
 from kascade.api import limits
+from kascade.gateway.route import combined_score
 
 Window = Literal["rolling-24h", "calendar-day", "calendar-month"]
 Provider = Literal["openai", "openai-compatible", "anthropic", "azure-openai"]
@@ -228,11 +229,77 @@ class DynamicThreshold(_Model):
         return self
 
 
+ConfidenceMethod = Literal[
+    "mean-token-prob", "min-token-prob", "margin", "sequence-prob", "token-prob-q10", "combined"
+]
+
+
+class DegenerationConfig(_Model):
+    """Limits of the degeneration detector (see ``route.degeneration``)."""
+
+    enabled: bool = True
+    """Escalate answers that break a limit, with reason ``degenerate``."""
+    max_repetition: Probability = 0.5
+    """Largest share of repeated word trigrams an answer may have."""
+    max_prompt_echo: Probability = 0.9
+    """Largest share of the answer's word trigrams that may come from the prompt."""
+    escalate_cut_off: bool = False
+    """Also escalate answers cut off at max_tokens (finish reason ``length``)."""
+
+
+class CombinedScore(_Model):
+    """A logistic model over confidence signals (see ``route.combined_score``)."""
+
+    intercept: float = Field(ge=-1000, le=1000)
+    weights: dict[str, Annotated[float, Field(ge=-1000, le=1000)]]
+    """Feature name -> weight."""
+
+    @model_validator(mode="after")
+    def _known(self) -> CombinedScore:
+        unknown = combined_score.unknown_features(self.weights)
+        if unknown:
+            raise ValueError(
+                f"confidence.combined.weights: unknown feature(s) {', '.join(unknown)}; "
+                f"accepted: {', '.join(combined_score.FEATURE_NAMES)}, or task:<label>"
+            )
+        return self
+
+
+class TargetConfig(_Model):
+    """A declared quality target: the threshold is learned (see ``route.calibration``)."""
+
+    max_local_error_rate: float = Field(gt=0, lt=1)
+    """Highest error rate allowed among answers kept local (judged by the expert)."""
+    confidence_level: float = Field(default=0.9, gt=0, lt=1)
+    """Probability with which the learned threshold holds the rate (1 - delta)."""
+    shadow_fraction: Probability = 0.1
+    """Share of scored requests labelled (kept ones by a shadow call to the expert)."""
+    max_shadow_budget_share: Probability = 0.1
+    """Most of an expert's budget limit shadow calls may spend."""
+    window_labels: int = Field(default=1000, ge=10, le=100_000)
+    """Labels kept per task (the most recent); older ones age out (drift)."""
+    min_labels: int = Field(default=50, ge=10, le=100_000)
+    """Labels needed before the learned threshold replaces the policy's."""
+    tasks: list[str] = Field(default_factory=list, max_length=32)
+    """Task labels (header ``x-kascade-task``) that learn their own threshold."""
+
+
 class ConfidenceConfig(_Model):
-    method: Literal["mean-token-prob", "min-token-prob", "margin"] = "mean-token-prob"
+    method: ConfidenceMethod = "mean-token-prob"
     threshold: Probability = 0.7
     """Local answers below this confidence escalate."""
     dynamic: DynamicThreshold | None = None
+    degeneration: DegenerationConfig = DegenerationConfig()
+    combined: CombinedScore | None = None
+    """Required when ``method`` is ``combined``."""
+    target: TargetConfig | None = None
+    """A quality target; the threshold is then learned from labels."""
+
+    @model_validator(mode="after")
+    def _combined_given(self) -> ConfidenceConfig:
+        if self.method == "combined" and self.combined is None:
+            raise ValueError("confidence.method 'combined' needs confidence.combined (weights)")
+        return self
 
 
 class HeaderMatch(_Model):

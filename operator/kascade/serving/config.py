@@ -40,6 +40,8 @@ class ConfidenceMethod(enum.StrEnum):
     MEAN_TOKEN_PROB = "mean-token-prob"
     MIN_TOKEN_PROB = "min-token-prob"
     MARGIN = "margin"
+    SEQUENCE_PROB = "sequence-prob"
+    TOKEN_PROB_Q10 = "token-prob-q10"
 
 
 class _Model(pydantic.BaseModel):

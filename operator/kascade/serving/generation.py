@@ -33,6 +33,8 @@ class Finished:
     """Generated tokens, not counting the end token."""
     confidence: float | None
     """Per the pool's method; None only when scoring was turned off."""
+    signals: dict[str, float] | None = None
+    """Every confidence signal (see ``confidence.SIGNAL_NAMES``); None when scoring was off."""
 
 
 Event = TextDelta | Finished
@@ -85,11 +87,18 @@ def run_generation(
     """Yields text deltas, then exactly one :class:`Finished` (unless cancelled)."""
     matcher = StopMatcher(stops=stops)
     acc = confidence.ConfidenceAccumulator()
+    in_prompt = set(prompt)
+    answered = False  # some text of the first line was generated
+    first_line = True
     tokens = 0
     finish = "length"
     for step in runtime.generate(prompt=prompt, params=params, cancel=cancel):
         if step.score is not None:
-            acc.add(step.score)
+            acc.add(step.score, novel=step.token_id not in in_prompt, first_line=first_line)
+        head, newline, _ = step.text.partition("\n")
+        if newline and (answered or head.strip()):
+            first_line = False  # later tokens are past the first line with text
+        answered = answered or bool(step.text.strip())
         if step.is_end:
             finish = "stop"
             break
@@ -111,4 +120,5 @@ def run_generation(
         finish_reason=finish,
         completion_tokens=tokens,
         confidence=acc.value(method=method) if acc.count else None,
+        signals=acc.signals() if acc.count else None,
     )

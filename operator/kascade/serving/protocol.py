@@ -234,9 +234,11 @@ def completion_body(
     completion_tokens: int,
     confidence: float,
     confidence_method: str,
+    confidence_signals: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """A non-streaming ``chat.completion`` with the ``confidence`` extension fields."""
-    return {
+    """A non-streaming ``chat.completion`` with the ``confidence`` extension fields
+    (``confidence_signals``: every signal the gateway's combined score may read)."""
+    body: dict[str, Any] = {
         "id": completion_id,
         "object": "chat.completion",
         "created": created,
@@ -252,6 +254,9 @@ def completion_body(
         "confidence": confidence,
         "confidence_method": confidence_method,
     }
+    if confidence_signals is not None:
+        body["confidence_signals"] = confidence_signals
+    return body
 
 
 def chunk_body(

@@ -250,6 +250,7 @@ class ChatServer:
                 completion_tokens=finished.completion_tokens,
                 confidence=conf,
                 confidence_method=self._pool.confidence_method.value,
+                confidence_signals=finished.signals,
             ),
             headers={**common, protocol.CONFIDENCE_HEADER: f"{conf:.6f}"},
         )
@@ -298,6 +299,8 @@ class ChatServer:
                 final = chunk({}, event.finish_reason)
                 final["confidence"] = event.confidence if event.confidence is not None else 0.0
                 final["confidence_method"] = self._pool.confidence_method.value
+                if event.signals is not None:
+                    final["confidence_signals"] = event.signals
                 yield protocol.sse_event(final)
                 if include_usage:
                     usage = chunk({})

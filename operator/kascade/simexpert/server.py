@@ -48,6 +48,9 @@ class Settings:
     prompt overrides it."""
     answer: str | None = None
     """Fixed answer text (None: a deterministic echo of the last user message)."""
+    confidence_signals: dict[str, float] | None = None
+    """Sent as `confidence_signals` next to `confidence` (a scripted Kascade pool's
+    token signals, for the gateway's combined score)."""
     record_body: bool = True
     fault_script: str | None = None
     """`;`-separated fault specs applied by arrival order (see simexpert/faults.py)."""
@@ -272,6 +275,8 @@ async def _answer(
         payload["usage"] = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
     if confidence is not None:
         payload["confidence"] = confidence
+        if s.confidence_signals is not None:
+            payload["confidence_signals"] = s.confidence_signals
     return web.json_response(payload, headers=headers)
 
 

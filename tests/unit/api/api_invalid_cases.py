@@ -206,6 +206,26 @@ CASES: tuple[InvalidCase, ...] = (
         "spec.confidence.dynamic.minThreshold",
     ),
     InvalidCase(
+        "policy-combined-without-weights",
+        policy(confidence={"method": "combined"}),
+        "spec.confidence.combined",
+    ),
+    InvalidCase(
+        "policy-combined-unknown-feature",
+        policy(
+            confidence={
+                "method": "combined",
+                "combined": {"intercept": 0.0, "weights": {"mean_token_prob": 1.0}},
+            }
+        ),
+        "spec.confidence.combined.weights",
+    ),
+    InvalidCase(
+        "policy-degeneration-repetition-above-one",
+        policy(confidence={"degeneration": {"maxRepetition": 1.5}}),
+        "spec.confidence.degeneration.maxRepetition",
+    ),
+    InvalidCase(
         "policy-pool-and-tiers",
         policy(tiers=[{"name": "small", "pool": "pool"}]),
         "localPool",

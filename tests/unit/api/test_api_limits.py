@@ -112,6 +112,29 @@ GATEWAY_SOURCES: dict[str, Source] = {
     "tenants.*.rateLimits.tokensPerMinute": Source(TN, "spec.rateLimits.tokensPerMinute"),
     "tenants.*.rateLimits.maxConcurrency": Source(TN, "spec.rateLimits.maxConcurrency"),
     "tenants.*.confidenceOffset": Source(TN, "spec.confidenceOffset"),
+    "policies.*.confidence.degeneration.maxRepetition": Source(
+        RP, "spec.confidence.degeneration.maxRepetition"
+    ),
+    "policies.*.confidence.degeneration.maxPromptEcho": Source(
+        RP, "spec.confidence.degeneration.maxPromptEcho"
+    ),
+    "policies.*.confidence.combined.intercept": Source(RP, "spec.confidence.combined.intercept"),
+    "policies.*.confidence.combined.weights.*": Source(RP, "spec.confidence.combined.weights.*"),
+    "policies.*.confidence.target.maxLocalErrorRate": Source(
+        RP, "spec.confidence.target.maxLocalErrorRate"
+    ),
+    "policies.*.confidence.target.confidenceLevel": Source(
+        RP, "spec.confidence.target.confidenceLevel"
+    ),
+    "policies.*.confidence.target.shadowFraction": Source(
+        RP, "spec.confidence.target.shadowFraction"
+    ),
+    "policies.*.confidence.target.maxShadowBudgetShare": Source(
+        RP, "spec.confidence.target.maxShadowBudgetShare"
+    ),
+    "policies.*.confidence.target.windowLabels": Source(RP, "spec.confidence.target.windowLabels"),
+    "policies.*.confidence.target.minLabels": Source(RP, "spec.confidence.target.minLabels"),
+    "policies.*.confidence.target.tasks": Source(RP, "spec.confidence.target.tasks"),
 }
 
 # Bounded gateway fields that no CRD field feeds: the compiler (or the operator) sets them.
@@ -141,7 +164,6 @@ SERVING_SOURCES: dict[str, Source] = {
     "resources.gpu": Source(LMP, "spec.resources.gpu"),
     "capacity.maxConcurrentPerReplica": Source(LMP, "spec.capacity.maxConcurrentPerReplica"),
     "capacity.maxQueueWaitMillis": Source(LMP, "spec.capacity.maxQueueWaitMillis"),
-    "confidenceMethod": Source(RP, "spec.confidence.method"),
 }
 
 SERVING_OWN = {
@@ -150,6 +172,8 @@ SERVING_OWN = {
     "resources.memoryBytes": "a positive quantity converted to bytes",
     "capacity.maxQueuedPerReplica": "maxConcurrentPerReplica * QUEUE_SLOTS_PER_CONCURRENT",
     "routePrefix": "set by the compiler",
+    "confidenceMethod": "the policies' spec.confidence.method, with 'combined' (scored by "
+    "the gateway) compiled to 'mean-token-prob' (compile.gateway.confidence_methods)",
 }
 
 
@@ -202,6 +226,8 @@ def _crd_nodes(root: dict[str, Any]) -> dict[str, dict[str, Any]]:
             walk(child, f"{path}.{name}" if path else name)
         if isinstance(node.get("items"), dict):
             walk(node["items"], f"{path}[]")
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"], f"{path}.*")
 
     walk(root, "")
     return out

@@ -264,3 +264,21 @@ def test_tenants_redis_secret_and_network_policy_are_rendered() -> None:
     assert len(admin["from"]) == 2
     # The Redis Secret makes the ledger shared, so replicas may scale (an HPA).
     assert "HorizontalPodAutoscaler" in [o["kind"] for o in objs]
+
+
+def test_each_policy_method_becomes_a_pool_method_the_serving_app_accepts() -> None:
+    from kascade.api.v1alpha1 import routingpolicy
+    from kascade.serving import config as serving_config
+
+    policy = v1alpha1.load_path(COMPLETE / "30-policy.yaml")[0]
+    assert isinstance(policy, v1alpha1.RoutingPolicy)
+    methods = routingpolicy.ConfidenceSpec.model_fields["method"].annotation.__args__
+    for method in methods:
+        spec = policy.spec.model_copy(
+            update={"confidence": policy.spec.confidence.model_copy(update={"method": method})}
+        )
+        compiled = compile_gateway.confidence_methods([policy.model_copy(update={"spec": spec})])
+        pool_method = compiled[policy.spec.local_pool or ""]
+        serving_config.ConfidenceMethod(pool_method)  # raises for a method the pool lacks
+        expected = "mean-token-prob" if method == "combined" else method
+        assert pool_method == expected

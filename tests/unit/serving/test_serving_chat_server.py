@@ -10,7 +10,8 @@ from typing import Any
 import llama_cpp  # noqa: F401  (the serving extra is part of the test environment)
 import pytest
 
-from kascade.serving import config, server
+from kascade.gateway.route import degeneration
+from kascade.serving import confidence, config, server
 
 pytestmark = pytest.mark.serving
 
@@ -173,3 +174,32 @@ async def test_close_stops_generations_in_progress() -> None:
     # A generation that ran to its end would answer 200: a 500 proves close() stopped it.
     assert reply.status == 500
     assert "generation" in reply.body["error"]["message"]
+
+
+async def test_every_confidence_signal_is_in_the_body(chat: server.ChatServer) -> None:
+    reply = await _json(chat, temperature=0, max_tokens=12)
+    signals = reply.body["confidence_signals"]
+    assert tuple(signals) == confidence.SIGNAL_NAMES
+    assert signals["min_token_prob"] == reply.body["confidence"]  # the pool's method
+    completion = reply.body["usage"]["completion_tokens"]
+    # Scored steps: every generated token, plus the end token when one was produced.
+    assert completion <= signals["tokens"] <= completion + 1
+    assert signals["token_prob_q05"] <= signals["token_prob_q50"]
+    assert signals["sequence_prob"] <= signals["min_token_prob"]
+
+
+async def test_the_quickstart_loop_is_confident_yet_flagged_degenerate(
+    chat: server.ChatServer,
+) -> None:
+    """The answer the issue reports: SmolLM2 loops on this prompt at temperature 0 with
+    a high mean token probability; the gateway's detector flags it anyway."""
+    prompt = "Write a haiku about Kubernetes."
+    reply = await _json(
+        chat, messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=64
+    )
+    choice = reply.body["choices"][0]
+    assert reply.body["confidence_signals"]["mean_token_prob"] > 0.7
+    features = degeneration.detect(
+        answer=choice["message"]["content"], prompt=prompt, finish_reason=choice["finish_reason"]
+    )
+    assert degeneration.verdict(features=features, limits=degeneration.Limits()) == "repetition"

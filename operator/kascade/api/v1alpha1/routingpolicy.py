@@ -109,13 +109,133 @@ class DynamicThreshold(common.KascadeModel):
     )
 
 
+COMBINED_FEATURES = (
+    "log_mean_token_prob",
+    "log_min_token_prob",
+    "log_token_prob_q05",
+    "log_token_prob_q10",
+    "log_token_prob_q25",
+    "log_token_prob_q50",
+    "log_novel_token_prob_mean",
+    "log_novel_token_prob_min",
+    "log_first_line_prob_mean",
+    "log_first_line_prob_min",
+    "margin",
+    "mean_logprob",
+    "log_tokens",
+    "repetition",
+    "prompt_echo",
+    "cut_off",
+    "degenerate_empty",
+    "log_answer_words",
+)
+"""Feature names a combined score may weigh (besides ``task:<label>``); the gateway's
+``route.combined_score.FEATURE_NAMES`` is the same list (a test holds them equal)."""
+
+_CEL_FEATURES = "[" + ", ".join(f"'{name}'" for name in COMBINED_FEATURES) + "]"
+
+
+class DegenerationSpec(common.KascadeModel):
+    """Escalates answers that loop, parrot the prompt, or are empty, whatever their
+    token probabilities (reason 'degenerate')."""
+
+    enabled: bool = True
+    """Turns the detector on (the default) or off."""
+
+    max_repetition: common.Fraction = pydantic.Field(default=0.5, alias="maxRepetition")
+    """Largest share of the answer's word trigrams that may repeat an earlier one."""
+
+    max_prompt_echo: common.Fraction = pydantic.Field(default=0.9, alias="maxPromptEcho")
+    """Largest share of the answer's word trigrams that may also be in the last user
+    message."""
+
+    escalate_cut_off: bool = pydantic.Field(default=False, alias="escalateCutOff")
+    """Also escalate answers cut off at max_tokens."""
+
+
+class CombinedScoreSpec(common.KascadeModel):
+    """A calibrated logistic model over confidence signals: score = 1 / (1 + exp(-(
+    intercept + sum of weight * feature))). Fit it with bench/routing_quality.py."""
+
+    intercept: float = pydantic.Field(ge=-1000.0, le=1000.0)
+    """The model's intercept."""
+
+    weights: Annotated[
+        dict[str, Annotated[float, pydantic.Field(ge=-1000.0, le=1000.0)]],
+        pydantic.Field(max_length=64),
+    ]
+    """Feature name -> weight. Features: log_mean_token_prob, log_min_token_prob,
+    log_token_prob_q05/q10/q25/q50, log_novel_token_prob_mean/min (tokens not in the
+    prompt), log_first_line_prob_mean/min, margin, mean_logprob, log_tokens, repetition,
+    prompt_echo, cut_off, degenerate_empty, log_answer_words, and task:<label> (1 when
+    the request's x-kascade-task header is that label)."""
+
+    __kascade_rules__: ClassVar[tuple[common.CelRule, ...]] = (
+        common.CelRule(
+            rule=f"self.weights.all(k, k in {_CEL_FEATURES} || k.startsWith('task:'))",
+            message="confidence.combined.weights: unknown feature name (accepted: "
+            + ", ".join(COMBINED_FEATURES)
+            + ", or task:<label>)",
+            field_path=".weights",
+            check=lambda c: all(k in COMBINED_FEATURES or k.startswith("task:") for k in c.weights),
+        ),
+    )
+
+
+class ConfidenceTargetSpec(common.KascadeModel):
+    """A declared quality target: the gateway learns the threshold that keeps the error
+    rate of local answers under maxLocalErrorRate, from labels it collects itself (the
+    expert's answer on a sampled share of requests; shadow calls for answers kept local).
+    Method and guarantee: docs/gateway.md, 'Learned threshold'."""
+
+    max_local_error_rate: float = pydantic.Field(gt=0.0, lt=1.0, alias="maxLocalErrorRate")
+    """Highest error rate allowed among answers kept local, as judged against the expert."""
+
+    confidence_level: float = pydantic.Field(default=0.9, gt=0.0, lt=1.0, alias="confidenceLevel")
+    """Probability with which the learned threshold holds the rate."""
+
+    shadow_fraction: common.Fraction = pydantic.Field(default=0.1, alias="shadowFraction")
+    """Share of scored requests that are labelled; kept ones cost a shadow expert call."""
+
+    max_shadow_budget_share: common.Fraction = pydantic.Field(
+        default=0.1, alias="maxShadowBudgetShare"
+    )
+    """Most of the first expert's budget limit that shadow calls may spend."""
+
+    window_labels: int = pydantic.Field(default=1000, ge=10, le=100_000, alias="windowLabels")
+    """Most recent labels kept per task; older ones age out so the threshold follows drift."""
+
+    min_labels: int = pydantic.Field(default=50, ge=10, le=100_000, alias="minLabels")
+    """Labels needed before the learned threshold replaces confidence.threshold."""
+
+    tasks: Annotated[list[common.DnsLabel], pydantic.Field(max_length=32)] = pydantic.Field(
+        default_factory=list
+    )
+    """Task labels (header x-kascade-task) that learn their own threshold once they have
+    minLabels labels; other requests use the threshold learned on all traffic."""
+
+
 class ConfidenceSpec(common.KascadeModel):
     """When a local answer is good enough to return without escalating."""
 
-    method: Literal["mean-token-prob", "min-token-prob", "margin"] = "mean-token-prob"
+    method: Literal[
+        "mean-token-prob", "min-token-prob", "margin", "sequence-prob", "token-prob-q10", "combined"
+    ] = "mean-token-prob"
     """Score of the local answer: 'mean-token-prob' (mean token probability),
-    'min-token-prob' (least confident token) or 'margin' (mean gap between the top two
-    token probabilities)."""
+    'min-token-prob' (least confident token), 'margin' (mean gap between the top two
+    token probabilities), 'sequence-prob' (probability of the whole answer, exp of its
+    log-prob), 'token-prob-q10' (10th percentile of token probabilities) or 'combined'
+    (the calibrated model in 'combined')."""
+
+    degeneration: DegenerationSpec = pydantic.Field(default_factory=DegenerationSpec)
+    """The degeneration detector's limits."""
+
+    combined: CombinedScoreSpec | None = None
+    """Weights of the combined score; required when method is 'combined'."""
+
+    target: ConfidenceTargetSpec | None = None
+    """A quality target; when set the threshold is learned (confidence.threshold applies
+    until enough labels exist)."""
 
     threshold: common.Fraction = 0.5
     """Answers scoring below this, in [0, 1], are escalated."""
@@ -134,6 +254,12 @@ class ConfidenceSpec(common.KascadeModel):
                 c.dynamic is None
                 or c.dynamic.min_threshold <= c.threshold <= c.dynamic.max_threshold
             ),
+        ),
+        common.CelRule(
+            rule="self.method != 'combined' || has(self.combined)",
+            message="confidence.method 'combined' needs confidence.combined (its weights)",
+            field_path=".combined",
+            check=lambda c: c.method != "combined" or c.combined is not None,
         ),
     )
 
@@ -521,6 +647,41 @@ class PolicyStats(common.KascadeModel):
     """Start of the period these figures cover."""
 
 
+class LearnedThreshold(common.KascadeModel):
+    """The threshold learned for one task (or '*' for all traffic) and what it rests on."""
+
+    task: Annotated[str, pydantic.Field(max_length=253)]
+    """Task label from the policy's rules, or '*' for all traffic."""
+
+    threshold: common.Fraction | None = None
+    """Learned threshold; unset while fewer than minLabels labels exist."""
+
+    labels: int = pydantic.Field(default=0, ge=0)
+    """Labels in the window."""
+
+    local_error_estimate: common.Fraction | None = pydantic.Field(
+        default=None, alias="localErrorEstimate"
+    )
+    """Observed error rate of labelled answers at the learned threshold."""
+
+    local_error_upper_bound: common.Fraction | None = pydantic.Field(
+        default=None, alias="localErrorUpperBound"
+    )
+    """Upper confidence bound of that rate (Clopper-Pearson, at confidenceLevel)."""
+
+
+class QualityStatus(common.KascadeModel):
+    """What the gateway learned for the policy's quality target (confidence.target)."""
+
+    max_local_error_rate: float = pydantic.Field(gt=0.0, lt=1.0, alias="maxLocalErrorRate")
+    """The declared target."""
+
+    learned: Annotated[list[LearnedThreshold], pydantic.Field(max_length=64)] = pydantic.Field(
+        default_factory=list
+    )
+    """One entry per task with labels ('*' first)."""
+
+
 class RoutingPolicyStatus(common.KascadeModel):
     """Observed state of a RoutingPolicy, written by the operator."""
 
@@ -537,6 +698,10 @@ class RoutingPolicyStatus(common.KascadeModel):
 
     stats: PolicyStats | None = None
     """Traffic figures."""
+
+    quality: QualityStatus | None = None
+    """The learned threshold, its label count and estimated local error rate (policies
+    with confidence.target; read from the gateway)."""
 
 
 class RoutingPolicy(common.KascadeModel):

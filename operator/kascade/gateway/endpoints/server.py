@@ -239,6 +239,7 @@ def build_app(
         yield
         for task in tasks:
             task.cancel()
+        await state.quality.close()
         if state.shared_cache is not None:
             await state.shared_cache.close()
         await escalator.close()  # settlements of cancelled calls finish before the ledger

@@ -55,6 +55,8 @@ async def collect(state: pipeline.State) -> dict[str, Any]:
         "ledger": "redis" if (rt.config.ledger.url or "").startswith("redis") else "memory",
         "policies": {n: {"generation": p.config.generation} for n, p in rt.policies.items()},
         "experts": experts,
+        # Policies with a quality target: labels and learned thresholds per task.
+        "quality": state.quality.status(),
     }
 
 

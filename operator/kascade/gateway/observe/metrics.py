@@ -175,6 +175,38 @@ class Metrics:
             registry=r,
         )
         self._init_dashboard_families(r)
+        # A declared quality target (confidence.target): the learned threshold, what it
+        # rests on, and the shadow calls that label local answers (route/shadow.py).
+        self.learned_threshold = Gauge(
+            "kascade_learned_threshold",
+            "Confidence threshold learned for a quality target, per policy and task (* = all).",
+            ["policy", "task"],
+            registry=r,
+        )
+        self.quality_labels = Gauge(
+            "kascade_quality_labels",
+            "Labels (local answers judged against the expert) in the calibration window.",
+            ["policy", "task"],
+            registry=r,
+        )
+        self.local_error_estimate = Gauge(
+            "kascade_local_error_estimate",
+            "Observed error rate of labelled local answers at the learned threshold.",
+            ["policy", "task"],
+            registry=r,
+        )
+        self.shadow_calls = Counter(
+            "kascade_shadow_calls_total",
+            "Shadow calls to experts by outcome (answered, refused_share, failed).",
+            ["policy", "expert", "outcome"],
+            registry=r,
+        )
+        self.shadow_cost = Counter(
+            "kascade_shadow_cost_usd_total",
+            "USD settled for shadow calls (part of the expert's spend).",
+            ["expert"],
+            registry=r,
+        )
 
     def observe_request(self, *, policy: str, route: str, reason: str, seconds: float) -> None:
         """Counts one request and its duration (label children are cached: the

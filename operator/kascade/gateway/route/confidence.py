@@ -26,6 +26,15 @@ from typing import Any
 from kascade.gateway import config as config_mod
 
 CONFIDENCE_HEADER = "x-kascade-confidence"
+_FLOOR = 1e-12
+_SIGNAL_OF = {
+    "mean-token-prob": "mean_token_prob",
+    "min-token-prob": "min_token_prob",
+    "margin": "margin",
+    "sequence-prob": "sequence_prob",
+    "token-prob-q10": "token_prob_q10",
+}
+"""Method name -> its key in a pool's `confidence_signals`."""
 _KEYS = {
     "mean-token-prob": ("mean_token_prob", "meanTokenProb", "mean-token-prob", "mean"),
     "min-token-prob": ("min_token_prob", "minTokenProb", "min-token-prob", "min"),
@@ -43,8 +52,8 @@ def _probability(value: object) -> float | None:
     return number if 0.0 <= number <= 1.0 else None
 
 
-def from_logprobs(*, choice: Mapping[str, Any], method: str) -> float | None:
-    """Confidence computed from OpenAI-style `logprobs.content`, if the pool sent them."""
+def _token_lists(choice: Mapping[str, Any]) -> tuple[list[float], list[float]] | None:
+    """(p(token), top-1 minus top-2) per token from OpenAI-style `logprobs.content`."""
     logprobs = choice.get("logprobs")
     content = logprobs.get("content") if isinstance(logprobs, dict) else None
     if not isinstance(content, list) or not content:
@@ -64,16 +73,71 @@ def from_logprobs(*, choice: Mapping[str, Any], method: str) -> float | None:
             reverse=True,
         )
         margins.append(alts[0] - alts[1] if len(alts) >= 2 else p)
-    if method == "min-token-prob":
-        return min(probs)
-    if method == "margin":
-        return sum(margins) / len(margins)
-    return sum(probs) / len(probs)
+    return probs, margins
+
+
+def signals_from_logprobs(choice: Mapping[str, Any]) -> dict[str, float] | None:
+    """The pool's signal set (see `serving.confidence.SIGNAL_NAMES`) rebuilt from
+    OpenAI-style logprobs, for pools that send those instead of `confidence_signals`."""
+    lists = _token_lists(choice)
+    if lists is None:
+        return None
+    probs, margins = lists
+    ordered = sorted(probs)
+    logs = [math.log(max(p, _FLOOR)) for p in probs]
+
+    def quantile(q: float) -> float:
+        return ordered[int(q * (len(ordered) - 1))]
+
+    return {
+        "mean_token_prob": sum(probs) / len(probs),
+        "min_token_prob": ordered[0],
+        "margin": sum(margins) / len(margins),
+        "sequence_prob": math.exp(sum(logs)),
+        "mean_logprob": sum(logs) / len(logs),
+        "token_prob_q05": quantile(0.05),
+        "token_prob_q10": quantile(0.10),
+        "token_prob_q25": quantile(0.25),
+        "token_prob_q50": quantile(0.50),
+        "tokens": float(len(probs)),
+    }
+
+
+def from_logprobs(*, choice: Mapping[str, Any], method: str) -> float | None:
+    """Confidence computed from OpenAI-style `logprobs.content`, if the pool sent them."""
+    found = signals_from_logprobs(choice)
+    if found is None:
+        return None
+    return min(1.0, max(0.0, found.get(_SIGNAL_OF.get(method, ""), found["mean_token_prob"])))
+
+
+def signals(*, body: Mapping[str, Any]) -> dict[str, float] | None:
+    """Every confidence signal of the answer: the body's `confidence_signals` (a Kascade
+    pool), else rebuilt from logprobs; None when the pool sent neither."""
+    sent = body.get("confidence_signals")
+    if isinstance(sent, dict):
+        numbers = {
+            k: float(v)
+            for k, v in sent.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        }
+        if numbers:
+            return numbers
+    choices = body.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        return signals_from_logprobs(choices[0])
+    return None
 
 
 def extract(*, body: Mapping[str, Any], headers: Mapping[str, str], method: str) -> float | None:
-    """The local answer's confidence: body `confidence` (number, or object keyed by
-    method), else header `x-kascade-confidence`, else computed from logprobs."""
+    """The local answer's confidence: the method's entry in `confidence_signals`, else
+    body `confidence` (number, or object keyed by method), else header
+    `x-kascade-confidence`, else computed from logprobs."""
+    sent = body.get("confidence_signals")
+    if isinstance(sent, dict) and method in _SIGNAL_OF:
+        found = _probability(sent.get(_SIGNAL_OF[method]))
+        if found is not None:
+            return found
     value = body.get("confidence")
     if isinstance(value, dict):
         for key in _KEYS.get(method, ()):

@@ -44,6 +44,10 @@ class Decision:
     """The task label for metrics (rules.task_label)."""
     usage: dict[str, Any] | None = None
     """Token usage of the answer sent (local or cached), for the all-expert baseline."""
+    threshold_learned: bool = False
+    """The threshold in force was learned for the policy's quality target."""
+    degeneration: str | None = None
+    """The degeneration limit the local answer broke (``repetition``, ...), if any."""
     format_problem: str | None = None
     """Why a local answer did not follow the requested response_format."""
     tool_calls: tuple[str, ...] = ()
@@ -67,6 +71,8 @@ class Decision:
             h["x-kascade-confidence"] = f"{self.confidence:.4f}"
         if self.privacy is not None:
             h["x-kascade-privacy"] = self.privacy
+        if self.degeneration is not None:
+            h["x-kascade-degeneration"] = self.degeneration
         if self.degraded is not None:
             # One line, ASCII only: the policy's message may hold any character.
             text = " ".join(self.degraded.split())[:500]

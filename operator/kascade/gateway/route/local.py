@@ -19,6 +19,27 @@ from kascade.gateway.route import confidence as confidence_mod
 class LocalAnswer:
     completion: dict[str, Any]
     confidence: float | None
+    signals: dict[str, float] | None = None
+    """Every confidence signal the pool sent (for the combined score), if any."""
+
+    def text(self) -> str:
+        """The answer's text (empty when the pool sent none)."""
+        choice = self.completion["choices"][0] if self.completion["choices"] else {}
+        message = choice.get("message") if isinstance(choice, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        return content if isinstance(content, str) else ""
+
+    def calls_tools(self) -> bool:
+        """The answer is a tool call (its text may rightly be empty)."""
+        choice = self.completion["choices"][0] if self.completion["choices"] else {}
+        message = choice.get("message") if isinstance(choice, dict) else None
+        return isinstance(message, dict) and bool(message.get("tool_calls"))
+
+    def finish_reason(self) -> str | None:
+        """The pool's finish reason, if it sent one."""
+        choice = self.completion["choices"][0] if self.completion["choices"] else {}
+        reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+        return reason if isinstance(reason, str) else None
 
 
 class Overflow(Exception):
@@ -77,7 +98,9 @@ async def complete(
     if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list):
         raise LocalFailure("bad_response")
     conf = confidence_mod.extract(body=completion, headers=headers, method=method)
-    return LocalAnswer(completion=completion, confidence=conf)
+    return LocalAnswer(
+        completion=completion, confidence=conf, signals=confidence_mod.signals(body=completion)
+    )
 
 
 @contextlib.asynccontextmanager

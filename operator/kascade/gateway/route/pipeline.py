@@ -4,6 +4,7 @@ escalation → record. One function per step; `handle_chat` reads as the recipe.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -22,7 +23,17 @@ from kascade.gateway.observe import audit as audit_mod
 from kascade.gateway.observe import metrics as metrics_mod
 from kascade.gateway.observe import record
 from kascade.gateway.privacy import screen as screen_mod
-from kascade.gateway.route import capability, formats, local, pressure, request, rules
+from kascade.gateway.route import (
+    capability,
+    combined_score,
+    degeneration,
+    formats,
+    local,
+    pressure,
+    request,
+    rules,
+    shadow,
+)
 from kascade.gateway.route import confidence as confidence_mod
 from kascade.gateway.route import decision as decision_mod
 from kascade.gateway.tenants import access
@@ -43,6 +54,8 @@ class State:
     audit: audit_mod.AuditLog
     experts: dict[str, escalation.ExpertState]
     shared_cache: shared_cache_mod.SharedExactCache | None = None
+    quality: shadow.Quality = dataclasses.field(default_factory=shadow.Quality)
+    """Learning state of policies with a quality target (labels, learned thresholds)."""
 
 
 class _LocalRejected(Exception):
@@ -184,8 +197,8 @@ async def _route(
             d.local_error = failure.kind
             escalate_reason = "local_error"
         if answer is not None:
-            # 5. Confidence check.
-            d.confidence = answer.confidence
+            # 5. Confidence check (the degeneration detector first: it overrides scores).
+            d.confidence = _score(chat, d, answer=answer, http=http)
             burn, unavailable = state.pressure.inputs(experts=experts)
             d.threshold = tenant_limits.offset_threshold(
                 confidence_mod.threshold(
@@ -193,9 +206,16 @@ async def _route(
                 ),
                 caller=d.caller,
             )
-            if answer.confidence is None:
+            quality, task = _quality(state, d, http)
+            learned = quality.calibrator.threshold(task=task) if quality else None
+            if learned is not None:
+                d.threshold, d.threshold_learned = learned, True
+            drawn = quality is not None and d.confidence is not None and quality.budget.sample()
+            if d.degeneration is not None:
+                escalate_reason = "degenerate"
+            elif d.confidence is None:
                 d.reason = "confidence_unavailable"
-            elif answer.confidence >= d.threshold:
+            elif d.confidence >= d.threshold:
                 d.reason = "confident"
             else:
                 escalate_reason = "low_confidence"
@@ -205,6 +225,16 @@ async def _route(
             if escalate_reason is None or not experts:
                 if escalate_reason is not None:
                     d.reason = "local_only" if local_only else "no_experts"
+                if drawn and quality is not None and experts:
+                    # A shadow call calibrates the policy: the expert's budget pays it,
+                    # not the caller's tenant.
+                    call = _call(
+                        chat, d, outbound=outbound, params=outbound_params, raw_pii=raw_pii,
+                        tenant_pays=False,
+                    )  # fmt: skip
+                    _start_shadow(
+                        state, d, quality, task, answer=answer, expert=experts[0], call=call
+                    )
                 _cache_store(state, chat, d, completion=answer.completion)
                 return await responses.respond(http, chat, d, completion=answer.completion)
     assert escalate_reason is not None
@@ -213,7 +243,7 @@ async def _route(
         detail = f"local pool: {d.local_error or 'saturated'}; no expert may receive this request"
         raise responses.no_local_answer(d, detail=detail)
     # 6. Escalation.
-    return await _escalate(
+    response = await _escalate(
         state,
         http,
         chat,
@@ -224,6 +254,123 @@ async def _route(
         raw_pii=raw_pii,
         answer=answer,
         pool=pool,
+    )
+    if answer is not None and drawn and quality is not None and d.confidence is not None:
+        expert_answer = d.outcome.answer if d.outcome is not None else None
+        if expert_answer is not None:  # a free label: the expert already answered
+            shadow.label(
+                quality=quality,
+                policy=d.policy.name,
+                task=task,
+                score=d.confidence,
+                local_text=answer.text(),
+                expert_text=shadow.completion_text(expert_answer.completion),
+                metrics=state.metrics,
+                audit=state.audit,
+            )
+    return response
+
+
+def _quality(
+    state: State, d: decision_mod.Decision, http: web.Request
+) -> tuple[shadow.PolicyQuality | None, str | None]:
+    """The policy's learning state (None without a target) and the request's task, when
+    the target names it (so metric labels stay a bounded set)."""
+    target = d.policy.config.confidence.target
+    if target is None:
+        return None, None
+    task = http.headers.get(rules.TASK_HEADER)
+    return state.quality.policy(name=d.policy.name, target=target), (
+        task if task in target.tasks else None
+    )
+
+
+def _call(
+    chat: request.ChatRequest,
+    d: decision_mod.Decision,
+    *,
+    outbound: list[dict[str, Any]],
+    params: dict[str, Any],
+    raw_pii: bool,
+    tenant_pays: bool = True,
+) -> escalation.Call:
+    """The escalation of the screened request (messages and parameters)."""
+    return escalation.Call(
+        request_id=d.request_id,
+        messages=outbound,
+        params=params,
+        requested_max_tokens=chat.max_tokens,
+        prompt_bound=chat.prompt_bound,
+        prompt_estimate=chat.prompt_estimate,
+        raw_personal_data=raw_pii,
+        max_cost_nanos=d.policy.max_cost_nanos,
+        needs=capabilities.required(chat.body),
+        also_books=tenant_limits.books(d.caller) if tenant_pays else (),
+    )
+
+
+def _start_shadow(
+    state: State,
+    d: decision_mod.Decision,
+    quality: shadow.PolicyQuality,
+    task: str | None,
+    *,
+    answer: local.LocalAnswer,
+    expert: escalation.ExpertState,
+    call: escalation.Call,
+) -> None:
+    assert d.confidence is not None
+    job = asyncio.get_running_loop().create_task(
+        shadow.shadow_call(
+            quality=quality,
+            escalator=state.escalator,
+            expert=expert,
+            call=call,
+            policy=d.policy.name,
+            task=task,
+            score=d.confidence,
+            local_text=answer.text(),
+            metrics=state.metrics,
+            audit=state.audit,
+        )
+    )
+    state.quality.tasks.add(job)
+    job.add_done_callback(state.quality.tasks.discard)
+
+
+def _score(
+    chat: request.ChatRequest,
+    d: decision_mod.Decision,
+    *,
+    answer: local.LocalAnswer,
+    http: web.Request,
+) -> float | None:
+    """The answer's confidence per the policy's method; sets ``d.degeneration`` when
+    the detector flags the answer."""
+    conf = d.policy.config.confidence
+    text = degeneration.detect(
+        answer=answer.text(),
+        prompt=degeneration.prompt_text(chat.messages),
+        finish_reason=answer.finish_reason(),
+    )
+    if conf.degeneration.enabled and not answer.calls_tools():
+        d.degeneration = degeneration.verdict(
+            features=text,
+            limits=degeneration.Limits(
+                max_repetition=conf.degeneration.max_repetition,
+                max_prompt_echo=conf.degeneration.max_prompt_echo,
+                escalate_cut_off=conf.degeneration.escalate_cut_off,
+            ),
+        )
+    if conf.method != "combined" or conf.combined is None:
+        return answer.confidence
+    values = combined_score.features(
+        signals=answer.signals or {}, text=text, task=http.headers.get(rules.TASK_HEADER)
+    )
+    if values is None:
+        return None
+    return combined_score.score(
+        values=values, weights=conf.combined.weights, intercept=conf.combined.intercept
     )
 
 
@@ -309,18 +456,7 @@ async def _escalate(
     pool: Any,
 ) -> web.StreamResponse:
     cfg = d.policy.config
-    call = escalation.Call(
-        request_id=d.request_id,
-        messages=outbound,
-        params=outbound_params,
-        requested_max_tokens=chat.max_tokens,
-        prompt_bound=chat.prompt_bound,
-        prompt_estimate=chat.prompt_estimate,
-        raw_personal_data=raw_pii,
-        max_cost_nanos=d.policy.max_cost_nanos,
-        needs=capabilities.required(chat.body),
-        also_books=tenant_limits.books(d.caller),
-    )
+    call = _call(chat, d, outbound=outbound, params=outbound_params, raw_pii=raw_pii)
     ordered = state.escalator.order(experts=experts, selection=cfg.selection, call=call)
     streamed: list[web.StreamResponse] = []
     writer = responses.expert_stream_writer(http, d, streamed) if chat.stream else None

@@ -1,0 +1,46 @@
+"""Kubernetes Events about Kascade objects (best effort: a failure is logged, not raised)."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from typing import Any
+
+from kascade.controller import kube as kube_mod
+
+__all__ = ["record"]
+
+log = logging.getLogger("kascade.operator")
+
+
+async def record(kube: kube_mod.Kube, body: dict[str, Any], *, reason: str, message: str) -> None:
+    """Creates one Normal Event on the object ``body``."""
+    meta = body["metadata"]
+    stamp = datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
+    stamp = stamp.replace("+00:00", "Z")
+    try:
+        await kube.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+                "involvedObject": {
+                    "apiVersion": body["apiVersion"],
+                    "kind": body["kind"],
+                    "name": meta["name"],
+                    "namespace": meta["namespace"],
+                    "uid": meta.get("uid"),
+                },
+                "reason": reason,
+                "message": message[:1024],
+                "type": "Normal",
+                "source": {"component": "kascade-operator"},
+                "firstTimestamp": stamp,
+                "lastTimestamp": stamp,
+                "count": 1,
+            }
+        )
+    except kube_mod.KubeError as exc:
+        log.warning(
+            "Could not record an Event kind=%s name=%s: %s", body["kind"], meta["name"], exc
+        )

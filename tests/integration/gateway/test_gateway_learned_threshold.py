@@ -1,0 +1,192 @@
+"""A declared quality target on real sockets: a scripted local pool (sim-expert acting as
+a pool) whose answers are right with known probabilities, the simulated expert as the
+judge, and the gateway learning the threshold from sampled labels and shadow calls."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import aiohttp
+from tests.integration.gateway.conftest import chat, expert_config, gateway_config
+
+WINDOW = 300
+TARGET = {
+    "maxLocalErrorRate": 0.15,
+    "confidenceLevel": 0.9,
+    "shadowFraction": 1.0,
+    "maxShadowBudgetShare": 1.0,
+    "windowLabels": WINDOW,
+    "minLabels": 50,
+}
+
+
+def _item(rng: random.Random, *, drifted: bool) -> tuple[float, bool]:
+    """(score, right) with known error rates: half the answers score in [0, 0.5] and are
+    right 20% of the time; half score in [0.8, 1] and are right 99% of the time, except
+    after the drift, when those in [0.8, 0.9) are right only half of the time."""
+    if rng.random() < 0.5:
+        return round(rng.uniform(0.0, 0.5), 3), rng.random() < 0.2
+    score = round(rng.uniform(0.8, 1.0), 3)
+    if drifted and score < 0.9:
+        return score, rng.random() < 0.5
+    return score, rng.random() < 0.99
+
+
+def _prompt(score: float, right: bool) -> str:
+    # The pool always answers "42"; the expert echoes the prompt, so the label is
+    # right exactly when the prompt's answer is 42.
+    return f"The answer is {42 if right else 7}. [[confidence={score}]]"
+
+
+async def _ask(http: aiohttp.ClientSession, url: str, content: str) -> dict[str, str]:
+    async with http.post(f"{url}/v1/chat/completions", json=chat(content, max_tokens=10)) as r:
+        await r.read()
+        assert r.status == 200
+        return dict(r.headers)
+
+
+async def _settled(gw: Any) -> None:
+    """Waits until no shadow call is in flight (they run after the response)."""
+    for _ in range(2000):
+        if not gw.state.quality.tasks:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("shadow calls still in flight")
+
+
+async def _status(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    async with http.get(f"{url}/v1/kascade/status") as resp:
+        document: dict[str, Any] = await resp.json()
+        return document
+
+
+async def _phase(
+    http: aiohttp.ClientSession, gw: Any, rng: random.Random, *, drifted: bool
+) -> list[tuple[bool, bool]]:
+    """Sends one window of requests; returns (kept local, right) per request."""
+    out = []
+    for _ in range(WINDOW):
+        score, right = _item(rng, drifted=drifted)
+        headers = await _ask(http, gw.url, _prompt(score, right))
+        out.append((headers["x-kascade-route"] == "local", right))
+    await _settled(gw)
+    return out
+
+
+async def test_the_learned_threshold_reaches_the_target_and_follows_a_drift(
+    start_sim, start_gateway, http
+) -> None:
+    pool = await start_sim(name="pool", confidence=0.5, answer="42")
+    expert = await start_sim(name="e1")
+    gw = await start_gateway(
+        gateway_config(
+            pool=pool.url,
+            experts={"e1": expert_config(expert.url)},
+            policy={"confidence": {"threshold": 0.7, "target": TARGET}},
+        )
+    )
+    rng = random.Random(11)
+    first = await _phase(http, gw, rng, drifted=False)
+    learned = (await _status(http, gw.url))["quality"]["default"]["tasks"]["*"]
+    assert learned["labels"] == WINDOW
+    assert learned["threshold"] <= 0.8  # every reliable answer is kept local
+    assert learned["localErrorUpperBound"] <= 0.15
+    audit = gw.audit()
+    requests = [line for line in audit if line["type"] == "request"]
+    assert not requests[0]["threshold_learned"]  # the policy's 0.7 until labels exist
+    assert requests[-1]["threshold_learned"]
+    assert requests[-1]["threshold"] == learned["threshold"]
+    changes = [line for line in audit if line["type"] == "threshold"]
+    assert changes
+    assert changes[-1]["threshold"] == learned["threshold"]
+    # Drift: answers scoring in [0.8, 0.9) turn unreliable; their labels replace the old.
+    await _phase(http, gw, rng, drifted=True)
+    drifted = (await _status(http, gw.url))["quality"]["default"]["tasks"]["*"]
+    assert drifted["threshold"] >= 0.85
+    # Recovery: the pool is reliable again, and the threshold comes back down.
+    last = await _phase(http, gw, rng, drifted=False)
+    recovered = (await _status(http, gw.url))["quality"]["default"]["tasks"]["*"]
+    assert recovered["threshold"] <= 0.8
+    # What the target promises, checked against the known truth of the last window.
+    kept = [right for local, right in first[WINDOW // 2 :] + last[WINDOW // 2 :] if local]
+    assert kept
+    assert 1 - sum(kept) / len(kept) <= 0.15
+    async with http.get(f"{gw.url}/metrics") as resp:
+        text = await resp.text()
+    assert (
+        f'kascade_learned_threshold{{policy="default",task="*"}} {recovered["threshold"]}' in text
+    )
+    assert 'kascade_shadow_calls_total{expert="e1",outcome="answered",policy="default"}' in text
+
+
+async def test_shadow_calls_never_spend_past_their_share_of_the_budget(
+    start_sim, start_gateway, http
+) -> None:
+    pool = await start_sim(name="pool", confidence=0.5, answer="42")
+    expert = await start_sim(name="e1")
+    limit_usd = 0.02
+    share = 0.05  # shadow calls may spend $0.001: about a dozen worst cases of $0.000084
+    gw = await start_gateway(
+        gateway_config(
+            pool=pool.url,
+            experts={
+                "e1": expert_config(
+                    expert.url, budget={"limitUSD": limit_usd, "window": "calendar-day"}
+                )
+            },
+            policy={
+                "confidence": {
+                    "threshold": 0.0,  # every answer is kept local: labels need shadow calls
+                    "target": {**TARGET, "maxShadowBudgetShare": share},
+                }
+            },
+        )
+    )
+    rng = random.Random(12)
+    for _ in range(60):
+        score, right = _item(rng, drifted=False)
+        await _ask(http, gw.url, _prompt(score, right))
+    await _settled(gw)
+    quality = gw.state.quality.policy(
+        name="default", target=gw.state.runtime.policies["default"].config.confidence.target
+    )
+    spent_nanos = quality.budget.spent("e1")
+    assert 0 < spent_nanos <= share * limit_usd * 1e9
+    async with http.get(f"{gw.url}/metrics") as resp:
+        text = await resp.text()
+    assert (
+        'kascade_shadow_calls_total{expert="e1",outcome="refused_share",policy="default"}' in text
+    )
+    answered = len(expert.records)
+    assert 0 < answered < 60
+    # Shadow calls are paid from the expert's budget like any call: the ledger has them.
+    status = await _status(http, gw.url)
+    assert float(status["experts"]["e1"]["budget"]["spentUSD"]) * 1e9 == spent_nanos
+
+
+async def test_only_listed_tasks_learn_their_own_threshold(start_sim, start_gateway, http) -> None:
+    pool = await start_sim(name="pool", confidence=0.5, answer="42")
+    expert = await start_sim(name="e1")
+    gw = await start_gateway(
+        gateway_config(
+            pool=pool.url,
+            experts={"e1": expert_config(expert.url)},
+            policy={"confidence": {"target": {**TARGET, "minLabels": 10, "tasks": ["math"]}}},
+        )
+    )
+    for i in range(40):
+        task = "math" if i % 2 == 0 else "poetry"
+        async with http.post(
+            f"{gw.url}/v1/chat/completions",
+            json=chat(_prompt(0.95, True), max_tokens=10),
+            headers={"x-kascade-task": task},
+        ) as resp:
+            assert resp.status == 200
+    await _settled(gw)
+    tasks = (await _status(http, gw.url))["quality"]["default"]["tasks"]
+    assert set(tasks) == {"*", "math"}  # an unlisted label is not a key (bounded metrics)
+    assert tasks["math"]["labels"] == 20
+    assert tasks["*"]["labels"] == 40
+    assert tasks["math"]["threshold"] is not None
