@@ -16,6 +16,7 @@ from kascade.serving import confidence, config, server
 pytestmark = pytest.mark.serving
 
 MSGS = [{"role": "user", "content": "Name three colors."}]
+QUICKSTART_THRESHOLD = 0.6  # examples/quickstart/policy.yaml, confidence.threshold
 
 
 @pytest.fixture(scope="module")
@@ -188,17 +189,19 @@ async def test_every_confidence_signal_is_in_the_body(chat: server.ChatServer) -
     assert signals["sequence_prob"] <= signals["min_token_prob"]
 
 
-async def test_the_quickstart_loop_is_confident_yet_flagged_degenerate(
+async def test_a_looping_answer_is_confident_yet_flagged_degenerate(
     chat: server.ChatServer,
 ) -> None:
-    """The answer the issue reports: SmolLM2 loops on this prompt at temperature 0 with
-    a high mean token probability; the gateway's detector flags it anyway."""
-    prompt = "Write a haiku about Kubernetes."
+    """The failure the issue reports: SmolLM2 loops at temperature 0 with a mean token
+    probability above the quickstart's threshold (0.6), so confidence alone keeps the
+    loop local; the gateway's detector flags it anyway. (With the batch engine the
+    issue's haiku prompt no longer loops; this one does.)"""
+    prompt = "Write a haiku about autumn."
     reply = await _json(
         chat, messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=64
     )
     choice = reply.body["choices"][0]
-    assert reply.body["confidence_signals"]["mean_token_prob"] > 0.7
+    assert reply.body["confidence_signals"]["mean_token_prob"] > QUICKSTART_THRESHOLD
     features = degeneration.detect(
         answer=choice["message"]["content"], prompt=prompt, finish_reason=choice["finish_reason"]
     )
