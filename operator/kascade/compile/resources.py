@@ -27,6 +27,8 @@ GATEWAY_PORT = 8080
 GATEWAY_CONFIG_DIR = "/etc/kascade/gateway"
 GATEWAY_CONFIG_FILE = "config.json"
 SERVE_PORT = 8000
+# The RayCluster worker group that holds a pool's model replicas (one replica per worker).
+WORKER_GROUP = "model"
 RESTRICTED_CONTAINER = {
     "allowPrivilegeEscalation": False,
     "readOnlyRootFilesystem": True,
@@ -191,7 +193,7 @@ def build_rayservice(
                 },
                 "workerGroupSpecs": [
                     {
-                        "groupName": "model",
+                        "groupName": WORKER_GROUP,
                         "replicas": initial,
                         "minReplicas": replicas.min,
                         "maxReplicas": replicas.max,
@@ -297,6 +299,11 @@ def build_gateway(
                                 "0.0.0.0",
                                 "--port",
                                 str(GATEWAY_PORT),
+                                # Audit lines on stdout, the gateway's own logs on
+                                # stderr: log pipelines collect stdout as the audit
+                                # stream; each policy's audit.enabled still applies.
+                                "--audit-log",
+                                "-",
                             ],
                             "ports": [{"name": "http", "containerPort": GATEWAY_PORT}],
                             "readinessProbe": {

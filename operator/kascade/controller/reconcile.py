@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
@@ -32,6 +32,7 @@ class Context:
     kube: kube_mod.Kube
     settings: resources.Settings
     gateway_status: spend.GatewayStatusReader | None = None
+    stats: spend.StatsThrottle = field(default_factory=spend.StatsThrottle)
 
 
 def _generation(body: dict[str, Any]) -> int | None:
@@ -87,6 +88,64 @@ def desired_pool_replicas(pool: v1alpha1.LocalModelPool, status: dict[str, Any] 
     return min(max(decided, spec.min), spec.max)
 
 
+def _ray_cluster_names(rayservice: dict[str, Any]) -> list[str]:
+    st = rayservice.get("status") or {}
+    names = {
+        (st.get(key) or {}).get("rayClusterName")
+        for key in ("activeServiceStatus", "pendingServiceStatus")
+    }
+    return sorted(n for n in names if n)
+
+
+async def scale_ray_clusters(
+    kube: kube_mod.Kube, rayservice: dict[str, Any], *, replicas: int
+) -> list[str]:
+    """Sets the model worker group's replicas on the RayService's RayClusters.
+
+    KubeRay hashes a RayService's cluster spec with replicas muted, so a replicas-only
+    RayService edit never reaches a running RayCluster; an autoscaler is meant to write
+    the RayCluster's worker group directly, which is what this does (a JSON patch whose
+    ``test`` pins the group it changes). Returns the clusters it changed.
+    """
+    namespace = rayservice["metadata"]["namespace"]
+    changed: list[str] = []
+    for name in _ray_cluster_names(rayservice):
+        cluster = await kube.get("RayCluster", namespace=namespace, name=name)
+        groups = ((cluster or {}).get("spec") or {}).get("workerGroupSpecs") or []
+        for index, group in enumerate(groups):
+            if (
+                group.get("groupName") != resources.WORKER_GROUP
+                or group.get("replicas") == replicas
+            ):
+                continue
+            at = f"/spec/workerGroupSpecs/{index}"
+            try:
+                await kube.patch_json(
+                    "RayCluster",
+                    namespace=namespace,
+                    name=name,
+                    operations=[
+                        {"op": "test", "path": f"{at}/groupName", "value": resources.WORKER_GROUP},
+                        {"op": "add", "path": f"{at}/replicas", "value": replicas},
+                    ],
+                )
+            except kube_mod.KubeError as exc:
+                # Gone or reshaped meanwhile: the RayService's next event brings a retry.
+                if exc.status in (404, 409, 422):
+                    continue
+                raise
+            changed.append(name)
+    return changed
+
+
+async def _fresh_status(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | None:
+    """The pool's status as stored now: a reconcile queued behind an autoscaling decision
+    must render the decision, not its older snapshot's replicas."""
+    meta = body["metadata"]
+    live = await ctx.kube.get("LocalModelPool", namespace=meta["namespace"], name=meta["name"])
+    return (live or body).get("status")
+
+
 async def reconcile_pool(
     ctx: Context, body: dict[str, Any], *, policies: Sequence[dict[str, Any]]
 ) -> None:
@@ -94,8 +153,10 @@ async def reconcile_pool(
     generation = _generation(body)
     conds = _conditions(body)
     pool = parse_pool(body)
-    desired_replicas = desired_pool_replicas(pool, body.get("status"))
-    pinned = desired_replicas if pool.spec.autoscaling.enabled else None
+    autoscaled = pool.spec.autoscaling.enabled
+    decided = await _fresh_status(ctx, body) if autoscaled else None
+    desired_replicas = desired_pool_replicas(pool, decided)
+    pinned = desired_replicas if autoscaled else None
     ready = 0
     endpoint: str | None = None
     if not await ctx.kube.has_crd(RAYSERVICE_CRD):
@@ -129,6 +190,11 @@ async def reconcile_pool(
         live, applied = await children.ensure(ctx.kube, desired)
         if applied:
             log.info("Applied RayService namespace=%s name=%s", namespace, name)
+        if pinned is not None:
+            for cluster in await scale_ray_clusters(ctx.kube, live, replicas=pinned):
+                log.info(
+                    "Scaled RayCluster namespace=%s name=%s workers=%d", namespace, cluster, pinned
+                )
         ready, serving_now, message = _rayservice_readiness(live)
         endpoint = resources.serve_endpoint(pool=name, namespace=namespace)
         conds = cond.set_conditions(
@@ -150,10 +216,15 @@ async def reconcile_pool(
                 ),
             ],
         )
+    # One writer per field: with autoscaling on, ``replicas.desired`` belongs to the
+    # autoscaler (``autoscaling.write_decision``); a reconcile only reports ``ready``.
+    replicas: dict[str, Any] = {"ready": ready}
+    if not autoscaled:
+        replicas["desired"] = desired_replicas
     desired_status: dict[str, Any] = {
         "conditions": conds,
         "observedGeneration": generation,
-        "replicas": {"desired": desired_replicas, "ready": ready},
+        "replicas": replicas,
     }
     if endpoint is not None:
         desired_status["endpoint"] = endpoint
@@ -211,9 +282,19 @@ async def reconcile_namespace(
             )
         if desired["kind"] == "Deployment":
             gateway_ready = int((live.get("status") or {}).get("availableReplicas") or 0) > 0
+    document = await ctx.gateway_status.read(namespace) if ctx.gateway_status else None
     for body in policies:
+        stats = ctx.stats.choose(
+            f"{namespace}/{_name(body)}",
+            fresh=spend.policy_stats(document, policy=_name(body)),
+            stored=(body.get("status") or {}).get("stats"),
+        )
         await _policy_status(
-            ctx, body, missing=compiled.missing.get(_name(body), []), gateway_ready=gateway_ready
+            ctx,
+            body,
+            missing=compiled.missing.get(_name(body), []),
+            gateway_ready=gateway_ready,
+            stats=stats,
         )
 
 
@@ -222,7 +303,12 @@ def _name(body: dict[str, Any]) -> str:
 
 
 async def _policy_status(
-    ctx: Context, body: dict[str, Any], *, missing: list[str], gateway_ready: bool
+    ctx: Context,
+    body: dict[str, Any],
+    *,
+    missing: list[str],
+    gateway_ready: bool,
+    stats: dict[str, Any] | None,
 ) -> None:
     generation = _generation(body)
     conds = _conditions(body)
@@ -262,7 +348,10 @@ async def _policy_status(
                 ),
             ],
         )
-    await status.write(ctx.kube, body, {"conditions": conds, "observedGeneration": generation})
+    desired: dict[str, Any] = {"conditions": conds, "observedGeneration": generation}
+    if stats is not None:
+        desired["stats"] = stats
+    await status.write(ctx.kube, body, desired)
 
 
 # ----------------------------------------------------------------------------- experts

@@ -23,6 +23,13 @@ def record(
     m = metrics
     route_label = d.route if not d.route.startswith("expert:") else "expert"
     m.observe_request(policy=d.policy.name, route=route_label, reason=d.reason, seconds=elapsed)
+    m.policy_stats.observe(
+        policy=d.policy.name,
+        generation=d.policy.config.generation,
+        route=d.route,
+        cache=d.cache,
+        cost_nanos=d.cost_nanos,
+    )
     if d.confidence is not None and d.cache in ("off", "miss"):
         m.confidence.labels(d.policy.name).observe(d.confidence)
     if not d.policy.config.audit.enabled or not audit.enabled:

@@ -52,6 +52,12 @@ async def collect(state: pipeline.State) -> dict[str, Any]:
     return {
         "namespace": rt.config.namespace,
         "ledger": "redis" if (rt.config.ledger.url or "").startswith("redis") else "memory",
-        "policies": {n: {"generation": p.config.generation} for n, p in rt.policies.items()},
+        "policies": {
+            n: {
+                "generation": p.config.generation,
+                "stats": state.metrics.policy_stats.document(n),
+            }
+            for n, p in rt.policies.items()
+        },
         "experts": experts,
     }
