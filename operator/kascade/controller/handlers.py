@@ -119,7 +119,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         prometheus_client.start_http_server(int(metrics_port))
     memo.objects = Coalescer()
     memo.autoscalers = autoscaling.Loops(memo.ctx)
-    memo.indexes = None
+    # kopf hands each object a shallow copy of the memo: only objects created here are
+    # shared, so the indexes are kept in a dict, not set as an attribute in handlers.
+    memo.indexes = {}
     memo.resync = asyncio.create_task(_resync_loop(memo))
 
 
@@ -217,7 +219,7 @@ async def pool_event(
     policies: kopf.Index,
     **_: Any,
 ) -> None:
-    memo.indexes = (pools, experts, policies)
+    memo.indexes["all"] = (pools, experts, policies)
     memo.autoscalers.observe(_snapshot(body), deleted=event["type"] == "DELETED")
     if event["type"] != "DELETED":
         _schedule_pool(memo, namespace, _snapshot(body), policies)
@@ -236,7 +238,7 @@ async def expert_event(
     policies: kopf.Index,
     **_: Any,
 ) -> None:
-    memo.indexes = (pools, experts, policies)
+    memo.indexes["all"] = (pools, experts, policies)
     if event["type"] != "DELETED":
         _schedule_expert(memo, namespace, _snapshot(body))
     if _spec_changed(memo, event, body):
@@ -254,7 +256,7 @@ async def policy_event(
     policies: kopf.Index,
     **_: Any,
 ) -> None:
-    memo.indexes = (pools, experts, policies)
+    memo.indexes["all"] = (pools, experts, policies)
     if _spec_changed(memo, event, body):
         _schedule_namespace(memo, namespace, pools, experts, policies)
 
@@ -300,14 +302,22 @@ async def _resync_loop(memo: kopf.Memo) -> None:
     """
     while True:
         await asyncio.sleep(RESYNC_SECONDS)
-        if memo.indexes is None:
+        if "all" not in memo.indexes:
             continue
-        pools, experts, policies = memo.indexes
-        for namespace in list(policies):
-            _schedule_namespace(memo, namespace, pools, experts, policies)
-        for namespace in list(experts):
-            for body in list(experts.get(namespace, [])):
-                _schedule_expert(memo, namespace, _snapshot(body))
-        for namespace in list(pools):
-            for body in list(pools.get(namespace, [])):
-                _schedule_pool(memo, namespace, _snapshot(body), policies)
+        try:
+            _resync_all(memo, *memo.indexes["all"])
+        except Exception:
+            log.exception("Resync round failed; retrying next interval")
+
+
+def _resync_all(
+    memo: kopf.Memo, pools: kopf.Index, experts: kopf.Index, policies: kopf.Index
+) -> None:
+    for namespace in list(policies):
+        _schedule_namespace(memo, namespace, pools, experts, policies)
+    for namespace in list(experts):
+        for body in list(experts.get(namespace, [])):
+            _schedule_expert(memo, namespace, _snapshot(body))
+    for namespace in list(pools):
+        for body in list(pools.get(namespace, [])):
+            _schedule_pool(memo, namespace, _snapshot(body), policies)
