@@ -8,11 +8,15 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_EXAMPLES=
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 export FORCE_CMAKE ?= 1
 
-.PHONY: venv run test test-unit lint fmt crds crds-check cluster-up cluster-down bench clean
+.PHONY: deps venv run test test-unit lint fmt crds crds-check cluster-up cluster-down bench clean
+
+## System packages (redis-server, cmake, g++, python3-venv): installed when run as root.
+deps:
+	.ci/debian-packages
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml | deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[operator,serving,dev]"
@@ -23,7 +27,7 @@ run: venv
 	KASCADE=$(VENV)/bin/kascade examples/quickstart/run
 
 ## The whole test suite: static checks, unit, integration and e2e on a real control plane.
-test: venv lint crds-check
+test: deps venv lint crds-check
 	e2e/cluster/build >/dev/null
 	$(PY) -m pytest -q -p no:cacheprovider tests e2e
 

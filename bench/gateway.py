@@ -221,7 +221,7 @@ def main() -> int:
         )  # fmt: skip
         stack.enter_context(_proc([__file__, "--proxy", str(proxy_port), sim], tmp / "proxy.log"))
         stack.enter_context(
-            _proc(["-m", "kascade.gateway.server", "--config", str(config), "--port",
+            _proc(["-m", "kascade.gateway.endpoints.server", "--config", str(config), "--port",
                    str(gw_port), "--audit-log", str(tmp / "audit.jsonl"), "--log-level",
                    "WARNING"], tmp / "gateway.log")
         )  # fmt: skip
@@ -245,7 +245,7 @@ def _start_redis_gateway(stack: contextlib.ExitStack, tmp: Path, sim: str) -> tu
     path = tmp / "gateway-redis.json"
     path.write_text(json.dumps(config))
     stack.enter_context(
-        _proc(["-m", "kascade.gateway.server", "--config", str(path), "--port", str(port),
+        _proc(["-m", "kascade.gateway.endpoints.server", "--config", str(path), "--port", str(port),
                "--log-level", "WARNING"], tmp / "gateway-redis.log")
     )  # fmt: skip
     return f"http://127.0.0.1:{port}", "bench"

@@ -353,3 +353,156 @@ def test_deleting_the_policy_garbage_collects_the_gateway(
         )
     # The pool and experts are untouched.
     assert _get(kubectl, namespace, "lmp", "smollm2") is not None
+
+
+def _loosened_crds(kubectl: KubectlRunner) -> None:
+    """The CRDs as an older release might have had them: custom patterns' regexes
+    unchecked, no upper bound on limitUSD or maxCostPerRequestUSD. Objects stored under
+    them stay stored after an upgrade."""
+    from kascade.api import crdgen
+
+    for info in crdgen.KINDS:
+        if info.plural not in ("routingpolicies", "cloudexperts"):
+            continue
+        crd = crdgen.crd(info)
+        spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        if info.plural == "routingpolicies":
+            pattern = spec["properties"]["privacy"]["properties"]["customPatterns"]["items"]
+            pattern["properties"]["regex"].pop("x-kubernetes-validations")
+            spec["properties"]["maxCostPerRequestUSD"].pop("maximum")
+        else:
+            spec["properties"]["budget"]["properties"]["limitUSD"].pop("maximum")
+        kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(crd))
+
+
+_ISOLATION = """\
+apiVersion: kascade.io/v1alpha1
+kind: LocalModelPool
+metadata: {name: smol}
+spec:
+  model: {runtime: llama-cpp, source: "builtin://smollm2-135m-instruct"}
+---
+apiVersion: kascade.io/v1alpha1
+kind: CloudExpert
+metadata: {name: ok}
+spec:
+  provider: openai-compatible
+  endpoint: https://api.example.com/v1
+  model: m
+  pricing: {inputPerMillionTokens: 1, outputPerMillionTokens: 2}
+  budget: {limitUSD: 5}
+---
+apiVersion: kascade.io/v1alpha1
+kind: CloudExpert
+metadata: {name: sleepy}
+spec:
+  provider: openai-compatible
+  endpoint: https://api.example.com/v1
+  model: m
+  pricing: {inputPerMillionTokens: 1, outputPerMillionTokens: 2}
+  budget: {limitUSD: 5}
+  suspend: true
+---
+apiVersion: kascade.io/v1alpha1
+kind: RoutingPolicy
+metadata: {name: healthy}
+spec: {localPool: smol, experts: [pricey, ok]}
+---
+apiVersion: kascade.io/v1alpha1
+kind: RoutingPolicy
+metadata: {name: paused-only}
+spec: {localPool: smol, experts: [sleepy]}
+"""
+
+_BROKEN = """\
+apiVersion: kascade.io/v1alpha1
+kind: CloudExpert
+metadata: {name: pricey}
+spec:
+  provider: openai-compatible
+  endpoint: https://api.example.com/v1
+  model: m
+  pricing: {inputPerMillionTokens: 1, outputPerMillionTokens: 2}
+  budget: {limitUSD: 50000000}
+---
+apiVersion: kascade.io/v1alpha1
+kind: RoutingPolicy
+metadata: {name: broken}
+spec:
+  localPool: smol
+  maxCostPerRequestUSD: 50000000
+---
+apiVersion: kascade.io/v1alpha1
+kind: RoutingPolicy
+metadata: {name: unreadable}
+spec:
+  localPool: smol
+  privacy:
+    customPatterns: [{name: ticket, regex: "(abc"}]
+"""
+
+
+def test_one_broken_policy_and_expert_leave_their_neighbours_serving(
+    operator: ops.OperatorProcess, kubectl: KubectlRunner, namespace: str
+) -> None:
+    kubectl("apply", "--server-side", "-f", str(_kuberay_crds()))
+    _loosened_crds(kubectl)
+    try:
+        # The loosened schema takes effect within moments; until then the server refuses.
+        ops.wait_for(
+            "the broken objects stored under the older CRDs",
+            lambda: (
+                kubectl("apply", "-n", namespace, "-f", "-", input=_BROKEN, check=False).returncode
+                == 0
+            ),
+            timeout=30,
+        )
+    finally:
+        kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    _apply(kubectl, namespace, _ISOLATION)
+
+    def condition(kind: str, name: str, type_: str, status: str) -> dict[str, Any] | None:
+        found = ops.condition(_get(kubectl, namespace, kind, name) or {}, type_)
+        return found if found is not None and found["status"] == status else None
+
+    broken = ops.wait_for("broken Ready=False", lambda: condition("rp", "broken", "Ready", "False"))
+    assert broken["reason"] == "InvalidSpec", broken
+    bound = "spec.maxCostPerRequestUSD: Input should be less than or equal to 9000000"
+    assert bound in broken["message"], broken
+    # A stored object that breaks a CEL rule of the current CRD (here: a regex that does
+    # not compile) cannot take any status write; an Event says it instead.
+    unreadable = ops.wait_for(
+        "an InvalidSpec Event on the unreadable policy",
+        lambda: [
+            e
+            for e in json.loads(kubectl("get", "events", "-n", namespace, "-o", "json").stdout)[
+                "items"
+            ]
+            if e["involvedObject"]["name"] == "unreadable" and e["reason"] == "InvalidSpec"
+        ],
+    )
+    assert "spec.privacy.customPatterns[0].regex" in unreadable[0]["message"]
+    assert "RE2" in unreadable[0]["message"]
+    pricey = ops.wait_for("pricey Ready=False", lambda: condition("cx", "pricey", "Ready", "False"))
+    assert pricey["reason"] == "InvalidSpec", pricey
+    assert "spec.budget.limitUSD" in pricey["message"], pricey
+    healthy = ops.wait_for(
+        "healthy Ready=True", lambda: condition("rp", "healthy", "Ready", "True"), timeout=90
+    )
+    assert healthy["message"] == "Gateway is serving this policy"
+    degraded = ops.wait_for(
+        "paused-only Degraded=True", lambda: condition("rp", "paused-only", "Degraded", "True")
+    )
+    assert degraded["reason"] == "NoUsableExpert"
+    assert "sleepy (suspended)" in degraded["message"]
+    assert "degrade to the local answer" in degraded["message"]
+    assert condition("rp", "healthy", "Degraded", "False") is not None
+
+    cm = _get(kubectl, namespace, "configmap", "kascade-gateway") or {}
+    config = gw.parse_config(json.loads(cm["data"]["config.json"]))
+    assert sorted(config.policies) == ["healthy", "paused-only"]
+    assert len(unreadable) == 1, "the Event is recorded once, not on every resync"
+    assert config.policies["healthy"].experts == ["ok"]
+    assert sorted(config.experts) == ["ok"]
+    # Isolation, not failure: the namespace's reconcile never failed.
+    assert f"key=namespace/{namespace}" not in operator.log()

@@ -1,9 +1,9 @@
-"""The gateway's real metrics (``kascade.gateway.metrics.Metrics``) driven by hand, so
+"""The gateway's real metrics (``kascade.gateway.observe.metrics.Metrics``) driven by hand, so
 the autoscaler's tests read exactly what a gateway replica exposes."""
 
 from __future__ import annotations
 
-from kascade.gateway import metrics as gateway_metrics
+from kascade.gateway.observe import metrics as gateway_metrics
 
 
 class GatewayMetrics:

@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Print the Kubernetes objects the operator would create for the YAML (GitOps review).",
     ),
     "gateway": (
-        "kascade.gateway.server",
+        "kascade.gateway.endpoints.server",
         "main",
         "Run the routing gateway from a compiled gateway config file.",
     ),

@@ -135,7 +135,77 @@ def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             out[key] = value
     if node.get("additionalProperties") is True and "properties" not in node:
         out["x-kubernetes-preserve-unknown-fields"] = True
+    return _unique_names(_hinted_pattern(out))
+
+
+def _unique_names(node: dict[str, Any]) -> dict[str, Any]:
+    """A list keyed by ``name`` gets a rule that says what a duplicate is, in words.
+
+    The API server reports a duplicate key of a list map as ``Duplicate value:
+    map[string]interface {}{"name":"small"}``; the rule adds a line a user can read.
+    """
+    if node.get("x-kubernetes-list-map-keys") != ["name"] or "maxItems" not in node:
+        return node
+    rule = {
+        "rule": "self.all(x, self.exists_one(y, y.name == x.name))",
+        "message": "each entry needs a name of its own: two entries share a name",
+    }
+    rules = node.get(common.CEL_RULES_KEY, [])
+    if any(r["rule"] == rule["rule"] for r in rules):
+        return node  # already converted (a referenced model is converted twice)
+    return {**node, common.CEL_RULES_KEY: [*rules, rule]}
+
+
+def _hinted_pattern(node: dict[str, Any]) -> dict[str, Any]:
+    """A pattern that has a hint becomes a CEL rule with the hint as its message.
+
+    The API server reports a ``pattern`` mismatch by printing the regular expression;
+    the rule says what is accepted in words, the same words the models use. Only bounded
+    strings qualify (CEL's cost budget needs maxLength).
+    """
+    pattern = node.get("pattern")
+    hint = common.PATTERN_HINTS.get(pattern) if isinstance(pattern, str) else None
+    int_or_string = bool(node.get("x-kubernetes-int-or-string"))
+    if hint is None or "maxLength" not in node:
+        return node
+    if node.get("type") != "string" and not int_or_string:
+        return node
+    out = {k: v for k, v in node.items() if k != "pattern"}
+    check = f"self.matches({_cel_string(str(pattern))})"
+    if int_or_string:
+        check = f"type(self) != string || {check}"
+    rule = {"rule": check, "message": f"must be {hint}"}
+    out[common.CEL_RULES_KEY] = [*node.get(common.CEL_RULES_KEY, []), rule]
     return out
+
+
+def _cel_string(value: str) -> str:
+    """A CEL raw string literal for ``value``."""
+    if "'" not in value:
+        return f"r'{value}'"
+    if '"' not in value:
+        return f'r"{value}"'
+    raise ValueError(f"no CEL raw string can hold {value!r}")
+
+
+def _name_rules(root: dict[str, Any]) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """Splits the root rules into those about metadata.name only (placed on the name, so
+    the API server names the field) and the rest; returns (rest, metadata schema)."""
+    rest, on_name = [], []
+    for rule in root.get(common.CEL_RULES_KEY, []):
+        text = rule["rule"]
+        if text.replace("self.metadata.name", "").count("self") == 0:
+            moved = {k: v for k, v in rule.items() if k != "fieldPath"}
+            moved["rule"] = text.replace("self.metadata.name", "self")
+            on_name.append(moved)
+        else:
+            rest.append(rule)
+    metadata: dict[str, Any] = {"type": "object"}
+    if on_name:
+        metadata["properties"] = {
+            "name": {"type": "string", common.CEL_RULES_KEY: on_name},
+        }
+    return rest, metadata
 
 
 def crd(info: KindInfo) -> dict[str, Any]:
@@ -146,6 +216,7 @@ def crd(info: KindInfo) -> dict[str, Any]:
     )
     root = structural_schema(json_schema)
     props = root["properties"]
+    root_rules, metadata = _name_rules(root)
     root_schema: dict[str, Any] = {
         "description": root["description"],
         "type": "object",
@@ -159,13 +230,13 @@ def crd(info: KindInfo) -> dict[str, Any]:
             "kind": {"description": f"Kind is {kind}.", "type": "string"},
             # Only name and generateName may be constrained here; the API server owns
             # the rest of metadata.
-            "metadata": {"type": "object"},
+            "metadata": metadata,
             "spec": props["spec"],
             "status": props["status"],
         },
     }
-    if common.CEL_RULES_KEY in root:
-        root_schema[common.CEL_RULES_KEY] = root[common.CEL_RULES_KEY]
+    if root_rules:
+        root_schema[common.CEL_RULES_KEY] = root_rules
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

@@ -8,11 +8,15 @@ variables on a laptop).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+import pydantic
 
 from kascade.api import v1alpha1
+from kascade.api.v1alpha1 import problems as problems_mod
 from kascade.gateway import config as gw
 
 # Where the operator mounts each referenced Secret in the gateway pod.
@@ -34,6 +38,99 @@ class CompiledGateway:
     config: gw.GatewayConfig
     missing: dict[str, list[str]] = field(default_factory=dict)
     """Policy name -> references it names that do not exist ("LocalModelPool/x")."""
+    invalid: dict[str, list[str]] = field(default_factory=dict)
+    """``Kind/name`` -> why that object could not be compiled, one ``field: reason`` line
+    each. Such an object is left out; its neighbours are compiled without it."""
+
+
+def describe_failure(
+    error: Exception,
+    *,
+    root: str = "spec",
+    within: type[pydantic.BaseModel] | None = None,
+    source: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """``field: reason`` lines for a compile failure, the field named as in the object.
+
+    The config is built bottom-up, so a failure names only the innermost config model
+    (``BudgetConfig``) and its field; ``within`` (the outermost one, e.g.
+    ``gw.ExpertConfig``) is searched for where that model sits (``budget``), and the
+    config's camelCase names mirror the CRD's. Inside a list, the index is the one of the
+    item of ``source`` (the object's spec) that holds the rejected value.
+    """
+    if not isinstance(error, pydantic.ValidationError):
+        return [f"{root}: {type(error).__name__}: {error}"]
+    prefix = _path_to(within, error.title) if within is not None else None
+    lines = []
+    for item in error.errors(include_url=False):
+        model = _model_named(within, error.title) if within is not None else None
+        loc = [_wire_name(model, part) for part in item["loc"]]
+        got = item.get("input")
+        path = problems_mod.field_path(_indexed([*(prefix or []), *loc], source or {}, got))
+        shown = (
+            f" (got {got!r})" if isinstance(got, int | float | str) and len(str(got)) <= 80 else ""
+        )
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{root}.{path}: {message}{shown}" if path else f"{root}: {message}")
+    return lines
+
+
+def _indexed(path: list[int | str], source: Mapping[str, Any], got: object) -> list[int | str]:
+    """``path`` with each list marker (``"[]"``) replaced by the index in ``source`` of the
+    item whose rest of the path equals ``got`` (or left out when none does)."""
+    if "[]" not in path:
+        return path
+    at = path.index("[]")
+    items = _lookup(source, path[:at])
+    for index, item in enumerate(items if isinstance(items, list) else []):
+        rest = _indexed(path[at + 1 :], item, got) if isinstance(item, Mapping) else []
+        if _lookup(item, rest) == got:
+            return [*path[:at], index, *rest]
+    return [p for p in path if p != "[]"]
+
+
+def _lookup(value: Any, path: Sequence[int | str]) -> Any:
+    for part in path:
+        if isinstance(value, Mapping) and isinstance(part, str):
+            value = value.get(part)
+        elif isinstance(value, list) and isinstance(part, int) and part < len(value):
+            value = value[part]
+        else:
+            return None
+    return value
+
+
+def _wire_name(model: type[pydantic.BaseModel] | None, part: int | str) -> int | str:
+    if model is None or not isinstance(part, str) or part not in model.model_fields:
+        return part
+    return model.model_fields[part].alias or part
+
+
+def _models_under(
+    model: type[pydantic.BaseModel], path: list[str]
+) -> Iterable[tuple[type[pydantic.BaseModel], list[str]]]:
+    """Every config model reachable from ``model``, with the wire path to it."""
+    yield model, path
+    for name, info in model.model_fields.items():
+        listed = any(typing.get_origin(a) is list for a in _flatten(info.annotation))
+        for arg in _flatten(info.annotation):
+            if isinstance(arg, type) and issubclass(arg, pydantic.BaseModel):
+                step = [info.alias or name, "[]"] if listed else [info.alias or name]
+                yield from _models_under(arg, [*path, *step])
+
+
+def _flatten(annotation: object) -> Iterable[object]:
+    yield annotation
+    for arg in typing.get_args(annotation):
+        yield from _flatten(arg)
+
+
+def _path_to(within: type[pydantic.BaseModel], title: str) -> list[str] | None:
+    return next((path for m, path in _models_under(within, []) if m.__name__ == title), None)
+
+
+def _model_named(within: type[pydantic.BaseModel], title: str) -> type[pydantic.BaseModel] | None:
+    return next((m for m, _ in _models_under(within, []) if m.__name__ == title), None)
 
 
 def secret_env_var(ref: v1alpha1.SecretKeyRef) -> str:
@@ -138,6 +235,10 @@ def policy_config(policy: v1alpha1.RoutingPolicy) -> gw.PolicyConfig:
                     else gw.HeaderMatch(
                         name=rule.when.header.name, values=list(rule.when.header.values)
                     ),
+                    has_tools=rule.when.has_tools,
+                    response_formats=None
+                    if rule.when.response_formats is None
+                    else list(rule.when.response_formats),
                 ),
                 action=rule.action,
                 target=tiers.get(rule.tier or "") if rule.action == "tier" else rule.expert,
@@ -170,7 +271,9 @@ def policy_config(policy: v1alpha1.RoutingPolicy) -> gw.PolicyConfig:
             message=spec.fallback.message,
         ),
         max_cost_per_request_usd=spec.max_cost_per_request_usd,
-        audit=gw.AuditConfig(enabled=spec.audit.enabled),
+        audit=gw.AuditConfig(
+            enabled=spec.audit.enabled, include_prompts=spec.audit.include_prompts
+        ),
     )
 
 
@@ -186,6 +289,15 @@ def missing_references(
     return missing
 
 
+def expert_failures(expert: v1alpha1.CloudExpert) -> list[str]:
+    """Why an expert cannot be compiled into a gateway config (empty when it can)."""
+    try:
+        expert_config(expert, credentials="file")
+    except Exception as error:  # one object's failure, whatever it is, stays its own
+        return describe_failure(error, within=gw.ExpertConfig, source=expert.to_manifest()["spec"])
+    return []
+
+
 def gateway_config(
     *,
     namespace: str,
@@ -197,46 +309,130 @@ def gateway_config(
     ledger_url: str | None = None,
     checkpoint_path: str | None = None,
     pool_timeout_seconds: Mapping[str, float] | None = None,
+    unparsed_experts: Iterable[str] = (),
 ) -> CompiledGateway:
-    """Compiles a namespace. Policies with missing references are left out and reported."""
+    """Compiles a namespace. A policy with missing references, and any object that cannot
+    be compiled, is left out and reported; every other object is compiled as usual.
+
+    ``unparsed_experts`` names experts that exist but could not be read (the caller
+    reports them): policies listing them are compiled without them, as if suspended.
+    """
     pools_by_name = {p.metadata.name: p for p in pools}
-    experts_by_name = {e.metadata.name: e for e in experts if not e.spec.suspend}
-    all_experts = {e.metadata.name for e in experts}
+    all_experts = {e.metadata.name for e in experts} | set(unparsed_experts)
+    invalid: dict[str, list[str]] = {}
+    expert_cfgs: dict[str, gw.ExpertConfig] = {}
+    # A suspended expert is skipped, as if it were not listed.
+    for expert in sorted(experts, key=lambda e: e.metadata.name):
+        if expert.spec.suspend:
+            continue
+        try:
+            expert_cfgs[expert.metadata.name] = expert_config(expert, credentials=credentials)
+        except Exception as error:  # isolate: the expert is left out, policies go on
+            invalid[f"CloudExpert/{expert.metadata.name}"] = describe_failure(
+                error, within=gw.ExpertConfig, source=expert.to_manifest()["spec"]
+            )
     missing: dict[str, list[str]] = {}
     compiled: dict[str, gw.PolicyConfig] = {}
     for policy in sorted(policies, key=lambda p: p.metadata.name):
+        name = policy.metadata.name
         gaps = missing_references(policy, pools=pools_by_name, experts=all_experts)
         if gaps:
-            missing[policy.metadata.name] = gaps
+            missing[name] = gaps
             continue
-        policy_cfg = policy_config(policy)
-        # A suspended expert is skipped, as if it were not listed.
-        compiled[policy.metadata.name] = policy_cfg.model_copy(
-            update={"experts": [e for e in policy_cfg.experts if e in experts_by_name]}
+        try:
+            policy_cfg = policy_config(policy)
+        except Exception as error:  # isolate: the policy is left out, the others serve
+            invalid[f"RoutingPolicy/{name}"] = describe_failure(
+                error, within=gw.PolicyConfig, source=policy.to_manifest()["spec"]
+            )
+            continue
+        dropped = _rules_on_dropped_experts(policy, usable=expert_cfgs)
+        if dropped:
+            invalid[f"RoutingPolicy/{name}"] = dropped
+            continue
+        compiled[name] = policy_cfg.model_copy(
+            update={"experts": [e for e in policy_cfg.experts if e in expert_cfgs]}
         )
-    used_pools = {p.local_pool for p in compiled.values()} | {
-        r.target for p in compiled.values() for r in p.rules if r.action == "tier" and r.target
+
+    def assemble(chosen: dict[str, gw.PolicyConfig]) -> gw.GatewayConfig:
+        return _assemble(
+            namespace=namespace,
+            policies=chosen,
+            pools=pools_by_name,
+            experts=expert_cfgs,
+            pool_endpoint=pool_endpoint,
+            ledger=gw.LedgerConfig(url=ledger_url, checkpoint_path=checkpoint_path),
+            timeouts=pool_timeout_seconds or {},
+        )
+
+    config = _isolate_cross_object_failures(compiled, assemble=assemble, invalid=invalid)
+    return CompiledGateway(config=config, missing=missing, invalid=invalid)
+
+
+def _rules_on_dropped_experts(
+    policy: v1alpha1.RoutingPolicy, *, usable: Mapping[str, gw.ExpertConfig]
+) -> list[str]:
+    """Rules that send requests straight to an expert that is suspended or left out."""
+    return [
+        f"spec.rules[{i}].expert: {rule.expert!r} is suspended or cannot be compiled, so "
+        "this rule has no target (resume or fix the expert, or remove rules[].expert)"
+        for i, rule in enumerate(policy.spec.rules)
+        if rule.action == "expert" and rule.expert is not None and rule.expert not in usable
+    ]
+
+
+def _isolate_cross_object_failures(
+    compiled: dict[str, gw.PolicyConfig],
+    *,
+    assemble: Callable[[dict[str, gw.PolicyConfig]], gw.GatewayConfig],
+    invalid: dict[str, list[str]],
+) -> gw.GatewayConfig:
+    """The namespace config; a policy that fails the config's cross-object checks (rule
+    targets, for instance) is found by compiling it alone, reported and left out."""
+    try:
+        return assemble(compiled)
+    except pydantic.ValidationError:
+        pass
+    kept: dict[str, gw.PolicyConfig] = {}
+    for name, policy_cfg in compiled.items():
+        try:
+            assemble({name: policy_cfg})
+        except pydantic.ValidationError as error:
+            invalid[f"RoutingPolicy/{name}"] = describe_failure(error, root="spec")
+            continue
+        kept[name] = policy_cfg
+    return assemble(kept)
+
+
+def _assemble(
+    *,
+    namespace: str,
+    policies: dict[str, gw.PolicyConfig],
+    pools: Mapping[str, v1alpha1.LocalModelPool],
+    experts: Mapping[str, gw.ExpertConfig],
+    pool_endpoint: Callable[[v1alpha1.LocalModelPool], str],
+    ledger: gw.LedgerConfig,
+    timeouts: Mapping[str, float],
+) -> gw.GatewayConfig:
+    used_pools = {p.local_pool for p in policies.values()} | {
+        r.target for p in policies.values() for r in p.rules if r.action == "tier" and r.target
     }
-    used_experts = {e for p in compiled.values() for e in p.experts}
-    timeouts = pool_timeout_seconds or {}
-    config = gw.GatewayConfig(
+    used_experts = {e for p in policies.values() for e in p.experts}
+    return gw.GatewayConfig(
         namespace=namespace,
-        ledger=gw.LedgerConfig(url=ledger_url, checkpoint_path=checkpoint_path),
+        ledger=ledger,
         pools={
             name: gw.PoolConfig(
-                endpoint=pool_endpoint(pools_by_name[name]),
+                endpoint=pool_endpoint(pools[name]),
                 model=name,
                 **({"timeout_seconds": timeouts[name]} if name in timeouts else {}),
             )
             for name in sorted(used_pools)
+            if name in pools
         },
-        experts={
-            name: expert_config(experts_by_name[name], credentials=credentials)
-            for name in sorted(used_experts)
-        },
-        policies=compiled,
+        experts={name: experts[name] for name in sorted(used_experts)},
+        policies=policies,
     )
-    return CompiledGateway(config=config, missing=missing)
 
 
 def confidence_methods(policies: Iterable[v1alpha1.RoutingPolicy]) -> dict[str, str]:

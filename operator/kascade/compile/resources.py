@@ -148,8 +148,8 @@ def build_rayservice(
         worker_pod["tolerations"] = [
             t.model_dump(by_alias=True, exclude_none=True) for t in placement.tolerations
         ]
-    if placement.affinity:
-        worker_pod["affinity"] = placement.affinity
+    if placement.affinity is not None and placement.affinity.to_manifest():
+        worker_pod["affinity"] = placement.affinity.to_manifest()
     replicas = spec.replicas
     # The worker group holds as many Ray nodes as Serve replicas (one replica per worker).
     initial = (

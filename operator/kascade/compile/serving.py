@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from kascade.api import v1alpha1
+from kascade.api import limits, v1alpha1
 from kascade.api.v1alpha1 import common
 from kascade.serving import config as serving_config
 
-# Requests that may wait in one replica's queue per concurrent slot. The pool's API
-# bounds queueing by time (maxQueueWaitMillis); the replica also needs a length bound
-# so that its queue can never grow without limit.
-QUEUE_SLOTS_PER_CONCURRENT = 2
+QUEUE_SLOTS_PER_CONCURRENT = limits.QUEUE_SLOTS_PER_CONCURRENT
 
 
 def pool_serving_config(

@@ -36,6 +36,9 @@ class Reason(StrEnum):
     BUDGET_SPENT = "BudgetSpent"
     GATEWAY_UNREACHABLE = "GatewayUnreachable"
     INVALID_SPEC = "InvalidSpec"
+    RECONCILE_FAILED = "ReconcileFailed"
+    NO_USABLE_EXPERT = "NoUsableExpert"
+    EXPERTS_USABLE = "ExpertsUsable"
 
 
 def now_rfc3339() -> str:

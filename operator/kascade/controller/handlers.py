@@ -22,7 +22,7 @@ import kopf
 import prometheus_client
 
 from kascade.compile import resources
-from kascade.controller import autoscaling, reconcile, spend
+from kascade.controller import autoscaling, failures, reconcile, spend
 from kascade.controller import kube as kube_mod
 
 GROUP, VERSION = "kascade.io", "v1alpha1"
@@ -56,44 +56,6 @@ def settings_from_env() -> resources.Settings:
     )
 
 
-RECONCILES = prometheus_client.Counter(
-    "kascade_operator_reconciles_total",
-    "Reconciles run by the operator, by kind and result.",
-    ["kind", "result"],
-)
-
-
-class Coalescer:
-    """Runs at most one reconcile per key at a time; events during a run cause one rerun,
-    with the newest event's work (so a rerun never acts on an older snapshot)."""
-
-    def __init__(self) -> None:
-        self._running: dict[str, asyncio.Task[None]] = {}
-        self._latest: dict[str, Any] = {}
-
-    def trigger(self, key: str, run: Any) -> None:
-        self._latest[key] = run
-        if key not in self._running:
-            self._running[key] = asyncio.create_task(self._loop(key))
-
-    async def _loop(self, key: str) -> None:
-        kind = key.split("/", 1)[0]
-        try:
-            while key in self._latest:
-                run = self._latest.pop(key)
-                try:
-                    await run()
-                except Exception:
-                    RECONCILES.labels(kind=kind, result="error").inc()
-                    log.exception(
-                        "Reconcile failed key=%s; retrying on the next event or tick", key
-                    )
-                else:
-                    RECONCILES.labels(kind=kind, result="ok").inc()
-        finally:
-            self._running.pop(key, None)
-
-
 # ----------------------------------------------------------------------------- lifecycle
 
 
@@ -112,12 +74,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             url_template=os.environ.get("KASCADE_GATEWAY_URL_TEMPLATE", spend.DEFAULT_URL_TEMPLATE)
         ),
     )
-    memo.namespaces = Coalescer()
+    memo.namespaces = failures.Coalescer()
     memo.generations = {}
     metrics_port = os.environ.get("KASCADE_METRICS_PORT")
     if metrics_port:
         prometheus_client.start_http_server(int(metrics_port))
-    memo.objects = Coalescer()
+    memo.objects = failures.Coalescer()
     memo.autoscalers = autoscaling.Loops(memo.ctx)
     # kopf hands each object a shallow copy of the memo: only objects created here are
     # shared, so the indexes are kept in a dict, not set as an attribute in handlers.
@@ -169,7 +131,16 @@ def _schedule_namespace(
             policies=list(policies.get(namespace, [])),
         )
 
-    memo.namespaces.trigger(f"namespace/{namespace}", run)
+    async def report(error: Exception, count: int, retry_in: float) -> None:
+        await failures.report_failure(
+            memo.ctx.kube,
+            list(policies.get(namespace, [])),
+            error,
+            failures=count,
+            retry_in=retry_in,
+        )
+
+    memo.namespaces.trigger(f"namespace/{namespace}", run, report)
 
 
 def _schedule_pool(
@@ -178,14 +149,25 @@ def _schedule_pool(
     async def run() -> None:
         await reconcile.reconcile_pool(memo.ctx, body, policies=list(policies.get(namespace, [])))
 
-    memo.objects.trigger(f"pool/{namespace}/{body['metadata']['name']}", run)
+    memo.objects.trigger(f"pool/{namespace}/{body['metadata']['name']}", run, _reporter(memo, body))
 
 
 def _schedule_expert(memo: kopf.Memo, namespace: str, body: dict[str, Any]) -> None:
     async def run() -> None:
         await reconcile.reconcile_expert(memo.ctx, body)
 
-    memo.objects.trigger(f"expert/{namespace}/{body['metadata']['name']}", run)
+    memo.objects.trigger(
+        f"expert/{namespace}/{body['metadata']['name']}", run, _reporter(memo, body)
+    )
+
+
+def _reporter(memo: kopf.Memo, body: dict[str, Any]) -> failures.Report:
+    async def report(error: Exception, count: int, retry_in: float) -> None:
+        await failures.report_failure(
+            memo.ctx.kube, [body], error, failures=count, retry_in=retry_in
+        )
+
+    return report
 
 
 # ----------------------------------------------------------------------------- watchers

@@ -221,10 +221,13 @@ class Kube:
         self._crds[name] = (now, found)
         return found
 
-    async def create(self, manifest: Manifest) -> Manifest:
+    async def create(self, manifest: Manifest, *, dry_run: bool = False) -> Manifest:
+        """Creates the object; with ``dry_run`` the API server validates it (unknown
+        fields included) and stores nothing."""
         meta = manifest["metadata"]
         path = RESOURCES[manifest["kind"]].path(namespace=meta.get("namespace"))
-        return await self._call("POST", path, body=manifest)
+        query = [("dryRun", "All"), ("fieldValidation", "Strict")] if dry_run else None
+        return await self._call("POST", path, body=manifest, query=query)
 
 
 def _status_message(raw: bytes) -> str:

@@ -7,17 +7,18 @@ of ``kascade.compile``, applies only what drifted and writes status only when it
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
 
 from kascade.api import v1alpha1
+from kascade.api.v1alpha1 import problems as problems_mod
 from kascade.compile import gateway as compile_gateway
 from kascade.compile import resources
 from kascade.compile import serving as compile_serving
-from kascade.controller import children, spend, status
+from kascade.controller import children, failures, spend, status
 from kascade.controller import conditions as cond
 from kascade.controller import kube as kube_mod
 
@@ -32,7 +33,10 @@ class Context:
     kube: kube_mod.Kube
     settings: resources.Settings
     gateway_status: spend.GatewayStatusReader | None = None
+    evented: set[tuple[str, str, str, str]] = field(default_factory=set)
+    """(kind, namespace, name, message) of InvalidSpec Events already recorded."""
     stats: spend.StatsThrottle = field(default_factory=spend.StatsThrottle)
+    """Rate limit of RoutingPolicy.status.stats writes."""
 
 
 def _generation(body: dict[str, Any]) -> int | None:
@@ -53,6 +57,61 @@ def _parse(model: type[pydantic.BaseModel], body: dict[str, Any]) -> Any:
         if k in meta
     }
     return model.model_validate(clean)
+
+
+def _invalid_lines(model: type[pydantic.BaseModel], error: pydantic.ValidationError) -> list[str]:
+    """``field: reason`` for each problem of an object the models reject (one stored
+    before the CRD was tightened, for instance)."""
+    found = problems_mod.problems_from_error(error, model=model, source="", kind="", name=None)
+    return [f"{p.path}: {p.message}" if p.path else p.message for p in found]
+
+
+def _parse_each(
+    model: type[pydantic.BaseModel], bodies: Sequence[dict[str, Any]]
+) -> tuple[list[Any], dict[str, list[str]]]:
+    """The objects that parse, and name -> problems for those that do not."""
+    parsed: list[Any] = []
+    invalid: dict[str, list[str]] = {}
+    for body in bodies:
+        try:
+            parsed.append(_parse(model, body))
+        except pydantic.ValidationError as error:
+            invalid[_name(body)] = _invalid_lines(model, error)
+    return parsed, invalid
+
+
+def _left_out(lines: Sequence[str]) -> str:
+    return "Left out of the gateway, fix the spec: " + "; ".join(lines)
+
+
+async def _invalid_status(
+    ctx: Context,
+    body: dict[str, Any],
+    lines: Sequence[str],
+    *,
+    extra: Sequence[cond.ConditionType] = (),
+) -> None:
+    """Ready=False (and each of ``extra`` True) with reason InvalidSpec naming the fields."""
+    generation = _generation(body)
+    message = _left_out(lines)[:32768]
+    updates = [(cond.ConditionType.READY, False, cond.Reason.INVALID_SPEC, message)]
+    updates += [(t, True, cond.Reason.INVALID_SPEC, message) for t in extra]
+    conds = cond.set_conditions(_conditions(body), generation=generation, updates=updates)
+    try:
+        await status.write(ctx.kube, body, {"conditions": conds, "observedGeneration": generation})
+    except kube_mod.KubeError as error:
+        if error.status != 422:
+            raise
+        # The API server validates the whole object on a status write: one stored before
+        # the CRD was tightened, and now invalid where CEL cannot ratchet (a pattern that
+        # does not compile), cannot carry a condition. An Event says it instead, once.
+        meta = body["metadata"]
+        key = (str(body.get("kind")), meta["namespace"], meta["name"], message)
+        if key not in ctx.evented:
+            ctx.evented.add(key)
+            await failures.post_event(
+                ctx.kube, body, reason=str(cond.Reason.INVALID_SPEC), message=message
+            )
 
 
 # ----------------------------------------------------------------------------- pools
@@ -152,7 +211,12 @@ async def reconcile_pool(
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     generation = _generation(body)
     conds = _conditions(body)
-    pool = parse_pool(body)
+    try:
+        pool = parse_pool(body)
+    except pydantic.ValidationError as error:
+        lines = _invalid_lines(v1alpha1.LocalModelPool, error)
+        await _invalid_status(ctx, body, lines, extra=[cond.ConditionType.DEGRADED])
+        return
     autoscaled = pool.spec.autoscaling.enabled
     decided = await _fresh_status(ctx, body) if autoscaled else None
     desired_replicas = desired_pool_replicas(pool, decided)
@@ -175,11 +239,16 @@ async def reconcile_pool(
             ],
         )
     else:
-        parsed_policies = [_parse(v1alpha1.RoutingPolicy, p) for p in policies]
+        parsed_policies, _ = _parse_each(v1alpha1.RoutingPolicy, policies)
         method = compile_gateway.confidence_methods(parsed_policies).get(name)
-        serving = compile_serving.pool_serving_config(
-            pool, confidence_method=method, replicas=pinned
-        )
+        try:
+            serving = compile_serving.pool_serving_config(
+                pool, confidence_method=method, replicas=pinned
+            )
+        except Exception as error:  # this pool's failure stays this pool's
+            lines = compile_gateway.describe_failure(error)
+            await _invalid_status(ctx, body, lines, extra=[cond.ConditionType.DEGRADED])
+            return
         desired = resources.build_rayservice(
             pool=pool,
             serving=serving,
@@ -217,7 +286,7 @@ async def reconcile_pool(
             ],
         )
     # One writer per field: with autoscaling on, ``replicas.desired`` belongs to the
-    # autoscaler (``autoscaling.write_decision``); a reconcile only reports ``ready``.
+    # autoscaler (``autoscaling.write_replicas``); a reconcile only reports ``ready``.
     replicas: dict[str, Any] = {"ready": ready}
     if not autoscaled:
         replicas["desired"] = desired_replicas
@@ -242,14 +311,18 @@ async def reconcile_namespace(
     experts: Sequence[dict[str, Any]],
     policies: Sequence[dict[str, Any]],
 ) -> None:
-    """Renders the namespace's gateway from all its policies and updates policy status."""
+    """Renders the namespace's gateway from all its policies and updates policy status.
+
+    An object that does not parse or compile is left out (its own status says why); the
+    gateway is rendered from the rest.
+    """
     if not policies:
         # Children carry ownerReferences to every policy: the garbage collector removes
         # them once the last policy is gone.
         return
-    pool_objs = [_parse(v1alpha1.LocalModelPool, p) for p in pools]
-    expert_objs = [_parse(v1alpha1.CloudExpert, e) for e in experts]
-    policy_objs = [_parse(v1alpha1.RoutingPolicy, p) for p in policies]
+    pool_objs, bad_pools = _parse_each(v1alpha1.LocalModelPool, pools)
+    expert_objs, bad_experts = _parse_each(v1alpha1.CloudExpert, experts)
+    policy_objs, invalid = _parse_each(v1alpha1.RoutingPolicy, policies)
     compiled = compile_gateway.gateway_config(
         namespace=namespace,
         pools=pool_objs,
@@ -259,7 +332,49 @@ async def reconcile_namespace(
         credentials="file",
         ledger_url=ctx.settings.redis_url,
         checkpoint_path=None if ctx.settings.redis_url else "/var/lib/kascade/ledger.json",
+        unparsed_experts=bad_experts,
     )
+    for key, lines in compiled.invalid.items():
+        kind, name = key.split("/", 1)
+        if kind == "RoutingPolicy":
+            invalid[name] = lines
+    gateway_ready = await _apply_gateway(ctx, namespace, compiled, expert_objs, policies)
+    broken = {f"LocalModelPool/{n}" for n in bad_pools} | {f"CloudExpert/{n}" for n in bad_experts}
+    unusable = _unusable_experts(experts, compiled, unparsed=bad_experts)
+    errors: list[kube_mod.KubeError] = []
+    document = await ctx.gateway_status.read(namespace) if ctx.gateway_status else None
+    for body, policy in _with_models(policies, policy_objs):
+        name = _name(body)
+        verdict = _Verdict(
+            invalid=invalid.get(name, []),
+            missing=[
+                f"{ref} (invalid, see its status)" if ref in broken else ref
+                for ref in compiled.missing.get(name, [])
+            ],
+            gateway_ready=gateway_ready,
+            unusable=_policy_unusable(policy, unusable),
+            stats=ctx.stats.choose(
+                f"{namespace}/{name}",
+                fresh=spend.policy_stats(document, policy=name),
+                stored=(body.get("status") or {}).get("stats"),
+            ),
+        )
+        try:
+            await _policy_status(ctx, body, verdict)
+        except kube_mod.KubeError as error:  # the other policies' status still gets written
+            errors.append(error)
+    if errors:
+        raise errors[0]
+
+
+async def _apply_gateway(
+    ctx: Context,
+    namespace: str,
+    compiled: compile_gateway.CompiledGateway,
+    expert_objs: Sequence[v1alpha1.CloudExpert],
+    policies: Sequence[dict[str, Any]],
+) -> bool:
+    """Applies the gateway's children; returns whether its Deployment is available."""
     used = set(compiled.config.experts)
     service_monitor = await ctx.kube.has_crd(SERVICEMONITOR_CRD)
     owners = [resources.owner_reference(p) for p in sorted(policies, key=_name)]
@@ -282,76 +397,132 @@ async def reconcile_namespace(
             )
         if desired["kind"] == "Deployment":
             gateway_ready = int((live.get("status") or {}).get("availableReplicas") or 0) > 0
-    document = await ctx.gateway_status.read(namespace) if ctx.gateway_status else None
-    for body in policies:
-        stats = ctx.stats.choose(
-            f"{namespace}/{_name(body)}",
-            fresh=spend.policy_stats(document, policy=_name(body)),
-            stored=(body.get("status") or {}).get("stats"),
-        )
-        await _policy_status(
-            ctx,
-            body,
-            missing=compiled.missing.get(_name(body), []),
-            gateway_ready=gateway_ready,
-            stats=stats,
-        )
+    return gateway_ready
+
+
+def _with_models(
+    bodies: Sequence[dict[str, Any]], models: Sequence[v1alpha1.RoutingPolicy]
+) -> list[tuple[dict[str, Any], v1alpha1.RoutingPolicy | None]]:
+    by_name = {m.metadata.name: m for m in models}
+    return [(body, by_name.get(_name(body))) for body in bodies]
+
+
+def _unusable_experts(
+    experts: Sequence[dict[str, Any]],
+    compiled: compile_gateway.CompiledGateway,
+    *,
+    unparsed: Mapping[str, list[str]],
+) -> dict[str, str]:
+    """Expert name -> why it cannot take escalations now, for the experts that cannot."""
+    why: dict[str, str] = {}
+    for body in experts:
+        name = _name(body)
+        spec = body.get("spec") or {}
+        states = {c.get("type"): c.get("status") for c in _conditions(body)}
+        if spec.get("suspend"):
+            why[name] = "suspended"
+        elif name in unparsed or f"CloudExpert/{name}" in compiled.invalid:
+            why[name] = "invalid spec"
+        elif states.get(cond.ConditionType.CREDENTIALS_MISSING) == "True":
+            why[name] = "credentials missing"
+        elif states.get(cond.ConditionType.BUDGET_EXHAUSTED) == "True":
+            why[name] = "budget exhausted"
+    return why
+
+
+def _policy_unusable(
+    policy: v1alpha1.RoutingPolicy | None, unusable: dict[str, str]
+) -> dict[str, str] | None:
+    """Each listed expert and why it is unusable, when none of them is usable; else None."""
+    if policy is None or not policy.spec.experts:
+        return None
+    listed = list(policy.spec.experts)
+    if all(name in unusable for name in listed):
+        return {name: unusable[name] for name in listed}
+    return None
 
 
 def _name(body: dict[str, Any]) -> str:
     return str(body["metadata"]["name"])
 
 
-async def _policy_status(
-    ctx: Context,
-    body: dict[str, Any],
-    *,
-    missing: list[str],
-    gateway_ready: bool,
-    stats: dict[str, Any] | None,
-) -> None:
+@dataclass(frozen=True)
+class _Verdict:
+    """What the namespace reconcile found for one policy."""
+
+    invalid: list[str]
+    missing: list[str]
+    gateway_ready: bool
+    unusable: dict[str, str] | None
+    stats: dict[str, Any] | None = None
+
+
+async def _policy_status(ctx: Context, body: dict[str, Any], verdict: _Verdict) -> None:
     generation = _generation(body)
     conds = _conditions(body)
-    if missing:
-        message = "Missing: " + ", ".join(missing) + " (in this namespace)"
-        conds = cond.set_conditions(
-            conds,
-            generation=generation,
-            updates=[
-                (
-                    cond.ConditionType.REFERENCES_RESOLVED,
-                    False,
-                    cond.Reason.MISSING_REFERENCES,
-                    message,
-                ),
-                (cond.ConditionType.READY, False, cond.Reason.MISSING_REFERENCES, message),
-            ],
-        )
+    if verdict.invalid:
+        await _invalid_status(ctx, body, verdict.invalid)
+        return
+    if verdict.missing:
+        message = "Missing: " + ", ".join(verdict.missing) + " (in this namespace)"
+        updates = [
+            (
+                cond.ConditionType.REFERENCES_RESOLVED,
+                False,
+                cond.Reason.MISSING_REFERENCES,
+                message,
+            ),
+            (cond.ConditionType.READY, False, cond.Reason.MISSING_REFERENCES, message),
+        ]
     else:
-        conds = cond.set_conditions(
-            conds,
-            generation=generation,
-            updates=[
-                (
-                    cond.ConditionType.REFERENCES_RESOLVED,
-                    True,
-                    cond.Reason.ALL_REFERENCES_FOUND,
-                    "All references exist",
-                ),
-                (
-                    cond.ConditionType.READY,
-                    gateway_ready,
-                    cond.Reason.RECONCILED,
-                    "Gateway is serving this policy"
-                    if gateway_ready
-                    else "Waiting for the gateway Deployment to become available",
-                ),
-            ],
-        )
+        updates = [
+            (
+                cond.ConditionType.REFERENCES_RESOLVED,
+                True,
+                cond.Reason.ALL_REFERENCES_FOUND,
+                "All references exist",
+            ),
+            (
+                cond.ConditionType.READY,
+                verdict.gateway_ready,
+                cond.Reason.RECONCILED,
+                "Gateway is serving this policy"
+                if verdict.gateway_ready
+                else "Waiting for the gateway Deployment to become available",
+            ),
+            _degraded(body, verdict.unusable),
+        ]
+    conds = cond.set_conditions(conds, generation=generation, updates=updates)
     desired: dict[str, Any] = {"conditions": conds, "observedGeneration": generation}
-    if stats is not None:
-        desired["stats"] = stats
+    if verdict.stats is not None:
+        desired["stats"] = verdict.stats
     await status.write(ctx.kube, body, desired)
+
+
+def _degraded(
+    body: dict[str, Any], unusable: dict[str, str] | None
+) -> tuple[cond.ConditionType, bool, cond.Reason, str]:
+    """Degraded=True when no listed expert can take escalations now."""
+    if unusable is None:
+        return (
+            cond.ConditionType.DEGRADED,
+            False,
+            cond.Reason.EXPERTS_USABLE,
+            "At least one expert can take escalations (or none is listed)",
+        )
+    fallback = ((body.get("spec") or {}).get("fallback") or {}).get("whenExpertsUnavailable")
+    outcome = (
+        "escalations fail with 503 (fallback.whenExpertsUnavailable: error)"
+        if fallback == "error"
+        else "escalations degrade to the local answer"
+    )
+    reasons = ", ".join(f"{name} ({why})" for name, why in unusable.items())
+    return (
+        cond.ConditionType.DEGRADED,
+        True,
+        cond.Reason.NO_USABLE_EXPERT,
+        f"No expert can take escalations: {reasons}; {outcome}",
+    )
 
 
 # ----------------------------------------------------------------------------- experts
@@ -362,7 +533,12 @@ async def reconcile_expert(ctx: Context, body: dict[str, Any]) -> None:
     namespace = body["metadata"]["namespace"]
     generation = _generation(body)
     conds = _conditions(body)
-    expert: v1alpha1.CloudExpert = _parse(v1alpha1.CloudExpert, body)
+    try:
+        expert: v1alpha1.CloudExpert = _parse(v1alpha1.CloudExpert, body)
+    except pydantic.ValidationError as error:
+        await _invalid_status(ctx, body, _invalid_lines(v1alpha1.CloudExpert, error))
+        return
+    failures = compile_gateway.expert_failures(expert)
     missing_reason: cond.Reason | None = None
     message = "Credentials found"
     if expert.spec.credentials is not None:
@@ -393,7 +569,9 @@ async def reconcile_expert(ctx: Context, body: dict[str, Any]) -> None:
                 missing_reason is None,
                 missing_reason or cond.Reason.RECONCILED,
                 message,
-            ),
+            )
+            if not failures
+            else (cond.ConditionType.READY, False, cond.Reason.INVALID_SPEC, _left_out(failures)),
         ],
     )
     desired: dict[str, Any] = {"conditions": conds, "observedGeneration": generation}

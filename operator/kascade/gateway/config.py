@@ -16,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
+from kascade.api import limits
+
 Window = Literal["rolling-24h", "calendar-day", "calendar-month"]
 Provider = Literal["openai", "openai-compatible", "anthropic", "azure-openai"]
 Detector = Literal["email", "phone", "credit-card", "iban", "ip-address"]
@@ -94,7 +96,7 @@ class Pricing(_Model):
 
 
 class BudgetConfig(_Model):
-    limit_usd: float = Field(alias="limitUSD", ge=0, le=9_000_000)
+    limit_usd: float = Field(alias="limitUSD", ge=0, le=limits.USD_MAX)
     """Most USD that may be spent on this expert per window."""
     window: Window = "calendar-month"
     """`rolling-24h`, `calendar-day` or `calendar-month` (calendar windows in UTC)."""
@@ -114,7 +116,7 @@ class Timeouts(_Model):
 
 
 class Retries(_Model):
-    max_attempts: int = Field(default=2, ge=1, le=10)
+    max_attempts: int = Field(default=2, ge=1, le=limits.MAX_RETRIES + 1)
     """Attempts per expert, the first included; only retryable errors are retried."""
     initial_backoff_millis: int = Field(default=200, ge=0)
     max_backoff_millis: int = Field(default=5000, ge=0)
@@ -132,7 +134,7 @@ class CircuitBreakerConfig(_Model):
 
 class ExpertConfig(_Model):
     provider: Provider
-    endpoint: str = Field(pattern=r"^https?://")
+    endpoint: str = Field(pattern=limits.ENDPOINT, max_length=limits.ENDPOINT_MAX)
     """Base URL, e.g. `https://api.openai.com` (paths are added per provider)."""
     model: str
     """Model name (the deployment name for azure-openai)."""
@@ -197,6 +199,10 @@ class RuleWhen(_Model):
     task_labels: list[str] | None = None
     """Matches when the request header `x-kascade-task` is one of these."""
     header: HeaderMatch | None = None
+    has_tools: bool | None = None
+    """True matches requests that offer tools, false requests that offer none."""
+    response_formats: list[Literal["text", "json_object", "json_schema"]] | None = None
+    """Matches when `response_format.type` is one of these (absent counts as text)."""
 
 
 class Rule(_Model):
@@ -211,7 +217,7 @@ class Rule(_Model):
 
 
 class CustomPattern(_Model):
-    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    name: str = Field(pattern=limits.DNS1123_LABEL, max_length=limits.DNS1123_LABEL_MAX)
     regex: str
 
 
@@ -244,6 +250,10 @@ class FallbackConfig(_Model):
 
 class AuditConfig(_Model):
     enabled: bool = True
+    include_prompts: bool = False
+    """Audit lines also carry the messages' text and the answer's tool-call arguments,
+    redacted by the policy's privacy detectors (the RoutingPolicy's
+    `audit.includePrompts`)."""
 
 
 class PolicyConfig(_Model):

@@ -11,9 +11,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from kascade.gateway import cache as cache_mod
 from kascade.gateway import config as config_mod
-from kascade.gateway import escalation, privacy
+from kascade.gateway.cache import memory as cache_mod
+from kascade.gateway.experts import escalation
+from kascade.gateway.privacy import redaction as privacy
 
 
 @dataclass

@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     except (v1alpha1.ValidationFailed, objects.NamespaceConflict) as exc:
         print(f"invalid:\n{exc}", file=sys.stderr)
         return 1
+    findings = objects.compile_findings(loaded)
+    if findings.errors:
+        print(objects.LEFT_OUT + "\n" + "\n".join(findings.errors), file=sys.stderr)
+        return 1
     settings = resources.Settings(redis_url=args.redis_url)
     namespace = loaded.namespace
     docs = []

@@ -127,6 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     if not loaded.policies:
         print(f"kascade up: no RoutingPolicy in {args.filename}; nothing to serve", file=sys.stderr)
         return 1
+    findings = objects.compile_findings(loaded)
+    if findings.errors:
+        print(
+            f"kascade up: nothing was started. {objects.LEFT_OUT}\n" + "\n".join(findings.errors),
+            file=sys.stderr,
+        )
+        return 1
     serve_base = f"http://127.0.0.1:{args.serve_port}"
     args.state_dir.mkdir(parents=True, exist_ok=True)
     compiled = compile_gateway.gateway_config(

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from kascade.api import v1alpha1
-from kascade.compile import gateway as compile_gateway
 from kascade.local import objects
 
 
@@ -24,22 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     except (v1alpha1.ValidationFailed, objects.NamespaceConflict) as exc:
         print(f"invalid:\n{exc}", file=sys.stderr)
         return 1
-    missing = {
-        p.metadata.name: compile_gateway.missing_references(
-            p,
-            pools=[x.metadata.name for x in loaded.pools],
-            experts=[x.metadata.name for x in loaded.experts],
-        )
-        for p in loaded.policies
-    }
-    problems = [
-        f"RoutingPolicy/{name}: references {', '.join(refs)}, which are not in {args.filename}"
-        for name, refs in missing.items()
-        if refs
-    ]
-    if problems:
-        print("invalid:\n" + "\n".join(problems), file=sys.stderr)
+    findings = objects.compile_findings(loaded)
+    if findings.errors:
+        print(objects.LEFT_OUT + "\n" + "\n".join(findings.errors), file=sys.stderr)
         return 1
+    for line in findings.unresolved:
+        # The API server accepts a policy whose pool or expert does not exist yet (the
+        # operator reports ReferencesResolved=False until it does): a warning, not an error.
+        print(f"warning: {line}, which are not in {args.filename}", file=sys.stderr)
     print(
         f"valid: {len(loaded.pools)} LocalModelPool, {len(loaded.experts)} CloudExpert, "
         f"{len(loaded.policies)} RoutingPolicy in namespace {loaded.namespace!r}"

@@ -9,6 +9,7 @@ Public entry points (import the modules, not names):
 - ``kascade.serving.deployment``: the Ray Serve options derived from a config.
 - ``kascade.serving.sources.resolve_source``: model URIs to verified local files.
 
-This package never imports ``kascade.api`` nor Kubernetes clients; Ray, llama.cpp
+This package imports nothing of ``kascade.api`` but its bounds (``kascade.api.limits``,
+standard library only) and no Kubernetes clients; Ray, llama.cpp
 and vLLM are imported only by ``app`` and the runtime modules. See docs/serving.md.
 """

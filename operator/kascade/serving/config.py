@@ -2,8 +2,8 @@
 
 The compiler turns a LocalModelPool into this shape (camelCase JSON, the ``args`` of
 the pool's application in a RayService ``serveConfigV2``). It is self-contained on
-purpose: serving never imports ``kascade.api``, so a Ray worker image needs only the
-serving extra.
+purpose: serving imports nothing of ``kascade.api`` but the stdlib-only bounds in
+``kascade.api.limits``, so a Ray worker image needs only the serving extra.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Any
 
 import pydantic
 from pydantic import alias_generators
+
+from kascade.api import limits
 
 __all__ = [
     "Capacity",
@@ -60,10 +62,12 @@ class ModelSpec(_Model):
     """Where the weights come from: ``builtin://smollm2-135m-instruct``, ``file:///path``,
     ``https://host/model.gguf``, or ``hf://org/repo/file.gguf``."""
 
-    sha256: str | None = pydantic.Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    sha256: str | None = pydantic.Field(default=None, pattern=limits.SHA256)
     """Expected SHA-256 of the weights file (64 lowercase hex digits); checked before use."""
 
-    context_length: int = pydantic.Field(default=2048, ge=64, le=1_048_576)
+    context_length: int = pydantic.Field(
+        default=2048, ge=limits.CONTEXT_LENGTH_MIN, le=limits.CONTEXT_LENGTH_MAX
+    )
     """Context window in tokens (prompt plus completion)."""
 
     chat_template: str | None = None
@@ -110,20 +114,24 @@ class Resources(_Model):
 class Capacity(_Model):
     """Per-replica admission limits: beyond them a request gets 429 at once."""
 
-    max_concurrent_per_replica: int = pydantic.Field(default=1, ge=1, le=256)
+    max_concurrent_per_replica: int = pydantic.Field(
+        default=1, ge=1, le=limits.MAX_CONCURRENT_PER_REPLICA
+    )
     """Requests generating at the same time in one replica."""
 
-    max_queued_per_replica: int = pydantic.Field(default=4, ge=0, le=4096)
+    max_queued_per_replica: int = pydantic.Field(default=4, ge=0, le=limits.MAX_QUEUED_PER_REPLICA)
     """Requests allowed to wait for a generation slot in one replica (a bounded queue)."""
 
-    max_queue_wait_millis: int = pydantic.Field(default=30_000, ge=0, le=600_000)
+    max_queue_wait_millis: int = pydantic.Field(
+        default=30_000, ge=0, le=limits.MAX_QUEUE_WAIT_MILLIS
+    )
     """Longest a queued request waits for a slot before it is answered 429."""
 
 
 class PoolServingConfig(_Model):
     """Everything one pool's Ray Serve application needs."""
 
-    name: str = pydantic.Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    name: str = pydantic.Field(pattern=limits.DNS1123_LABEL, max_length=limits.DNS1123_LABEL_MAX)
     """Pool name (a DNS label); the served model id and the deployment name derive from it."""
 
     model: ModelSpec

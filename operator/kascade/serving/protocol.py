@@ -91,6 +91,22 @@ class _StreamOptions(_Lenient):
     include_usage: bool = False
 
 
+class _JsonSchemaFormat(_Lenient):
+    name: str
+    schema_: dict[str, Any] = pydantic.Field(default_factory=dict, alias="schema")
+
+
+class _ResponseFormat(_Lenient):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: _JsonSchemaFormat | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _schema_given(self) -> _ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format of type json_schema needs json_schema")
+        return self
+
+
 class ChatRequest(_Lenient):
     """The subset of the OpenAI chat-completions request that local models honour."""
 
@@ -105,6 +121,7 @@ class ChatRequest(_Lenient):
     stream: bool = False
     stream_options: _StreamOptions | None = None
     n: int = pydantic.Field(default=1, ge=1, le=1)
+    response_format: _ResponseFormat | None = None
 
     @pydantic.field_validator("temperature", "top_p", mode="before")
     @classmethod
@@ -128,6 +145,16 @@ class ChatRequest(_Lenient):
         if self.stop is None:
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    @property
+    def json_schema(self) -> str | None:
+        """The JSON Schema (as JSON text) the answer must follow; None when free text."""
+        fmt = self.response_format
+        if fmt is None or fmt.type == "text":
+            return None
+        if fmt.type == "json_object" or fmt.json_schema is None:
+            return json.dumps({"type": "object"})
+        return json.dumps(fmt.json_schema.schema_ or {"type": "object"})
 
     @property
     def requested_max_tokens(self) -> int | None:
@@ -168,7 +195,14 @@ def _param_path(loc: tuple[int | str, ...]) -> str | None:
     # clients want the JSON path only, so keep indexes and our field names.
     fields = {
         name
-        for model in (ChatRequest, ChatMessage, _TextPart, _StreamOptions)
+        for model in (
+            ChatRequest,
+            ChatMessage,
+            _TextPart,
+            _StreamOptions,
+            _ResponseFormat,
+            _JsonSchemaFormat,
+        )
         for name in model.model_fields
     }
     kept: list[str] = []

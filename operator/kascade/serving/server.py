@@ -81,6 +81,11 @@ class ChatServer:
         """The config this server was built from."""
         return self._pool
 
+    @property
+    def generating(self) -> int:
+        """Generations running now (what admission counts as in flight)."""
+        return self._admission.in_flight
+
     def check_health(self) -> None:
         """Raises when the replica cannot serve (Ray Serve then restarts it)."""
         if self._closed:
@@ -176,6 +181,7 @@ class ChatServer:
             temperature=request.temperature,
             top_p=request.top_p,
             seed=request.seed,
+            json_schema=request.json_schema,
         )
         return prompt, params
 

@@ -14,6 +14,8 @@ from typing import IO, Any
 
 from aiohttp import web
 
+from kascade.simexpert import replies
+
 _CONFIDENCE_MARK = re.compile(r"\[\[confidence=([0-9.]+)\]\]")
 
 
@@ -100,6 +102,7 @@ async def _handle(http: web.Request, *, dialect: str) -> web.StreamResponse:
             or http.headers.get("x-api-key")
         ),
         "body": body if s.record_body else None,
+        "raw": raw.decode("utf-8", "replace") if s.record_body else None,
     }
     if s.latency_ms > 0:
         await asyncio.sleep(s.latency_ms / 1000)
@@ -141,6 +144,9 @@ async def _answer(
     users = [_text(m.get("content")) for m in messages if m.get("role") == "user"]
     last = users[-1] if users else ""
     text = s.answer if s.answer is not None else f"[{s.name}] {last}"
+    plan = replies.plan(body, dialect=dialect, name=s.name, last=last)
+    if plan.text is not None and s.answer is None:
+        text = plan.text
     prompt_chars = sum(len(_text(m.get("content"))) for m in messages)
     prompt_chars += len(str(body.get("system", "")))
     pt = s.prompt_tokens if s.prompt_tokens is not None else max(1, prompt_chars // 4)
@@ -155,6 +161,19 @@ async def _answer(
     model = str(body.get("model", s.name))
     rid = f"{s.name}-{sim.count}"
     stream = body.get("stream") is True
+    if plan.calls:
+        options = body.get("stream_options")
+        return await replies.respond(
+            http,
+            dialect=dialect,
+            calls=plan.calls,
+            rid=rid,
+            model=model,
+            usage=(pt, ct) if s.report_usage else None,
+            stream=stream,
+            include_usage=isinstance(options, dict) and options.get("include_usage") is True,
+            confidence=confidence,
+        )
     if dialect == "anthropic":
         if stream:
             return await _anthropic_stream(http, s, rid, model, text, pt, ct)

@@ -21,7 +21,8 @@ import pytest
 from aiohttp import web
 
 from kascade.gateway import config as config_mod
-from kascade.gateway import pipeline, server
+from kascade.gateway.endpoints import server
+from kascade.gateway.route import pipeline
 from kascade.simexpert import server as sim_server
 
 REPO = Path(__file__).resolve().parents[3]

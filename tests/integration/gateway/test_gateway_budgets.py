@@ -132,7 +132,7 @@ def _start_gateway_process(tmp: Path, name: str, config: dict[str, Any]) -> tupl
     ctx = process(
         [
             "-m",
-            "kascade.gateway.server",
+            "kascade.gateway.endpoints.server",
             "--config",
             str(path),
             "--port",

@@ -13,7 +13,7 @@ from typing import Any
 from tests.integration.gateway.conftest import chat, expert_config, gateway_config, serve
 
 from kascade.gateway import config as config_mod
-from kascade.gateway import server
+from kascade.gateway.endpoints import server
 
 
 def _swap(link: Path, data: dict[str, Any] | str, version: str) -> None:

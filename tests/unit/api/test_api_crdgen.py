@@ -113,14 +113,19 @@ def test_schema_is_structural(plural: str) -> None:
             assert "properties" in node or "additionalProperties" in node, f"{plural}{path}"
 
 
-def test_only_affinity_preserves_unknown_fields() -> None:
+def test_no_field_preserves_unknown_fields() -> None:
+    # affinity too is typed (core/v1 Affinity): a misspelt field is an error, not dropped.
     preserved = [
         f"{plural}{path}"
         for plural, crd in CRDS.items()
         for path, node in _nodes(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
         if node.get("x-kubernetes-preserve-unknown-fields")
     ]
-    assert preserved == ["localmodelpools.spec.placement.affinity"]
+    assert preserved == []
+    affinity = CRDS["localmodelpools"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for part in ("spec", "placement", "affinity", "nodeAffinity"):
+        affinity = affinity["properties"][part]
+    assert "requiredDuringSchedulingIgnoredDuringExecution" in affinity["properties"]
 
 
 def test_runtime_is_immutable_in_the_schema() -> None:
@@ -143,12 +148,39 @@ def test_every_model_rule_is_in_the_crd() -> None:
         for rule in node.get(common.CEL_RULES_KEY, [])
     }
     declared = {
-        (rule.rule, rule.message)
+        # A rule about metadata.name alone is placed on the name itself.
+        (rule.rule.replace("self.metadata.name", "self"), rule.message)
         for model in _models()
         for rule in model.__dict__.get("__kascade_rules__", ())
     }
     assert declared
     assert declared <= emitted
+
+
+def test_every_rule_has_a_message_and_object_rules_name_their_field() -> None:
+    unnamed = []
+    for plural, crd in CRDS.items():
+        for path, node in _nodes(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]):
+            for rule in node.get(common.CEL_RULES_KEY, []):
+                assert rule.get("message") or rule.get("messageExpression"), (path, rule)
+                if node.get("type") == "object" and "fieldPath" not in rule:
+                    unnamed.append(f"{plural}{path}: {rule['message']}")
+    # The one object rule without a field is about the object itself (an empty `when`),
+    # and the API server names that object.
+    assert unnamed == [
+        "routingpolicies.spec.rules[].when: rules[].when needs at least one of "
+        "minPromptTokens, maxPromptTokens, taskLabels, header, hasTools or responseFormats"
+    ]
+
+
+def test_hinted_patterns_become_rules_that_say_what_is_accepted() -> None:
+    schema = CRDS["localmodelpools"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    memory = schema["properties"]["spec"]["properties"]["resources"]["properties"]["memory"]
+    assert "pattern" not in memory
+    [rule] = memory[common.CEL_RULES_KEY]
+    assert rule["message"].startswith("must be a positive quantity such as 2, 500m")
+    name = schema["properties"]["metadata"]["properties"]["name"]
+    assert name[common.CEL_RULES_KEY][0]["rule"].startswith("self.size() <= 40")
 
 
 def test_descriptions_come_from_attribute_docstrings() -> None:

@@ -41,6 +41,33 @@ spec:
   model: {runtime: llama-cpp, source: "builtin://smollm2-135m-instruct"}
   resources: {cpu: "1", memory: 1Gi}
   costPerReplicaHour: 0.01
+  replicas: {min: 1, max: 2}
+  placement:
+    affinity:
+      nodeAffinity:
+        requiredDuringSchedulingIgnoredDuringExecution:
+          nodeSelectorTerms:
+            - matchExpressions: [{key: a, operator: In, values: [b]}]
+              matchFields: [{key: metadata.name, operator: In, values: ["node-1"]}]
+        preferredDuringSchedulingIgnoredDuringExecution:
+          - weight: 1
+            preference: {matchExpressions: [{key: a, operator: Exists}]}
+      podAffinity:
+        requiredDuringSchedulingIgnoredDuringExecution: &term
+          - topologyKey: kubernetes.io/hostname
+            labelSelector:
+              matchLabels: {app: x}
+              matchExpressions: [{key: app, operator: In, values: [x]}]
+            namespaceSelector: {matchLabels: {team: a}}
+            namespaces: [other]
+            matchLabelKeys: [pod-template-hash]
+            mismatchLabelKeys: [tenant]
+        preferredDuringSchedulingIgnoredDuringExecution: &weighted
+          - weight: 10
+            podAffinityTerm: {topologyKey: kubernetes.io/hostname}
+      podAntiAffinity:
+        requiredDuringSchedulingIgnoredDuringExecution: *term
+        preferredDuringSchedulingIgnoredDuringExecution: *weighted
   autoscaling: {enabled: true, metricsSource: prometheus, prometheusUrl: "http://prom:9090"}
 ---
 apiVersion: kascade.io/v1alpha1
@@ -80,7 +107,6 @@ NOT_YET_READ: dict[tuple[str, str], str] = {
     ("CircuitBreaker", "window_seconds"): "issue 12: windowed breaker",
     ("CloudExpertSpec", "capabilities"): "issue 12: skip experts lacking a capability",
     ("Timeouts", "first_token_seconds"): "reported on issue 15: no first-token timeout yet",
-    ("AuditSpec", "include_prompts"): "reported on issue 15: audit lines never hold prompts",
     ("Tier", "max_prompt_tokens"): "reported on issue 15: tiers are not chosen by length",
 }
 

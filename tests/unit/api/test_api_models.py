@@ -107,7 +107,7 @@ def test_messages_name_what_is_accepted() -> None:
         unknown
     )
     assert "greater than 0" in message("expert-input-price-zero")
-    assert "'500m'" in message("pool-cpu-not-quantity")
+    assert "such as 2, 500m, 1.5 or 4Gi" in message("pool-cpu-not-quantity")
     assert "must be builtin://NAME, file:///ABSOLUTE/PATH, https://HOST/PATH or hf://" in (
         message("pool-source-ftp")
     )
@@ -271,7 +271,17 @@ def test_objects_read_back_from_the_server_validate() -> None:
 
 def test_public_names_are_exactly_all() -> None:
     public = {n for n in dir(v1alpha1) if not n.startswith("_")}
-    modules = {"cloudexpert", "common", "localmodelpool", "manifests", "problems", "routingpolicy"}
+    modules = {
+        "affinity",
+        "cloudexpert",
+        "common",
+        "localmodelpool",
+        "manifests",
+        "problems",
+        "regex",
+        "routingpolicy",
+        "timezones",
+    }
     assert public - modules == set(v1alpha1.__all__)
 
 

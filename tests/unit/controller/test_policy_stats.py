@@ -4,7 +4,7 @@ at most once per interval, and never rewritten while the figures stand still."""
 from __future__ import annotations
 
 from kascade.controller import spend
-from kascade.gateway import policy_stats
+from kascade.gateway.observe import policy_stats
 
 
 class Clock:

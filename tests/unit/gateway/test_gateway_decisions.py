@@ -9,7 +9,10 @@ import time
 
 import pytest
 
-from kascade.gateway import breaker, confidence, config, errors, request, rules
+from kascade.gateway import config
+from kascade.gateway.endpoints import errors
+from kascade.gateway.experts import breaker
+from kascade.gateway.route import confidence, request, rules
 
 
 def test_confidence_from_body_header_or_logprobs() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kascade.gateway import server
+from kascade.gateway.endpoints import server
 
 
 def test_main_rejects_an_invalid_config(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

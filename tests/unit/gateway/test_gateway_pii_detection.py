@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from kascade.gateway import config, privacy
+from kascade.gateway import config
+from kascade.gateway.privacy import redaction as privacy
 
 ALL = config.PrivacyConfig(detectors=["email", "phone", "credit-card", "iban", "ip-address"])
 

@@ -7,7 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from kascade.gateway import config, escalation, ledger, providers
+from kascade.gateway import config, ledger
+from kascade.gateway.experts import escalation, providers
 
 
 def _expert(**kw: object) -> config.ExpertConfig:
@@ -101,7 +102,9 @@ def test_anthropic_stream_translation() -> None:
         b'data: {"type":"message_stop"}\n',
     ]
     out = [o for o in (t.feed(line) for line in lines) if o is not None]
-    assert out[-1] == b"data: [DONE]\n\n"
+    usage, done = out[-1].split(b"\n\n", 1)  # usage, as OpenAI streams end, then [DONE]
+    assert done == b"data: [DONE]\n\n"
+    assert json.loads(usage[6:])["usage"]["total_tokens"] == 13
     chunks = [json.loads(o[6:]) for o in out[:-1]]
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "Hello"
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"

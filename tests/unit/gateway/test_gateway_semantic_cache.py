@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kascade.gateway import cache, config
+from kascade.gateway import config
+from kascade.gateway.cache import memory as cache
 
 THRESHOLD = 0.8
 
@@ -116,3 +117,38 @@ def test_exact_key_normalises_whitespace_and_includes_parameters() -> None:
     assert cache.exact_key(policy="p", body=body) == cache.exact_key(policy="p", body=same)
     assert cache.exact_key(policy="p", body=body) != cache.exact_key(policy="p", body=other)
     assert cache.exact_key(policy="p", body=body) != cache.exact_key(policy="q", body=body)
+
+
+def test_exact_key_tells_apart_tools_tool_turns_and_images() -> None:
+    user = {"role": "user", "content": "what is this?"}
+    base = {"model": "m", "messages": [user]}
+    tool = {"type": "function", "function": {"name": "f"}}
+    keys = [
+        cache.exact_key(policy="p", body=base),
+        cache.exact_key(policy="p", body={**base, "tools": [tool]}),
+        cache.exact_key(policy="p", body={**base, "tools": [tool], "tool_choice": "required"}),
+    ]
+    for url in ("https://x/a.png", "https://x/b.png"):
+        image = {"type": "image_url", "image_url": {"url": url}}
+        parts = {"role": "user", "content": [{"type": "text", "text": "what is this?"}, image]}
+        keys.append(cache.exact_key(policy="p", body={**base, "messages": [parts]}))
+    for call_id in ("call_1", "call_2"):
+        turn = [
+            user,
+            {"role": "assistant", "content": None, "tool_calls": [{"id": call_id}]},
+            {"role": "tool", "tool_call_id": call_id, "content": "ok"},
+        ]
+        keys.append(cache.exact_key(policy="p", body={**base, "messages": turn}))
+    assert len(set(keys)) == len(keys)
+
+
+def test_semantic_context_holds_the_last_message_images() -> None:
+    def context(url: str) -> object:
+        image = {"type": "image_url", "image_url": {"url": url}}
+        message = {"role": "user", "content": [{"type": "text", "text": "what is it?"}, image]}
+        ctx, text = cache.semantic_parts(policy="p", body={"messages": [message]})
+        assert text == "what is it?"
+        return ctx
+
+    assert context("https://x/a.png") != context("https://x/b.png")
+    assert context("https://x/a.png") == context("https://x/a.png")

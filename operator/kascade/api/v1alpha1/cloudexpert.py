@@ -8,23 +8,30 @@ from typing import Annotated, ClassVar, Literal
 
 import pydantic
 
-from kascade.api.v1alpha1 import common
+from kascade.api import limits
+from kascade.api.v1alpha1 import common, timezones
 
 KIND = "CloudExpert"
 PLURAL = "cloudexperts"
 
-ENDPOINT = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
+ENDPOINT = limits.ENDPOINT
 # Plain http is only acceptable where traffic never leaves the node or the cluster:
 # loopback, or a Service's cluster DNS name (<svc>.<ns>.svc[.cluster.local]).
 INSECURE_ENDPOINT = (
     r"^http://(localhost|127\.0\.0\.1|([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)+svc(\.cluster\.local)?)"
     r"(:[0-9]{1,5})?(/[^\s?#]*)?$"
 )
+# user:password@ in the authority: credentials that would bypass the Secret and land in
+# the gateway's ConfigMap.
+USERINFO = r"^[a-zA-Z][-+.a-zA-Z0-9]*://[^/?#]*@"
 # Providers with a well-known public endpoint; the others need spec.endpoint.
 DEFAULT_ENDPOINTS = {
     "openai": "https://api.openai.com/v1",
     "anthropic": "https://api.anthropic.com",
 }
+
+
+_TIME_ZONES = frozenset(timezones.TIME_ZONES)
 
 
 class ExpertConditionType(enum.StrEnum):
@@ -56,10 +63,11 @@ class AzureSettings(common.KascadeModel):
     api_version: Annotated[
         str,
         pydantic.Field(
+            max_length=32,
             pattern=common.hinted(
                 r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?$",
                 "a date like 2024-10-21, optionally with -preview",
-            )
+            ),
         ),
     ] = pydantic.Field(default="2024-10-21", alias="apiVersion")
     """The api-version query parameter, e.g. '2024-10-21'. spec.model is the deployment
@@ -89,16 +97,9 @@ class Budget(common.KascadeModel):
     """Accounting window: 'rolling-24h' (the last 24 hours), 'calendar-day' or
     'calendar-month' (reset at midnight / the 1st in timeZone)."""
 
-    time_zone: Annotated[
-        str,
-        pydantic.Field(
-            max_length=64,
-            pattern=common.hinted(
-                r"^(UTC|[A-Za-z_]+(/[A-Za-z0-9_+-]+){1,2})$",
-                "UTC or an IANA time zone such as Europe/Berlin",
-            ),
-        ),
-    ] = pydantic.Field(default="UTC", alias="timeZone")
+    time_zone: Annotated[str, pydantic.Field(min_length=1, max_length=64)] = pydantic.Field(
+        default="UTC", alias="timeZone"
+    )
     """IANA time zone in which calendar windows start, e.g. 'UTC' or 'Europe/Berlin'."""
 
     on_exhausted: Literal["fallback-local", "reject"] = pydantic.Field(
@@ -106,6 +107,16 @@ class Budget(common.KascadeModel):
     )
     """When the budget is spent: 'fallback-local' answers with the local model (marked
     degraded), 'reject' fails the request with 429."""
+
+    __kascade_rules__: ClassVar[tuple[common.CelRule, ...]] = (
+        common.CelRule(
+            rule=f"self.timeZone in {list(timezones.TIME_ZONES)}",
+            message="budget.timeZone must be an IANA time zone name such as UTC, "
+            "Europe/Berlin or America/New_York (case-sensitive)",
+            field_path=".timeZone",
+            check=lambda b: b.time_zone in _TIME_ZONES,
+        ),
+    )
 
 
 class RateLimits(common.KascadeModel):
@@ -173,7 +184,7 @@ def _all_retry_conditions() -> list[RetryCondition]:
 class Retries(common.KascadeModel):
     """Bounded retries of a failed call, with exponential backoff and jitter."""
 
-    max_retries: Annotated[int, pydantic.Field(ge=0, le=10)] = pydantic.Field(
+    max_retries: Annotated[int, pydantic.Field(ge=0, le=limits.MAX_RETRIES)] = pydantic.Field(
         default=2, alias="maxRetries"
     )
     """Retries after the first attempt; 0 disables retries."""
@@ -259,7 +270,7 @@ class CloudExpertSpec(common.KascadeModel):
         Annotated[
             str,
             pydantic.Field(
-                max_length=2048,
+                max_length=limits.ENDPOINT_MAX,
                 pattern=common.hinted(
                     ENDPOINT, "an http:// or https:// URL without query or fragment"
                 ),
@@ -331,6 +342,13 @@ class CloudExpertSpec(common.KascadeModel):
     """True stops all escalations to this expert without deleting it."""
 
     __kascade_rules__: ClassVar[tuple[common.CelRule, ...]] = (
+        common.CelRule(
+            rule=f"!has(self.endpoint) || !self.endpoint.matches('{USERINFO}')",
+            message="endpoint must not carry credentials (user:password@host): put the API "
+            "key in a Secret and reference it in credentials.secretRef",
+            field_path=".endpoint",
+            check=lambda s: s.endpoint is None or re.match(USERINFO, s.endpoint) is None,
+        ),
         common.CelRule(
             rule="self.provider in ['openai', 'anthropic'] || has(self.endpoint)",
             message="endpoint is required when provider is 'azure-openai' or 'openai-compatible'",
@@ -458,6 +476,7 @@ class CloudExpert(common.KascadeModel):
         common.CelRule(
             rule="self.metadata.name.size() <= 63",
             message="metadata.name of a CloudExpert must be at most 63 characters",
+            field_path=".metadata.name",
             check=lambda e: len(e.metadata.name) <= 63,
         ),
     )

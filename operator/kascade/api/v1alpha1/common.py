@@ -20,14 +20,16 @@ import pydantic
 import pydantic_core
 from pydantic import json_schema as pydantic_json_schema
 
+from kascade.api import limits
+
 API_GROUP = "kascade.io"
 API_VERSION = "v1alpha1"
 GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
 
 # Kubernetes name formats. Kept as plain strings: they go into the CRD as `pattern`s
 # (Go RE2) and are used with re.fullmatch here, so they must stay in the common subset.
-DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+DNS1123_LABEL = limits.DNS1123_LABEL
+DNS1123_SUBDOMAIN = limits.DNS1123_SUBDOMAIN
 SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
 # A positive quantity without sign or exponent: "500m", "2", "1.5", "4Gi". The mantissa
 # must contain a non-zero digit, so "0" and "0Gi" are rejected by the pattern alone.
@@ -43,6 +45,8 @@ PATTERN_HINTS: dict[str, str] = {
     DNS1123_SUBDOMAIN: "lowercase letters, digits, '-' and '.', starting and ending with a "
     "letter or digit (RFC 1123 subdomain)",
     SECRET_KEY: "letters, digits, '-', '_' and '.'",
+    POSITIVE_QUANTITY: "a positive quantity such as 2, 500m, 1.5 or 4Gi (suffixes m, k, M, G, "
+    "T, P, E, Ki, Mi, Gi, Ti, Pi, Ei)",
 }
 """What a pattern accepts, in words, for messages from the Python side."""
 
@@ -171,17 +175,15 @@ def _duplicate(items: Any, *, keys: Any, wire_name: str) -> tuple[str, str] | No
 def _parse_quantity(value: object) -> int | str:
     # One plain validator instead of an int|str union, so a bad value yields one error
     # at the field's own path rather than one per union branch.
-    accepted = "must be a positive quantity such as 2, '500m' or '4Gi'"
+    accepted = f"must be {PATTERN_HINTS[POSITIVE_QUANTITY]}"
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError(f"{accepted} (an integer or a string)")
+        raise ValueError(f"{accepted}: an integer or a string")
     if isinstance(value, int):
         if value < 1:
             raise ValueError(accepted)
         return value
-    if not re.fullmatch(POSITIVE_QUANTITY, value):
-        raise ValueError(
-            f"{accepted}; accepted suffixes: m, k, M, G, T, P, E, Ki, Mi, Gi, Ti, Pi, Ei"
-        )
+    if len(value) > 64 or not re.fullmatch(POSITIVE_QUANTITY, value):
+        raise ValueError(accepted)
     return value
 
 
@@ -193,16 +195,24 @@ Quantity = Annotated[
             "anyOf": [{"type": "integer"}, {"type": "string"}],
             "x-kubernetes-int-or-string": True,
             "minimum": 1,
+            "maxLength": 64,
             "pattern": POSITIVE_QUANTITY,
         }
     ),
 ]
 """A Kubernetes resource quantity (integer, or string such as ``500m`` or ``4Gi``)."""
 
-DnsLabel = Annotated[str, pydantic.Field(min_length=1, max_length=63, pattern=DNS1123_LABEL)]
+DnsLabel = Annotated[
+    str, pydantic.Field(min_length=1, max_length=limits.DNS1123_LABEL_MAX, pattern=DNS1123_LABEL)
+]
 """An RFC 1123 label: lowercase letters, digits and '-', at most 63 characters."""
 
-ObjectName = Annotated[str, pydantic.Field(min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN)]
+ObjectName = Annotated[
+    str,
+    pydantic.Field(
+        min_length=1, max_length=limits.DNS1123_SUBDOMAIN_MAX, pattern=DNS1123_SUBDOMAIN
+    ),
+]
 """The name of another object in the same namespace (RFC 1123 subdomain)."""
 
 Timestamp = Annotated[datetime.datetime, pydantic.Field(strict=False)]
@@ -211,8 +221,8 @@ Timestamp = Annotated[datetime.datetime, pydantic.Field(strict=False)]
 Fraction = Annotated[float, pydantic.Field(ge=0.0, le=1.0)]
 """A number in [0, 1]."""
 
-UsdAmount = Annotated[float, pydantic.Field(gt=0.0, le=1_000_000_000.0)]
-"""A positive amount of US dollars."""
+UsdAmount = Annotated[float, pydantic.Field(gt=0.0, le=limits.USD_MAX)]
+"""A positive amount of US dollars, at most 9,000,000 (the ledger's exact range)."""
 
 
 class SecretKeyRef(KascadeModel):

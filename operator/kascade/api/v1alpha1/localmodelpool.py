@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import pydantic
 
+from kascade.api import limits
+from kascade.api.v1alpha1 import affinity as affinity_mod
 from kascade.api.v1alpha1 import common
 
 KIND = "LocalModelPool"
@@ -21,9 +23,8 @@ MODEL_SOURCE = (
     r"|https://[^\s/?#]+(/[^\s]*)?"
     r"|hf://[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*/[^\s]+)$"
 )
-# KubeRay appends suffixes of up to 23 characters to the RayService name for the
-# RayCluster, its pods and services; 40 keeps every derived name within 63.
-MAX_POOL_NAME = 40
+MAX_POOL_NAME = limits.POOL_NAME_MAX
+BUILTIN_SOURCES = tuple(f"builtin://{name}" for name in limits.BUILTIN_MODEL_NAMES)
 
 
 class PoolConditionType(enum.StrEnum):
@@ -66,7 +67,8 @@ class ModelSpec(common.KascadeModel):
         Annotated[
             str,
             pydantic.Field(
-                pattern=common.hinted(r"^[a-f0-9]{64}$", "64 lowercase hexadecimal digits")
+                max_length=64,
+                pattern=common.hinted(limits.SHA256, "64 lowercase hexadecimal digits"),
             ),
         ]
         | None
@@ -74,9 +76,9 @@ class ModelSpec(common.KascadeModel):
     """Expected SHA-256 of the model file (64 lowercase hex digits). A replica whose
     download does not match refuses to start. Recommended for https:// sources."""
 
-    context_length: Annotated[int, pydantic.Field(ge=128, le=1048576)] = pydantic.Field(
-        default=2048, alias="contextLength"
-    )
+    context_length: Annotated[
+        int, pydantic.Field(ge=limits.CONTEXT_LENGTH_MIN, le=limits.CONTEXT_LENGTH_MAX)
+    ] = pydantic.Field(default=2048, alias="contextLength")
     """Context window in tokens (prompt plus completion) each replica allocates."""
 
     chat_template: Annotated[str, pydantic.Field(min_length=1, max_length=65536)] | None = (
@@ -85,6 +87,14 @@ class ModelSpec(common.KascadeModel):
     """Jinja chat template overriding the one embedded in the model file."""
 
     __kascade_rules__: ClassVar[tuple[common.CelRule, ...]] = (
+        common.CelRule(
+            rule=f"!self.source.startsWith('builtin://') || self.source in {list(BUILTIN_SOURCES)}",
+            message="model.source names no builtin model; accepted: "
+            + ", ".join(BUILTIN_SOURCES)
+            + " (or a file://, https:// or hf:// source)",
+            field_path=".source",
+            check=lambda m: not m.source.startswith("builtin://") or m.source in BUILTIN_SOURCES,
+        ),
         common.CelRule(
             rule="!has(self.sha256) || !self.source.startsWith('builtin://')",
             message="model.sha256 applies to file://, https:// and hf:// sources only; "
@@ -180,23 +190,21 @@ class PlacementSpec(common.KascadeModel):
     )
     """Taints replicas tolerate, e.g. for dedicated GPU nodes."""
 
-    affinity: dict[str, Any] | None = pydantic.Field(
-        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
-    )
-    """A core/v1 Affinity (nodeAffinity, podAffinity, podAntiAffinity), passed to the
-    replica pods as written; validated when the pods are created."""
+    affinity: affinity_mod.Affinity | None = None
+    """A core/v1 Affinity (nodeAffinity, podAffinity, podAntiAffinity) for the replica
+    pods, checked against the Kubernetes schema when the pool is applied."""
 
 
 class CapacitySpec(common.KascadeModel):
     """How much work one replica accepts before the pool counts as saturated."""
 
-    max_concurrent_per_replica: Annotated[int, pydantic.Field(ge=1, le=1024)] = pydantic.Field(
-        default=4, alias="maxConcurrentPerReplica"
-    )
+    max_concurrent_per_replica: Annotated[
+        int, pydantic.Field(ge=1, le=limits.MAX_CONCURRENT_PER_REPLICA)
+    ] = pydantic.Field(default=4, alias="maxConcurrentPerReplica")
     """Requests a replica processes at once; more wait in its queue."""
 
-    max_queue_wait_millis: Annotated[int, pydantic.Field(ge=0, le=600000)] = pydantic.Field(
-        default=2000, alias="maxQueueWaitMillis"
+    max_queue_wait_millis: Annotated[int, pydantic.Field(ge=0, le=limits.MAX_QUEUE_WAIT_MILLIS)] = (
+        pydantic.Field(default=2000, alias="maxQueueWaitMillis")
     )
     """Longest a request may wait for a free slot before the replica answers 429 (the
     gateway then applies the policy's overflow action). 0 never queues."""
@@ -291,6 +299,13 @@ class LocalModelPoolSpec(common.KascadeModel):
             field_path=".resources.gpu",
             check=lambda s: s.model.runtime != "vllm" or s.resources.gpu >= 1,
         ),
+        common.CelRule(
+            rule="!self.autoscaling.enabled || self.replicas.min < self.replicas.max",
+            message="autoscaling.enabled needs replicas.min < replicas.max: with min == max "
+            "there is nothing to scale (widen the range or set autoscaling.enabled: false)",
+            field_path=".autoscaling.enabled",
+            check=lambda s: not s.autoscaling.enabled or s.replicas.min < s.replicas.max,
+        ),
     )
 
 
@@ -371,13 +386,14 @@ class LocalModelPool(common.KascadeModel):
     __kascade_rules__: ClassVar[tuple[common.CelRule, ...]] = (
         common.CelRule(
             rule=f"self.metadata.name.size() <= {MAX_POOL_NAME} && "
-            "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+            f"self.metadata.name.matches('{limits.POOL_NAME}')",
             message=f"metadata.name of a LocalModelPool must be at most {MAX_POOL_NAME} "
             "characters of lowercase letters, digits and '-', starting with a letter",
+            field_path=".metadata.name",
             check=lambda p: len(p.metadata.name) <= MAX_POOL_NAME and _is_dns1035(p.metadata.name),
         ),
     )
 
 
 def _is_dns1035(name: str) -> bool:
-    return re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) is not None
+    return re.fullmatch(limits.POOL_NAME, name) is not None

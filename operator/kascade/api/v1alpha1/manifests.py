@@ -8,6 +8,7 @@ returns every document so callers can pick those out themselves.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,88 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+class _KubectlLoader(_StrictLoader):
+    """Reads plain scalars the way kubectl does (go-yaml v2 via sigs.k8s.io/yaml), not as
+    YAML 1.1: ``1e3`` is a number, ``2024-10-21`` a string, ``190:20:30`` a string.
+
+    PyYAML's YAML 1.1 resolvers would make ``limitUSD: 1e3`` a string and an unquoted
+    Azure ``apiVersion: 2024-10-21`` a date, and embedded mode would reject objects the
+    API server accepts.
+    """
+
+
+def _kubectl_resolvers() -> None:
+    replaced = {"tag:yaml.org,2002:" + t for t in ("bool", "int", "float", "timestamp")}
+    # A class of its own: add_implicit_resolver would otherwise extend SafeLoader's table.
+    _KubectlLoader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag not in replaced]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    rules = {
+        "bool": (
+            r"^(?:y|Y|yes|Yes|YES|n|N|no|No|NO|true|True|TRUE|false|False|FALSE"
+            r"|on|On|ON|off|Off|OFF)$",
+            "yYnNtTfFoO",
+        ),
+        "int": (r"^[-+]?(?:0b[01_]+|0x[0-9a-fA-F_]+|0o?[0-7_]+|[0-9][0-9_]*)$", "-+0123456789"),
+        "float": (
+            r"^(?:[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?"
+            r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+            "-+.0123456789",
+        ),
+    }
+    for tag, (pattern, first) in rules.items():
+        _KubectlLoader.add_implicit_resolver(
+            f"tag:yaml.org,2002:{tag}", re.compile(pattern), list(first)
+        )
+
+
+_kubectl_resolvers()
+_KubectlLoader.add_constructor("tag:yaml.org,2002:bool", lambda loader, node: _go_bool(node))
+_KubectlLoader.add_constructor("tag:yaml.org,2002:int", lambda loader, node: _go_int(node))
+_KubectlLoader.add_constructor("tag:yaml.org,2002:float", lambda loader, node: _go_float(node))
+
+
+def _go_bool(node: yaml.Node) -> bool:
+    return str(node.value) in (
+        "y",
+        "Y",
+        "yes",
+        "Yes",
+        "YES",
+        "true",
+        "True",
+        "TRUE",
+        "on",
+        "On",
+        "ON",
+    )
+
+
+def _go_int(node: yaml.Node) -> int:
+    text = str(node.value).replace("_", "")
+    sign = -1 if text.startswith("-") else 1
+    digits = text.lstrip("+-")
+    if digits.startswith("0b"):
+        return sign * int(digits[2:], 2)
+    if digits.startswith("0x"):
+        return sign * int(digits[2:], 16)
+    if digits.startswith("0o"):
+        return sign * int(digits[2:], 8)
+    if len(digits) > 1 and digits.startswith("0"):
+        return sign * int(digits, 8)
+    return sign * int(digits)
+
+
+def _go_float(node: yaml.Node) -> float:
+    text = str(node.value).replace("_", "").lower()
+    if text.endswith(".inf"):
+        return float("-inf") if text.startswith("-") else float("inf")
+    if text == ".nan":
+        return float("nan")
+    return float(text)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Manifest:
     """One YAML document and where it came from."""
@@ -90,7 +173,7 @@ def read_manifests(path: Path, *, recursive: bool = False) -> list[Manifest]:
     found: list[problems.Problem] = []
     for file in files:
         try:
-            docs = list(yaml.load_all(file.read_text(encoding="utf-8"), Loader=_StrictLoader))
+            docs = list(yaml.load_all(file.read_text(encoding="utf-8"), Loader=_KubectlLoader))
         except yaml.YAMLError as error:
             found.append(problems.parse_error(source=str(file), error=error))
             continue

@@ -90,7 +90,10 @@ def _reworded(
     if kind == "kascade_rule":
         # A rule failure carries the model's other failed rules (see KascadeModel).
         failures = [(ctx["message"], ctx["field_path"]), *ctx.get("more", ())]
-        return [(str(message), path + str(relative)) for message, relative in failures]
+        return [
+            (str(message), (path + str(relative)) if path else str(relative).lstrip("."))
+            for message, relative in failures
+        ]
     if kind == "extra_forbidden":
         accepted = _accepted_fields(model, loc[:-1])
         return [

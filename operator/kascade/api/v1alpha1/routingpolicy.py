@@ -7,7 +7,9 @@ from typing import Annotated, ClassVar, Literal
 
 import pydantic
 
+from kascade.api import limits
 from kascade.api.v1alpha1 import common
+from kascade.api.v1alpha1 import regex as regex_mod
 
 KIND = "RoutingPolicy"
 PLURAL = "routingpolicies"
@@ -16,9 +18,9 @@ PoolName = Annotated[
     str,
     pydantic.Field(
         min_length=1,
-        max_length=40,
+        max_length=limits.POOL_NAME_MAX,
         pattern=common.hinted(
-            r"^[a-z]([-a-z0-9]*[a-z0-9])?$",
+            limits.POOL_NAME,
             "a LocalModelPool name: lowercase letters, digits and '-', starting with a letter",
         ),
     ),
@@ -53,6 +55,10 @@ class PolicyConditionType(enum.StrEnum):
     """The gateway serves this policy."""
     REFERENCES_RESOLVED = "ReferencesResolved"
     """Every referenced pool and expert exists."""
+    DEGRADED = "Degraded"
+    """No listed expert can take escalations now (all suspended, invalid, without
+    credentials or out of budget): escalations degrade to the local answer (or fail,
+    with fallback.whenExpertsUnavailable: error)."""
 
 
 class Tier(common.KascadeModel):
@@ -164,17 +170,33 @@ class RuleMatch(common.KascadeModel):
     header: HeaderMatch | None = None
     """Matches a request header."""
 
+    has_tools: bool | None = pydantic.Field(default=None, alias="hasTools")
+    """true matches requests that offer tools (function calling); false matches
+    requests that offer none."""
+
+    response_formats: (
+        Annotated[list[Literal["text", "json_object", "json_schema"]], pydantic.Field(max_length=3)]
+        | None
+    ) = pydantic.Field(
+        default=None, alias="responseFormats", json_schema_extra={"x-kubernetes-list-type": "set"}
+    )
+    """Matches requests whose response_format.type is one of these ('text' also
+    matches requests without a response_format)."""
+
     __kascade_rules__: ClassVar[tuple[common.CelRule, ...]] = (
         common.CelRule(
             rule="has(self.minPromptTokens) || has(self.maxPromptTokens) || "
-            "has(self.taskLabels) || has(self.header)",
+            "has(self.taskLabels) || has(self.header) || has(self.hasTools) || "
+            "has(self.responseFormats)",
             message="rules[].when needs at least one of minPromptTokens, maxPromptTokens, "
-            "taskLabels or header",
+            "taskLabels, header, hasTools or responseFormats",
             check=lambda w: (
                 w.min_prompt_tokens is not None
                 or w.max_prompt_tokens is not None
                 or w.task_labels is not None
                 or w.header is not None
+                or w.has_tools is not None
+                or w.response_formats is not None
             ),
         ),
         common.CelRule(
@@ -239,8 +261,28 @@ class CustomPattern(common.KascadeModel):
     name: common.DnsLabel
     """Pattern name, used in redaction markers and audit lines."""
 
-    regex: Annotated[str, pydantic.Field(min_length=1, max_length=1024)]
-    """Python regular expression (re syntax); checked when the policy is compiled."""
+    regex: Annotated[
+        str,
+        pydantic.Field(
+            min_length=1,
+            max_length=1024,
+            json_schema_extra={
+                common.CEL_RULES_KEY: [
+                    {
+                        # Compiling the pattern is the check: CEL's matches() is RE2, and an
+                        # invalid pattern is an evaluation error, which rejects the object.
+                        "rule": "''.matches(self) || !''.matches(self)",
+                        "message": "must be a regular expression in RE2 syntax (no "
+                        "backreferences or lookaround)",
+                    }
+                ]
+            },
+        ),
+        pydantic.AfterValidator(regex_mod.check_re2),
+    ]
+    """Regular expression in RE2 syntax (Go's regexp; Python's re without backreferences
+    or lookaround), matched in time linear in the prompt. Checked when the policy is
+    applied."""
 
 
 def _all_detectors() -> list[PiiDetector]:
@@ -323,7 +365,8 @@ class AuditSpec(common.KascadeModel):
     """Whether audit lines are written."""
 
     include_prompts: bool = pydantic.Field(default=False, alias="includePrompts")
-    """Whether audit lines contain the (redacted) prompt text."""
+    """Whether audit lines contain the prompt text and the answer's tool-call arguments,
+    redacted by the policy's privacy detectors whatever its privacy action."""
 
 
 class RoutingPolicySpec(common.KascadeModel):
@@ -389,6 +432,7 @@ class RoutingPolicySpec(common.KascadeModel):
         common.CelRule(
             rule="has(self.localPool) != has(self.tiers)",
             message="exactly one of localPool or tiers is required",
+            field_path=".localPool",
             check=lambda s: (s.local_pool is None) != (s.tiers is None),
         ),
         common.CelRule(
@@ -444,7 +488,7 @@ class RoutingPolicyStatus(common.KascadeModel):
     conditions: Annotated[list[common.Condition], pydantic.Field(max_length=16)] = pydantic.Field(
         default_factory=list, json_schema_extra=common.CONDITIONS_LIST
     )
-    """Ready and ReferencesResolved."""
+    """Ready, ReferencesResolved and Degraded."""
 
     observed_generation: int | None = pydantic.Field(default=None, alias="observedGeneration")
     """The metadata.generation this status describes."""

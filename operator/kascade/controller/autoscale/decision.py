@@ -16,7 +16,7 @@ Direction = Literal["up", "down", "hold"]
 
 OVERFLOW = "overflow"
 LOW_CONFIDENCE = "low_confidence"
-REASONS = ("low_confidence", "overflow", "rule", "local_error")
+REASONS = ("low_confidence", "overflow", "rule", "local_error", "invalid_format")
 """Escalation reasons of the gateway metrics contract."""
 
 

@@ -34,6 +34,9 @@ class SamplingParams:
     seed: int | None = None
     score: bool = True
     """Compute the per-token confidence scores (off only to measure their cost)."""
+    json_schema: str | None = None
+    """Constrain the output to JSON following this JSON Schema (JSON text), where the
+    runtime can; None generates free text."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

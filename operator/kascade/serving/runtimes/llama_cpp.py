@@ -135,24 +135,81 @@ class LlamaCppRuntime:
             )
         rng = np.random.default_rng(params.seed)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        grammar = None if params.json_schema is None else _Grammar(self, params.json_schema)
         self._llm.reset()
         self._llm.eval(list(prompt))
-        for _ in range(params.max_tokens):
-            if cancel.is_set():
-                return
-            logits = self._last_logits()
-            token = _pick(logits=logits, params=params, rng=rng)
-            score = confidence.score_logits(logits=logits, token=token) if params.score else None
-            if self._lib.llama_vocab_is_eog(self._vocab, token):
-                yield base.Step(token_id=token, text="", is_end=True, score=score)
-                return
-            text = decoder.decode(self._piece(token))
-            yield base.Step(token_id=token, text=text, is_end=False, score=score)
-            self._llm.eval([token])
+        try:
+            for _ in range(params.max_tokens):
+                if cancel.is_set():
+                    return
+                logits = self._last_logits()
+                allowed = logits if grammar is None else grammar.mask(logits)
+                token = _pick(logits=allowed, params=params, rng=rng)
+                # Scored on the raw logits: confidence describes the model, not the grammar.
+                score = (
+                    confidence.score_logits(logits=logits, token=token) if params.score else None
+                )
+                if grammar is not None:
+                    grammar.accept(token)
+                if self._lib.llama_vocab_is_eog(self._vocab, token):
+                    yield base.Step(token_id=token, text="", is_end=True, score=score)
+                    return
+                text = decoder.decode(self._piece(token))
+                yield base.Step(token_id=token, text=text, is_end=False, score=score)
+                self._llm.eval([token])
+        finally:
+            if grammar is not None:
+                grammar.close()
 
     def close(self) -> None:
         """Frees the llama.cpp model and context."""
         self._llm.close()
+
+
+class _Grammar:
+    """llama.cpp's grammar sampler over a GBNF grammar derived from a JSON Schema: it
+    masks, at each step, the tokens that cannot continue JSON that follows the schema."""
+
+    def __init__(self, runtime: LlamaCppRuntime, schema_json: str) -> None:
+        lib = runtime._lib
+        self._lib = lib
+        try:
+            grammar = lib.llama_grammar.LlamaGrammar.from_json_schema(schema_json, verbose=False)
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise ValueError(f"response_format schema cannot become a grammar: {exc}") from None
+        self._sampler = lib.llama_sampler_init_grammar(
+            runtime._vocab, grammar._grammar.encode(), grammar._root.encode()
+        )
+        if not self._sampler:
+            raise ValueError("response_format schema gave a grammar llama.cpp rejected")
+        n = runtime._n_vocab
+        self._data = (lib.llama_token_data * n)()
+        self._view = np.ctypeslib.as_array(self._data)
+        self._ids = np.arange(n, dtype=np.int32)
+        self._array = lib.llama_token_data_array(data=self._data, size=n, selected=-1, sorted=False)
+
+    def mask(self, logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """The logits with every token the grammar forbids at -inf."""
+        n = logits.shape[0]
+        self._view["id"] = self._ids
+        self._view["logit"] = logits
+        self._view["p"] = 0.0
+        self._array.size = n
+        self._array.selected = -1
+        self._array.sorted = False
+        self._lib.llama_sampler_apply(self._sampler, ctypes.byref(self._array))
+        size = int(self._array.size)
+        masked = np.full(n, -np.inf, dtype=np.float32)
+        masked[self._view["id"][:size]] = self._view["logit"][:size]
+        return masked
+
+    def accept(self, token: int) -> None:
+        self._lib.llama_sampler_accept(self._sampler, token)
+
+    def close(self) -> None:
+        if self._sampler:
+            self._lib.llama_sampler_free(self._sampler)
+            self._sampler = None
 
 
 def _pick(

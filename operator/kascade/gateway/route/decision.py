@@ -1,0 +1,63 @@
+"""What happened to one request: becomes response headers, metrics and the audit line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kascade.gateway import ledger, runtime
+from kascade.gateway.cache import memory as cache_mod
+from kascade.gateway.experts import escalation
+
+
+def usd_text(nanos: int) -> str:
+    """Nano-USD as a plain decimal string without trailing zeros ("0.002", "0")."""
+    return format(ledger.nanos_to_usd(nanos).normalize(), "f")
+
+
+@dataclass
+class Decision:
+    """What happened to one request; becomes headers, metrics and the audit line."""
+
+    request_id: str
+    policy: runtime.PolicyRuntime
+    route: str = "local"
+    reason: str = "confident"
+    confidence: float | None = None
+    threshold: float | None = None
+    rule: int | None = None
+    rule_name: str | None = None
+    cache: str = "off"
+    similarity: float | None = None
+    cost_nanos: int = 0
+    degraded: str | None = None
+    outcome: escalation.Outcome | None = None
+    pii: dict[str, int] = field(default_factory=dict)
+    local_error: str | None = None
+    exact_key: cache_mod.ExactKey | None = None
+    pool: str = ""
+    """The pool whose local pass this request used (or would have used)."""
+    privacy: str | None = None
+    """What was done about detected personal data, e.g. ``redacted:email,phone``."""
+    format_problem: str | None = None
+    """Why a local answer did not follow the requested response_format."""
+    tool_calls: tuple[str, ...] = ()
+    """Names of the functions the answer calls."""
+    tool_arguments: tuple[str, ...] = ()
+    """Their arguments (JSON text); audited only with `audit.includePrompts`."""
+
+    def headers(self) -> dict[str, str]:
+        h = {
+            "x-kascade-request-id": self.request_id,
+            "x-kascade-route": self.route,
+            "x-kascade-reason": self.reason,
+            "x-kascade-cost-usd": usd_text(self.cost_nanos),
+        }
+        if self.confidence is not None:
+            h["x-kascade-confidence"] = f"{self.confidence:.4f}"
+        if self.privacy is not None:
+            h["x-kascade-privacy"] = self.privacy
+        if self.degraded is not None:
+            # One line, ASCII only: the policy's message may hold any character.
+            text = " ".join(self.degraded.split())[:500]
+            h["x-kascade-degraded"] = text.encode("ascii", "replace").decode()
+        return h
