@@ -2,8 +2,10 @@
 at once on the local control plane (e2e/cluster/up), with the real operator process.
 
 Reports time until every object is Ready (pools: RayService rendered and Degraded=False,
-since no KubeRay runs here; experts: Ready; policies: Ready, i.e. their gateway is
-available), the API requests the operator's reconciles made, the operator's peak RSS,
+since no Ray runs here to serve them; experts: Ready; policies: Ready, i.e. their gateway
+is available). With ``--kuberay`` the real KubeRay operator runs too, creating a
+RayCluster with head and worker pods for every pool while the figures are taken. Also
+reports the API requests the operator's reconciles made, the operator's peak RSS,
 and writes per minute once idle (objects whose resourceVersion moved in a quiet minute).
 The last line is one JSON object.
 """
@@ -24,7 +26,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from e2e import operator_support as ops  # noqa: E402  (needs the repo root on sys.path)
+from e2e import dataplane  # noqa: E402  (needs the repo root on sys.path)
+from e2e import kuberay as kuberay_mod  # noqa: E402  (same)
+from e2e import operator_support as ops  # noqa: E402  (same)
 from tests.testkit import free_port  # noqa: E402  (same)
 
 
@@ -137,6 +141,19 @@ def operator_requests(port: int) -> float:
     )
 
 
+def _runner(kubeconfig: str) -> dataplane.KubectlRunner:
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["kubectl", "--kubeconfig", kubeconfig, *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=check,
+        )
+
+    return run
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -152,6 +169,11 @@ def main() -> int:
     parser.add_argument("--policies", type=int, default=300)
     parser.add_argument("--idle-seconds", type=int, default=60)
     parser.add_argument("--timeout", type=int, default=600)
+    parser.add_argument(
+        "--kuberay",
+        action="store_true",
+        help="also run the real KubeRay operator (RayClusters and their pods for every pool)",
+    )
     args = parser.parse_args()
     up = subprocess.run(
         [str(REPO / "e2e" / "cluster" / "up")], capture_output=True, text=True, check=True
@@ -178,6 +200,10 @@ def main() -> int:
     operator = ops.OperatorProcess(kubeconfig, resync_seconds=60)
     operator.start()
     assert operator.proc is not None
+    kuberay: kuberay_mod.KubeRayOperator | None = None
+    if args.kuberay:
+        kuberay = kuberay_mod.KubeRayOperator(kubeconfig, dataplane.RayHeads(_runner(kubeconfig)))
+        kuberay.start()
     try:
         time.sleep(3)
         path = Path(tempfile.mkdtemp()) / "objects.json"
@@ -203,6 +229,7 @@ def main() -> int:
         idle_writes = len(moved) * 60 / args.idle_seconds
         result = {
             "objects": objects,
+            "kuberay": args.kuberay,
             "all_ready_s": None if all_ready_s is None else round(all_ready_s, 1),
             "apply_s": round(applied, 1),
             "api_requests": int(requests_to_ready),
@@ -213,6 +240,9 @@ def main() -> int:
             print(f"objects written while idle: {moved[:10]}")
     finally:
         operator.stop()
+        if kuberay is not None:
+            kuberay.stop()
+            kuberay.heads.close()
         for ns in namespaces:
             kubectl(kubeconfig, "delete", "namespace", ns, "--wait=false")
     print(json.dumps(result))

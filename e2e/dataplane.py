@@ -1,16 +1,20 @@
 """The data plane of an e2e namespace, run on this machine from what the operator rendered.
 
-Pods are simulated (kwok), so nothing runs the images. This stands in for the parts a
-real cluster would run: ``KubeRayStandIn`` does what KubeRay does with a RayService
-(deploys its ``serveConfigV2`` on Ray Serve — here a local Ray instance — and reports
-ready replicas in the RayService status), and ``GatewayFromConfigMap`` runs the real
-gateway process with the ConfigMap's config, the in-cluster Service DNS names of pools
-replaced by the local Serve address (the one thing that differs off-cluster).
+Pods are simulated (kwok), so nothing runs the images. The real KubeRay operator
+(``e2e/kuberay.py``) decides everything it decides in a real cluster: the RayCluster, its
+head and worker pods and their nodes, the Services, the RayService's conditions. What a
+simulated pod cannot do is run Ray: ``RayHeads`` answers the HTTP calls KubeRay makes to
+a head pod (the dashboard's Serve API, the Serve proxy's health check) and runs the Serve
+application KubeRay submits on a local Ray instance. KubeRay reaches it as its HTTP
+proxy, so its calls to in-cluster names and pod IPs never leave this machine.
+``GatewayFromConfigMap`` runs the real gateway process with the ConfigMap's config, the
+in-cluster Service DNS names of pools replaced by the local Serve address.
 """
 
 from __future__ import annotations
 
 import base64
+import http.server
 import json
 import os
 import subprocess
@@ -18,100 +22,223 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 KubectlRunner = Callable[..., "subprocess.CompletedProcess[str]"]
 
+# KubeRay's dashboard client paths (ray-operator/controllers/ray/utils/dashboardclient).
+SERVE_APPLICATIONS = "/api/serve/applications/"
+PROXY_HEALTH = "/-/healthz"
 
-class KubeRayStandIn:
-    """Deploys the RayService's Serve application locally whenever its config changes."""
 
-    def __init__(self, kubectl: KubectlRunner, *, namespace: str, name: str) -> None:
-        self.kubectl = kubectl
+class LocalServe:
+    """One namespace's Serve applications on the local Ray instance, deployed from what
+    KubeRay PUTs to the head's dashboard and reported from ``serve.status()``."""
+
+    def __init__(self, namespace: str) -> None:
         self.namespace = namespace
-        self.name = name
-        self.deployed: str | None = None
-        self.replicas = 0
         self.deployments: list[tuple[float, int]] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.statuses: dict[str, dict[str, Any]] = {}
         self.error: BaseException | None = None
+        self._config: dict[str, Any] | None = None
+        self._submitted: dict[str, Any] | None = None
+        self._names: set[str] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._guard(loop), daemon=True)
+            for loop in (self._deploy_loop, self._status_loop)
+        ]
+        for thread in self._threads:
+            thread.start()
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
+    @property
+    def replicas(self) -> int:
+        return self.deployments[-1][1] if self.deployments else 0
+
+    def submit(self, config: dict[str, Any]) -> None:
+        """Deploys asynchronously (KubeRay's dashboard client gives up after 2 s); a
+        resubmission of the config being deployed is a no-op, as in Serve."""
+        with self._lock:
+            if config == self._submitted:
+                return
+            self._submitted = self._config = config
+        self._wake.set()
+
+    def details(self) -> dict[str, Any]:
+        """The body of ``GET /api/serve/applications/`` (Ray's ServeInstanceDetails)."""
+        with self._lock:
+            apps = {n: s for n, s in self.statuses.items() if n in self._names}
+        return {"deploy_mode": "MULTI_APP", "applications": apps}
+
+    def running(self) -> bool:
+        apps = self.details()["applications"]
+        return bool(apps) and all(a["status"] == "RUNNING" for a in apps.values())
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
 
-    def _loop(self) -> None:
-        try:
-            while not self._stop.is_set():
-                self.sync()
-                self._stop.wait(1.0)
-        except BaseException as exc:
-            self.error = exc
-            raise
+    def _guard(self, body: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                body()
+            except BaseException as exc:
+                self.error = exc
+                raise
 
-    def sync(self) -> None:
+        return run
+
+    def _deploy_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                config, self._config = self._config, None
+            if config is not None and not self._stop.is_set():
+                self._deploy(config)
+
+    def _status_loop(self) -> None:
+        while not self._stop.wait(1.0):
+            self._poll_status()
+
+    def _deploy(self, config: dict[str, Any]) -> None:
         from ray import serve
 
         from kascade.serving import app as serving_app
 
-        got = self.kubectl(
-            "get", "rayservice", self.name, "-n", self.namespace, "-o", "json", check=False
-        )
-        if got.returncode != 0:
-            return
-        rayservice = json.loads(got.stdout)
-        serve_config = rayservice["spec"]["serveConfigV2"]
-        if serve_config != self.deployed:
-            application = yaml.safe_load(serve_config)["applications"][0]
+        for application in config["applications"]:
             args = application["args"]
-            serve.run(
-                serving_app.build_app(args),
-                name=application["name"],
-                route_prefix=f"/{application['name']}",
-            )
-            self.deployed = serve_config
-            self.replicas = int(args["replicas"]["max"])
-            self.deployments.append((time.time(), self.replicas))
-            self._report_ready()
+            name = application["name"]
+            with self._lock:
+                self._names.add(name)
+            # One local Serve hosts every pool, so each is routed under its own name.
+            serve.run(serving_app.build_app(args), name=name, route_prefix=f"/{name}")
+            self.deployments.append((time.time(), int(args["replicas"]["max"])))
 
-    def _report_ready(self) -> None:
-        status = {
-            "status": {
-                "serviceStatus": "Running",
-                "conditions": [
-                    {
-                        "type": "Ready",
-                        "status": "True",
-                        "reason": "RunningServeApplications",
-                        "message": "Serve applications are running (local stand-in)",
-                        "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    def _poll_status(self) -> None:
+        from ray import serve
+
+        if not self._names:
+            return
+        status = serve.status()
+        found: dict[str, dict[str, Any]] = {}
+        for name, app in status.applications.items():
+            found[name] = {
+                "name": name,
+                "status": str(app.status.value if hasattr(app.status, "value") else app.status),
+                "message": app.message,
+                "route_prefix": f"/{name}",
+                "deployments": {
+                    dname: {
+                        "name": dname,
+                        "status": str(d.status.value if hasattr(d.status, "value") else d.status),
+                        "message": d.message,
                     }
-                ],
-                "activeServiceStatus": {"rayClusterStatus": {"readyWorkerReplicas": self.replicas}},
+                    for dname, d in app.deployments.items()
+                },
             }
-        }
-        self.kubectl(
-            "patch",
-            "rayservice",
-            self.name,
-            "-n",
-            self.namespace,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            json.dumps(status),
+        with self._lock:
+            self.statuses = found
+
+
+class RayHeads:
+    """The Ray head pods' HTTP endpoints, served to KubeRay as its HTTP proxy.
+
+    KubeRay calls ``http://<head-svc>.<ns>.svc.cluster.local:8265/api/serve/...`` and
+    ``http://<pod-ip>:8000/-/healthz``; with ``HTTP_PROXY`` pointing here, both arrive
+    with the full URL. A namespace answers only once a test gave it a ``LocalServe``;
+    until then (and for any other address) the answer is 503, as from a head whose
+    dashboard is not up: KubeRay keeps the RayService not ready.
+    """
+
+    def __init__(self, kubectl: KubectlRunner) -> None:
+        self.kubectl = kubectl
+        self.serves: dict[str, LocalServe] = {}
+        self.requests: list[tuple[str, str]] = []
+        self._pod_namespaces: dict[str, str] = {}
+        handler = _handler_for(self)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def serve(self, namespace: str) -> LocalServe:
+        """Runs the Serve applications KubeRay submits to the heads of ``namespace``."""
+        local = LocalServe(namespace)
+        self.serves[namespace] = local
+        return local
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        for local in self.serves.values():
+            local.stop()
+
+    def namespace_of_pod_ip(self, ip: str) -> str | None:
+        # KubeRay checks each head every 2 s: remember what was found (IPs are not
+        # reused within a session's few dozen pods).
+        if ip in self._pod_namespaces:
+            return self._pod_namespaces[ip]
+        got = self.kubectl(
+            "get", "pods", "-A", f"--field-selector=status.podIP={ip}", "-o", "json", check=False
         )
+        items = json.loads(got.stdout)["items"] if got.returncode == 0 else []
+        if not items:
+            return None
+        namespace = str(items[0]["metadata"]["namespace"])
+        self._pod_namespaces[ip] = namespace
+        return namespace
+
+    def route(self, method: str, url: str, body: bytes) -> tuple[int, dict[str, Any] | str]:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        self.requests.append((method, url))
+        if parts.path == PROXY_HEALTH:
+            local = self.serves.get(self.namespace_of_pod_ip(host) or "")
+            return (200, "success") if local and local.running() else (503, "proxy not running")
+        labels = host.split(".")
+        # <head-svc>.<namespace>.svc.cluster.local
+        if len(labels) < 3 or labels[2] != "svc" or parts.path != SERVE_APPLICATIONS:
+            return 502, f"no such endpoint here: {url}"
+        local = self.serves.get(labels[1])
+        if local is None:
+            return 503, "no Ray runs for this namespace"
+        if method == "PUT":
+            local.submit(json.loads(body))
+            return 200, {}
+        return 200, local.details()
+
+
+def _handler_for(heads: RayHeads) -> type[http.server.BaseHTTPRequestHandler]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            code, payload = heads.route(self.command, self.path, self.rfile.read(length))
+            data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_PUT = _answer
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
 
 
 class GatewayFromConfigMap:

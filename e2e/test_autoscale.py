@@ -1,12 +1,14 @@
 """Autoscaling on why requests escalate, end to end with real parts.
 
-Real API server and operator process; the real model app (SmolLM2 on local Ray Serve,
-deployed from the RayService the operator rendered); the real gateway (from the rendered
-ConfigMap); a real simulated expert process; a real Prometheus scraping the gateway.
-A load that saturates the pool makes overflow escalations; the operator raises the
-pool's replicas on the API server; the model app runs more replicas; overflow falls.
-When the load stops the pool scales back down after its stabilisation window. A load
-whose escalations are all low_confidence never scales up.
+Real API server and operator process; the real KubeRay operator (RayCluster, head and
+worker pods on the simulated nodes, Services, RayService status); the real model app
+(SmolLM2 on local Ray Serve, submitted by KubeRay from the RayService the operator
+rendered); the real gateway (from the rendered ConfigMap); a real simulated expert
+process; a real Prometheus scraping the gateway. A load that saturates the pool makes
+overflow escalations; the operator raises the pool's replicas; KubeRay adds a worker pod
+on a CPU node and submits the Serve config with more replicas; overflow falls. When the
+load stops the pool scales back down after its stabilisation window and KubeRay removes
+the worker. A load whose escalations are all low_confidence never scales up.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import pytest
 from tests.testkit import KubectlRunner, free_port, wait_for_port
 
 from e2e import dataplane
+from e2e import kuberay as kuberay_mod
 from e2e import operator_support as ops
 
 pytestmark = [pytest.mark.cluster, pytest.mark.serving]
@@ -167,19 +170,39 @@ def _pool(kubectl: KubectlRunner, namespace: str) -> dict[str, Any]:
     return json.loads(kubectl("get", "lmp", "tiny", "-n", namespace, "-o", "json").stdout)
 
 
+def _workers(kubectl: KubectlRunner, namespace: str) -> list[dict[str, Any]]:
+    """The pool's Ray worker pods KubeRay created, Running and not being deleted."""
+    pods = json.loads(
+        kubectl(
+            "get", "pods", "-n", namespace, "-l", "ray.io/node-type=worker", "-o", "json"
+        ).stdout
+    )["items"]
+    return [
+        p
+        for p in pods
+        if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+    ]
+
+
+def _on_cpu_nodes(kubectl: KubectlRunner, pods: list[dict[str, Any]]) -> bool:
+    nodes = json.loads(kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    hardware = {
+        n["metadata"]["name"]: n["metadata"]["labels"].get("kascade.io/hardware") for n in nodes
+    }
+    return all(hardware.get(p["spec"].get("nodeName")) == "cpu" for p in pods)
+
+
 @pytest.fixture
-def stack(kubeconfig: str, kubectl: KubectlRunner, namespace: str) -> Iterator[dict[str, Any]]:
+def stack(
+    kubeconfig: str,
+    kubectl: KubectlRunner,
+    namespace: str,
+    kuberay: kuberay_mod.KubeRayOperator,
+) -> Iterator[dict[str, Any]]:
     import ray
     from ray import serve
 
     kubectl("apply", "--server-side", "-f", str(ops.REPO / "crds"))
-    crds = subprocess.run(
-        [str(ops.REPO / "e2e" / "cluster" / "kuberay-crds")],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()[-1]
-    kubectl("apply", "--server-side", "-f", crds)
     sim_port, prom_port, gw_port, serve_port = free_port(), free_port(), free_port(), free_port()
     admin_port = free_port()
     key = f"ksk-e2e-{secrets.token_hex(20)}"
@@ -231,7 +254,7 @@ def stack(kubeconfig: str, kubectl: KubectlRunner, namespace: str) -> Iterator[d
         num_cpus=4, include_dashboard=False, object_store_memory=200_000_000, log_to_driver=False
     )
     serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
-    kuberay = dataplane.KubeRayStandIn(kubectl, namespace=namespace, name="tiny")
+    local = kuberay.heads.serve(namespace)
     gateway = dataplane.GatewayFromConfigMap(
         kubectl,
         namespace=namespace,
@@ -265,20 +288,23 @@ def stack(kubeconfig: str, kubectl: KubectlRunner, namespace: str) -> Iterator[d
                 and "load" in json.loads(gateway.config_path.read_text()).get("tenants", {})
             ),
         )
-        kuberay.sync()
-        kuberay.start()
+        # KubeRay creates the RayCluster, its pods become Running on the simulated nodes,
+        # and KubeRay submits the Serve config to the head (here: the local Serve).
+        ops.wait_for("KubeRay's first Serve submission", lambda: local.running(), timeout=300)
+        ops.wait_for("one worker pod", lambda: len(_workers(kubectl, namespace)) == 1)
         gateway.start()
         yield {
             "url": f"http://127.0.0.1:{gw_port}/v1/chat/completions",
             "key": key,
-            "kuberay": kuberay,
+            "local": local,
             "gateway": gateway,
             "operator": operator,
             "ports": (sim_port, prom_port),
             "record": record,
         }
     finally:
-        kuberay.stop()
+        local.stop()
+        kuberay.heads.serves.pop(namespace, None)
         gateway.stop()
         operator.stop()
         for proc in procs:
@@ -286,8 +312,8 @@ def stack(kubeconfig: str, kubectl: KubectlRunner, namespace: str) -> Iterator[d
             proc.wait(timeout=20)
         serve.shutdown()
         ray.shutdown()
-        if kuberay.error is not None:
-            print(f"KubeRay stand-in failed: {kuberay.error!r}")
+        if local.error is not None:
+            print(f"The local Serve failed: {local.error!r}")
         print(f"---- operator log ----\n{operator.log()[-15000:]}")
 
 
@@ -295,7 +321,7 @@ def test_overflow_scales_up_then_down_and_low_confidence_never_scales(
     stack: dict[str, Any], kubectl: KubectlRunner, namespace: str
 ) -> None:
     load = Load(stack["url"], key=stack["key"])
-    kuberay: dataplane.KubeRayStandIn = stack["kuberay"]
+    kuberay: dataplane.LocalServe = stack["local"]
     assert kuberay.replicas == 1
     started = time.time()
 
@@ -316,6 +342,12 @@ def test_overflow_scales_up_then_down_and_low_confidence_never_scales(
     assert decision["reason"].startswith(("OverflowSpend", "Utilization")), decision
     assert pool["status"]["replicas"]["desired"] == 2
     assert kuberay.replicas == 2
+    # KubeRay added the second worker pod, on a node of the pool's hardware (CPU).
+    workers = ops.wait_for(
+        "two worker pods",
+        lambda: _workers(kubectl, namespace) if len(_workers(kubectl, namespace)) == 2 else None,
+    )
+    assert _on_cpu_nodes(kubectl, workers), [w["spec"].get("nodeName") for w in workers]
     first_overflow = min(t for t, r in load.results if r == "overflow")
     decided_at = pool["status"]["lastScaleDecision"]["time"]
     decided = time.mktime(time.strptime(decided_at[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
@@ -343,6 +375,9 @@ def test_overflow_scales_up_then_down_and_low_confidence_never_scales(
     )
     assert time.time() - idle_from >= SCALE_DOWN_STABILIZATION
     ops.wait_for("one Serve replica", lambda: kuberay.replicas == 1, timeout=30)
+    ops.wait_for(
+        "KubeRay removed the second worker", lambda: len(_workers(kubectl, namespace)) == 1
+    )
 
     # Every answer below threshold 1.0 escalates as low_confidence; one client never
     # saturates the pool. However much that costs, the pool must not scale up.

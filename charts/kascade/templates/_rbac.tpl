@@ -18,6 +18,11 @@ never creates, copies or updates them).
 - apiGroups: ["ray.io"]
   resources: ["rayservices"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# Autoscaling sets the worker group's replicas on the RayService's RayClusters directly
+# (KubeRay does not propagate a replicas-only RayService edit to a running cluster).
+- apiGroups: ["ray.io"]
+  resources: ["rayclusters"]
+  verbs: ["get", "patch"]
 # Children: the gateway of each namespace.
 - apiGroups: ["apps"]
   resources: ["deployments"]

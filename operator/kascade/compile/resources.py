@@ -32,6 +32,8 @@ ADMIN_LABEL = {"kascade.io/port": "admin"}
 GATEWAY_CONFIG_DIR = "/etc/kascade/gateway"
 GATEWAY_CONFIG_FILE = "config.json"
 SERVE_PORT = 8000
+# The RayCluster worker group that holds a pool's model replicas (one replica per worker).
+WORKER_GROUP = "model"
 RESTRICTED_CONTAINER = {
     "allowPrivilegeEscalation": False,
     "readOnlyRootFilesystem": True,
@@ -244,7 +246,7 @@ def build_rayservice(
                 },
                 "workerGroupSpecs": [
                     {
-                        "groupName": "model",
+                        "groupName": WORKER_GROUP,
                         "replicas": initial,
                         "minReplicas": replicas.min,
                         "maxReplicas": replicas.max,
@@ -421,6 +423,11 @@ def build_gateway(
                                 str(GATEWAY_PORT),
                                 "--admin-port",
                                 str(GATEWAY_ADMIN_PORT),
+                                # Audit lines on stdout, the gateway's own logs on
+                                # stderr: log pipelines collect stdout as the audit
+                                # stream; each policy's audit.enabled still applies.
+                                "--audit-log",
+                                "-",
                             ],
                             "ports": [
                                 {"name": "http", "containerPort": GATEWAY_PORT},

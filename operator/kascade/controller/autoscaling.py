@@ -7,6 +7,8 @@ owns it) and the pool's reconcile pins the RayService's Serve replicas to it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from datetime import UTC, datetime
@@ -62,6 +64,45 @@ def _last_change(status: dict[str, Any] | None) -> float | None:
     return datetime.fromisoformat(str(when).replace("Z", "+00:00")).timestamp()
 
 
+async def write_replicas(
+    kube: kube_mod.Kube,
+    *,
+    namespace: str,
+    name: str,
+    expected: int | None,
+    status: dict[str, Any],
+    attempts: int = 3,
+) -> bool:
+    """Writes autoscaler-owned status iff ``status.replicas.desired`` is still ``expected``.
+
+    The write carries the resourceVersion it read, so a concurrent write (a reconcile's
+    ``ready``, another operator replica's decision) makes it retry on the new version
+    instead of overwriting; a decision made from an outdated count is dropped, and the
+    next round decides again from the stored one. Returns whether it wrote.
+    """
+    for _ in range(attempts):
+        live = await kube.get("LocalModelPool", namespace=namespace, name=name)
+        if live is None:
+            return False
+        stored = ((live.get("status") or {}).get("replicas") or {}).get("desired")
+        if stored != expected:
+            return False
+        try:
+            await kube.patch_status(
+                "LocalModelPool",
+                namespace=namespace,
+                name=name,
+                status=status,
+                resource_version=live["metadata"]["resourceVersion"],
+            )
+        except kube_mod.KubeError as exc:
+            if exc.status != 409:
+                raise
+            continue
+        return True
+    return False
+
+
 async def step(
     ctx: reconcile.Context,
     *,
@@ -74,6 +115,17 @@ async def step(
     pool = reconcile.parse_pool(body)
     status = body.get("status") or {}
     current = reconcile.desired_pool_replicas(pool, status)
+    stored = (status.get("replicas") or {}).get("desired")
+    if not isinstance(stored, int):
+        # The autoscaler is the one writer of replicas.desired: it starts at the initial count.
+        await write_replicas(
+            ctx.kube,
+            namespace=meta["namespace"],
+            name=meta["name"],
+            expected=None,
+            status={"replicas": {"desired": current}},
+        )
+        return None
     ready = (status.get("replicas") or {}).get("ready")
     reading = await source.read()
     if reading.errors:
@@ -94,15 +146,20 @@ async def step(
         return None
     now = datetime.now(UTC)
     record = autoscale.last_scale_decision(result=result, from_replicas=current, at=now)
-    await ctx.kube.patch_status(
-        "LocalModelPool",
+    wrote = await write_replicas(
+        ctx.kube,
         namespace=meta["namespace"],
         name=meta["name"],
-        status={
-            "replicas": {"desired": result.desired, "ready": ready or 0},
-            "lastScaleDecision": record,
-        },
+        expected=stored,
+        status={"replicas": {"desired": result.desired}, "lastScaleDecision": record},
     )
+    if not wrote:
+        log.info(
+            "Dropped a scale decision made from an outdated count namespace=%s pool=%s",
+            meta["namespace"],
+            meta["name"],
+        )
+        return None
     await _event(ctx.kube, body, reason=result.code, message=result.reason, at=now)
     log.info(
         "Scaled pool namespace=%s pool=%s from=%d to=%d reason=%s",
@@ -175,3 +232,66 @@ async def run(ctx: reconcile.Context, *, body: Any, stopped: Any) -> None:
             except Exception:
                 log.exception("Autoscaling round failed pool=%s", snapshot["metadata"]["name"])
             await stopped.wait(spec.interval_seconds)
+
+
+class Stopper:
+    """Tells one autoscaling loop to end (falsy until then), as kopf's daemon flag did."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def __bool__(self) -> bool:
+        return self._event.is_set()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), seconds)
+
+
+class Loops:
+    """One autoscaling loop per pool with autoscaling on, started, fed and stopped from
+    the pool's watch events.
+
+    kopf daemons would do this, but kopf puts a finalizer on every object a daemon or
+    timer could run for; a plain task per pool needs none, so deleting a pool (or its
+    namespace) never waits for the operator.
+    """
+
+    def __init__(self, ctx: reconcile.Context) -> None:
+        self.ctx = ctx
+        self._loops: dict[tuple[str, str], tuple[asyncio.Task[None], Stopper, dict[str, Any]]] = {}
+
+    def observe(self, body: dict[str, Any], *, deleted: bool) -> None:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        enabled = not deleted and bool(
+            ((body.get("spec") or {}).get("autoscaling") or {}).get("enabled")
+        )
+        entry = self._loops.get(key)
+        if entry is not None:
+            task, stopper, live = entry
+            same = live["metadata"].get("uid") == meta.get("uid")
+            if enabled and same and not task.done():
+                live.clear()
+                live.update(body)
+                return
+            stopper.set()
+            del self._loops[key]
+        if enabled:
+            live = dict(body)
+            stopper = Stopper()
+            task = asyncio.create_task(run(self.ctx, body=live, stopped=stopper))
+            self._loops[key] = (task, stopper, live)
+
+    def running(self) -> list[tuple[str, str]]:
+        return sorted(k for k, (task, _, _) in self._loops.items() if not task.done())
+
+    async def close(self) -> None:
+        for task, stopper, _ in self._loops.values():
+            stopper.set()
+            task.cancel()
+        await asyncio.gather(*(t for t, _, _ in self._loops.values()), return_exceptions=True)
+        self._loops.clear()

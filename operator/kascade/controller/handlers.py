@@ -1,13 +1,18 @@
-"""Thin kopf handlers: each turns a watch event or timer tick into one reconcile call.
+"""Thin kopf handlers: each turns a watch event or resync tick into one reconcile call.
 
-Only event watchers, indexes and timers are used — no change-detecting handlers — so
-kopf keeps no progress or diff-base annotations on users' objects: a GitOps tool sees
-exactly the fields its manifests set (plus ``status``, which it ignores). Reconciles are
+Only event watchers and indexes are used — no change-detecting handlers, timers or
+daemons — so kopf keeps no progress or diff-base annotations on users' objects (a GitOps
+tool sees exactly the fields its manifests set, plus ``status``) and adds no finalizer:
+deleting an object or its namespace never waits for the operator, installed or not. kopf
+removes the ``kascade.io/finalizer`` that earlier versions added (their timers needed it)
+the next time it sees such an object. The periodic resync is one loop over the indexes;
+each autoscaled pool gets a plain task (``autoscaling.Loops``). Reconciles are
 level-based and idempotent, so nothing is lost by not recording progress.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import os
@@ -70,7 +75,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # Our own Events say what happened; kopf's per-handler Events would only add noise.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
-    settings.persistence.finalizer = "kascade.io/finalizer"  # unused: no deletion handlers
+    # No handler needs a finalizer; kopf removes one of this name that earlier versions
+    # added, whenever it sees an object carrying it.
+    settings.persistence.finalizer = "kascade.io/finalizer"
     memo.ctx = reconcile.Context(
         kube=await kube_mod.Kube.connect(),
         settings=settings_from_env(),
@@ -84,10 +91,17 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     if metrics_port:
         prometheus_client.start_http_server(int(metrics_port))
     memo.objects = failures.Coalescer()
+    memo.autoscalers = autoscaling.Loops(memo.ctx)
+    # kopf hands each object a shallow copy of the memo: only objects created here are
+    # shared, so the indexes are kept in a dict, not set as an attribute in handlers.
+    memo.indexes = {}
+    memo.resync = asyncio.create_task(_resync_loop(memo))
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    memo.resync.cancel()
+    await memo.autoscalers.close()
     await memo.ctx.kube.close()
     if memo.ctx.gateway_status is not None:
         await memo.ctx.gateway_status.close()
@@ -210,6 +224,8 @@ async def pool_event(
     tenants: kopf.Index,
     **_: Any,
 ) -> None:
+    memo.indexes["all"] = (pools, experts, policies, tenants)
+    memo.autoscalers.observe(_snapshot(body), deleted=event["type"] == "DELETED")
     if event["type"] != "DELETED":
         _schedule_pool(memo, namespace, _snapshot(body), policies)
     else:
@@ -230,6 +246,7 @@ async def expert_event(
     tenants: kopf.Index,
     **_: Any,
 ) -> None:
+    memo.indexes["all"] = (pools, experts, policies, tenants)
     if event["type"] != "DELETED":
         _schedule_expert(memo, namespace, _snapshot(body))
     if _spec_changed(memo, event, body):
@@ -248,6 +265,7 @@ async def policy_event(
     tenants: kopf.Index,
     **_: Any,
 ) -> None:
+    memo.indexes["all"] = (pools, experts, policies, tenants)
     if _spec_changed(memo, event, body):
         _schedule_namespace(memo, namespace, pools, experts, policies, tenants)
 
@@ -264,6 +282,7 @@ async def tenant_event(
     tenants: kopf.Index,
     **_: Any,
 ) -> None:
+    memo.indexes["all"] = (pools, experts, policies, tenants)
     if event["type"] != "DELETED":
         _schedule_tenant(memo, namespace, _snapshot(body))
     if _spec_changed(memo, event, body):
@@ -277,12 +296,6 @@ def _schedule_tenant(memo: kopf.Memo, namespace: str, body: dict[str, Any]) -> N
     memo.objects.trigger(
         f"tenant/{namespace}/{body['metadata']['name']}", run, _reporter(memo, body)
     )
-
-
-@kopf.timer(GROUP, VERSION, "tenants", interval=RESYNC_SECONDS, initial_delay=5)
-async def tenant_resync(body: kopf.Body, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    # Secrets are not watched: a keys Secret created later is noticed within one resync.
-    _schedule_tenant(memo, namespace, _snapshot(body))
 
 
 # KubeRay reports a pool's readiness on its RayService: mirror it into the pool at once.
@@ -315,43 +328,44 @@ async def child_event(
         _schedule_namespace(memo, namespace, pools, experts, policies, tenants)
 
 
-# ----------------------------------------------------------------------------- timers
+# ----------------------------------------------------------------------------- resync
 
 
-@kopf.timer(GROUP, VERSION, "routingpolicies", interval=RESYNC_SECONDS, initial_delay=5)
-async def policy_resync(
-    namespace: str,
+async def _resync_loop(memo: kopf.Memo) -> None:
+    """Every resync interval, one reconcile of every namespace's gateway, expert, pool
+    and tenant.
+
+    Secrets are not watched (that would mean reading every Secret in the cluster); a
+    Secret created later (an expert's credentials, a tenant's keys) is noticed within
+    one interval. The indexes come from the first watch event (kopf hands them only to
+    handlers); before it there is nothing to resync. A loop, not kopf timers: timers
+    would put a finalizer on every object.
+    """
+    while True:
+        await asyncio.sleep(RESYNC_SECONDS)
+        if "all" not in memo.indexes:
+            continue
+        try:
+            _resync_all(memo, *memo.indexes["all"])
+        except Exception:
+            log.exception("Resync round failed; retrying next interval")
+
+
+def _resync_all(
     memo: kopf.Memo,
     pools: kopf.Index,
     experts: kopf.Index,
     policies: kopf.Index,
     tenants: kopf.Index,
-    **_: Any,
 ) -> None:
-    _schedule_namespace(memo, namespace, pools, experts, policies, tenants)
-
-
-@kopf.timer(GROUP, VERSION, "cloudexperts", interval=RESYNC_SECONDS, initial_delay=5)
-async def expert_resync(body: kopf.Body, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    # Secrets are not watched (that would mean reading every Secret in the cluster);
-    # a Secret created later is noticed within one resync interval.
-    _schedule_expert(memo, namespace, _snapshot(body))
-
-
-@kopf.timer(GROUP, VERSION, "localmodelpools", interval=RESYNC_SECONDS, initial_delay=5)
-async def pool_resync(
-    body: kopf.Body, namespace: str, memo: kopf.Memo, policies: kopf.Index, **_: Any
-) -> None:
-    _schedule_pool(memo, namespace, _snapshot(body), policies)
-
-
-# ----------------------------------------------------------------------------- autoscaling
-
-
-def _autoscaling_enabled(spec: kopf.Spec, **_: Any) -> bool:
-    return bool((spec.get("autoscaling") or {}).get("enabled"))
-
-
-@kopf.daemon(GROUP, VERSION, "localmodelpools", when=_autoscaling_enabled, cancellation_timeout=5)
-async def pool_autoscaler(body: kopf.Body, stopped: Any, memo: kopf.Memo, **_: Any) -> None:
-    await autoscaling.run(memo.ctx, body=body, stopped=stopped)
+    for namespace in list(policies):
+        _schedule_namespace(memo, namespace, pools, experts, policies, tenants)
+    for namespace in list(experts):
+        for body in list(experts.get(namespace, [])):
+            _schedule_expert(memo, namespace, _snapshot(body))
+    for namespace in list(pools):
+        for body in list(pools.get(namespace, [])):
+            _schedule_pool(memo, namespace, _snapshot(body), policies)
+    for namespace in list(tenants):
+        for body in list(tenants.get(namespace, [])):
+            _schedule_tenant(memo, namespace, _snapshot(body))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,7 @@ RESOURCES: dict[str, ResourceType] = {
     "Tenant": ResourceType("kascade.io/v1alpha1", "tenants"),
     "NetworkPolicy": ResourceType("networking.k8s.io/v1", "networkpolicies"),
     "RayService": ResourceType("ray.io/v1", "rayservices"),
+    "RayCluster": ResourceType("ray.io/v1", "rayclusters"),
     "Deployment": ResourceType("apps/v1", "deployments"),
     "Service": ResourceType("v1", "services"),
     "ConfigMap": ResourceType("v1", "configmaps"),
@@ -153,24 +155,52 @@ class Kube:
         return items
 
     async def apply(self, manifest: Manifest) -> Manifest:
-        """Server-side apply with the operator's field manager, taking ownership on conflict."""
+        """Server-side apply with the operator's field manager, taking ownership on conflict.
+
+        ``fieldValidation=Strict``: a field the server does not know (a typo, or one its
+        CRD version prunes) fails the apply with the field named, instead of being
+        dropped silently and re-sent on every resync.
+        """
         meta = manifest["metadata"]
         path = RESOURCES[manifest["kind"]].path(namespace=meta.get("namespace"), name=meta["name"])
         return await self._call(
             "PATCH",
             path,
             body=manifest,
-            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            query=[
+                ("fieldManager", FIELD_MANAGER),
+                ("force", "true"),
+                ("fieldValidation", "Strict"),
+            ],
             content_type="application/apply-patch+yaml",
         )
 
     async def patch_status(
-        self, kind: str, *, namespace: str, name: str, status: Manifest
+        self,
+        kind: str,
+        *,
+        namespace: str,
+        name: str,
+        status: Manifest,
+        resource_version: str | None = None,
     ) -> Manifest:
-        """Merge-patches the status subresource (never the spec)."""
+        """Merge-patches the status subresource (never the spec). With
+        ``resource_version`` the write is conditional: 409 if the object changed since."""
         path = RESOURCES[kind].path(namespace=namespace, name=name) + "/status"
+        body: Manifest = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         return await self._call(
-            "PATCH", path, body={"status": status}, content_type="application/merge-patch+json"
+            "PATCH", path, body=body, content_type="application/merge-patch+json"
+        )
+
+    async def patch_json(
+        self, kind: str, *, namespace: str, name: str, operations: Sequence[Manifest]
+    ) -> Manifest:
+        """A JSON patch (RFC 6902): ``test`` operations make it conditional."""
+        path = RESOURCES[kind].path(namespace=namespace, name=name)
+        return await self._call(
+            "PATCH", path, body=list(operations), content_type="application/json-patch+json"
         )
 
     async def delete(self, kind: str, *, namespace: str | None, name: str) -> bool:

@@ -35,6 +35,8 @@ class Context:
     gateway_status: spend.GatewayStatusReader | None = None
     evented: set[tuple[str, str, str, str]] = field(default_factory=set)
     """(kind, namespace, name, message) of InvalidSpec Events already recorded."""
+    stats: spend.StatsThrottle = field(default_factory=spend.StatsThrottle)
+    """Rate limit of RoutingPolicy.status.stats writes."""
 
 
 def _generation(body: dict[str, Any]) -> int | None:
@@ -145,6 +147,64 @@ def desired_pool_replicas(pool: v1alpha1.LocalModelPool, status: dict[str, Any] 
     return min(max(decided, spec.min), spec.max)
 
 
+def _ray_cluster_names(rayservice: dict[str, Any]) -> list[str]:
+    st = rayservice.get("status") or {}
+    names = {
+        (st.get(key) or {}).get("rayClusterName")
+        for key in ("activeServiceStatus", "pendingServiceStatus")
+    }
+    return sorted(n for n in names if n)
+
+
+async def scale_ray_clusters(
+    kube: kube_mod.Kube, rayservice: dict[str, Any], *, replicas: int
+) -> list[str]:
+    """Sets the model worker group's replicas on the RayService's RayClusters.
+
+    KubeRay hashes a RayService's cluster spec with replicas muted, so a replicas-only
+    RayService edit never reaches a running RayCluster; an autoscaler is meant to write
+    the RayCluster's worker group directly, which is what this does (a JSON patch whose
+    ``test`` pins the group it changes). Returns the clusters it changed.
+    """
+    namespace = rayservice["metadata"]["namespace"]
+    changed: list[str] = []
+    for name in _ray_cluster_names(rayservice):
+        cluster = await kube.get("RayCluster", namespace=namespace, name=name)
+        groups = ((cluster or {}).get("spec") or {}).get("workerGroupSpecs") or []
+        for index, group in enumerate(groups):
+            if (
+                group.get("groupName") != resources.WORKER_GROUP
+                or group.get("replicas") == replicas
+            ):
+                continue
+            at = f"/spec/workerGroupSpecs/{index}"
+            try:
+                await kube.patch_json(
+                    "RayCluster",
+                    namespace=namespace,
+                    name=name,
+                    operations=[
+                        {"op": "test", "path": f"{at}/groupName", "value": resources.WORKER_GROUP},
+                        {"op": "add", "path": f"{at}/replicas", "value": replicas},
+                    ],
+                )
+            except kube_mod.KubeError as exc:
+                # Gone or reshaped meanwhile: the RayService's next event brings a retry.
+                if exc.status in (404, 409, 422):
+                    continue
+                raise
+            changed.append(name)
+    return changed
+
+
+async def _fresh_status(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | None:
+    """The pool's status as stored now: a reconcile queued behind an autoscaling decision
+    must render the decision, not its older snapshot's replicas."""
+    meta = body["metadata"]
+    live = await ctx.kube.get("LocalModelPool", namespace=meta["namespace"], name=meta["name"])
+    return (live or body).get("status")
+
+
 async def reconcile_pool(
     ctx: Context, body: dict[str, Any], *, policies: Sequence[dict[str, Any]]
 ) -> None:
@@ -157,8 +217,10 @@ async def reconcile_pool(
         lines = _invalid_lines(v1alpha1.LocalModelPool, error)
         await _invalid_status(ctx, body, lines, extra=[cond.ConditionType.DEGRADED])
         return
-    desired_replicas = desired_pool_replicas(pool, body.get("status"))
-    pinned = desired_replicas if pool.spec.autoscaling.enabled else None
+    autoscaled = pool.spec.autoscaling.enabled
+    decided = await _fresh_status(ctx, body) if autoscaled else None
+    desired_replicas = desired_pool_replicas(pool, decided)
+    pinned = desired_replicas if autoscaled else None
     ready = 0
     endpoint: str | None = None
     if not await ctx.kube.has_crd(RAYSERVICE_CRD):
@@ -197,6 +259,11 @@ async def reconcile_pool(
         live, applied = await children.ensure(ctx.kube, desired)
         if applied:
             log.info("Applied RayService namespace=%s name=%s", namespace, name)
+        if pinned is not None:
+            for cluster in await scale_ray_clusters(ctx.kube, live, replicas=pinned):
+                log.info(
+                    "Scaled RayCluster namespace=%s name=%s workers=%d", namespace, cluster, pinned
+                )
         ready, serving_now, message = _rayservice_readiness(live)
         endpoint = resources.serve_endpoint(pool=name, namespace=namespace)
         conds = cond.set_conditions(
@@ -219,10 +286,15 @@ async def reconcile_pool(
             ],
         )
     pool_metrics.observe_pool(namespace=namespace, pool=pool, desired=desired_replicas, ready=ready)
+    # One writer per field: with autoscaling on, ``replicas.desired`` belongs to the
+    # autoscaler (``autoscaling.write_replicas``); a reconcile only reports ``ready``.
+    replicas: dict[str, Any] = {"ready": ready}
+    if not autoscaled:
+        replicas["desired"] = desired_replicas
     desired_status: dict[str, Any] = {
         "conditions": conds,
         "observedGeneration": generation,
-        "replicas": {"desired": desired_replicas, "ready": ready},
+        "replicas": replicas,
     }
     if endpoint is not None:
         desired_status["endpoint"] = endpoint
@@ -283,6 +355,7 @@ async def reconcile_namespace(
     if ledger_warning is not None:
         log.warning("Gateway namespace=%s: %s", namespace, ledger_warning)
     errors: list[kube_mod.KubeError] = []
+    document = await ctx.gateway_status.read(namespace) if ctx.gateway_status else None
     for body, policy in _with_models(policies, policy_objs):
         name = _name(body)
         verdict = _Verdict(
@@ -294,6 +367,12 @@ async def reconcile_namespace(
             gateway_ready=gateway_ready,
             unusable=_policy_unusable(policy, unusable),
             ledger_warning=ledger_warning,
+            stats=ctx.stats.choose(
+                f"{namespace}/{name}",
+                fresh=spend.policy_stats(document, policy=name),
+                stored=(body.get("status") or {}).get("stats"),
+            ),
+            document=document,
         )
         try:
             await _policy_status(ctx, body, verdict)
@@ -395,6 +474,9 @@ class _Verdict:
     unusable: dict[str, str] | None
     ledger_warning: str | None = None
     """Why the gateway runs fewer replicas than asked (no Redis ledger), if it does."""
+    stats: dict[str, Any] | None = None
+    document: dict[str, Any] | None = None
+    """The gateway's status document (read once per namespace), if it answered."""
 
 
 async def _policy_status(ctx: Context, body: dict[str, Any], verdict: _Verdict) -> None:
@@ -435,16 +517,17 @@ async def _policy_status(ctx: Context, body: dict[str, Any], verdict: _Verdict) 
     conds = cond.set_conditions(conds, generation=generation, updates=updates)
     desired: dict[str, Any] = {"conditions": conds, "observedGeneration": generation}
     if not verdict.missing:
-        desired.update(await _learned_quality(ctx, body))
+        desired.update(await _learned_quality(ctx, body, verdict.document))
+    if verdict.stats is not None:
+        desired["stats"] = verdict.stats
     await status.write(ctx.kube, body, desired)
 
 
-async def _learned_quality(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
+async def _learned_quality(
+    ctx: Context, body: dict[str, Any], document: dict[str, Any] | None
+) -> dict[str, Any]:
     """``quality`` mirrored from the gateway (policies with a target), and an Event for
     every learned threshold that moved since the status last written."""
-    if ctx.gateway_status is None:
-        return {}
-    document = await ctx.gateway_status.read(body["metadata"]["namespace"])
     learned, moved = quality.policy_quality(
         document, policy=_name(body), previous=body.get("status")
     )

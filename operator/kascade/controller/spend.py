@@ -89,3 +89,46 @@ def expert_status(
             "recentFailures": int(circuit.get("consecutiveFailures", 0)),
         },
     }
+
+
+# Traffic figures change with every request; writing them more often than this would
+# turn a busy gateway into a stream of status writes (and watch events).
+STATS_MIN_INTERVAL_S = 30.0
+
+
+def policy_stats(document: dict[str, Any] | None, *, policy: str) -> dict[str, Any] | None:
+    """``RoutingPolicy.status.stats`` from a gateway status document (None: no figures)."""
+    entry = (((document or {}).get("policies") or {}).get(policy) or {}).get("stats")
+    if not entry:
+        return None
+    requests = int(entry.get("requests", 0))
+    share = 1.0 / requests if requests else 0.0
+    return {
+        "requests": requests,
+        "escalationRate": round(int(entry.get("escalated", 0)) * share, 4),
+        "cacheHitRate": round(int(entry.get("cacheHits", 0)) * share, 4),
+        "costUSD": int(entry.get("costNanos", 0)) / 1e9,
+        "since": _rfc3339(float(entry["since"])),
+    }
+
+
+class StatsThrottle:
+    """At most one stats write per policy per ``STATS_MIN_INTERVAL_S`` (injectable clock)."""
+
+    def __init__(self, *, clock: Any = time.monotonic) -> None:
+        self._clock = clock
+        self._written: dict[str, float] = {}
+
+    def choose(
+        self, key: str, *, fresh: dict[str, Any] | None, stored: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """The stats to keep in status: the fresh figures when they differ and a write is
+        due, else what is stored (so an unchanged status is not rewritten)."""
+        if fresh is None or fresh == stored:
+            return stored
+        now = self._clock()
+        last = self._written.get(key)
+        if stored is not None and last is not None and now - last < STATS_MIN_INTERVAL_S:
+            return stored
+        self._written[key] = now
+        return fresh

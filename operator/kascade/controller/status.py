@@ -8,9 +8,21 @@ from kascade.controller import kube as kube_mod
 
 
 def changed(current: dict[str, Any] | None, desired: dict[str, Any]) -> bool:
-    """Whether any field of ``desired`` differs from the current status."""
+    """Whether any field of ``desired`` differs from the current status.
+
+    Nested objects compare field by field, as a merge patch applies them: a writer that
+    owns ``replicas.ready`` but not ``replicas.desired`` sees no change when only the
+    field it does not write differs. Lists (conditions) compare whole.
+    """
     current = current or {}
-    return any(current.get(key) != value for key, value in desired.items())
+    for key, value in desired.items():
+        now = current.get(key)
+        if isinstance(value, dict) and isinstance(now, dict):
+            if changed(now, value):
+                return True
+        elif now != value:
+            return True
+    return False
 
 
 async def write(kube: kube_mod.Kube, body: dict[str, Any], desired: dict[str, Any]) -> bool:

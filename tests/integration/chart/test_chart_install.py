@@ -52,6 +52,7 @@ NAMESPACED_ALLOWED: list[tuple[str, str, str]] = [
     ("get", "secrets", ""),
     *[(v, r, "") for r in ("events", "events.events.k8s.io") for v in ("create", "patch")],
     *[(v, "endpointslices.discovery.k8s.io", "") for v in ("get", "list", "watch")],
+    *[(v, "rayclusters.ray.io", "") for v in ("get", "patch")],
 ]  # fmt: skip
 CLUSTER_ALLOWED: list[tuple[str, str, str]] = [
     (v, r, "")
@@ -63,6 +64,8 @@ DENIED: list[tuple[str, str, str]] = [
     *[(v, "secrets", "") for v in ("list", "watch", "create", "update", "patch", "delete")],
     *[(v, k, "") for k in KINDS for v in ("create", "update", "delete")],
     ("update", "rayservices.ray.io", "status"),
+    ("delete", "rayclusters.ray.io", ""),
+    ("create", "rayclusters.ray.io", ""),
     ("get", "pods", ""),
     ("create", "pods", ""),
     ("create", "pods", "exec"),

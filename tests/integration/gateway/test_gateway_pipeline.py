@@ -65,6 +65,14 @@ async def test_low_confidence_escalates_and_settles_actual_cost(
         status_doc = await resp.json()
     assert status_doc["experts"]["e1"]["budget"]["spentUSD"] == "0.002"
     assert status_doc["experts"]["e1"]["budget"]["reservedUSD"] == "0"
+    # The figures the operator copies into RoutingPolicy.status.stats.
+    stats = status_doc["policies"]["default"]["stats"]
+    assert {k: stats[k] for k in ("requests", "escalated", "cacheHits", "costNanos")} == {
+        "requests": 1,
+        "escalated": 1,
+        "cacheHits": 0,
+        "costNanos": 2_000_000,
+    }
     async with http.get(f"{gw.url}/metrics") as resp:
         text = await resp.text()
     assert (

@@ -22,6 +22,7 @@ NAMESPACED_RULES: dict[tuple[str, str], set[str]] = {
     **{("kascade.io", f"{r}/status"): {"get", "patch", "update"} for r in
        ("localmodelpools", "cloudexperts", "routingpolicies", "tenants")},
     ("ray.io", "rayservices"): CRUD,
+    ("ray.io", "rayclusters"): {"get", "patch"},
     ("apps", "deployments"): CRUD,
     ("", "services"): CRUD,
     ("", "configmaps"): CRUD,

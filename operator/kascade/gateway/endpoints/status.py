@@ -53,7 +53,13 @@ async def collect(state: pipeline.State) -> dict[str, Any]:
         "namespace": rt.config.namespace,
         "tenants": await _tenants(state),
         "ledger": "redis" if (rt.config.ledger.url or "").startswith("redis") else "memory",
-        "policies": {n: {"generation": p.config.generation} for n, p in rt.policies.items()},
+        "policies": {
+            n: {
+                "generation": p.config.generation,
+                "stats": state.metrics.policy_stats.document(n),
+            }
+            for n, p in rt.policies.items()
+        },
         "experts": experts,
         # Policies with a quality target: labels and learned thresholds per task.
         "quality": state.quality.status(),

@@ -6,6 +6,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from kascade.gateway.observe import policy_stats as policy_stats_mod
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 # Tool names come from clients: past this many distinct names they count as "other",
@@ -207,6 +209,8 @@ class Metrics:
             ["expert"],
             registry=r,
         )
+        # Not Prometheus: per-policy figures for the status document (policy status.stats).
+        self.policy_stats = policy_stats_mod.PolicyStats()
 
     def observe_request(self, *, policy: str, route: str, reason: str, seconds: float) -> None:
         """Counts one request and its duration (label children are cached: the

@@ -30,6 +30,13 @@ def record(
         expert=d.outcome.expert if d.outcome else None,
         usd=d.cost_nanos / 1_000_000_000,
     )
+    m.policy_stats.observe(
+        policy=d.policy.name,
+        generation=d.policy.config.generation,
+        route=d.route,
+        cache=d.cache,
+        cost_nanos=d.cost_nanos,
+    )
     if d.confidence is not None and d.cache in ("off", "miss"):
         m.confidence.labels(d.policy.name).observe(d.confidence)
     m.http_responses.labels(d.policy.name, f"{status // 100}xx").inc()
