@@ -33,6 +33,10 @@ def kubeconfig() -> str:
     if proc.returncode != 0:
         raise RuntimeError(f"e2e/cluster/up failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     path = proc.stdout.strip().splitlines()[-1]
+    # A fresh discovery cache per session: kubectl's shared one (~/.kube/cache) can list
+    # kinds of an earlier cluster on the same address (CRDs since removed), and then
+    # `kubectl get <category>` fails with "the server doesn't have a resource type".
+    os.environ["KUBECACHEDIR"] = tempfile.mkdtemp(prefix="kascade-kubectl-cache-")
     os.environ["PATH"] = f"{CACHE_BIN / 'current'}{os.pathsep}{os.environ['PATH']}"
     os.environ["KUBECONFIG"] = path
     return path
