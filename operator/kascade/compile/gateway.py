@@ -274,14 +274,18 @@ def _degeneration(spec: v1alpha1.routingpolicy.DegenerationSpec) -> gw.Degenerat
     )
 
 
+def _tiers(tiers: Sequence[v1alpha1.routingpolicy.Tier]) -> list[gw.Tier]:
+    return [gw.Tier(pool=t.pool, max_prompt_tokens=t.max_prompt_tokens) for t in tiers]
+
+
 def policy_config(policy: v1alpha1.RoutingPolicy) -> gw.PolicyConfig:
     spec = policy.spec
     tiers = {t.name: t.pool for t in spec.tiers or []}
-    local_pool = spec.local_pool or (spec.tiers[0].pool if spec.tiers else "")
     dynamic = spec.confidence.dynamic
     return gw.PolicyConfig(
         generation=policy.metadata.generation or 1,
-        local_pool=local_pool,
+        local_pool=spec.local_pool,
+        tiers=_tiers(spec.tiers) if spec.tiers else None,
         experts=list(spec.experts),
         selection=spec.expert_selection,
         confidence=gw.ConfidenceConfig(
@@ -515,7 +519,7 @@ def _assemble(
     ledger: gw.LedgerConfig,
     timeouts: Mapping[str, float],
 ) -> gw.GatewayConfig:
-    used_pools = {p.local_pool for p in policies.values()} | {
+    used_pools = {t.pool for p in policies.values() for t in p.local_tiers()} | {
         r.target for p in policies.values() for r in p.rules if r.action == "tier" and r.target
     }
     used_experts = {e for p in policies.values() for e in p.experts}

@@ -424,10 +424,25 @@ class AuditConfig(_Model):
     `audit.includePrompts`)."""
 
 
+class Tier(_Model):
+    """One local pool of a policy's ordered tiers (the RoutingPolicy's `tiers[]`)."""
+
+    pool: str
+    """Pool that answers for this tier."""
+    max_prompt_tokens: int | None = Field(default=None, ge=1)
+    """Prompts of more (estimated) tokens skip this tier; None takes any length."""
+
+
 class PolicyConfig(_Model):
     generation: int = Field(default=1, ge=0)
     """metadata.generation of the RoutingPolicy, written to audit lines."""
-    local_pool: str
+    local_pool: str | None = None
+    """The pool that answers first, whatever the prompt's length. Exactly one of
+    localPool or tiers."""
+    tiers: list[Tier] | None = Field(default=None, min_length=1)
+    """Ordered local tiers: a request goes to the first whose maxPromptTokens takes its
+    prompt, and to the experts (reason `prompt_too_long`) when none does. Exactly one
+    of localPool or tiers."""
     experts: list[str] = []
     selection: Literal["ordered", "cheapest"] = "ordered"
     confidence: ConfidenceConfig = ConfidenceConfig()
@@ -441,6 +456,19 @@ class PolicyConfig(_Model):
     audit: AuditConfig = AuditConfig()
     allow_anonymous: bool = False
     """Callers without an API key may use this policy even when keys are required."""
+
+    @model_validator(mode="after")
+    def _one_local_source(self) -> PolicyConfig:
+        if (self.local_pool is None) == (self.tiers is None):
+            raise ValueError("set exactly one of localPool or tiers")
+        return self
+
+    def local_tiers(self) -> list[Tier]:
+        """The tiers in order; a policy with localPool has one, without a prompt limit."""
+        if self.tiers:
+            return list(self.tiers)
+        assert self.local_pool is not None  # the validator allows nothing else
+        return [Tier(pool=self.local_pool)]
 
 
 class GatewayConfig(_Model):
@@ -464,11 +492,7 @@ class GatewayConfig(_Model):
             _check_tenant(self, name=name, tenant=tenant)
         for name, policy in self.policies.items():
             where = f"policies.{name}"
-            if policy.local_pool not in self.pools:
-                raise ValueError(
-                    f"{where}.localPool: unknown pool {policy.local_pool!r}; "
-                    f"known pools: {sorted(self.pools)}"
-                )
+            _check_local_pools(self, where=where, policy=policy)
             for expert in policy.experts:
                 if expert not in self.experts:
                     raise ValueError(
@@ -491,6 +515,16 @@ def _check_tenant(config: GatewayConfig, *, name: str, tenant: TenantConfig) -> 
             raise ValueError(
                 f"tenants.{name}.policies: unknown policy {policy!r}; "
                 f"known policies: {sorted(config.policies)}"
+            )
+
+
+def _check_local_pools(config: GatewayConfig, *, where: str, policy: PolicyConfig) -> None:
+    named = [("localPool", policy.local_pool)] if policy.local_pool is not None else []
+    named += [(f"tiers[{i}].pool", tier.pool) for i, tier in enumerate(policy.tiers or [])]
+    for field, pool in named:
+        if pool not in config.pools:
+            raise ValueError(
+                f"{where}.{field}: unknown pool {pool!r}; known pools: {sorted(config.pools)}"
             )
 
 

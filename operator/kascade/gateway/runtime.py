@@ -17,13 +17,25 @@ from kascade.gateway.tenants import access
 from kascade.gateway.tenants import keys as keys_mod
 
 
+@dataclass(frozen=True)
+class LocalTier:
+    """One local tier of a policy, compiled: the pool's name (metric label, audit) and
+    the pool's config (what the local pass calls)."""
+
+    name: str
+    pool: config_mod.PoolConfig
+    max_prompt_tokens: int | None
+    """Prompts of more (estimated) tokens skip this tier; None takes any length."""
+
+
 @dataclass
 class PolicyRuntime:
     """One policy, compiled."""
 
     name: str
     config: config_mod.PolicyConfig
-    pool: config_mod.PoolConfig
+    tiers: list[LocalTier]
+    """The local tiers in the order they are tried (one for a policy with localPool)."""
     scanner: privacy.Scanner
     experts: list[escalation.ExpertState]
     exact: cache_mod.ExactCache | None
@@ -89,7 +101,14 @@ def build(
         policies[name] = PolicyRuntime(
             name=name,
             config=policy,
-            pool=config.pools[policy.local_pool],
+            tiers=[
+                LocalTier(
+                    name=tier.pool,
+                    pool=config.pools[tier.pool],
+                    max_prompt_tokens=tier.max_prompt_tokens,
+                )
+                for tier in policy.local_tiers()
+            ],
             scanner=scanner,
             experts=[experts[e] for e in policy.experts],
             exact=exact,

@@ -92,6 +92,8 @@ GATEWAY_SOURCES: dict[str, Source] = {
     "policies.*.rules[].when.minPromptTokens": Source(RP, "spec.rules[].when.minPromptTokens"),
     "policies.*.rules[].when.maxPromptTokens": Source(RP, "spec.rules[].when.maxPromptTokens"),
     "policies.*.rules[].action": Source(RP, "spec.rules[].action"),
+    "policies.*.tiers": Source(RP, "spec.tiers"),
+    "policies.*.tiers[].maxPromptTokens": Source(RP, "spec.tiers[].maxPromptTokens"),
     "policies.*.rules[].when.responseFormats[]": Source(RP, "spec.rules[].when.responseFormats[]"),
     "policies.*.overflow": Source(RP, "spec.overflow"),
     "policies.*.privacy.detectors[]": Source(RP, "spec.privacy.detectors[]"),

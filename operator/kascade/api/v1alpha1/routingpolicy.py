@@ -83,7 +83,9 @@ class Tier(common.KascadeModel):
     max_prompt_tokens: Annotated[int, pydantic.Field(ge=1, le=10_000_000)] | None = pydantic.Field(
         default=None, alias="maxPromptTokens"
     )
-    """Longer prompts skip this tier and go to the next one."""
+    """Longer prompts (estimated tokens, as rules count them) skip this tier and go to
+    the next one; unset takes any length. A prompt longer than every tier takes skips
+    the local pass and escalates with reason 'prompt_too_long'."""
 
 
 class DynamicThreshold(common.KascadeModel):
@@ -545,7 +547,9 @@ class RoutingPolicySpec(common.KascadeModel):
             },
         )
     )
-    """Ordered local tiers, tried first to last. Exactly one of localPool or tiers."""
+    """Ordered local tiers, tried first to last: a request goes to the first whose
+    maxPromptTokens takes its prompt (a rule with action 'tier' names one outright).
+    Exactly one of localPool or tiers."""
 
     experts: Annotated[list[ExpertName], pydantic.Field(max_length=16)] = pydantic.Field(
         default_factory=list, json_schema_extra={"x-kubernetes-list-type": "set"}

@@ -33,7 +33,8 @@ class Metrics:
         )
         self.escalations = Counter(
             "kascade_escalations_total",
-            "Escalations to cloud experts by reason (low_confidence, overflow, rule, local_error).",
+            "Escalations to cloud experts by reason (low_confidence, degenerate, overflow, "
+            "rule, local_error, invalid_format, prompt_too_long).",
             ["policy", "expert", "reason"],
             registry=r,
         )

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from kascade.gateway import config as config_mod
 from kascade.gateway import runtime
 from kascade.gateway.cache import memory as cache_mod
 from kascade.gateway.cache import shared as shared_cache_mod
@@ -33,6 +34,7 @@ from kascade.gateway.route import (
     request,
     rules,
     shadow,
+    tiers,
 )
 from kascade.gateway.route import confidence as confidence_mod
 from kascade.gateway.route import decision as decision_mod
@@ -40,6 +42,9 @@ from kascade.gateway.tenants import access
 from kascade.gateway.tenants import limits as tenant_limits
 
 log = logging.getLogger("kascade.gateway")
+
+PROMPT_TOO_LONG = "prompt_too_long"
+"""Escalation reason: the prompt is longer than every local tier's maxPromptTokens."""
 
 
 @dataclass
@@ -152,38 +157,16 @@ async def _route(
         hit = await _shared_lookup(state, d)
     if hit is not None:
         return await responses.respond(http, chat, d, completion=hit)
-    # 3. Rules.
-    matched = rules.match(
-        rules=cfg.rules,
-        prompt_tokens=chat.prompt_estimate,
-        headers=http.headers,
-        has_tools=bool(chat.tools),
-        response_format=chat.response_format,
-    )
-    pool = policy.pool
-    d.pool = cfg.local_pool
-    experts = policy.experts
-    escalate_reason: str | None = None
-    if matched is not None:
-        d.rule, rule = matched
-        d.rule_name = rule.name
-        if rule.action == "local":
-            experts = []
-        elif rule.action == "tier":
-            assert rule.target is not None
-            pool = rt.config.pools.get(rule.target, pool)
-            d.pool = rule.target
-        elif rule.action == "expert":
-            if rule.target is not None:
-                experts = [state.experts[rule.target]]
-            escalate_reason = "rule"
+    # 3. Rules, then the local tier the prompt fits.
+    pool, experts, escalate_reason = _rules_and_tier(state, rt, http, chat, d)
     if local_only:  # Personal data under local-only outranks every rule.
         experts = []
-        escalate_reason = None
+        escalate_reason = None if pool is not None else PROMPT_TOO_LONG
     experts = capability.capable(experts=experts, chat=chat)
     # 4. Local pass (skipped when a rule sends the request straight to an expert).
     answer: local.LocalAnswer | None = None
     if escalate_reason is None:
+        assert pool is not None  # no tier fits only with reason prompt_too_long
         if chat.stream and not experts:
             d.reason = "local_only" if local_only else "no_escalation"
             return await responses.stream_local(state.session, http, chat, d, pool=pool)
@@ -240,7 +223,10 @@ async def _route(
     assert escalate_reason is not None
     d.reason = escalate_reason
     if not experts:
-        detail = f"local pool: {d.local_error or 'saturated'}; no expert may receive this request"
+        local_why = (
+            _too_long(chat, d) if pool is None else f"local pool: {d.local_error or 'saturated'}"
+        )
+        detail = f"{local_why}; no expert may receive this request"
         raise responses.no_local_answer(d, detail=detail)
     # 6. Escalation.
     response = await _escalate(
@@ -269,6 +255,56 @@ async def _route(
                 audit=state.audit,
             )
     return response
+
+
+def _rules_and_tier(
+    state: State,
+    rt: runtime.Runtime,
+    http: web.Request,
+    chat: request.ChatRequest,
+    d: decision_mod.Decision,
+) -> tuple[config_mod.PoolConfig | None, list[escalation.ExpertState], str | None]:
+    """(pool of the local pass, experts that may answer, why the local pass is skipped).
+
+    The pool is None when the prompt is longer than every tier takes: the request then
+    skips the local pass with reason ``prompt_too_long`` (or a rule's reason).
+    """
+    policy = d.policy
+    matched = rules.match(
+        rules=policy.config.rules,
+        prompt_tokens=chat.prompt_estimate,
+        headers=http.headers,
+        has_tools=bool(chat.tools),
+        response_format=chat.response_format,
+    )
+    tier = tiers.first_fitting(policy.tiers, prompt_tokens=chat.prompt_estimate)
+    # Too long for every tier: metrics count it against the largest (last) tier.
+    d.pool = (tier or policy.tiers[-1]).name
+    pool = tier.pool if tier is not None else None
+    experts = policy.experts
+    escalate_reason = None if tier is not None else PROMPT_TOO_LONG
+    if matched is not None:
+        d.rule, rule = matched
+        d.rule_name = rule.name
+        if rule.action == "local":
+            experts = []
+        elif rule.action == "tier":
+            # The rule names its tier outright, whatever the tiers' prompt limits.
+            assert rule.target is not None
+            pool, d.pool, escalate_reason = rt.config.pools[rule.target], rule.target, None
+        elif rule.action == "expert":
+            if rule.target is not None:
+                experts = [state.experts[rule.target]]
+            escalate_reason = "rule"
+    return pool, experts, escalate_reason
+
+
+def _too_long(chat: request.ChatRequest, d: decision_mod.Decision) -> str:
+    largest = tiers.largest_limit(d.policy.tiers)
+    return (
+        f"the prompt (about {chat.prompt_estimate} tokens) is longer than every local tier "
+        f"takes (the largest maxPromptTokens is {largest})"
+    )
 
 
 def _quality(
@@ -406,7 +442,7 @@ async def _local_pass(
     chat: request.ChatRequest,
     d: decision_mod.Decision,
     *,
-    pool: Any,
+    pool: config_mod.PoolConfig,
     can_escalate: bool,
 ) -> local.LocalAnswer:
     cfg = d.policy.config
@@ -453,7 +489,7 @@ async def _escalate(
     outbound_params: dict[str, Any],
     raw_pii: bool,
     answer: local.LocalAnswer | None,
-    pool: Any,
+    pool: config_mod.PoolConfig | None,
 ) -> web.StreamResponse:
     cfg = d.policy.config
     call = _call(chat, d, outbound=outbound, params=outbound_params, raw_pii=raw_pii)
@@ -502,6 +538,8 @@ async def _escalate(
             code="experts_unavailable",
         )
     if answer is None:
+        if pool is None:  # no local tier takes a prompt this long
+            raise responses.no_local_answer(d, detail=f"{summary}; {_too_long(chat, d)}")
         try:
             answer = await local.complete(
                 session=state.session,
