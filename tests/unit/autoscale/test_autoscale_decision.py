@@ -32,12 +32,15 @@ def window(
     overflow: float = 0,
     spend: float = 0.0,
     low_confidence: float = 0,
+    prompt_too_long: float = 0,
 ) -> autoscale.Window:
     escalations = {}
     if overflow:
         escalations["overflow"] = overflow
     if low_confidence:
         escalations["low_confidence"] = low_confidence
+    if prompt_too_long:
+        escalations["prompt_too_long"] = prompt_too_long
     return autoscale.Window(
         window_seconds=seconds,
         requests=requests,
@@ -119,6 +122,18 @@ CASES: list[tuple[Any, ...]] = [
         2, {"low_confidence": 1000, "inflight": 4.0, "requests": 1000},
         (earlier(age=30, utilization=0.5),), None, {"scale_up_stabilization_seconds": 0},
         2, "hold", "Steady", ["1000 low_confidence escalations ignored"],
+    ),
+    (
+        "prompt_too_long escalations never scale up: no replica takes a longer prompt",
+        2, {"prompt_too_long": 1000, "inflight": 4.0, "requests": 1000},
+        (earlier(age=30, utilization=0.5),), None,
+        {"scale_up_stabilization_seconds": 0, "cost_per_replica_hour": 0.0},
+        2, "hold", "Steady", ["1000 prompt_too_long escalations ignored"],
+    ),
+    (
+        "prompt_too_long escalations do not block scale-down",
+        3, {"prompt_too_long": 50, "inflight": 1.2}, low_history(0.1), None, {},
+        1, "down", "UtilizationBelowTarget", ["50 prompt_too_long escalations ignored"],
     ),
     (
         "low_confidence escalations do not block scale-down",

@@ -2,7 +2,8 @@
 
 Pure: no I/O, no clock. Only ``overflow`` escalations (the pool was full) and
 utilisation argue for more replicas; ``low_confidence`` escalations are reported but
-never scale up, because more replicas of the same model are no more confident.
+never scale up, because more replicas of the same model are no more confident, and
+neither do ``prompt_too_long`` ones, because more replicas take no longer prompts.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ Direction = Literal["up", "down", "hold"]
 
 OVERFLOW = "overflow"
 LOW_CONFIDENCE = "low_confidence"
-REASONS = ("low_confidence", "overflow", "rule", "local_error", "invalid_format")
+PROMPT_TOO_LONG = "prompt_too_long"
+REASONS = (
+    "low_confidence",
+    "overflow",
+    "rule",
+    "local_error",
+    "invalid_format",
+    "prompt_too_long",
+)
 """Escalation reasons of the gateway metrics contract."""
 
 
@@ -64,7 +73,8 @@ class Window:
     requests: float
     """Requests that reached (or tried to reach) the pool's local pass."""
     escalations: Mapping[str, float] = field(default_factory=dict)
-    """Escalations by reason (low_confidence, overflow, rule, local_error)."""
+    """Escalations by reason (low_confidence, overflow, rule, local_error, invalid_format,
+    prompt_too_long); only overflow argues for more replicas."""
     overflow_spend_usd: float = 0.0
     """USD settled for overflow escalations over the window."""
     avg_inflight: float = 0.0
@@ -256,11 +266,20 @@ class _Outcome:
     reason: str
 
 
+_IGNORED = {
+    LOW_CONFIDENCE: "more replicas do not raise confidence",
+    PROMPT_TOO_LONG: "more replicas take no longer prompts",
+}
+"""Escalation reasons that cost money but that no replica count changes, and why; the
+reason line names them so an operator sees they were weighed and set aside."""
+
+
 def _ignored(window: Window) -> str:
-    count = window.escalations.get(LOW_CONFIDENCE, 0.0)
-    if count <= 0:
-        return ""
-    return f"; {count:g} low_confidence escalations ignored (more replicas do not raise confidence)"
+    return "".join(
+        f"; {count:g} {reason} escalations ignored ({why})"
+        for reason, why in _IGNORED.items()
+        if (count := window.escalations.get(reason, 0.0)) > 0
+    )
 
 
 def _waiting(held: float, since: float | None, needed: float) -> float | None:
