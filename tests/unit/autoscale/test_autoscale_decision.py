@@ -33,6 +33,7 @@ def window(
     spend: float = 0.0,
     low_confidence: float = 0,
     prompt_too_long: float = 0,
+    degenerate: float = 0,
 ) -> autoscale.Window:
     escalations = {}
     if overflow:
@@ -41,6 +42,8 @@ def window(
         escalations["low_confidence"] = low_confidence
     if prompt_too_long:
         escalations["prompt_too_long"] = prompt_too_long
+    if degenerate:
+        escalations["degenerate"] = degenerate
     return autoscale.Window(
         window_seconds=seconds,
         requests=requests,
@@ -129,6 +132,13 @@ CASES: list[tuple[Any, ...]] = [
         (earlier(age=30, utilization=0.5),), None,
         {"scale_up_stabilization_seconds": 0, "cost_per_replica_hour": 0.0},
         2, "hold", "Steady", ["1000 prompt_too_long escalations ignored"],
+    ),
+    (
+        "degenerate escalations never scale up: more copies loop the same way",
+        2, {"degenerate": 1000, "inflight": 4.0, "requests": 1000},
+        (earlier(age=30, utilization=0.5),), None,
+        {"scale_up_stabilization_seconds": 0, "cost_per_replica_hour": 0.0},
+        2, "hold", "Steady", ["1000 degenerate escalations ignored"],
     ),
     (
         "prompt_too_long escalations do not block scale-down",

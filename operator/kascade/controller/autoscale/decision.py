@@ -18,8 +18,10 @@ Direction = Literal["up", "down", "hold"]
 OVERFLOW = "overflow"
 LOW_CONFIDENCE = "low_confidence"
 PROMPT_TOO_LONG = "prompt_too_long"
+DEGENERATE = "degenerate"
 REASONS = (
     "low_confidence",
+    "degenerate",
     "overflow",
     "rule",
     "local_error",
@@ -269,6 +271,7 @@ class _Outcome:
 _IGNORED = {
     LOW_CONFIDENCE: "more replicas do not raise confidence",
     PROMPT_TOO_LONG: "more replicas take no longer prompts",
+    DEGENERATE: "more copies of the model loop the same way",
 }
 """Escalation reasons that cost money but that no replica count changes, and why; the
 reason line names them so an operator sees they were weighed and set aside."""
