@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-log = logging.getLogger("kascade.operator")
+log = logging.getLogger("kascade.leader")
 
 # Where a pod's ServiceAccount namespace is mounted: present only when running in a pod.
 POD_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
