@@ -142,7 +142,9 @@ async def _run_elected(kopf_args: dict[str, Any], *, namespace: str, lease_name:
             loop.remove_signal_handler(sig)
         if health is not None:
             await health.cleanup()
-    if not acquired:
+    if not acquired or stop.is_set():
+        # A signal that came while the Lease was being taken: hand it straight back.
+        await elector.release()
         log.info("Stopped while standing by")
         await kube.close()
         return 0
