@@ -117,3 +117,44 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
         if c.get("type") == type_:
             return dict(c)
     return None
+
+
+def install_release(
+    kubeconfig: str, kubectl: Callable[..., subprocess.CompletedProcess[str]]
+) -> str:
+    """The CRDs and the chart (RBAC, ServiceAccount; its pods are simulated by kwok), as
+    ``helm upgrade --install``; returns a kubeconfig of the chart's ServiceAccount."""
+    kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+    kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        *(
+            f"crd/{plural}.kascade.io"
+            for plural in ("localmodelpools", "cloudexperts", "routingpolicies", "tenants")
+        ),
+    )
+    helm = subprocess.run(
+        [
+            "helm",
+            "upgrade",
+            "--install",
+            RELEASE,
+            str(REPO / "charts" / "kascade"),
+            "--kubeconfig",
+            kubeconfig,
+            "--namespace",
+            RELEASE_NS,
+            "--create-namespace",
+            "--skip-crds",
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert helm.returncode == 0, helm.stderr
+    return service_account_kubeconfig(kubectl, kubeconfig, RELEASE)

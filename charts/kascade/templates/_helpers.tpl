@@ -63,6 +63,10 @@ that names the values and what would be accepted.
 */}}
 {{- define "kascade.validate" -}}
 {{- $gw := .Values.gateway }}
+{{- $op := .Values.operator }}
+{{- if and (not $op.leaderElection.enabled) (gt (int $op.replicas) 1) }}
+{{- fail (printf "operator.replicas is %d but operator.leaderElection.enabled is false: without leader election every replica would act. Enable it, or set operator.replicas=1" (int $op.replicas)) }}
+{{- end }}
 {{- if and (not $gw.redisUrl) (gt (int $gw.replicas) 1) }}
 {{- fail (printf "gateway.replicas is %d but gateway.redisUrl is empty: more than one gateway replica needs Redis, or budgets and throttles would be counted per replica. Set gateway.redisUrl, or keep gateway.replicas and gateway.hpa.maxReplicas at 1" (int $gw.replicas)) }}
 {{- end }}

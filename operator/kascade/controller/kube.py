@@ -55,6 +55,7 @@ RESOURCES: dict[str, ResourceType] = {
     "PodDisruptionBudget": ResourceType("policy/v1", "poddisruptionbudgets"),
     "ServiceMonitor": ResourceType("monitoring.coreos.com/v1", "servicemonitors"),
     "EndpointSlice": ResourceType("discovery.k8s.io/v1", "endpointslices"),
+    "Lease": ResourceType("coordination.k8s.io/v1", "leases"),
     "CustomResourceDefinition": ResourceType(
         "apiextensions.k8s.io/v1", "customresourcedefinitions", namespaced=False
     ),
@@ -222,6 +223,13 @@ class Kube:
         found = await self.get("CustomResourceDefinition", namespace=None, name=name) is not None
         self._crds[name] = (now, found)
         return found
+
+    async def replace(self, manifest: Manifest) -> Manifest:
+        """Replaces the object (PUT). With ``metadata.resourceVersion`` set the write is
+        conditional: 409 if the object changed since that version."""
+        meta = manifest["metadata"]
+        path = RESOURCES[manifest["kind"]].path(namespace=meta.get("namespace"), name=meta["name"])
+        return await self._call("PUT", path, body=manifest)
 
     async def create(self, manifest: Manifest, *, dry_run: bool = False) -> Manifest:
         """Creates the object; with ``dry_run`` the API server validates it (unknown

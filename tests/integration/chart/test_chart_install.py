@@ -16,7 +16,7 @@ import secrets
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,8 @@ CHART = REPO / "charts" / "kascade"
 CACHE = Path(os.environ.get("KASCADE_CACHE", Path.home() / ".cache" / "kascade"))
 
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
+# (verb, resource, subresource) or (verb, resource, subresource, object name).
+Check = tuple[str, ...]
 CRUD = ("get", "list", "watch", "create", "patch", "update", "delete")
 KINDS = (
     "localmodelpools.kascade.io",
@@ -74,6 +76,26 @@ DENIED: list[tuple[str, str, str]] = [
     ("escalate", "roles.rbac.authorization.k8s.io", ""),
     ("update", "leases.coordination.k8s.io", ""),
 ]  # fmt: skip
+
+
+def lease_checks(release: Release) -> tuple[list[Check], list[Check]]:
+    """Leader election, in the release's namespace: (allowed, denied). Only the
+    operator's own Lease can be read or written; ``create`` cannot name it."""
+    lease = f"{release.name}-operator"
+    leases = "leases.coordination.k8s.io"
+    allowed: list[Check] = [("create", leases, ""), ("get", leases, "", lease),
+                            ("update", leases, "", lease)]  # fmt: skip
+    denied: list[Check] = [
+        ("get", leases, "", "kube-scheduler"),
+        ("update", leases, "", "kube-scheduler"),
+        ("delete", leases, "", lease),
+        ("patch", leases, "", lease),
+        ("list", leases, ""),
+        ("watch", leases, ""),
+    ]
+    return allowed, denied
+
+
 CLUSTER_DENIED: list[tuple[str, str, str]] = [
     ("get", "nodes", ""),
     ("list", "nodes", ""),
@@ -171,7 +193,7 @@ def access_reviews(
     *,
     user: str,
     groups: tuple[str, ...],
-    checks: list[tuple[str, str, str]],
+    checks: Sequence[Check],
     namespace: str | None,
 ) -> list[bool]:
     """Asks the API server, with one SubjectAccessReview per check, what ``user`` may do.
@@ -182,11 +204,13 @@ def access_reviews(
     meaningless answer. The reviews name the API group explicitly.
     """
     reviews = []
-    for verb, resource, subresource in checks:
+    for verb, resource, subresource, *named in checks:
         name, _, group = resource.partition(".")
         attributes = {"verb": verb, "group": group, "resource": name}
         if subresource:
             attributes["subresource"] = subresource
+        if named:
+            attributes["name"] = named[0]
         if namespace:
             attributes["namespace"] = namespace
         reviews.append({
@@ -210,7 +234,7 @@ def access_reviews(
 def wrong_answers(
     kubectl: Runner,
     release: Release,
-    checks: list[tuple[str, str, str]],
+    checks: Sequence[Check],
     *,
     namespace: str | None,
     expected: bool,
@@ -221,8 +245,9 @@ def wrong_answers(
     )
     where = f"in {namespace}" if namespace else "cluster-scoped"
     return [
-        f"{'denied' if expected else 'allowed'}: {v} {r}{'/' + s if s else ''} {where}"
-        for (v, r, s), answer in zip(checks, answers, strict=True)
+        f"{'denied' if expected else 'allowed'}: {v} {r}{'/' + s if s else ''}"
+        f"{' ' + n[0] if n else ''} {where}"
+        for (v, r, s, *n), answer in zip(checks, answers, strict=True)
         if answer != expected
     ]
 
@@ -269,6 +294,17 @@ def uninstall_leaves_nothing(
         assert wrong_answers(kubectl, release, sample, namespace=ns, expected=False) == []
 
 
+def lease_problems(kubectl: Runner, release: Release) -> list[str]:
+    """Leader election's grants: its own Lease in the release namespace, nothing else."""
+    allowed, denied = lease_checks(release)
+    problems = wrong_answers(kubectl, release, allowed, namespace=release.namespace,
+                             expected=True)  # fmt: skip
+    problems += wrong_answers(kubectl, release, denied, namespace=release.namespace,
+                              expected=False)  # fmt: skip
+    return problems + wrong_answers(kubectl, release, allowed, namespace="default",
+                                    expected=False)  # fmt: skip
+
+
 def restrict(kubectl: Runner, namespace: str) -> None:
     """Makes the API server refuse pods that break the restricted Pod Security Standard."""
     kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
@@ -296,6 +332,7 @@ def test_cluster_wide_install_grants_exactly_what_the_operator_needs(
     problems += wrong_answers(kubectl, release, DENIED, namespace="default", expected=False)
     problems += wrong_answers(kubectl, release, DENIED, namespace=namespace, expected=False)
     problems += wrong_answers(kubectl, release, CLUSTER_DENIED, namespace=None, expected=False)
+    problems += lease_problems(kubectl, release)
     assert problems == [], "\n".join(problems)
 
     uninstall_leaves_nothing(helm, kubectl, release, [namespace, "default"])
@@ -324,10 +361,12 @@ def test_namespaced_install_grants_only_in_watched_namespaces(
     problems += wrong_answers(kubectl, release, CLUSTER_ALLOWED, namespace=None, expected=True)
     problems += wrong_answers(kubectl, release, DENIED, namespace=watched, expected=False)
     problems += wrong_answers(kubectl, release, CLUSTER_DENIED, namespace=None, expected=False)
-    # Outside the watched namespace, even its own namespace: nothing namespaced at all.
+    # Outside the watched namespace, even its own namespace: nothing namespaced at all
+    # (but its own Lease, checked below).
     for ns in (namespace, "default"):
         problems += wrong_answers(kubectl, release, NAMESPACED_ALLOWED, namespace=ns,
                                   expected=False)  # fmt: skip
+    problems += lease_problems(kubectl, release)
     assert problems == [], "\n".join(problems)
 
     uninstall_leaves_nothing(helm, kubectl, release, [namespace, watched])

@@ -39,6 +39,10 @@ LOG_LEVELS = json.loads((CHART / "values.schema.json").read_text())["properties"
     [
         pytest.param([], id="all-namespaces"),
         pytest.param(["--set", "watchNamespaces={team-a,team-b}"], id="namespaced"),
+        pytest.param(
+            ["--set", "operator.leaderElection.enabled=false", "--set", "operator.replicas=1"],
+            id="no-leader-election",
+        ),
         *[pytest.param(["--set", f"operator.logLevel={lv}"], id=lv) for lv in LOG_LEVELS],
     ],
 )

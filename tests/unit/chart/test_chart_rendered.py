@@ -1,5 +1,6 @@
-"""What the rendered chart promises: one standalone operator, restricted pods, the
-gateway defaults handed to the operator, and exactly the RBAC it needs."""
+"""What the rendered chart promises: operator replicas of which only the Lease holder
+acts, restricted pods, the gateway defaults handed to the operator, and exactly the RBAC
+it needs."""
 
 from __future__ import annotations
 
@@ -68,19 +69,65 @@ def env(manifests: list[Manifest]) -> dict[str, str]:
     return {e["name"]: e.get("value", "<from>") for e in container(manifests)["env"]}
 
 
-def test_operator_is_one_standalone_replica_replaced_not_rolled(render: Render) -> None:
+def test_operator_runs_two_replicas_of_which_the_lease_holder_acts(render: Render) -> None:
     deployment = find(render(), "Deployment", OPERATOR)
     assert deployment["metadata"]["namespace"] == RELEASE_NAMESPACE
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == 2
+    # A new pod stands by until the old leader releases the Lease: rolling is safe.
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    args = container(render())["args"]
+    assert args[args.index("--leader-elect") + 1 :][:2] == ["--lease-name", OPERATOR]
+    values = env(render())
+    assert values["KASCADE_OPERATOR_NAMESPACE"] == "<from>"
+    assert values["POD_NAME"] == "<from>"
     pod = deployment["spec"]["template"]
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert selector.items() <= pod["metadata"]["labels"].items()
     assert pod["spec"]["serviceAccountName"] == "kascade"
 
 
+def test_without_leader_election_one_replica_is_replaced_not_rolled(render: Render) -> None:
+    manifests = render(
+        "--set", "operator.leaderElection.enabled=false", "--set", "operator.replicas=1"
+    )
+    deployment = find(manifests, "Deployment", OPERATOR)
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert "--no-leader-elect" in container(manifests)["args"]
+    assert not [m for m in manifests if m["metadata"]["name"] == f"{OPERATOR}-lease"]
+
+
+@pytest.mark.parametrize("extra", [[], ["--values", str(NAMESPACED_VALUES)]])
+def test_lease_rbac_is_create_and_get_update_of_the_one_lease(
+    render: Render, extra: list[str]
+) -> None:
+    manifests = render(*extra)
+    role = find(manifests, "Role", f"{OPERATOR}-lease")
+    assert role["metadata"]["namespace"] == RELEASE_NAMESPACE
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [OPERATOR],
+            "verbs": ["get", "update"],
+        },
+    ]
+    binding = find(manifests, "RoleBinding", f"{OPERATOR}-lease")
+    assert binding["metadata"]["namespace"] == RELEASE_NAMESPACE
+    assert binding["roleRef"]["name"] == f"{OPERATOR}-lease"
+    sa = find(manifests, "Deployment", OPERATOR)["spec"]["template"]["spec"]["serviceAccountName"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": sa, "namespace": RELEASE_NAMESPACE}
+    ]
+
+
 def test_cluster_wide_by_default_and_listed_namespaces_otherwise(render: Render) -> None:
     flags = ["--log-level", "INFO", "--liveness", "http://0.0.0.0:8080/healthz"]
+    flags += ["--leader-elect", "--lease-name", OPERATOR]
     assert container(render())["args"] == ["operator", "--all-namespaces", *flags]
     assert container(render("--set", "watchNamespaces={a,b}"))["args"] == [
         "operator", "--namespace", "a", "--namespace", "b", *flags,
@@ -149,7 +196,11 @@ def test_cluster_wide_rbac_is_exactly_the_needed_rules(render: Render) -> None:
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "kascade", "namespace": RELEASE_NAMESPACE}
     ]
-    assert not [m for m in manifests if m["kind"] in {"Role", "RoleBinding"}]
+    # The one namespaced Role is leader election's (its own test below).
+    assert [m["metadata"]["name"] for m in manifests if m["kind"] in {"Role", "RoleBinding"}] == [
+        f"{OPERATOR}-lease",
+        f"{OPERATOR}-lease",
+    ]
 
 
 def test_namespaced_rbac_puts_namespaced_rules_in_each_watched_namespace(
@@ -158,11 +209,13 @@ def test_namespaced_rbac_puts_namespaced_rules_in_each_watched_namespace(
     manifests = render("--values", str(NAMESPACED_VALUES))
     # Cluster-scoped reads only; everything else is granted per watched namespace.
     assert flatten(find(manifests, "ClusterRole", OPERATOR)["rules"]) == CLUSTER_RULES
-    roles = [m for m in manifests if m["kind"] == "Role"]
+    roles = [m for m in manifests if m["kind"] == "Role" and m["metadata"]["name"] == OPERATOR]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for role in roles:
         assert flatten(role["rules"]) == NAMESPACED_RULES
-    bindings = [m for m in manifests if m["kind"] == "RoleBinding"]
+    bindings = [
+        m for m in manifests if m["kind"] == "RoleBinding" and m["metadata"]["name"] == OPERATOR
+    ]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     for binding in bindings:
         assert binding["subjects"] == [

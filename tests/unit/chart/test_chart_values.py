@@ -27,6 +27,10 @@ from chart_render import HelmRunner, template_args
             ["--set", "gateway.redisUrl=http://redis:6379"], ["redisUrl"], id="redis-scheme"
         ),
         pytest.param(["--set", "metrics.port=70000"], ["metrics", "port"], id="port-range"),
+        pytest.param(["--set", "operator.replicas=0"], ["operator", "replicas"], id="op-replicas"),
+        pytest.param(
+            ["--set", "operator.leaderElection.enable=true"], ["enable"], id="leader-typo"
+        ),
         pytest.param(
             ["--set", "operator.resources.requests.cpu=lots"], ["requests", "cpu"], id="quantity"
         ),
@@ -71,6 +75,11 @@ def test_schema_rejects_bad_values_naming_the_key(
             ["--set", "kuberay.required=true"],
             "kuberay.required is true but this cluster does not serve ray.io/v1 RayService",
             id="kuberay-missing",
+        ),
+        pytest.param(
+            ["--set", "operator.leaderElection.enabled=false"],
+            "operator.replicas is 2 but operator.leaderElection.enabled is false",
+            id="replicas-without-leader-election",
         ),
         pytest.param(
             ["--set", "serviceAccount.create=false"],
