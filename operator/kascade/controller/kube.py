@@ -44,6 +44,7 @@ RESOURCES: dict[str, ResourceType] = {
     "RoutingPolicy": ResourceType("kascade.io/v1alpha1", "routingpolicies"),
     "Tenant": ResourceType("kascade.io/v1alpha1", "tenants"),
     "NetworkPolicy": ResourceType("networking.k8s.io/v1", "networkpolicies"),
+    "PersistentVolumeClaim": ResourceType("v1", "persistentvolumeclaims"),
     "RayService": ResourceType("ray.io/v1", "rayservices"),
     "RayCluster": ResourceType("ray.io/v1", "rayclusters"),
     "Deployment": ResourceType("apps/v1", "deployments"),
