@@ -17,20 +17,43 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
+from tests.integration.gateway.conftest import expert_config
 from tests.testkit import KubectlRunner, free_port, wait_for_port
 
 from e2e import dataplane
 from e2e import operator_support as ops
 from e2e.test_operator import operator  # noqa: F401  (the module's operator fixture)
+from kascade.gateway import config as config_mod
+from kascade.gateway.experts import providers, worst_case
 
 pytestmark = pytest.mark.cluster
 
-# Worst case of one request below: prompt bound (16 + 8 + 2 bytes) x $50/M + 8 x $100/M
-# = $0.0021; the simulated expert reports exactly that usage. Two fit in $0.005.
-TENANT_LIMIT_USD = 0.005
+PRICING = {"inputPerMillionTokens": 50, "outputPerMillionTokens": 100}
+MESSAGES = [{"role": "user", "content": "hi"}]
+MAX_TOKENS = 8
+
+
+def _bound() -> worst_case.Bound:
+    """The worst case the gateway reserves for one request below, computed by the same
+    adapter over the same body; the simulated expert reports exactly that usage."""
+    cfg = config_mod.ExpertConfig.model_validate(
+        expert_config("http://127.0.0.1:1", provider="openai-compatible", model="sim-large",
+                      pricing=PRICING)
+    )  # fmt: skip
+    outbound = providers.build_request(
+        expert=cfg, api_key=None, messages=MESSAGES, params={}, max_tokens=MAX_TOKENS,
+        stream=False,
+    )  # fmt: skip
+    return worst_case.bound(body=outbound.body, pricing=cfg.pricing)
+
+
+BOUND = _bound()
+# Two worst cases fit, a third does not.
+TENANT_LIMIT_USD = float(Decimal(5 * BOUND.nanos) / Decimal(2 * 10**9))
 
 
 def _manifests(*, sim_port: int) -> str:
@@ -52,7 +75,7 @@ def _manifests(*, sim_port: int) -> str:
           endpoint: http://127.0.0.1:{sim_port}
           allowInsecureHttp: true
           model: sim-large
-          pricing: {{inputPerMillionTokens: 50, outputPerMillionTokens: 100}}
+          pricing: {json.dumps(PRICING)}
           budget: {{limitUSD: 100, window: calendar-day}}
         ---
         apiVersion: kascade.io/v1alpha1
@@ -89,7 +112,7 @@ def _manifests(*, sim_port: int) -> str:
 
 
 def _post(url: str, *, model: str, key: str | None) -> tuple[int, dict[str, str], Any]:
-    body = {"model": model, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    body = {"model": model, "max_tokens": MAX_TOKENS, "messages": MESSAGES}
     headers = {"content-type": "application/json"}
     if key:
         headers["authorization"] = f"Bearer {key}"
@@ -116,7 +139,15 @@ def sims() -> Iterator[tuple[int, int]]:
         )
         for port, args in (
             (pool_port, ["--confidence", "0.1"]),
-            (expert_port, ["--prompt-tokens", "26", "--completion-tokens", "8"]),
+            (
+                expert_port,
+                [
+                    "--prompt-tokens",
+                    str(BOUND.prompt_tokens),
+                    "--completion-tokens",
+                    str(BOUND.completion_tokens),
+                ],
+            ),
         )
     ]
     try:
