@@ -99,6 +99,21 @@ async def test_no_expert_left_gives_degraded_local_answer_or_error(
     assert body["error"]["message"].startswith("Experts are down. (broken: http_500")
 
 
+async def _circuit(http: aiohttp.ClientSession, url: str, expert: str) -> str:
+    async with http.get(f"{url}/v1/kascade/status") as resp:
+        return str((await resp.json())["experts"][expert]["circuit"]["state"])
+
+
+async def _wait_for_circuit(
+    http: aiohttp.ClientSession, url: str, expert: str, state: str, *, within: float = 10.0
+) -> None:
+    """Polls the status endpoint until the expert's circuit is in ``state``."""
+    deadline = time.monotonic() + within
+    while (seen := await _circuit(http, url, expert)) != state:
+        assert time.monotonic() < deadline, f"circuit of {expert} stayed {seen}, not {state}"
+        await asyncio.sleep(0.05)
+
+
 async def test_circuit_opens_then_half_opens(start_sim, start_gateway, http) -> None:
     pool = await start_sim(name="pool", confidence=0.1)
     flaky = await start_sim(name="flaky", fail_every=1)
@@ -124,15 +139,14 @@ async def test_circuit_opens_then_half_opens(start_sim, start_gateway, http) -> 
     _, headers, _ = await _post(http, gw.url, chat("x"))
     assert len(flaky.records) == 3
     assert "flaky: circuit_open" in headers["x-kascade-degraded"]
-    async with http.get(f"{gw.url}/v1/kascade/status") as resp:
-        assert (await resp.json())["experts"]["flaky"]["circuit"]["state"] == "open"
-    await asyncio.sleep(0.6)
+    assert await _circuit(http, gw.url, "flaky") == "open"
+    await _wait_for_circuit(http, gw.url, "flaky", "half-open")  # openSeconds passed
     # Half-open: one trial; it fails, so the circuit re-opens at once.
     await _post(http, gw.url, chat("x"))
     assert len(flaky.records) == 4
     await _post(http, gw.url, chat("x"))
     assert len(flaky.records) == 4
-    await asyncio.sleep(0.6)
+    await _wait_for_circuit(http, gw.url, "flaky", "half-open")
     # Half-open again; the expert has recovered: the trial succeeds and closes it.
     flaky.set(fail_every=0)
     _status, headers, _ = await _post(http, gw.url, chat("x"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from tests.integration.gateway.conftest import chat, expert_config, gateway_conf
 
 from kascade.gateway import config as config_mod
 from kascade.gateway.endpoints import server
+from kascade.simexpert import server as sim_server
 
 
 def _swap(link: Path, data: dict[str, Any] | str, version: str) -> None:
@@ -35,7 +37,7 @@ async def _wait_for(predicate: Any, within: float = 5.0) -> None:
 
 
 async def test_reload_swaps_config_without_dropping_requests(
-    start_sim, gw_stack, tmp_path, http
+    start_sim, gw_stack, tmp_path, http, caplog
 ) -> None:
     pool = await start_sim(name="pool", confidence=0.5, latency_ms=1500)
     expert = await start_sim(name="e1")
@@ -53,7 +55,8 @@ async def test_reload_swaps_config_without_dropping_requests(
 
     # A slow request starts under v1 (threshold 0.3: confidence 0.5 stays local) ...
     slow = asyncio.create_task(http.post(f"{url}/v1/chat/completions", json=chat("slow")))
-    await asyncio.sleep(0.3)
+    # It has reached the pool, so it holds v1's runtime.
+    await _wait_for(lambda: pool.app[sim_server.SIM].count == 1)
     # ... while v2 (threshold 0.9, and a new policy) goes live.
     v2 = json.loads(json.dumps(v1))
     v2["policies"]["default"]["confidence"]["threshold"] = 0.9
@@ -75,9 +78,16 @@ async def test_reload_swaps_config_without_dropping_requests(
     bad = json.loads(json.dumps(v2))
     bad["policies"]["default"]["localPool"] = "missing"
     before = state.runtime
-    _swap(path, bad, "v3")
-    _swap(path, "policies: [not, a, mapping", "v4")
-    await asyncio.sleep(2.5)
+
+    def rejections() -> int:
+        return sum("Rejected new gateway config" in r.getMessage() for r in caplog.records)
+
+    # Each bad version is seen by the watcher (its rejection is logged) before the next.
+    with caplog.at_level(logging.ERROR, logger="kascade.gateway"):
+        _swap(path, bad, "v3")
+        await _wait_for(lambda: rejections() == 1)
+        _swap(path, "policies: [not, a, mapping", "v4")
+        await _wait_for(lambda: rejections() == 2)
     assert state.runtime is before
     async with http.post(f"{url}/v1/chat/completions", json=chat("still here")) as resp:
         assert resp.status == 200
