@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import aiohttp
 import pytest
+import redis.asyncio as redis_asyncio
 from tests.integration.gateway.conftest import chat, expert_config, gateway_config
 
 
@@ -465,7 +467,15 @@ async def test_exact_cache_is_shared_by_replicas_on_redis(
     b = await start_gateway(config, name="b")
     _, first, body = await _post(http, a.url, chat("shared question"))
     assert first["x-kascade-route"] == "expert:e1"
-    await asyncio.sleep(0.2)  # the store is written in the background
+    # The store is written in the background: wait until the entry is in Redis.
+    client = redis_asyncio.Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + 10
+        while not await client.keys("kascade:cache:*"):
+            assert time.monotonic() < deadline, "the shared cache entry was never stored"
+            await asyncio.sleep(0.02)
+    finally:
+        await client.aclose()
     _, second, again = await _post(http, b.url, chat("shared  question"))
     assert second["x-kascade-route"] == "cache"
     assert second["x-kascade-reason"] == "cache_exact"
