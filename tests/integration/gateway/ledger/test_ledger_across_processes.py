@@ -118,6 +118,20 @@ def test_two_processes_share_max_concurrency(redis_url: str) -> None:
         client.close()
 
 
+def _checkpoint_holds(path: Path, *, settled: int, held: list[int]) -> bool:
+    """The checkpoint file (replaced atomically, so read whole) records this state."""
+    try:
+        payload = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return False
+    books = payload["experts"].get("e")
+    return (
+        books is not None
+        and sum(books["calendar"].values()) == settled
+        and sorted(h[0] for h in books["held"]) == held
+    )
+
+
 def test_memory_ledger_killed_with_sigkill_loses_no_settled_spend(tmp_path: Path) -> None:
     checkpoint = tmp_path / "spend.json"
     proc = subprocess.Popen(
@@ -132,7 +146,13 @@ def test_memory_ledger_killed_with_sigkill_loses_no_settled_spend(tmp_path: Path
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
-        time.sleep(0.8)  # the checkpoint is written at most 0.25 s after a change
+        # No close(): wait until the background checkpoint holds the last change (the
+        # in-flight reservation of 500 next to the 300 settled), then kill.
+        deadline = time.monotonic() + 30
+        while not _checkpoint_holds(checkpoint, settled=300, held=[500]):
+            assert time.monotonic() < deadline, "the checkpoint never caught up"
+            assert proc.poll() is None, "the worker died"
+            time.sleep(0.02)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
