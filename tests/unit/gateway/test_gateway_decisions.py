@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import pytest
 
@@ -77,10 +76,12 @@ def test_dynamic_threshold_formula() -> None:
 
 
 def test_circuit_breaker_states() -> None:
+    now = [100.0]
     b = breaker.CircuitBreaker(
         config=config.CircuitBreakerConfig(
             failureThreshold=2, openSeconds=0.05, halfOpenMaxRequests=2
-        )
+        ),
+        clock=lambda: now[0],
     )
     assert b.allow()
     assert b.state == "closed"
@@ -92,7 +93,9 @@ def test_circuit_breaker_states() -> None:
     assert b.state == "open"
     assert not b.allow()
     assert not b.available()
-    time.sleep(0.06)
+    now[0] += 0.04
+    assert b.state == "open"  # not before openSeconds
+    now[0] += 0.02
     assert b.state == "half-open"
     assert b.allow()
     assert b.allow()
@@ -101,7 +104,7 @@ def test_circuit_breaker_states() -> None:
     assert b.state == "closed"
     b.record_failure()
     b.record_failure()
-    time.sleep(0.06)
+    now[0] += 0.06
     assert b.allow()
     b.record_failure()  # a failed trial re-opens at once
     assert b.state == "open"

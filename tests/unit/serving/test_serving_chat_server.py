@@ -106,7 +106,11 @@ async def test_sampling_with_a_seed_is_reproducible(chat: server.ChatServer) -> 
 
 async def test_busy_replica_without_queue_refuses_at_once(chat: server.ChatServer) -> None:
     slow = asyncio.create_task(_json(chat, temperature=0, max_tokens=60))
-    await asyncio.sleep(0.05)
+    for _ in range(500):  # until the slow request holds the one slot
+        if chat._admission.in_flight == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert chat._admission.in_flight == 1, "the slow request never took its slot"
     refused = await _json(chat, temperature=0, max_tokens=4)
     assert refused.status == 429
     assert int(refused.headers["retry-after"]) >= 1

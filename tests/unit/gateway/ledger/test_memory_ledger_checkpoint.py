@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -32,13 +33,27 @@ async def test_settled_spend_survives_recreation_after_close(tmp_path: Path) -> 
     await again.close()
 
 
+def _holds(path: Path, *, spent: int) -> bool:
+    """The checkpoint file (replaced atomically) records ``spent`` and no reservation."""
+    try:
+        books = json.loads(path.read_bytes())["experts"]["e"]
+    except (FileNotFoundError, KeyError):
+        return False
+    return sum(books["calendar"].values()) == spent and books["held"] == []
+
+
 async def test_checkpoint_follows_changes_without_close(tmp_path: Path) -> None:
     path = tmp_path / "spend.json"
     books = ledger.MemoryLedger(checkpoint_path=path, checkpoint_interval_s=0.05)
     for i in range(20):
         held = await books.reserve(expert="e", budget=MONTH, amount_nanos=100, request_id=f"{i}")
         await books.settle(held, actual_nanos=10)
-    await asyncio.sleep(0.5)  # no close(): as if the process were killed now
+    # No close(): as if the process were killed once the background writer caught up
+    # with the last change (all 20 settled at 10 each, nothing held).
+    deadline = time.monotonic() + 10
+    while not _holds(path, spent=200):
+        assert time.monotonic() < deadline, "the checkpoint never caught up"
+        await asyncio.sleep(0.01)
     again = ledger.MemoryLedger(checkpoint_path=path)
     assert (await again.snapshot(expert="e", budget=MONTH)).spent_nanos == 200
     leftovers = [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
