@@ -128,8 +128,11 @@ async def test_scrape_source_tolerates_and_reports_failing_replicas(
     async def broken(_: web.Request) -> web.Response:
         return web.Response(status=500, text="boom")
 
+    # Never answers on its own: released only once the scrape has been cut off.
+    release = asyncio.Event()
+
     async def slow(_: web.Request) -> web.Response:
-        await asyncio.sleep(5)
+        await release.wait()
         return web.Response(text="")
 
     async def garbage(_: web.Request) -> web.Response:
@@ -155,7 +158,10 @@ async def test_scrape_source_tolerates_and_reports_failing_replicas(
     healthy["metrics"].serve(pool="small", requests=20, inflight=3)
     clock.now += 30
     started = asyncio.get_running_loop().time()
-    reading = await source.read()
+    try:
+        reading = await source.read()
+    finally:
+        release.set()
     elapsed = asyncio.get_running_loop().time() - started
 
     assert elapsed < 2.0  # the slow replica is cut off, not waited for
