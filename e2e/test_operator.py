@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.testkit import KubectlRunner
+from tests.testkit import KubectlRunner, free_port
 
 from e2e import operator_support as ops
 from kascade.gateway import config as gw
@@ -329,16 +329,47 @@ def test_hand_edits_are_repaired_and_idle_operator_writes_nothing(
             == "True"
         ),
     )
-    time.sleep(3)  # let the last status writes land
-
-    before = _children(kubectl, namespace)
+    # The Deployment controller's last status writes have landed (rollout complete) ...
+    kubectl("rollout", "status", "-n", namespace, "deployment/kascade-gateway",
+            "--timeout=90s")  # fmt: skip
+    # ... and once stopped, the operator writes nothing more: the versions seen now are
+    # the ones an idle operator must leave alone.
     operator.stop()
-    operator.start()
-    # Two resync intervals of the restarted operator, and more: nothing may move.
-    time.sleep(60)
+    before = _children(kubectl, namespace)
+    port = free_port()
+    operator.extra_env["KASCADE_METRICS_PORT"] = str(port)
+    try:
+        operator.start()
+        # The window is defined by work done, not by wall time: the restarted operator's
+        # startup reconciles and two whole resync rounds (every object reconciled again)
+        # have completed. Round 3 starts one interval after round 2 was queued, and the
+        # namespace reconciles counted done are at least startup + rounds 1 and 2.
+        ops.wait_for(
+            "two completed resync rounds of the restarted operator",
+            lambda: _metric(port, "kascade_operator_resync_rounds_total") >= 3
+            and _metric(port, 'kascade_operator_reconciles_total{kind="namespace",result="ok"}')
+            >= 3,
+            timeout=120,
+        )
+    finally:
+        operator.extra_env.pop("KASCADE_METRICS_PORT")
     after = _children(kubectl, namespace)
     assert after == before, "objects were rewritten while nothing changed"
     assert operator.running(), operator.log()
+
+
+def _metric(port: int, series: str) -> float:
+    """The value of one series on the operator's metrics port (0 before it answers)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return 0.0
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == series:
+            return float(value)
+    return 0.0
 
 
 def test_deleting_the_policy_garbage_collects_the_gateway(

@@ -28,6 +28,10 @@ from kascade.controller import tenants as tenants_mod
 
 GROUP, VERSION = "kascade.io", "v1alpha1"
 RESYNC_SECONDS = float(os.environ.get("KASCADE_RESYNC_SECONDS", "60"))
+RESYNC_ROUNDS = prometheus_client.Counter(
+    "kascade_operator_resync_rounds_total",
+    "Resync rounds run by the operator (each queued a reconcile of every object).",
+)
 MANAGED = {"app.kubernetes.io/managed-by": "kascade"}
 
 log = logging.getLogger("kascade.operator")
@@ -349,6 +353,8 @@ async def _resync_loop(memo: kopf.Memo) -> None:
             _resync_all(memo, *memo.indexes["all"])
         except Exception:
             log.exception("Resync round failed; retrying next interval")
+        else:
+            RESYNC_ROUNDS.inc()
 
 
 def _resync_all(
