@@ -346,9 +346,11 @@ def test_hand_edits_are_repaired_and_idle_operator_writes_nothing(
         # namespace reconciles counted done are at least startup + rounds 1 and 2.
         ops.wait_for(
             "two completed resync rounds of the restarted operator",
-            lambda: _metric(port, "kascade_operator_resync_rounds_total") >= 3
-            and _metric(port, 'kascade_operator_reconciles_total{kind="namespace",result="ok"}')
-            >= 3,
+            lambda: (
+                _metric(port, "kascade_operator_resync_rounds_total") >= 3
+                and _metric(port, 'kascade_operator_reconciles_total{kind="namespace",result="ok"}')
+                >= 3
+            ),
             timeout=120,
         )
     finally:
