@@ -350,6 +350,19 @@ def build_network_policy(
     }  # fmt: skip
 
 
+@dataclass(frozen=True)
+class _GatewayMeta:
+    """What every object of one namespace's gateway carries."""
+
+    namespace: str
+    labels: dict[str, str]
+    owners: list[dict[str, Any]]
+
+    def meta(self, name: str = GATEWAY_NAME, **extra_labels: str) -> dict[str, Any]:
+        labels = {**self.labels, **extra_labels}
+        return _meta(name, self.namespace, labels=labels, owners=self.owners)
+
+
 def build_gateway(
     *,
     namespace: str,
@@ -360,181 +373,199 @@ def build_gateway(
     service_monitor: bool,
     tenants: list[v1alpha1.Tenant] | None = None,
 ) -> list[Manifest]:
-    """ConfigMap, Deployment, Services (API and admin), PDB, NetworkPolicy, HPA (and
-    ServiceMonitor) of a namespace's gateway."""
+    """ConfigMap, Deployment, Services (API and admin), PDB, NetworkPolicy, the ledger's
+    claim or an HPA (and ServiceMonitor) of a namespace's gateway."""
     labels = {"app.kubernetes.io/name": GATEWAY_NAME, "app.kubernetes.io/instance": namespace}
-    selector = dict(labels)
+    g = _GatewayMeta(namespace=namespace, labels=labels, owners=owners)
+    shared = _shared_ledger(settings)
+    replicas = settings.gateway_replicas if shared else 1
+    pod = _gateway_pod(experts=experts, tenants=tenants or [], settings=settings, shared=shared)
+    objects: list[Manifest] = [
+        _gateway_config_map(g, config),
+        _gateway_deployment(g, pod=pod, replicas=replicas, shared=shared),
+        *_gateway_services(g),
+        {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": g.meta(),
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": labels}},
+        },
+        build_network_policy(
+            namespace=namespace, selector=labels, settings=settings, owners=owners
+        ),
+    ]
+    if shared:
+        # Several replicas only keep budgets exact when they share the Redis ledger.
+        objects.append(_gateway_hpa(g, replicas=replicas, settings=settings))
+    else:
+        objects.append(ledger_claim(namespace=namespace, labels=labels, settings=settings))
+    if service_monitor:
+        objects.append(_gateway_service_monitor(g))
+    return [with_hash(obj) for obj in objects]
+
+
+def _gateway_config_map(g: _GatewayMeta, config: gw.GatewayConfig) -> Manifest:
     config_json = json.dumps(
         config.model_dump(mode="json", by_alias=True, exclude_none=True), indent=2, sort_keys=True
     )
-    shared = _shared_ledger(settings)
-    replicas = settings.gateway_replicas if shared else 1
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": g.meta(),
+        "data": {GATEWAY_CONFIG_FILE: config_json},
+    }
+
+
+def _gateway_pod(
+    *,
+    experts: list[v1alpha1.CloudExpert],
+    tenants: list[v1alpha1.Tenant],
+    settings: Settings,
+    shared: bool,
+) -> Manifest:
+    """The pod spec: one restricted container, its config, state and Secret volumes."""
     volumes, mounts = secret_volumes(experts)
     # In memory, the ledger's checkpoint must outlive the pod (a PVC), and two pods
     # must never run at once (Recreate): each would keep its own ledger.
     state: dict[str, Any] = (
         {"emptyDir": {}} if shared else {"persistentVolumeClaim": {"claimName": LEDGER_CLAIM}}
     )
-    t_volumes, t_mounts = tenant_volumes(tenants or [], redis_secret=settings.redis_secret)
-    volumes = [
-        {"name": "config", "configMap": {"name": GATEWAY_NAME}},
-        {"name": "state", **state},
-        *volumes,
-        *t_volumes,
-    ]
+    t_volumes, t_mounts = tenant_volumes(tenants, redis_secret=settings.redis_secret)
     mounts = [
         {"name": "config", "mountPath": GATEWAY_CONFIG_DIR, "readOnly": True},
         {"name": "state", "mountPath": "/var/lib/kascade"},
         *mounts,
         *t_mounts,
     ]
+    return {
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 65532,
+            "runAsGroup": 65532,
+            "fsGroup": 65532,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [_gateway_container(settings, mounts)],
+        "volumes": [
+            {"name": "config", "configMap": {"name": GATEWAY_NAME}},
+            {"name": "state", **state},
+            *volumes,
+            *t_volumes,
+        ],
+    }
+
+
+def _gateway_container(settings: Settings, mounts: list[dict[str, Any]]) -> Manifest:
     probe = {"httpGet": {"port": "http"}, "periodSeconds": 10, "timeoutSeconds": 2}
-    deployment: Manifest = {
+    return {
+        "name": "gateway",
+        "image": settings.gateway_image,
+        "imagePullPolicy": settings.gateway_image_pull_policy,
+        "args": [
+            "gateway",
+            "--config",
+            f"{GATEWAY_CONFIG_DIR}/{GATEWAY_CONFIG_FILE}",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(GATEWAY_PORT),
+            "--admin-port",
+            str(GATEWAY_ADMIN_PORT),
+            # Audit lines on stdout, the gateway's own logs on stderr: log pipelines
+            # collect stdout as the audit stream; each policy's audit.enabled still applies.
+            "--audit-log",
+            "-",
+        ],
+        "ports": [
+            {"name": "http", "containerPort": GATEWAY_PORT},
+            {"name": "admin", "containerPort": GATEWAY_ADMIN_PORT},
+        ],
+        "readinessProbe": {**probe, "httpGet": {"path": "/readyz", "port": "http"}},
+        "livenessProbe": {
+            **probe,
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "failureThreshold": 6,
+        },
+        "resources": {
+            "requests": {
+                "cpu": settings.gateway_cpu_request,
+                "memory": settings.gateway_memory_request,
+            },
+            "limits": {"memory": settings.gateway_memory_limit},
+        },
+        "securityContext": RESTRICTED_CONTAINER,
+        "volumeMounts": mounts,
+    }
+
+
+def _gateway_deployment(g: _GatewayMeta, *, pod: Manifest, replicas: int, shared: bool) -> Manifest:
+    return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta(GATEWAY_NAME, namespace, labels=labels, owners=owners),
+        "metadata": g.meta(),
         "spec": {
             "replicas": replicas,
             "strategy": {"type": "RollingUpdate"} if shared else {"type": "Recreate"},
-            "selector": {"matchLabels": selector},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "automountServiceAccountToken": False,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": 65532,
-                        "runAsGroup": 65532,
-                        "fsGroup": 65532,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "containers": [
-                        {
-                            "name": "gateway",
-                            "image": settings.gateway_image,
-                            "imagePullPolicy": settings.gateway_image_pull_policy,
-                            "args": [
-                                "gateway",
-                                "--config",
-                                f"{GATEWAY_CONFIG_DIR}/{GATEWAY_CONFIG_FILE}",
-                                "--host",
-                                "0.0.0.0",
-                                "--port",
-                                str(GATEWAY_PORT),
-                                "--admin-port",
-                                str(GATEWAY_ADMIN_PORT),
-                                # Audit lines on stdout, the gateway's own logs on
-                                # stderr: log pipelines collect stdout as the audit
-                                # stream; each policy's audit.enabled still applies.
-                                "--audit-log",
-                                "-",
-                            ],
-                            "ports": [
-                                {"name": "http", "containerPort": GATEWAY_PORT},
-                                {"name": "admin", "containerPort": GATEWAY_ADMIN_PORT},
-                            ],
-                            "readinessProbe": {
-                                **probe,
-                                "httpGet": {"path": "/readyz", "port": "http"},
-                            },
-                            "livenessProbe": {
-                                **probe,
-                                "httpGet": {"path": "/healthz", "port": "http"},
-                                "failureThreshold": 6,
-                            },
-                            "resources": {
-                                "requests": {
-                                    "cpu": settings.gateway_cpu_request,
-                                    "memory": settings.gateway_memory_request,
-                                },
-                                "limits": {"memory": settings.gateway_memory_limit},
-                            },
-                            "securityContext": RESTRICTED_CONTAINER,
-                            "volumeMounts": mounts,
-                        }
-                    ],
-                    "volumes": volumes,
-                },
-            },
+            "selector": {"matchLabels": dict(g.labels)},
+            "template": {"metadata": {"labels": g.labels}, "spec": pod},
         },
     }
-    objects: list[Manifest] = [
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": _meta(GATEWAY_NAME, namespace, labels=labels, owners=owners),
-            "data": {GATEWAY_CONFIG_FILE: config_json},
-        },
-        deployment,
+
+
+def _gateway_services(g: _GatewayMeta) -> list[Manifest]:
+    """The API Service callers use, and the admin Service (metrics, status) apart."""
+    return [
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": _meta(GATEWAY_NAME, namespace, labels=labels, owners=owners),
+            "metadata": g.meta(),
             "spec": {
-                "selector": selector,
+                "selector": dict(g.labels),
                 "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
             },
         },
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": _meta(
-                GATEWAY_ADMIN_NAME, namespace, labels={**labels, **ADMIN_LABEL}, owners=owners
-            ),
+            "metadata": g.meta(GATEWAY_ADMIN_NAME, **ADMIN_LABEL),
             "spec": {
-                "selector": selector,
+                "selector": dict(g.labels),
                 "ports": [{"name": "admin", "port": GATEWAY_ADMIN_PORT, "targetPort": "admin"}],
             },
         },
-        {
-            "apiVersion": "policy/v1",
-            "kind": "PodDisruptionBudget",
-            "metadata": _meta(GATEWAY_NAME, namespace, labels=labels, owners=owners),
-            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
-        },
-        build_network_policy(
-            namespace=namespace, selector=selector, settings=settings, owners=owners
-        ),
     ]
-    if not shared:
-        objects.append(ledger_claim(namespace=namespace, labels=labels, settings=settings))
-    if shared:
-        # Several replicas only keep budgets exact when they share the Redis ledger.
-        objects.append(
-            {
-                "apiVersion": "autoscaling/v2",
-                "kind": "HorizontalPodAutoscaler",
-                "metadata": _meta(GATEWAY_NAME, namespace, labels=labels, owners=owners),
-                "spec": {
-                    "scaleTargetRef": {
-                        "apiVersion": "apps/v1",
-                        "kind": "Deployment",
-                        "name": GATEWAY_NAME,
+
+
+def _gateway_hpa(g: _GatewayMeta, *, replicas: int, settings: Settings) -> Manifest:
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": g.meta(),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": GATEWAY_NAME},
+            "minReplicas": replicas,
+            "maxReplicas": max(replicas, settings.gateway_hpa_max),
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {"type": "Utilization", "averageUtilization": 70},
                     },
-                    "minReplicas": replicas,
-                    "maxReplicas": max(replicas, settings.gateway_hpa_max),
-                    "metrics": [
-                        {
-                            "type": "Resource",
-                            "resource": {
-                                "name": "cpu",
-                                "target": {"type": "Utilization", "averageUtilization": 70},
-                            },
-                        }
-                    ],
-                },
-            }
-        )
-    if service_monitor:
-        objects.append(
-            {
-                "apiVersion": "monitoring.coreos.com/v1",
-                "kind": "ServiceMonitor",
-                "metadata": _meta(GATEWAY_NAME, namespace, labels=labels, owners=owners),
-                "spec": {
-                    "selector": {"matchLabels": {**selector, **ADMIN_LABEL}},
-                    "endpoints": [{"port": "admin", "path": "/metrics", "interval": "30s"}],
-                },
-            }
-        )
-    return [with_hash(obj) for obj in objects]
+                }
+            ],
+        },
+    }
+
+
+def _gateway_service_monitor(g: _GatewayMeta) -> Manifest:
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": g.meta(),
+        "spec": {
+            "selector": {"matchLabels": {**g.labels, **ADMIN_LABEL}},
+            "endpoints": [{"port": "admin", "path": "/metrics", "interval": "30s"}],
+        },
+    }
