@@ -144,13 +144,9 @@ async def _route(
     chat: request.ChatRequest,
     d: decision_mod.Decision,
 ) -> web.StreamResponse:
-    policy = d.policy
-    cfg = policy.config
-    d.task = rules.task_label(rules=cfg.rules, headers=http.headers)
+    d.task = rules.task_label(rules=d.policy.config.rules, headers=http.headers)
     # 1. Privacy: every field that could leave the cluster.
     screened = await _privacy(state, chat, d)
-    outbound, outbound_params = screened.messages, screened.params
-    local_only, raw_pii = screened.local_only, screened.raw_pii
     # 2. Cache.
     hit = _cache_lookup(state, chat, d)
     if hit is None and d.exact_key is not None and state.shared_cache is not None:
@@ -159,75 +155,36 @@ async def _route(
         return await responses.respond(http, chat, d, completion=hit)
     # 3. Rules, then the local tier the prompt fits.
     pool, experts, escalate_reason = _rules_and_tier(state, rt, http, chat, d)
-    if local_only:  # Personal data under local-only outranks every rule.
+    if screened.local_only:  # Personal data under local-only outranks every rule.
         experts = []
         escalate_reason = None if pool is not None else PROMPT_TOO_LONG
     experts = capability.capable(experts=experts, chat=chat)
     # 4. Local pass (skipped when a rule sends the request straight to an expert).
     answer: local.LocalAnswer | None = None
+    sampling = _Sampling()
     if escalate_reason is None:
         assert pool is not None  # no tier fits only with reason prompt_too_long
         if chat.stream and not experts:
-            d.reason = "local_only" if local_only else "no_escalation"
+            d.reason = "local_only" if screened.local_only else "no_escalation"
             return await responses.stream_local(state.session, http, chat, d, pool=pool)
-        try:
-            answer = await _local_pass(state, chat, d, pool=pool, can_escalate=bool(experts))
-        except _LocalRejected as rejected:
-            raise rejected.error from None
-        except local.Overflow:
-            escalate_reason = "overflow"
-        except local.LocalFailure as failure:
-            d.local_error = failure.kind
-            escalate_reason = "local_error"
+        answer, escalate_reason = await _local_answer(state, chat, d, pool=pool, experts=experts)
         if answer is not None:
             # 5. Confidence check (the degeneration detector first: it overrides scores).
-            d.confidence = _score(chat, d, answer=answer, http=http)
-            burn, unavailable = state.pressure.inputs(experts=experts)
-            d.threshold = tenant_limits.offset_threshold(
-                confidence_mod.threshold(
-                    confidence=cfg.confidence, burn=burn, unavailable_fraction=unavailable
-                ),
-                caller=d.caller,
-            )
-            quality, task = _quality(state, d, http)
-            learned = quality.calibrator.threshold(task=task) if quality else None
-            if learned is not None:
-                d.threshold, d.threshold_learned = learned, True
-            drawn = quality is not None and d.confidence is not None and quality.budget.sample()
-            if d.degeneration is not None:
-                escalate_reason = "degenerate"
-            elif d.confidence is None:
-                d.reason = "confidence_unavailable"
-            elif d.confidence >= d.threshold:
-                d.reason = "confident"
-            else:
-                escalate_reason = "low_confidence"
-            d.format_problem = formats.problem(chat=chat, completion=answer.completion)
-            if d.format_problem is not None:
-                escalate_reason = "invalid_format"
+            escalate_reason, sampling = _judge(state, http, chat, d, answer=answer, experts=experts)
             if escalate_reason is None or not experts:
-                if escalate_reason is not None:
-                    d.reason = "local_only" if local_only else "no_experts"
-                if drawn and quality is not None and experts:
-                    # A shadow call calibrates the policy: the expert's budget pays it,
-                    # not the caller's tenant.
-                    call = _call(
-                        chat, d, outbound=outbound, params=outbound_params, raw_pii=raw_pii,
-                        tenant_pays=False,
-                    )  # fmt: skip
-                    _start_shadow(
-                        state, d, quality, task, answer=answer, expert=experts[0], call=call
-                    )
-                _cache_store(state, chat, d, completion=answer.completion)
-                return await responses.respond(http, chat, d, completion=answer.completion)
+                return await _answer_locally(
+                    state, http, chat, d, answer=answer, escalate_reason=escalate_reason,
+                    experts=experts, screened=screened, sampling=sampling,
+                )  # fmt: skip
     assert escalate_reason is not None
     d.reason = escalate_reason
     if not experts:
         local_why = (
             _too_long(chat, d) if pool is None else f"local pool: {d.local_error or 'saturated'}"
         )
-        detail = f"{local_why}; no expert may receive this request"
-        raise responses.no_local_answer(d, detail=detail)
+        raise responses.no_local_answer(
+            d, detail=f"{local_why}; no expert may receive this request"
+        )
     # 6. Escalation.
     response = await _escalate(
         state,
@@ -235,26 +192,137 @@ async def _route(
         chat,
         d,
         experts=experts,
-        outbound=outbound,
-        outbound_params=outbound_params,
-        raw_pii=raw_pii,
+        outbound=screened.messages,
+        outbound_params=screened.params,
+        raw_pii=screened.raw_pii,
         answer=answer,
         pool=pool,
     )
-    if answer is not None and drawn and quality is not None and d.confidence is not None:
-        expert_answer = d.outcome.answer if d.outcome is not None else None
-        if expert_answer is not None:  # a free label: the expert already answered
-            shadow.label(
-                quality=quality,
-                policy=d.policy.name,
-                task=task,
-                score=d.confidence,
-                local_text=answer.text(),
-                expert_text=shadow.completion_text(expert_answer.completion),
-                metrics=state.metrics,
-                audit=state.audit,
-            )
+    if answer is not None:
+        _label_from_expert(state, d, answer=answer, sampling=sampling)
     return response
+
+
+@dataclass(frozen=True)
+class _Sampling:
+    """The policy's quality target for this request: its learning state (None without a
+    target), the request's task, and whether the request was drawn for a label."""
+
+    quality: shadow.PolicyQuality | None = None
+    task: str | None = None
+    drawn: bool = False
+
+
+async def _local_answer(
+    state: State,
+    chat: request.ChatRequest,
+    d: decision_mod.Decision,
+    *,
+    pool: Any,
+    experts: list[escalation.ExpertState],
+) -> tuple[local.LocalAnswer | None, str | None]:
+    """The pool's answer, or why there is none (the escalation reason)."""
+    try:
+        answer = await _local_pass(state, chat, d, pool=pool, can_escalate=bool(experts))
+    except _LocalRejected as rejected:
+        raise rejected.error from None
+    except local.Overflow:
+        return None, "overflow"
+    except local.LocalFailure as failure:
+        d.local_error = failure.kind
+        return None, "local_error"
+    return answer, None
+
+
+def _judge(
+    state: State,
+    http: web.Request,
+    chat: request.ChatRequest,
+    d: decision_mod.Decision,
+    *,
+    answer: local.LocalAnswer,
+    experts: list[escalation.ExpertState],
+) -> tuple[str | None, _Sampling]:
+    """Scores the local answer against the (pressure-moved, tenant-offset or learned)
+    threshold; returns the escalation reason (None keeps it local)."""
+    cfg = d.policy.config
+    d.confidence = _score(chat, d, answer=answer, http=http)
+    burn, unavailable = state.pressure.inputs(experts=experts)
+    d.threshold = tenant_limits.offset_threshold(
+        confidence_mod.threshold(
+            confidence=cfg.confidence, burn=burn, unavailable_fraction=unavailable
+        ),
+        caller=d.caller,
+    )
+    quality, task = _quality(state, d, http)
+    learned = quality.calibrator.threshold(task=task) if quality else None
+    if learned is not None:
+        d.threshold, d.threshold_learned = learned, True
+    drawn = quality is not None and d.confidence is not None and quality.budget.sample()
+    reason: str | None = None
+    if d.degeneration is not None:
+        reason = "degenerate"
+    elif d.confidence is None:
+        d.reason = "confidence_unavailable"
+    elif d.confidence >= d.threshold:
+        d.reason = "confident"
+    else:
+        reason = "low_confidence"
+    d.format_problem = formats.problem(chat=chat, completion=answer.completion)
+    if d.format_problem is not None:
+        reason = "invalid_format"
+    return reason, _Sampling(quality=quality, task=task, drawn=drawn)
+
+
+async def _answer_locally(
+    state: State,
+    http: web.Request,
+    chat: request.ChatRequest,
+    d: decision_mod.Decision,
+    *,
+    answer: local.LocalAnswer,
+    escalate_reason: str | None,
+    experts: list[escalation.ExpertState],
+    screened: screen_mod.Screened,
+    sampling: _Sampling,
+) -> web.StreamResponse:
+    """Returns the local answer (kept, or no expert may take it); a drawn request also
+    starts a shadow call for a label."""
+    if escalate_reason is not None:
+        d.reason = "local_only" if screened.local_only else "no_experts"
+    if sampling.drawn and sampling.quality is not None and experts:
+        # A shadow call calibrates the policy: the expert's budget pays it, not the
+        # caller's tenant.
+        call = _call(
+            chat, d, outbound=screened.messages, params=screened.params,
+            raw_pii=screened.raw_pii, tenant_pays=False,
+        )  # fmt: skip
+        _start_shadow(
+            state, d, sampling.quality, sampling.task, answer=answer, expert=experts[0], call=call
+        )
+    _cache_store(state, chat, d, completion=answer.completion)
+    return await responses.respond(http, chat, d, completion=answer.completion)
+
+
+def _label_from_expert(
+    state: State, d: decision_mod.Decision, *, answer: local.LocalAnswer, sampling: _Sampling
+) -> None:
+    """A free label: a drawn request escalated anyway, so the expert already answered."""
+    if not sampling.drawn or sampling.quality is None or d.confidence is None:
+        return
+    expert_answer = d.outcome.answer if d.outcome is not None else None
+    if expert_answer is None:
+        return
+    shadow.label(
+        quality=sampling.quality,
+        policy=d.policy.name,
+        task=sampling.task,
+        score=d.confidence,
+        local_text=answer.text(),
+        expert_text=shadow.completion_text(expert_answer.completion),
+        metrics=state.metrics,
+        audit=state.audit,
+    )
 
 
 def _rules_and_tier(
