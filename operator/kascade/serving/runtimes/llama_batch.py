@@ -9,7 +9,14 @@ consumes that sequence. Sequences join between steps (no waiting for the batch t
 drain) and leave the step they end or are cancelled, freeing their KV cells at once.
 
 On a CPU the weights are read from memory once per decode whatever the batch holds, so
-eight sequences cost far less than eight times one.
+eight sequences cost far less than eight times one — provided the decode is one graph
+computation. With a KV stream per sequence (``kv_unified = False``) llama.cpp splits a
+batch into micro-batches of sequences whose ids follow each other (``seq_id`` n, n+1,
+…) in batch order (``llama_batch_allocr::split_equal(sequential=true)``), and every
+micro-batch reads all the weights again. So the batch is laid out in ``seq_id`` order,
+and a sequence gets the lowest free ``seq_id``: live ids stay one run without gaps
+(as llama-server's slots do), and eight generating sequences are one computation, not
+up to eight.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import codecs
 import collections
 import dataclasses
+import heapq
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -109,7 +117,7 @@ class BatchEngine:
         self._n_batch = n_batch
         self._logits_all = logits_all
         self._batch = lib.llama_batch_init(n_batch, 0, 1)
-        self._free_ids = collections.deque(range(parallel))
+        self._free_ids = list(range(parallel))  # a heap: the lowest free id goes first
         self._inbox: collections.deque[_Sequence] = collections.deque()
         self._live: list[_Sequence] = []
         self._wake = threading.Condition()
@@ -197,7 +205,7 @@ class BatchEngine:
         if seq.cancel.is_set() or seq.gone.is_set():
             seq.out.put(None)
             return
-        seq.seq_id = self._free_ids.popleft()
+        seq.seq_id = heapq.heappop(self._free_ids)
         seq.pending = list(seq.prompt)
         self._live.append(seq)
 
@@ -215,7 +223,7 @@ class BatchEngine:
     def _drop(self, seq: _Sequence) -> None:
         if seq.seq_id >= 0:
             self._lib.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
-            self._free_ids.append(seq.seq_id)
+            heapq.heappush(self._free_ids, seq.seq_id)
             seq.seq_id = -1
         if seq.constraint is not None:
             seq.constraint.close()
@@ -224,20 +232,27 @@ class BatchEngine:
     def _step(self) -> None:
         """One decode over every live sequence; prompts are fed in chunks of the budget."""
         batch = self._batch
+        # Sequences already generating get their share of the budget first: one token
+        # each keeps them moving while a long prompt is evaluated over several steps.
+        budget = self._n_batch
+        takes: list[tuple[_Sequence, int]] = []
+        for seq in sorted(self._live, key=lambda s: len(s.pending)):
+            take = min(len(seq.pending), budget)
+            if take > 0:
+                takes.append((seq, take))
+                budget -= take
+        # Laid out in seq_id order: llama.cpp computes consecutive ids in one micro-batch.
+        takes.sort(key=lambda item: item[0].seq_id)
         n = 0
         readers: list[tuple[_Sequence, int]] = []
-        # Sequences already generating go first: one token each keeps them moving
-        # while a long prompt is evaluated over several steps.
-        for seq in sorted(self._live, key=lambda s: len(s.pending)):
-            take = min(len(seq.pending), self._n_batch - n)
-            if take <= 0:
-                continue
+        for seq, take in takes:
+            last = len(seq.pending) - 1
             for j, token in enumerate(seq.pending[:take]):
                 batch.token[n] = token
                 batch.pos[n] = seq.n_past + j
                 batch.n_seq_id[n] = 1
                 batch.seq_id[n][0] = seq.seq_id
-                batch.logits[n] = int(self._logits_all or j == len(seq.pending) - 1)
+                batch.logits[n] = int(self._logits_all or j == last)
                 n += 1
             seq.n_past += take
             del seq.pending[:take]
