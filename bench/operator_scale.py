@@ -141,6 +141,38 @@ def operator_requests(port: int) -> float:
     )
 
 
+def extra_nodes(count: int) -> list[dict[str, Any]]:
+    """Simulated CPU nodes (kwok) like e2e/cluster/nodes.yaml's, so that with KubeRay the
+    head and worker pods of 100 pools leave room for the gateways: the two test nodes
+    alone are full after about 30 pools and the rest of the gateways stay Pending."""
+    nodes = []
+    for i in range(count):
+        name = f"kwok-bench-cpu-{i}"
+        nodes.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": name,
+                    "annotations": {"kwok.x-k8s.io/node": "fake"},
+                    "labels": {
+                        "kubernetes.io/hostname": name,
+                        "kubernetes.io/os": "linux",
+                        "kubernetes.io/arch": "amd64",
+                        "kascade.io/hardware": "cpu",
+                        "type": "kwok",
+                    },
+                },
+                "spec": {"taints": []},
+                "status": {
+                    "allocatable": {"cpu": "16", "memory": "64Gi", "pods": "110"},
+                    "capacity": {"cpu": "16", "memory": "64Gi", "pods": "110"},
+                },
+            }
+        )
+    return nodes
+
+
 def _runner(kubeconfig: str) -> dataplane.KubectlRunner:
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -170,6 +202,12 @@ def main() -> int:
     parser.add_argument("--idle-seconds", type=int, default=60)
     parser.add_argument("--timeout", type=int, default=600)
     parser.add_argument(
+        "--extra-nodes",
+        type=int,
+        default=None,
+        help="simulated CPU nodes added for the run (default: 16 with --kuberay, else 0)",
+    )
+    parser.add_argument(
         "--kuberay",
         action="store_true",
         help="also run the real KubeRay operator (RayClusters and their pods for every pool)",
@@ -186,6 +224,10 @@ def main() -> int:
         [str(REPO / "e2e" / "cluster" / "kuberay-crds")], capture_output=True, text=True, check=True
     ).stdout.split()[-1]
     kubectl(kubeconfig, "apply", "--server-side", "-f", crds)
+    nodes = extra_nodes(args.extra_nodes if args.extra_nodes is not None else 16 * args.kuberay)
+    if nodes:
+        kubectl(kubeconfig, "apply", "--server-side", "-f", "-",
+                stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes}))  # fmt: skip
     run = f"bench-{int(time.time()) % 100000}"
     namespaces = [f"{run}-{i}" for i in range(args.namespaces)]
     n = args.namespaces
@@ -245,7 +287,9 @@ def main() -> int:
             kuberay.heads.close()
         for ns in namespaces:
             kubectl(kubeconfig, "delete", "namespace", ns, "--wait=false")
-    print(json.dumps(result))
+        for node in nodes:
+            kubectl(kubeconfig, "delete", "node", node["metadata"]["name"], "--wait=false")
+    print(json.dumps({**result, "extra_nodes": len(nodes)}))
     return 0 if result["all_ready_s"] is not None else 1
 
 
