@@ -149,6 +149,48 @@ class LocalServe:
             self.statuses = found
 
 
+class ReportedServe:
+    """A namespace whose Serve applications run elsewhere (the test's simulated pool):
+    what KubeRay submits is reported RUNNING at once, with every deployment of it, so
+    KubeRay marks the RayService ready without a local Ray. Same interface as
+    ``LocalServe`` for ``RayHeads``."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self.submitted: list[dict[str, Any]] = []
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, config: dict[str, Any]) -> None:
+        with self._lock:
+            self.submitted.append(config)
+
+    def details(self) -> dict[str, Any]:
+        with self._lock:
+            config = self.submitted[-1] if self.submitted else {"applications": []}
+        apps = {}
+        for application in config["applications"]:
+            name = application["name"]
+            deployments = {
+                d["name"]: {"name": d["name"], "status": "HEALTHY", "message": ""}
+                for d in application.get("deployments") or []
+            }
+            apps[name] = {
+                "name": name,
+                "status": "RUNNING",
+                "message": "",
+                "route_prefix": application.get("route_prefix", f"/{name}"),
+                "deployments": deployments,
+            }
+        return {"deploy_mode": "MULTI_APP", "applications": apps}
+
+    def running(self) -> bool:
+        return bool(self.details()["applications"])
+
+    def stop(self) -> None:
+        pass
+
+
 class RayHeads:
     """The Ray head pods' HTTP endpoints, served to KubeRay as its HTTP proxy.
 
@@ -161,7 +203,7 @@ class RayHeads:
 
     def __init__(self, kubectl: KubectlRunner) -> None:
         self.kubectl = kubectl
-        self.serves: dict[str, LocalServe] = {}
+        self.serves: dict[str, LocalServe | ReportedServe] = {}
         self.requests: list[tuple[str, str]] = []
         self._pod_namespaces: dict[str, str] = {}
         handler = _handler_for(self)

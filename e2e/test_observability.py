@@ -34,6 +34,7 @@ import yaml
 from tests.testkit import KubectlRunner, free_port, wait_for_port
 
 from e2e import dataplane
+from e2e import kuberay as kuberay_mod
 from e2e import operator_support as ops
 from e2e import prometheus_support as prom
 
@@ -181,30 +182,26 @@ def _sim_config(url: str, **settings: Any) -> None:
         assert reply.status == 200
 
 
-def _report_pool_ready(kubectl: KubectlRunner, namespace: str) -> None:
-    # What KubeRay writes once the Serve app runs (the sim pool stands in for it).
-    status = {
-        "status": {
-            "serviceStatus": "Running",
-            "activeServiceStatus": {"rayClusterStatus": {"readyWorkerReplicas": 1}},
-        }
-    }
-    kubectl(
-        "patch", "rayservice", "tiny", "-n", namespace, "--subresource=status",
-        "--type=merge", "-p", json.dumps(status),
-    )  # fmt: skip
+def _pool_ready(kubectl: KubectlRunner, namespace: str) -> bool:
+    got = kubectl("get", "localmodelpool", "tiny", "-n", namespace, "-o", "json", check=False)
+    if got.returncode != 0:
+        return False
+    replicas = (json.loads(got.stdout).get("status") or {}).get("replicas") or {}
+    return int(replicas.get("ready") or 0) >= 1
 
 
 @pytest.fixture
-def stack(kubeconfig: str, kubectl: KubectlRunner, namespace: str) -> Iterator[dict[str, Any]]:
+def stack(
+    kubeconfig: str,
+    kubectl: KubectlRunner,
+    namespace: str,
+    kuberay: kuberay_mod.KubeRayOperator,
+) -> Iterator[dict[str, Any]]:
     kubectl("apply", "--server-side", "-f", str(ops.REPO / "crds"))
-    crds = subprocess.run(
-        [str(ops.REPO / "e2e" / "cluster" / "kuberay-crds")],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()[-1]
-    kubectl("apply", "--server-side", "-f", crds)
+    # The real KubeRay runs the pool's RayCluster and writes the RayService's status;
+    # the Serve application it submits is reported running (the pool is a simulator).
+    reported = dataplane.ReportedServe(namespace)
+    kuberay.heads.serves[namespace] = reported
     workdir = Path(tempfile.mkdtemp(prefix="kascade-e2e-observability-"))
     ports = {name: free_port() for name in ("pool", "steady", "budgeted", "flaky")}
     prom_port, gw_port, op_port = free_port(), free_port(), free_port()
@@ -270,7 +267,8 @@ def stack(kubeconfig: str, kubectl: KubectlRunner, namespace: str) -> Iterator[d
         kubectl("apply", "-n", namespace, "-f", "-", input=_manifests(sims=sims))
         ops.wait_for("the rendered RayService", lambda: kubectl(
             "get", "rayservice", "tiny", "-n", namespace, check=False).returncode == 0)  # fmt: skip
-        _report_pool_ready(kubectl, namespace)
+        ops.wait_for("KubeRay's ready pool", lambda: _pool_ready(kubectl, namespace), timeout=300)
+        assert reported.submitted, "the pool is ready without KubeRay submitting its Serve app"
         ops.wait_for("the gateway ConfigMap with all policies", gateway.sync)
         gateway.start()
         yield {
@@ -280,6 +278,7 @@ def stack(kubeconfig: str, kubectl: KubectlRunner, namespace: str) -> Iterator[d
             "rules": rules,
         }
     finally:
+        kuberay.heads.serves.pop(namespace, None)
         gateway.stop()
         operator.stop()
         for proc in procs:
