@@ -18,7 +18,7 @@ import aiohttp
 
 from kascade.api import v1alpha1
 from kascade.compile import resources
-from kascade.controller import autoscale, reconcile
+from kascade.controller import autoscale, events, reconcile
 from kascade.controller import kube as kube_mod
 
 log = logging.getLogger("kascade.operator.autoscaler")
@@ -160,7 +160,7 @@ async def step(
             meta["name"],
         )
         return None
-    await _event(ctx.kube, body, reason=result.code, message=result.reason, at=now)
+    await events.record(ctx.kube, body, reason=result.code, message=result.reason, at=now)
     log.info(
         "Scaled pool namespace=%s pool=%s from=%d to=%d reason=%s",
         meta["namespace"],
@@ -170,37 +170,6 @@ async def step(
         result.reason,
     )
     return result
-
-
-async def _event(
-    kube: kube_mod.Kube, body: dict[str, Any], *, reason: str, message: str, at: datetime
-) -> None:
-    meta = body["metadata"]
-    stamp = at.replace(microsecond=0).isoformat().replace("+00:00", "Z")
-    try:
-        await kube.create(
-            {
-                "apiVersion": "v1",
-                "kind": "Event",
-                "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-                "involvedObject": {
-                    "apiVersion": body["apiVersion"],
-                    "kind": body["kind"],
-                    "name": meta["name"],
-                    "namespace": meta["namespace"],
-                    "uid": meta.get("uid"),
-                },
-                "reason": reason,
-                "message": message[:1024],
-                "type": "Normal",
-                "source": {"component": "kascade-operator"},
-                "firstTimestamp": stamp,
-                "lastTimestamp": stamp,
-                "count": 1,
-            }
-        )
-    except kube_mod.KubeError as exc:
-        log.warning("Could not record an Event for pool=%s: %s", meta["name"], exc)
 
 
 async def run(ctx: reconcile.Context, *, body: Any, stopped: Any) -> None:

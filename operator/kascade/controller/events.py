@@ -13,11 +13,19 @@ __all__ = ["record"]
 log = logging.getLogger("kascade.operator")
 
 
-async def record(kube: kube_mod.Kube, body: dict[str, Any], *, reason: str, message: str) -> None:
-    """Creates one Normal Event on the object ``body``."""
+async def record(
+    kube: kube_mod.Kube,
+    body: dict[str, Any],
+    *,
+    reason: str,
+    message: str,
+    type_: str = "Normal",
+    at: datetime.datetime | None = None,
+) -> None:
+    """Creates one Event on the object ``body`` (``at``: its time, default now)."""
     meta = body["metadata"]
-    stamp = datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
-    stamp = stamp.replace("+00:00", "Z")
+    when = at if at is not None else datetime.datetime.now(datetime.UTC)
+    stamp = when.replace(microsecond=0).isoformat().replace("+00:00", "Z")
     try:
         await kube.create(
             {
@@ -25,15 +33,15 @@ async def record(kube: kube_mod.Kube, body: dict[str, Any], *, reason: str, mess
                 "kind": "Event",
                 "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
                 "involvedObject": {
-                    "apiVersion": body["apiVersion"],
-                    "kind": body["kind"],
+                    "apiVersion": body.get("apiVersion"),
+                    "kind": body.get("kind"),
                     "name": meta["name"],
                     "namespace": meta["namespace"],
                     "uid": meta.get("uid"),
                 },
                 "reason": reason,
                 "message": message[:1024],
-                "type": "Normal",
+                "type": type_,
                 "source": {"component": "kascade-operator"},
                 "firstTimestamp": stamp,
                 "lastTimestamp": stamp,
@@ -41,6 +49,4 @@ async def record(kube: kube_mod.Kube, body: dict[str, Any], *, reason: str, mess
             }
         )
     except kube_mod.KubeError as exc:
-        log.warning(
-            "Could not record an Event kind=%s name=%s: %s", body["kind"], meta["name"], exc
-        )
+        log.warning("Could not record an Event for %s/%s: %s", body.get("kind"), meta["name"], exc)

@@ -16,14 +16,13 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import prometheus_client
 
 from kascade.controller import conditions as cond
+from kascade.controller import events, status
 from kascade.controller import kube as kube_mod
-from kascade.controller import status
 
 log = logging.getLogger("kascade.operator")
 
@@ -164,29 +163,4 @@ async def post_event(
     type_: str = "Warning",
 ) -> None:
     """Records an Event on ``body``; a failure to record it is logged, never raised."""
-    meta = body["metadata"]
-    stamp = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-    try:
-        await kube.create(
-            {
-                "apiVersion": "v1",
-                "kind": "Event",
-                "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-                "involvedObject": {
-                    "apiVersion": body.get("apiVersion"),
-                    "kind": body.get("kind"),
-                    "name": meta["name"],
-                    "namespace": meta["namespace"],
-                    "uid": meta.get("uid"),
-                },
-                "reason": reason,
-                "message": message[:1024],
-                "type": type_,
-                "source": {"component": "kascade-operator"},
-                "firstTimestamp": stamp,
-                "lastTimestamp": stamp,
-                "count": 1,
-            }
-        )
-    except kube_mod.KubeError as exc:
-        log.warning("Could not record an Event for %s/%s: %s", body.get("kind"), meta["name"], exc)
+    await events.record(kube, body, reason=reason, message=message, type_=type_)

@@ -222,7 +222,9 @@ def _gateway(config_path: Path, port: int, log: Path) -> Iterator[subprocess.Pop
 
 
 async def _ready(http: aiohttp.ClientSession, url: str) -> None:
+    deadline = time.monotonic() + 60
     while True:
+        assert time.monotonic() < deadline, f"{url} never became healthy"
         with contextlib.suppress(aiohttp.ClientError):
             async with http.get(f"{url}/healthz") as resp:
                 if resp.status == 200:
