@@ -331,8 +331,13 @@ class Corpus:
 
     def _lookalike(self) -> str:
         rng = self.rng
-        d = lambda n: "".join(rng.choices(string.digits, k=n))  # noqa: E731
-        hexs = lambda n: "".join(rng.choices("0123456789abcdef", k=n))  # noqa: E731
+
+        def d(n: int) -> str:
+            return "".join(rng.choices(string.digits, k=n))
+
+        def hexs(n: int) -> str:
+            return "".join(rng.choices("0123456789abcdef", k=n))
+
         fake = self.fakers["en_US"]
         options: list[Callable[[], str]] = [
             lambda: f"order #{d(rng.randint(6, 12))}",

@@ -197,7 +197,8 @@ async def _send(http: aiohttp.ClientSession, urls: list[str], p: Planned, seen: 
     if resp.status == 429 and b"budget_exhausted" in raw:
         message = json.loads(raw)["error"]["message"]
         for name, *figures in REFUSAL.findall(message):
-            seen.refusals.append((name, *map(int, figures)))  # type: ignore[arg-type]
+            spent, reserved, requested, limit = map(int, figures)
+            seen.refusals.append((name, spent, reserved, requested, limit))
 
 
 async def _post(

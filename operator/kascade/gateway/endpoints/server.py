@@ -29,6 +29,7 @@ from kascade.gateway.tenants import keys as keys_mod
 
 log = logging.getLogger("kascade.gateway")
 STATE: web.AppKey[pipeline.State] = web.AppKey("state", pipeline.State)
+# AppKey's second argument must be a class; ``int | None`` is not one (typed by the annotation).
 ADMIN_PORT: web.AppKey[int | None] = web.AppKey("admin_port", object)  # type: ignore[arg-type]
 RELOAD_SECONDS = 1.0
 
