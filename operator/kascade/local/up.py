@@ -117,24 +117,24 @@ def _ticker(label: str, stop: threading.Event) -> None:
         _say(f"  ... {label} ({time.monotonic() - start:.0f}s)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+class _Refused(Exception):
+    """Nothing was started: the message says why (printed to stderr, exit code 1)."""
+
+
+def _load(args: argparse.Namespace) -> objects.Loaded:
     try:
         loaded = objects.load(args.filename)
     except (v1alpha1.ValidationFailed, objects.NamespaceConflict) as exc:
-        print(f"kascade up: invalid objects, nothing was started:\n{exc}", file=sys.stderr)
-        return 1
+        raise _Refused(f"invalid objects, nothing was started:\n{exc}") from exc
     if not loaded.policies:
-        print(f"kascade up: no RoutingPolicy in {args.filename}; nothing to serve", file=sys.stderr)
-        return 1
+        raise _Refused(f"no RoutingPolicy in {args.filename}; nothing to serve")
     findings = objects.compile_findings(loaded)
     if findings.errors:
-        print(
-            f"kascade up: nothing was started. {objects.LEFT_OUT}\n" + "\n".join(findings.errors),
-            file=sys.stderr,
-        )
-        return 1
-    serve_base = f"http://127.0.0.1:{args.serve_port}"
+        raise _Refused(f"nothing was started. {objects.LEFT_OUT}\n" + "\n".join(findings.errors))
+    return loaded
+
+
+def _compile(args: argparse.Namespace, loaded: objects.Loaded, serve_base: str) -> gw.GatewayConfig:
     args.state_dir.mkdir(parents=True, exist_ok=True)
     compiled = compile_gateway.gateway_config(
         namespace=loaded.namespace,
@@ -154,82 +154,109 @@ def main(argv: list[str] | None = None) -> int:
     )
     if compiled.missing:
         lines = [f"RoutingPolicy/{n}: missing {', '.join(r)}" for n, r in compiled.missing.items()]
-        print("kascade up: unresolved references:\n" + "\n".join(lines), file=sys.stderr)
-        return 1
-    config = _wire_credentials(compiled.config, loaded, args.secrets_dir)
-    serving = objects.serving_configs(loaded)
+        raise _Refused("unresolved references:\n" + "\n".join(lines))
+    return _wire_credentials(compiled.config, loaded, args.secrets_dir)
 
-    # Ray is imported only now: validation errors above need no Ray at all.
+
+def _serve_pools(
+    args: argparse.Namespace, config: gw.GatewayConfig, loaded: objects.Loaded
+) -> None:
+    """Starts Ray and Serve and deploys every pool (Ray is imported only here)."""
     import ray
     from ray import serve
 
     from kascade.serving import app as serving_app
 
-    gateway: subprocess.Popen[bytes] | None = None
-    stopping = threading.Event()
+    serving = objects.serving_configs(loaded)
+    _say(f"Starting Ray (serve on 127.0.0.1:{args.serve_port})")
+    ray.init(
+        num_cpus=args.num_cpus,
+        include_dashboard=False,
+        object_store_memory=200_000_000,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": args.serve_port})
+    for name in sorted(config.pools):
+        pool_cfg = serving[name]
+        _say(f"Loading LocalModelPool/{name} ({pool_cfg.model.source}) ...")
+        stop_tick = threading.Event()
+        threading.Thread(target=_ticker, args=(f"loading {name}", stop_tick), daemon=True).start()
+        start = time.monotonic()
+        try:
+            serve.run(serving_app.build_app(pool_cfg), name=name, route_prefix=f"/{name}")
+        finally:
+            stop_tick.set()
+        _say(f"LocalModelPool/{name} ready in {time.monotonic() - start:.1f}s")
 
-    def _stop(signum: int, _frame: object) -> None:
-        stopping.set()
-        raise KeyboardInterrupt
 
+def _start_gateway(args: argparse.Namespace, config: gw.GatewayConfig) -> subprocess.Popen[bytes]:
+    config_path = Path(tempfile.mkdtemp(prefix="kascade-up-")) / "gateway.json"
+    config_path.write_text(config.model_dump_json(by_alias=True, exclude_none=True, indent=2))
+    command = [sys.executable, "-m", "kascade.cli", "gateway", "--config", str(config_path)]
+    command += ["--host", args.host, "--port", str(args.port)]
+    if args.audit_log:
+        command += ["--audit-log", args.audit_log]
+    return subprocess.Popen(command)
+
+
+def _say_ready(endpoint: str, config: gw.GatewayConfig) -> None:
+    policy = sorted(config.policies)[0]
+    _say(f"Gateway ready at {endpoint} (policies: {', '.join(sorted(config.policies))})")
+    _say("Try:")
+    print(
+        f"  curl -s -i {endpoint}/v1/chat/completions -H 'content-type: application/json' "
+        f'-d \'{{"model": "{policy}", "messages": [{{"role": "user", '
+        f'"content": "What is the capital of France?"}}]}}\'',
+        flush=True,
+    )
+    _say("Press Ctrl-C to stop.")
+
+
+def _stop_all(gateway: subprocess.Popen[bytes] | None) -> None:
+    if gateway is not None and gateway.poll() is None:
+        gateway.terminate()
+        try:
+            gateway.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            gateway.kill()
+    if "ray" not in sys.modules:  # failed before Ray was started
+        _say("Stopped.")
+        return
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+    _say("Stopped.")
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        loaded = _load(args)
+        config = _compile(args, loaded, f"http://127.0.0.1:{args.serve_port}")
+    except _Refused as exc:
+        print(f"kascade up: {exc}", file=sys.stderr)
+        return 1
     # Both, explicitly: a shell script's background job starts with SIGINT ignored, and
     # Python then installs no KeyboardInterrupt handler of its own.
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    gateway: subprocess.Popen[bytes] | None = None
     try:
-        _say(f"Starting Ray (serve on {serve_base})")
-        ray.init(
-            num_cpus=args.num_cpus,
-            include_dashboard=False,
-            object_store_memory=200_000_000,
-            log_to_driver=False,
-            configure_logging=False,
-        )
-        serve.start(http_options={"host": "127.0.0.1", "port": args.serve_port})
-        for name in sorted(config.pools):
-            pool_cfg = serving[name]
-            _say(f"Loading LocalModelPool/{name} ({pool_cfg.model.source}) ...")
-            stop_tick = threading.Event()
-            ticker = threading.Thread(
-                target=_ticker, args=(f"loading {name}", stop_tick), daemon=True
-            )
-            ticker.start()
-            start = time.monotonic()
-            try:
-                serve.run(serving_app.build_app(pool_cfg), name=name, route_prefix=f"/{name}")
-            finally:
-                stop_tick.set()
-            _say(f"LocalModelPool/{name} ready in {time.monotonic() - start:.1f}s")
-        workdir = Path(tempfile.mkdtemp(prefix="kascade-up-"))
-        config_path = workdir / "gateway.json"
-        config_path.write_text(config.model_dump_json(by_alias=True, exclude_none=True, indent=2))
-        command = [
-            sys.executable,
-            "-m",
-            "kascade.cli",
-            "gateway",
-            "--config",
-            str(config_path),
-            "--host",
-            args.host,
-            "--port",
-            str(args.port),
-        ]
-        if args.audit_log:
-            command += ["--audit-log", args.audit_log]
-        gateway = subprocess.Popen(command)
+        _serve_pools(args, config, loaded)
+        gateway = _start_gateway(args, config)
         endpoint = f"http://{args.host}:{args.port}"
         _wait_ready(f"{endpoint}/readyz", proc=gateway, timeout=60)
-        policy = sorted(config.policies)[0]
-        _say(f"Gateway ready at {endpoint} (policies: {', '.join(sorted(config.policies))})")
-        _say("Try:")
-        print(
-            f"  curl -s -i {endpoint}/v1/chat/completions -H 'content-type: application/json' "
-            f'-d \'{{"model": "{policy}", "messages": [{{"role": "user", '
-            f'"content": "What is the capital of France?"}}]}}\'',
-            flush=True,
-        )
-        _say("Press Ctrl-C to stop.")
+        _say_ready(endpoint, config)
         while gateway.poll() is None:
             time.sleep(0.5)
         _say(f"The gateway exited with code {gateway.returncode}; stopping")
@@ -238,15 +265,4 @@ def main(argv: list[str] | None = None) -> int:
         _say("Stopping ...")
         return 0
     finally:
-        if gateway is not None and gateway.poll() is None:
-            gateway.terminate()
-            try:
-                gateway.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                gateway.kill()
-        if ray.is_initialized():
-            try:
-                serve.shutdown()
-            finally:
-                ray.shutdown()
-        _say("Stopped.")
+        _stop_all(gateway)
