@@ -42,8 +42,7 @@ def _default_namespace() -> str | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Runs the operator until interrupted."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kascade operator",
         description="Reconcile LocalModelPools, CloudExperts and RoutingPolicies.",
@@ -72,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="URL",
         help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz",
     )
+    _add_leader_flags(parser)
+    return parser
+
+
+def _add_leader_flags(parser: argparse.ArgumentParser) -> None:
     elect = _env_flag("KASCADE_LEADER_ELECT")
     parser.add_argument(
         "--leader-elect",
@@ -92,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NS",
         help="namespace of the Lease (default: KASCADE_OPERATOR_NAMESPACE, else the pod's)",
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the operator until interrupted."""
+    parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"

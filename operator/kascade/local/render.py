@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -26,7 +27,7 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _str)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kascade render",
         description="Print the RayServices and gateway objects the operator would apply for "
@@ -35,7 +36,52 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("-f", "--filename", required=True, type=Path, help="file or directory")
     parser.add_argument("--redis-url", default=None, help="shared ledger (enables gateway HPA)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _rayservices(loaded: objects.Loaded, settings: resources.Settings) -> list[dict[str, Any]]:
+    serving = objects.serving_configs(loaded)
+    return [
+        resources.build_rayservice(
+            pool=pool,
+            serving=serving[pool.metadata.name],
+            namespace=loaded.namespace,
+            settings=settings,
+            owners=[],
+        )
+        for pool in loaded.pools
+    ]
+
+
+def _gateway_objects(loaded: objects.Loaded, settings: resources.Settings) -> list[dict[str, Any]]:
+    namespace = loaded.namespace
+    compiled = compile_gateway.gateway_config(
+        namespace=namespace,
+        pools=loaded.pools,
+        experts=loaded.experts,
+        policies=loaded.policies,
+        pool_endpoint=lambda p: resources.serve_endpoint(pool=p.metadata.name, namespace=namespace),
+        credentials="file",
+        ledger_url=settings.redis_url,
+        tenants=loaded.tenants,
+        require_api_key=True,  # as the operator renders it
+    )
+    for name, refs in compiled.missing.items():
+        print(f"# RoutingPolicy/{name} left out: missing {', '.join(refs)}", file=sys.stderr)
+    used = set(compiled.config.experts)
+    return resources.build_gateway(
+        namespace=namespace,
+        config=compiled.config,
+        experts=[e for e in loaded.experts if e.metadata.name in used],
+        settings=settings,
+        owners=[],
+        service_monitor=False,
+        tenants=loaded.tenants,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
         loaded = objects.load(args.filename)
     except (v1alpha1.ValidationFailed, objects.NamespaceConflict) as exc:
@@ -46,46 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         print(objects.LEFT_OUT + "\n" + "\n".join(findings.errors), file=sys.stderr)
         return 1
     settings = resources.Settings(redis_url=args.redis_url)
-    namespace = loaded.namespace
-    docs = []
-    serving = objects.serving_configs(loaded)
-    for pool in loaded.pools:
-        docs.append(
-            resources.build_rayservice(
-                pool=pool,
-                serving=serving[pool.metadata.name],
-                namespace=namespace,
-                settings=settings,
-                owners=[],
-            )
-        )
+    docs = _rayservices(loaded, settings)
     if loaded.policies:
-        compiled = compile_gateway.gateway_config(
-            namespace=namespace,
-            pools=loaded.pools,
-            experts=loaded.experts,
-            policies=loaded.policies,
-            pool_endpoint=lambda p: resources.serve_endpoint(
-                pool=p.metadata.name, namespace=namespace
-            ),
-            credentials="file",
-            ledger_url=args.redis_url,
-            tenants=loaded.tenants,
-            require_api_key=True,  # as the operator renders it
-        )
-        for name, refs in compiled.missing.items():
-            print(f"# RoutingPolicy/{name} left out: missing {', '.join(refs)}", file=sys.stderr)
-        used = set(compiled.config.experts)
-        docs.extend(
-            resources.build_gateway(
-                namespace=namespace,
-                config=compiled.config,
-                experts=[e for e in loaded.experts if e.metadata.name in used],
-                settings=settings,
-                owners=[],
-                service_monitor=False,
-                tenants=loaded.tenants,
-            )
-        )
+        docs.extend(_gateway_objects(loaded, settings))
     sys.stdout.write(yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False))
     return 0
