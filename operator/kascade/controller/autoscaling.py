@@ -103,6 +103,58 @@ async def write_replicas(
     return False
 
 
+async def _read_window(
+    source: autoscale.MetricsSource, meta: dict[str, Any]
+) -> autoscale.Window | None:
+    reading = await source.read()
+    if reading.errors:
+        log.warning(
+            "Read pool metrics with errors namespace=%s pool=%s errors=%s",
+            meta["namespace"],
+            meta["name"],
+            "; ".join(reading.errors),
+        )
+    return reading.window
+
+
+async def _commit(
+    ctx: reconcile.Context,
+    body: dict[str, Any],
+    *,
+    result: autoscale.Decision,
+    current: int,
+    stored: int,
+) -> bool:
+    """Writes the decision if the stored count is still the one it was made from."""
+    meta = body["metadata"]
+    now = datetime.now(UTC)
+    record = autoscale.last_scale_decision(result=result, from_replicas=current, at=now)
+    wrote = await write_replicas(
+        ctx.kube,
+        namespace=meta["namespace"],
+        name=meta["name"],
+        expected=stored,
+        status={"replicas": {"desired": result.desired}, "lastScaleDecision": record},
+    )
+    if not wrote:
+        log.info(
+            "Dropped a scale decision made from an outdated count namespace=%s pool=%s",
+            meta["namespace"],
+            meta["name"],
+        )
+        return False
+    await events.record(ctx.kube, body, reason=result.code, message=result.reason, at=now)
+    log.info(
+        "Scaled pool namespace=%s pool=%s from=%d to=%d reason=%s",
+        meta["namespace"],
+        meta["name"],
+        current,
+        result.desired,
+        result.reason,
+    )
+    return True
+
+
 async def step(
     ctx: reconcile.Context,
     *,
@@ -127,49 +179,17 @@ async def step(
         )
         return None
     ready = (status.get("replicas") or {}).get("ready")
-    reading = await source.read()
-    if reading.errors:
-        log.warning(
-            "Read pool metrics with errors namespace=%s pool=%s errors=%s",
-            meta["namespace"],
-            meta["name"],
-            "; ".join(reading.errors),
-        )
     result = scaler.observe(
         now=time.time(),
-        window=reading.window,
+        window=await _read_window(source, meta),
         current_replicas=current,
         policy=autoscale.policy_of(spec=pool.spec),
         ready_replicas=ready if isinstance(ready, int) else None,
     )
     if result.desired == current:
         return None
-    now = datetime.now(UTC)
-    record = autoscale.last_scale_decision(result=result, from_replicas=current, at=now)
-    wrote = await write_replicas(
-        ctx.kube,
-        namespace=meta["namespace"],
-        name=meta["name"],
-        expected=stored,
-        status={"replicas": {"desired": result.desired}, "lastScaleDecision": record},
-    )
-    if not wrote:
-        log.info(
-            "Dropped a scale decision made from an outdated count namespace=%s pool=%s",
-            meta["namespace"],
-            meta["name"],
-        )
-        return None
-    await events.record(ctx.kube, body, reason=result.code, message=result.reason, at=now)
-    log.info(
-        "Scaled pool namespace=%s pool=%s from=%d to=%d reason=%s",
-        meta["namespace"],
-        meta["name"],
-        current,
-        result.desired,
-        result.reason,
-    )
-    return result
+    committed = await _commit(ctx, body, result=result, current=current, stored=stored)
+    return result if committed else None
 
 
 async def run(ctx: reconcile.Context, *, body: Any, stopped: Any) -> None:
