@@ -95,23 +95,8 @@ class PoolAutoscaler:
         A decision whose ``desired`` differs from ``current_replicas`` is assumed to be
         applied by the caller; if it was not, the next call simply decides again.
         """
-        if self._replicas is not None and current_replicas != self._replicas:
-            pending = self._pending
-            self._last_change_at = (
-                pending[1] if pending is not None and pending[0] == current_replicas else now
-            )
-            self._history.clear()
-        self._replicas = current_replicas
-        self._pending = None
-
-        longest = max(
-            policy.scale_up_stabilization_seconds, policy.scale_down_stabilization_seconds
-        )
-        # Only windows that began inside the longest stabilisation window can matter.
-        self._history = [s for s in self._history if now - s.at < longest]
-        history = tuple(
-            dataclasses.replace(s.signal, age_seconds=now - s.at) for s in reversed(self._history)
-        )
+        self._note_replicas(now, current_replicas)
+        history = self._recent_history(now, policy)
         covers = None
         if window is not None:
             # Time since the previous call, so overlapping windows do not count twice.
@@ -138,3 +123,26 @@ class PoolAutoscaler:
             self._pending = (result.desired, now)
         self._last_observed_at = now
         return result
+
+    def _note_replicas(self, now: float, current_replicas: int) -> None:
+        """A changed count drops the history (measured against another capacity)."""
+        if self._replicas is not None and current_replicas != self._replicas:
+            pending = self._pending
+            self._last_change_at = (
+                pending[1] if pending is not None and pending[0] == current_replicas else now
+            )
+            self._history.clear()
+        self._replicas = current_replicas
+        self._pending = None
+
+    def _recent_history(
+        self, now: float, policy: decision.ScalingPolicy
+    ) -> tuple[decision.Signal, ...]:
+        longest = max(
+            policy.scale_up_stabilization_seconds, policy.scale_down_stabilization_seconds
+        )
+        # Only windows that began inside the longest stabilisation window can matter.
+        self._history = [s for s in self._history if now - s.at < longest]
+        return tuple(
+            dataclasses.replace(s.signal, age_seconds=now - s.at) for s in reversed(self._history)
+        )
