@@ -327,20 +327,8 @@ async def reconcile_namespace(
     policy_objs, invalid = _parse_each(v1alpha1.RoutingPolicy, policies)
     # A Tenant that cannot be read is left out: its keys do not work until it is fixed.
     tenant_objs, _ = _parse_each(v1alpha1.Tenant, tenants)
-    shared = ctx.settings.redis_url is not None or ctx.settings.redis_secret is not None
-    compiled = compile_gateway.gateway_config(
-        namespace=namespace,
-        pools=pool_objs,
-        experts=expert_objs,
-        policies=policy_objs,
-        pool_endpoint=lambda p: resources.serve_endpoint(pool=p.metadata.name, namespace=namespace),
-        credentials="file",
-        ledger_url=ctx.settings.redis_url,
-        checkpoint_path=None if shared else "/var/lib/kascade/ledger.json",
-        unparsed_experts=bad_experts,
-        tenants=tenant_objs,
-        require_api_key=True,
-        redis_secret=ctx.settings.redis_secret is not None,
+    compiled = _compile_namespace(
+        ctx, namespace, pool_objs, expert_objs, policy_objs, tenant_objs, bad_experts
     )
     for key, lines in compiled.invalid.items():
         kind, name = key.split("/", 1)
@@ -354,29 +342,67 @@ async def reconcile_namespace(
     ledger_warning = resources.ledger_replicas_warning(ctx.settings)
     if ledger_warning is not None:
         log.warning("Gateway namespace=%s: %s", namespace, ledger_warning)
-    errors: list[kube_mod.KubeError] = []
     document = await ctx.gateway_status.read(namespace) if ctx.gateway_status else None
-    for body, policy in _with_models(policies, policy_objs):
-        name = _name(body)
-        verdict = _Verdict(
-            invalid=invalid.get(name, []),
-            missing=[
-                f"{ref} (invalid, see its status)" if ref in broken else ref
-                for ref in compiled.missing.get(name, [])
-            ],
-            gateway_ready=gateway_ready,
-            unusable=_policy_unusable(policy, unusable),
-            ledger_warning=ledger_warning,
-            stats=ctx.stats.choose(
-                f"{namespace}/{name}",
-                fresh=spend.policy_stats(document, policy=name),
-                stored=(body.get("status") or {}).get("stats"),
+    verdicts = [
+        (
+            body,
+            _Verdict(
+                invalid=invalid.get(_name(body), []),
+                missing=[
+                    f"{ref} (invalid, see its status)" if ref in broken else ref
+                    for ref in compiled.missing.get(_name(body), [])
+                ],
+                gateway_ready=gateway_ready,
+                unusable=_policy_unusable(policy, unusable),
+                ledger_warning=ledger_warning,
+                stats=ctx.stats.choose(
+                    f"{namespace}/{_name(body)}",
+                    fresh=spend.policy_stats(document, policy=_name(body)),
+                    stored=(body.get("status") or {}).get("stats"),
+                ),
+                document=document,
             ),
-            document=document,
         )
+        for body, policy in _with_models(policies, policy_objs)
+    ]
+    await _write_policy_statuses(ctx, verdicts)
+
+
+def _compile_namespace(
+    ctx: Context,
+    namespace: str,
+    pool_objs: Sequence[v1alpha1.LocalModelPool],
+    expert_objs: Sequence[v1alpha1.CloudExpert],
+    policy_objs: Sequence[v1alpha1.RoutingPolicy],
+    tenant_objs: Sequence[v1alpha1.Tenant],
+    bad_experts: dict[str, list[str]],
+) -> compile_gateway.CompiledGateway:
+    shared = ctx.settings.redis_url is not None or ctx.settings.redis_secret is not None
+    return compile_gateway.gateway_config(
+        namespace=namespace,
+        pools=pool_objs,
+        experts=expert_objs,
+        policies=policy_objs,
+        pool_endpoint=lambda p: resources.serve_endpoint(pool=p.metadata.name, namespace=namespace),
+        credentials="file",
+        ledger_url=ctx.settings.redis_url,
+        checkpoint_path=None if shared else "/var/lib/kascade/ledger.json",
+        unparsed_experts=bad_experts,
+        tenants=tenant_objs,
+        require_api_key=True,
+        redis_secret=ctx.settings.redis_secret is not None,
+    )
+
+
+async def _write_policy_statuses(
+    ctx: Context, verdicts: Sequence[tuple[dict[str, Any], _Verdict]]
+) -> None:
+    """Writes every policy's status; one failed write does not skip the others."""
+    errors: list[kube_mod.KubeError] = []
+    for body, verdict in verdicts:
         try:
             await _policy_status(ctx, body, verdict)
-        except kube_mod.KubeError as error:  # the other policies' status still gets written
+        except kube_mod.KubeError as error:
             errors.append(error)
     if errors:
         raise errors[0]
@@ -573,30 +599,25 @@ async def reconcile_expert(ctx: Context, body: dict[str, Any]) -> None:
     """Checks the expert's Secret (CredentialsMissing until it exists, key included)."""
     namespace = body["metadata"]["namespace"]
     generation = _generation(body)
-    conds = _conditions(body)
     try:
         expert: v1alpha1.CloudExpert = _parse(v1alpha1.CloudExpert, body)
     except pydantic.ValidationError as error:
         await _invalid_status(ctx, body, _invalid_lines(v1alpha1.CloudExpert, error))
         return
     failures = compile_gateway.expert_failures(expert)
-    missing_reason: cond.Reason | None = None
-    message = "Credentials found"
-    if expert.spec.credentials is not None:
-        ref = expert.spec.credentials.secret_ref
-        secret = await ctx.kube.get("Secret", namespace=namespace, name=ref.name)
-        if secret is None:
-            missing_reason = cond.Reason.SECRET_NOT_FOUND
-            message = f"Secret {ref.name!r} not found in namespace {namespace!r}"
-        elif ref.key not in (secret.get("data") or {}) and ref.key not in (
-            secret.get("stringData") or {}
-        ):
-            missing_reason = cond.Reason.SECRET_KEY_MISSING
-            message = f"Secret {ref.name!r} has no key {ref.key!r}"
-    else:
-        message = "No credentials configured"
+    missing_reason, message = await _credentials_check(ctx, expert, namespace)
+    ready = (
+        (cond.ConditionType.READY, False, cond.Reason.INVALID_SPEC, _left_out(failures))
+        if failures
+        else (
+            cond.ConditionType.READY,
+            missing_reason is None,
+            missing_reason or cond.Reason.RECONCILED,
+            message,
+        )
+    )
     conds = cond.set_conditions(
-        conds,
+        _conditions(body),
         generation=generation,
         updates=[
             (
@@ -605,32 +626,53 @@ async def reconcile_expert(ctx: Context, body: dict[str, Any]) -> None:
                 missing_reason or cond.Reason.SECRET_FOUND,
                 message,
             ),
-            (
-                cond.ConditionType.READY,
-                missing_reason is None,
-                missing_reason or cond.Reason.RECONCILED,
-                message,
-            )
-            if not failures
-            else (cond.ConditionType.READY, False, cond.Reason.INVALID_SPEC, _left_out(failures)),
+            ready,
         ],
     )
     desired: dict[str, Any] = {"conditions": conds, "observedGeneration": generation}
     if ctx.gateway_status is not None:
         document = await ctx.gateway_status.read(namespace)
-        mirrored = spend.expert_status(
-            document, expert=body["metadata"]["name"], previous=body.get("status")
-        )
-        if mirrored:
-            exhausted = mirrored["spend"]["remainingUSD"] <= 0
-            desired["conditions"] = cond.set_condition(
-                conds,
-                type_=cond.ConditionType.BUDGET_EXHAUSTED,
-                status=exhausted,
-                reason=cond.Reason.BUDGET_SPENT if exhausted else cond.Reason.WITHIN_BUDGET,
-                message=f"Spent ${mirrored['spend']['spentUSD']:g} in the current window, "
-                f"${mirrored['spend']['remainingUSD']:g} left",
-                generation=generation,
-            )
-            desired.update(mirrored)
+        desired.update(_mirrored_spend(document, body, conds, generation))
     await status.write(ctx.kube, body, desired)
+
+
+async def _credentials_check(
+    ctx: Context, expert: v1alpha1.CloudExpert, namespace: str
+) -> tuple[cond.Reason | None, str]:
+    """Why the credential is missing (None when present or not needed), and a message."""
+    if expert.spec.credentials is None:
+        return None, "No credentials configured"
+    ref = expert.spec.credentials.secret_ref
+    secret = await ctx.kube.get("Secret", namespace=namespace, name=ref.name)
+    if secret is None:
+        return (
+            cond.Reason.SECRET_NOT_FOUND,
+            f"Secret {ref.name!r} not found in namespace {namespace!r}",
+        )
+    if ref.key not in (secret.get("data") or {}) and ref.key not in (
+        secret.get("stringData") or {}
+    ):
+        return cond.Reason.SECRET_KEY_MISSING, f"Secret {ref.name!r} has no key {ref.key!r}"
+    return None, "Credentials found"
+
+
+def _mirrored_spend(
+    document: Any, body: dict[str, Any], conds: list[dict[str, Any]], generation: int | None
+) -> dict[str, Any]:
+    """The gateways' spend for this expert, with BudgetExhausted set from it."""
+    mirrored = spend.expert_status(
+        document, expert=body["metadata"]["name"], previous=body.get("status")
+    )
+    if not mirrored:
+        return {}
+    exhausted = mirrored["spend"]["remainingUSD"] <= 0
+    conditions = cond.set_condition(
+        conds,
+        type_=cond.ConditionType.BUDGET_EXHAUSTED,
+        status=exhausted,
+        reason=cond.Reason.BUDGET_SPENT if exhausted else cond.Reason.WITHIN_BUDGET,
+        message=f"Spent ${mirrored['spend']['spentUSD']:g} in the current window, "
+        f"${mirrored['spend']['remainingUSD']:g} left",
+        generation=generation,
+    )
+    return {**mirrored, "conditions": conditions}
