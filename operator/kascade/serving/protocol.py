@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 import pydantic
 
+from kascade.api import wire
+
 __all__ = [
     "CONFIDENCE_HEADER",
     "CONFIDENCE_METHOD_HEADER",
@@ -26,11 +28,8 @@ __all__ = [
     "usage_body",
 ]
 
-CONFIDENCE_HEADER = "x-kascade-confidence"
-"""Response header carrying the confidence figure (non-streaming responses)."""
-
-CONFIDENCE_METHOD_HEADER = "x-kascade-confidence-method"
-"""Response header naming the confidence method."""
+CONFIDENCE_HEADER = wire.CONFIDENCE_HEADER
+CONFIDENCE_METHOD_HEADER = wire.CONFIDENCE_METHOD_HEADER
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -251,11 +250,11 @@ def completion_body(
             }
         ],
         "usage": usage_body(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens),
-        "confidence": confidence,
+        wire.CONFIDENCE_FIELD: confidence,
         "confidence_method": confidence_method,
     }
     if confidence_signals is not None:
-        body["confidence_signals"] = confidence_signals
+        body[wire.CONFIDENCE_SIGNALS_FIELD] = confidence_signals
     return body
 
 

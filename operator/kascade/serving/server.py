@@ -19,6 +19,7 @@ import weakref
 from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any
 
+from kascade.api import wire
 from kascade.serving import admission, config, generation, protocol
 from kascade.serving.runtimes import base
 
@@ -297,10 +298,12 @@ class ChatServer:
                     yield protocol.sse_event(chunk({"content": event.text}))
                     continue
                 final = chunk({}, event.finish_reason)
-                final["confidence"] = event.confidence if event.confidence is not None else 0.0
+                final[wire.CONFIDENCE_FIELD] = (
+                    event.confidence if event.confidence is not None else 0.0
+                )
                 final["confidence_method"] = self._pool.confidence_method.value
                 if event.signals is not None:
-                    final["confidence_signals"] = event.signals
+                    final[wire.CONFIDENCE_SIGNALS_FIELD] = event.signals
                 yield protocol.sse_event(final)
                 if include_usage:
                     usage = chunk({})

@@ -18,6 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
+from kascade.api import wire
+
 _MAX_DEPTH = 8
 
 
@@ -227,7 +229,7 @@ async def respond(
         if usage is not None:
             payload["usage"] = {"input_tokens": usage[0], "output_tokens": usage[1]}
         return web.json_response(payload)
-    headers = {} if confidence is None else {"x-kascade-confidence": f"{confidence}"}
+    headers = {} if confidence is None else {wire.CONFIDENCE_HEADER: f"{confidence}"}
     if stream:
         return await _openai_sse(
             http, calls=calls, rid=rid, model=model, usage=usage if include_usage else None,
@@ -239,7 +241,7 @@ async def respond(
         pt, ct = usage
         payload["usage"] = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
     if confidence is not None:
-        payload["confidence"] = confidence
+        payload[wire.CONFIDENCE_FIELD] = confidence
     return web.json_response(payload, headers=headers)
 
 

@@ -14,6 +14,7 @@ from typing import IO, Any
 
 from aiohttp import web
 
+from kascade.api import wire
 from kascade.simexpert import bill as bill_mod
 from kascade.simexpert import faults, replies
 
@@ -259,7 +260,7 @@ async def _answer(
         if usage:
             payload["usage"] = usage
         return web.json_response(payload)
-    headers = {} if confidence is None else {"x-kascade-confidence": f"{confidence}"}
+    headers = {} if confidence is None else {wire.CONFIDENCE_HEADER: f"{confidence}"}
     if stream:
         return await _openai_stream(http, s, rid, model, text, pt, ct, headers, body)
     payload = {
@@ -274,9 +275,9 @@ async def _answer(
     if s.report_usage:
         payload["usage"] = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
     if confidence is not None:
-        payload["confidence"] = confidence
+        payload[wire.CONFIDENCE_FIELD] = confidence
         if s.confidence_signals is not None:
-            payload["confidence_signals"] = s.confidence_signals
+            payload[wire.CONFIDENCE_SIGNALS_FIELD] = s.confidence_signals
     return web.json_response(payload, headers=headers)
 
 

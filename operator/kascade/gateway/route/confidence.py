@@ -23,9 +23,10 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from kascade.api import wire
 from kascade.gateway import config as config_mod
 
-CONFIDENCE_HEADER = "x-kascade-confidence"
+CONFIDENCE_HEADER = wire.CONFIDENCE_HEADER
 _FLOOR = 1e-12
 _SIGNAL_OF = {
     "mean-token-prob": "mean_token_prob",
@@ -114,7 +115,7 @@ def from_logprobs(*, choice: Mapping[str, Any], method: str) -> float | None:
 def signals(*, body: Mapping[str, Any]) -> dict[str, float] | None:
     """Every confidence signal of the answer: the body's `confidence_signals` (a Kascade
     pool), else rebuilt from logprobs; None when the pool sent neither."""
-    sent = body.get("confidence_signals")
+    sent = body.get(wire.CONFIDENCE_SIGNALS_FIELD)
     if isinstance(sent, dict):
         numbers = {
             k: float(v)
@@ -133,12 +134,12 @@ def extract(*, body: Mapping[str, Any], headers: Mapping[str, str], method: str)
     """The local answer's confidence: the method's entry in `confidence_signals`, else
     body `confidence` (number, or object keyed by method), else header
     `x-kascade-confidence`, else computed from logprobs."""
-    sent = body.get("confidence_signals")
+    sent = body.get(wire.CONFIDENCE_SIGNALS_FIELD)
     if isinstance(sent, dict) and method in _SIGNAL_OF:
         found = _probability(sent.get(_SIGNAL_OF[method]))
         if found is not None:
             return found
-    value = body.get("confidence")
+    value = body.get(wire.CONFIDENCE_FIELD)
     if isinstance(value, dict):
         for key in _KEYS.get(method, ()):
             if key in value:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from kascade.api import wire
 from kascade.gateway import ledger, runtime
 from kascade.gateway.cache import memory as cache_mod
 from kascade.gateway.experts import escalation
@@ -61,20 +62,20 @@ class Decision:
 
     def headers(self) -> dict[str, str]:
         h = {
-            "x-kascade-request-id": self.request_id,
-            "x-kascade-route": self.route,
-            "x-kascade-reason": self.reason,
-            "x-kascade-cost-usd": usd_text(self.cost_nanos),
-            "x-kascade-tenant": self.caller.label,
+            wire.REQUEST_ID_HEADER: self.request_id,
+            wire.ROUTE_HEADER: self.route,
+            wire.REASON_HEADER: self.reason,
+            wire.COST_HEADER: usd_text(self.cost_nanos),
+            wire.TENANT_HEADER: self.caller.label,
         }
         if self.confidence is not None:
-            h["x-kascade-confidence"] = f"{self.confidence:.4f}"
+            h[wire.CONFIDENCE_HEADER] = f"{self.confidence:.4f}"
         if self.privacy is not None:
-            h["x-kascade-privacy"] = self.privacy
+            h[wire.PRIVACY_HEADER] = self.privacy
         if self.degeneration is not None:
-            h["x-kascade-degeneration"] = self.degeneration
+            h[wire.DEGENERATION_HEADER] = self.degeneration
         if self.degraded is not None:
             # One line, ASCII only: the policy's message may hold any character.
             text = " ".join(self.degraded.split())[:500]
-            h["x-kascade-degraded"] = text.encode("ascii", "replace").decode()
+            h[wire.DEGRADED_HEADER] = text.encode("ascii", "replace").decode()
         return h

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from kascade.api import wire
 from kascade.gateway import config as config_mod
 from kascade.gateway import runtime
 from kascade.gateway.cache import memory as cache_mod
@@ -73,7 +74,7 @@ async def handle_chat(state: State, http: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     rt = state.runtime  # This request keeps this config even if a reload happens.
     request_id = os.urandom(16).hex()  # as unique as uuid4, a quarter of the cost
-    ids = {"x-kascade-request-id": request_id}
+    ids = {wire.REQUEST_ID_HEADER: request_id}
     try:
         caller = inbound.identify(rt, http)
         raw = await inbound.read_body(http, limit=rt.config.limits.max_body_bytes)

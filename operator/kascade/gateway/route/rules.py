@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from kascade.api import wire
 from kascade.gateway import config as config_mod
 
-TASK_HEADER = "x-kascade-task"
+TASK_HEADER = wire.TASK_HEADER
 
 
 def match(
