@@ -20,6 +20,9 @@ CONFIDENCE_METHOD_HEADER = "x-kascade-confidence-method"
 CONFIDENCE_FIELD = "confidence"
 """Body field (and final stream chunk field) carrying the confidence."""
 
+CONFIDENCE_METHOD_FIELD = "confidence_method"
+"""Body field (and final stream chunk field) naming the confidence method."""
+
 CONFIDENCE_SIGNALS_FIELD = "confidence_signals"
 """Body field with the per-method figures the gateway's combined score reads."""
 

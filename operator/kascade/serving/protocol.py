@@ -251,7 +251,7 @@ def completion_body(
         ],
         "usage": usage_body(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens),
         wire.CONFIDENCE_FIELD: confidence,
-        "confidence_method": confidence_method,
+        wire.CONFIDENCE_METHOD_FIELD: confidence_method,
     }
     if confidence_signals is not None:
         body[wire.CONFIDENCE_SIGNALS_FIELD] = confidence_signals

@@ -147,7 +147,7 @@ class ChatServer:
                     "owned_by": "kascade",
                     "runtime": self._pool.model.runtime.value,
                     "context_length": self._pool.model.context_length,
-                    "confidence_method": self._pool.confidence_method.value,
+                    wire.CONFIDENCE_METHOD_FIELD: self._pool.confidence_method.value,
                 }
             ],
         }
@@ -192,16 +192,7 @@ class ChatServer:
     async def _chat(self, body: bytes) -> Reply:
         request = protocol.parse_chat_request(body)
         prompt, params = self._prepare(request)
-        try:
-            lease = await self._admission.acquire()
-        except admission.Saturated as exc:
-            raise protocol.ApiError(
-                status=429,
-                message=f"{exc}; retry after {exc.retry_after_s}s",
-                type="overloaded_error",
-                code="replica_saturated",
-                retry_after_s=exc.retry_after_s,
-            ) from None
+        lease = await self._admit()
         cancel = threading.Event()
         self._active.add(cancel)
         events = generation.run_generation(
@@ -212,20 +203,44 @@ class ChatServer:
             method=self._pool.confidence_method,
             cancel=cancel,
         )
-        common = {protocol.CONFIDENCE_METHOD_HEADER: self._pool.confidence_method.value}
-        if request.stream:
-            include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            chunks = self._stream(
-                lease=lease,
-                events=events,
-                cancel=cancel,
-                prompt_tokens=len(prompt),
-                include_usage=include_usage,
-            )
-            # A stream dropped before its first chunk never runs its finally block:
-            # release the slot when the generator object goes away (release is idempotent).
-            weakref.finalize(chunks, _release_later, asyncio.get_running_loop(), lease, cancel)
-            return StreamReply(chunks=chunks, headers=common)
+        if not request.stream:
+            return await self._complete(lease, events, cancel, prompt_tokens=len(prompt))
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        chunks = self._stream(
+            lease=lease,
+            events=events,
+            cancel=cancel,
+            prompt_tokens=len(prompt),
+            include_usage=include_usage,
+        )
+        # A stream dropped before its first chunk never runs its finally block:
+        # release the slot when the generator object goes away (release is idempotent).
+        weakref.finalize(chunks, _release_later, asyncio.get_running_loop(), lease, cancel)
+        method = self._pool.confidence_method.value
+        return StreamReply(chunks=chunks, headers={protocol.CONFIDENCE_METHOD_HEADER: method})
+
+    async def _admit(self) -> admission.Lease:
+        """A generation slot, or 429 with Retry-After when the bounded queue is full."""
+        try:
+            return await self._admission.acquire()
+        except admission.Saturated as exc:
+            raise protocol.ApiError(
+                status=429,
+                message=f"{exc}; retry after {exc.retry_after_s}s",
+                type="overloaded_error",
+                code="replica_saturated",
+                retry_after_s=exc.retry_after_s,
+            ) from None
+
+    async def _complete(
+        self,
+        lease: admission.Lease,
+        events: Iterator[generation.Event],
+        cancel: threading.Event,
+        *,
+        prompt_tokens: int,
+    ) -> JsonReply:
+        """Runs a non-streamed generation to its end on the lease's thread."""
         try:
             text, finished = await asyncio.get_running_loop().run_in_executor(
                 self._executors[lease.slot], _collect, events
@@ -239,6 +254,11 @@ class ChatServer:
             cancel.set()
             lease.release()
         conf = finished.confidence if finished.confidence is not None else 0.0
+        method = self._pool.confidence_method.value
+        headers = {
+            protocol.CONFIDENCE_METHOD_HEADER: method,
+            protocol.CONFIDENCE_HEADER: f"{conf:.6f}",
+        }
         return JsonReply(
             status=200,
             body=protocol.completion_body(
@@ -247,13 +267,13 @@ class ChatServer:
                 model=self._pool.name,
                 text=text,
                 finish_reason=finished.finish_reason,
-                prompt_tokens=len(prompt),
+                prompt_tokens=prompt_tokens,
                 completion_tokens=finished.completion_tokens,
                 confidence=conf,
-                confidence_method=self._pool.confidence_method.value,
+                confidence_method=method,
                 confidence_signals=finished.signals,
             ),
-            headers={**common, protocol.CONFIDENCE_HEADER: f"{conf:.6f}"},
+            headers=headers,
         )
 
     async def _stream(
@@ -297,14 +317,9 @@ class ChatServer:
                 if isinstance(event, generation.TextDelta):
                     yield protocol.sse_event(chunk({"content": event.text}))
                     continue
-                final = chunk({}, event.finish_reason)
-                final[wire.CONFIDENCE_FIELD] = (
-                    event.confidence if event.confidence is not None else 0.0
+                yield protocol.sse_event(
+                    self._with_confidence(chunk({}, event.finish_reason), event)
                 )
-                final["confidence_method"] = self._pool.confidence_method.value
-                if event.signals is not None:
-                    final[wire.CONFIDENCE_SIGNALS_FIELD] = event.signals
-                yield protocol.sse_event(final)
                 if include_usage:
                     usage = chunk({})
                     usage["choices"] = []
@@ -322,6 +337,14 @@ class ChatServer:
             cancel.set()
             closing = executor.submit(_close, events)
             closing.add_done_callback(lambda _: _call_soon(loop, lease.release))
+
+    def _with_confidence(self, final: dict[str, Any], event: generation.Finished) -> dict[str, Any]:
+        """The finishing chunk carries the confidence, as the non-streamed body does."""
+        final[wire.CONFIDENCE_FIELD] = event.confidence if event.confidence is not None else 0.0
+        final[wire.CONFIDENCE_METHOD_FIELD] = self._pool.confidence_method.value
+        if event.signals is not None:
+            final[wire.CONFIDENCE_SIGNALS_FIELD] = event.signals
+        return final
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
