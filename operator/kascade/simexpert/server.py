@@ -98,17 +98,21 @@ def _text(content: object) -> str:
     return ""
 
 
-async def _handle(http: web.Request, *, dialect: str) -> web.StreamResponse:
-    sim = http.app[SIM]
-    s = sim.settings
-    sim.count += 1
-    n = sim.count
-    raw = await http.read()
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        body = None
-    record = {
+def _outcome(s: Settings, n: int) -> str:
+    """``ok``, ``hang``, ``429`` or a failure status, from the scripted knobs."""
+    if _every(s.hang_every, n) or _fraction(s.hang_fraction, n, "hang"):
+        return "hang"
+    if _every(s.throttle_every, n) or _fraction(s.throttle_fraction, n, "429"):
+        return "429"
+    if _every(s.fail_every, n) or _fraction(s.fail_fraction, n, "fail"):
+        return str(s.fail_status)
+    return "ok"
+
+
+def _received(http: web.Request, raw: bytes, body: Any, n: int, *, dialect: str) -> dict[str, Any]:
+    """The simulator's own record of what it received (never the credential itself)."""
+    keep = http.app[SIM].settings.record_body
+    return {
         "n": n,
         "t": time.time(),
         "path": http.path_qs,
@@ -118,32 +122,19 @@ async def _handle(http: web.Request, *, dialect: str) -> web.StreamResponse:
             or http.headers.get("api-key")
             or http.headers.get("x-api-key")
         ),
-        "body": body if s.record_body else None,
-        "raw": raw.decode("utf-8", "replace") if s.record_body else None,
+        "body": body if keep else None,
+        "raw": raw.decode("utf-8", "replace") if keep else None,
     }
-    if s.latency_ms > 0:
-        await asyncio.sleep(s.latency_ms / 1000)
-    outcome = "ok"
-    if _every(s.hang_every, n) or _fraction(s.hang_fraction, n, "hang"):
-        outcome = "hang"
-    elif _every(s.throttle_every, n) or _fraction(s.throttle_fraction, n, "429"):
-        outcome = "429"
-    elif _every(s.fail_every, n) or _fraction(s.fail_fraction, n, "fail"):
-        outcome = str(s.fail_status)
-    valid = isinstance(body, dict) and isinstance(body.get("messages"), list)
-    fault = _fault(body, s, n) if valid else None
-    record["fault"] = None if fault is None else fault.kind
-    record["outcome"] = outcome
-    refused = outcome == "429" or (outcome.isdigit() and int(outcome) < 500)
-    if valid and not refused and (fault is None or fault.billed):
-        why = fault.kind if fault else outcome
-        record["bill_nanos"] = _bill(sim, body, n, why=why, dialect=dialect)
+
+
+def _keep(sim: _Sim, record: dict[str, Any]) -> None:
     sim.records.append(record)
     if sim.record_file is not None:
         sim.record_file.write(json.dumps(record) + "\n")
         sim.record_file.flush()
-    if outcome == "hang":
-        await asyncio.sleep(s.hang_seconds)
+
+
+def _refusal(s: Settings, outcome: str) -> web.Response | None:
     if outcome == "429":
         return web.json_response(
             {"error": {"message": "rate limited (simulated)", "type": "rate_limit_error"}},
@@ -155,7 +146,38 @@ async def _handle(http: web.Request, *, dialect: str) -> web.StreamResponse:
             {"error": {"message": "simulated failure", "type": "server_error"}},
             status=int(outcome),
         )
-    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+    return None
+
+
+async def _handle(http: web.Request, *, dialect: str) -> web.StreamResponse:
+    sim = http.app[SIM]
+    s = sim.settings
+    sim.count += 1
+    n = sim.count
+    raw = await http.read()
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    record = _received(http, raw, body, n, dialect=dialect)
+    if s.latency_ms > 0:
+        await asyncio.sleep(s.latency_ms / 1000)
+    outcome = _outcome(s, n)
+    valid = isinstance(body, dict) and isinstance(body.get("messages"), list)
+    fault = _fault(body, s, n) if valid else None
+    record["fault"] = None if fault is None else fault.kind
+    record["outcome"] = outcome
+    refused = outcome == "429" or (outcome.isdigit() and int(outcome) < 500)
+    if valid and not refused and (fault is None or fault.billed):
+        why = fault.kind if fault else outcome
+        record["bill_nanos"] = _bill(sim, body, n, why=why, dialect=dialect)
+    _keep(sim, record)
+    if outcome == "hang":
+        await asyncio.sleep(s.hang_seconds)
+    refusal = _refusal(s, outcome)
+    if refusal is not None:
+        return refusal
+    if not valid:
         return web.json_response({"error": {"message": "messages required"}}, status=400)
     if fault is not None:
         fault = dataclasses.replace(fault, streamed=body.get("stream") is True)
@@ -225,10 +247,8 @@ async def _answer(
     if report != s.report_usage:
         s = dataclasses.replace(s, report_usage=report)
     plan = replies.plan(body, dialect=dialect, name=s.name, last=last)
-    confidence = s.confidence
     mark = _CONFIDENCE_MARK.search(last)
-    if mark:
-        confidence = float(mark.group(1))
+    confidence = float(mark.group(1)) if mark else s.confidence
     model = str(body.get("model", s.name))
     rid = f"{s.name}-{sim.count}"
     stream = body.get("stream") is True
@@ -248,22 +268,34 @@ async def _answer(
     if dialect == "anthropic":
         if stream:
             return await _anthropic_stream(http, s, rid, model, text, pt, ct)
-        usage = {"input_tokens": pt, "output_tokens": ct} if s.report_usage else None
-        payload: dict[str, Any] = {
-            "id": rid,
-            "type": "message",
-            "role": "assistant",
-            "model": model,
-            "content": [{"type": "text", "text": text}],
-            "stop_reason": "end_turn",
-        }
-        if usage:
-            payload["usage"] = usage
-        return web.json_response(payload)
+        return web.json_response(_anthropic_message(s, rid, model, text, pt, ct))
     headers = {} if confidence is None else {wire.CONFIDENCE_HEADER: f"{confidence}"}
     if stream:
         return await _openai_stream(http, s, rid, model, text, pt, ct, headers, body)
-    payload = {
+    payload = _openai_completion(s, rid, model, text, pt, ct, confidence)
+    return web.json_response(payload, headers=headers)
+
+
+def _anthropic_message(
+    s: Settings, rid: str, model: str, text: str, pt: int, ct: int
+) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "id": rid,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn",
+    }
+    if s.report_usage:
+        payload["usage"] = {"input_tokens": pt, "output_tokens": ct}
+    return payload
+
+
+def _openai_completion(
+    s: Settings, rid: str, model: str, text: str, pt: int, ct: int, confidence: float | None
+) -> dict[str, Any]:
+    payload: dict[str, Any] = {
         "id": rid,
         "object": "chat.completion",
         "created": int(time.time()),
@@ -278,7 +310,7 @@ async def _answer(
         payload[wire.CONFIDENCE_FIELD] = confidence
         if s.confidence_signals is not None:
             payload[wire.CONFIDENCE_SIGNALS_FIELD] = s.confidence_signals
-    return web.json_response(payload, headers=headers)
+    return payload
 
 
 def _words(text: str) -> list[str]:
