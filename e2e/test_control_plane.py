@@ -101,7 +101,7 @@ def test_gpu_pod_beyond_capacity_stays_pending(kubectl: KubectlRunner, namespace
         """
     )
     kubectl("apply", "-n", namespace, "-f", "-", input=manifest)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # only ends the wait; a loaded CI machine is slow
     reason = ""
     while time.monotonic() < deadline:
         pod = json.loads(kubectl("get", "pod", "-n", namespace, "greedy", "-o", "json").stdout)
@@ -166,7 +166,7 @@ def test_service_account_without_permissions_is_refused(
         "--role=pod-reader",
         f"--serviceaccount={namespace}:nobody",
     )
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # only ends the wait; a loaded CI machine is slow
     while True:
         allowed = run_as_nobody()
         if allowed.returncode == 0 or time.monotonic() > deadline:

@@ -21,7 +21,6 @@ pytestmark = pytest.mark.cluster
 
 LEASE = "kascade-operator"
 TAKEOVER_LIMIT_S = 30.0  # the requirement, measured from the kill
-LEASE_DURATION_S = 15.0  # a clean handover must not wait this long
 
 _IDENTITY = re.compile(rf"Standby: waiting for Lease {ops.RELEASE_NS}/{LEASE} as (\S+)")
 # "2025-03-01 12:00:00,123 INFO kascade.leader Standing by: ..." -> the logger's name.
@@ -134,16 +133,16 @@ def test_standby_takes_over_within_30s_of_the_leader_being_killed(
         killed = time.monotonic()
         leader.proc.wait(timeout=10)
         kubectl("apply", "-n", namespace, "-f", "-", input=_expert("after"))
+        # The promise is the poll's deadline: reconciled within 30 s of the kill.
         ops.wait_for(
             "the standby to take over and reconcile 'after'",
             lambda: _reconciled(kubectl, namespace, "after"),
-            timeout=TAKEOVER_LIMIT_S + 30,
+            timeout=TAKEOVER_LIMIT_S - (time.monotonic() - killed),
             interval=0.2,
         )
         takeover = time.monotonic() - killed
         print(f"takeover: new CloudExpert reconciled {takeover:.1f}s after SIGKILL of the leader")
         assert _holder(kubectl) == ids[standby]
-        assert takeover <= TAKEOVER_LIMIT_S, f"takeover took {takeover:.1f}s"
 
         # A clean shutdown releases the Lease: the next standby need not wait it out.
         third.start()
@@ -158,9 +157,10 @@ def test_standby_takes_over_within_30s_of_the_leader_being_killed(
         assert standby.proc.wait(timeout=30) == 0, standby.log()[-3000:]
         assert f"Released Lease {ops.RELEASE_NS}/{LEASE}" in standby.log()
         ops.wait_for("the third operator to hold the Lease", lambda: _holder(kubectl) == new_id)
-        handover = time.monotonic() - stopped
-        print(f"handover after a clean shutdown: {handover:.1f}s")
-        assert handover < LEASE_DURATION_S
+        print(f"handover after a clean shutdown: {time.monotonic() - stopped:.1f}s")
+        # It took the Lease as released, with no holder left, so it did not wait out the
+        # old holder's lease duration (taking an expired Lease names the previous holder).
+        assert f"as {new_id} (take, previous holder '')" in third.log(), third.log()[-3000:]
 
         # A leader whose Lease is taken stops acting at once: it exits 1 to restart as
         # a standby, and never runs beside the new holder.

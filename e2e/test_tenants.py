@@ -13,7 +13,6 @@ import secrets
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -192,14 +191,13 @@ def test_operator_rendered_gateway_requires_tenant_keys(
         # Revocation: the team replaces its key in the Secret; no restart.
         patch = {"data": {"ci": None, "ci-2": base64.b64encode(a2.encode()).decode()}}
         kubectl("patch", "secret", "team-a-keys", "-n", namespace, "-p", json.dumps(patch))
-        started = time.monotonic()
+        # Issue 13's promise, as the deadline of the poll: refused within 10 s.
         ops.wait_for(
             "the revoked key refused",
             lambda: _post(url, model="open", key=a1)[0] == 401,
             timeout=10,
             interval=0.2,
         )
-        assert time.monotonic() - started < 10
         assert _post(url, model="open", key=a2)[0] == 200
         assert gateway.proc is not None
         assert gateway.proc.poll() is None  # the same process: no restart

@@ -42,6 +42,11 @@ class ModelDeployment:
         """Ray Serve's periodic health check."""
         self._server.check_health()
 
+    def counts(self) -> dict[str, int]:
+        """Generations running now and streams whose client left early (read through a
+        Serve handle, e.g. by tests; not served over HTTP)."""
+        return {"generating": self._server.generating, "streamsLeft": self._server.streams_left}
+
     def __del__(self) -> None:
         server_ = getattr(self, "_server", None)
         if server_ is not None:

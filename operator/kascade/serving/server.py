@@ -75,6 +75,13 @@ class ChatServer:
         # Cancel flags of generations in progress, so close() can stop them: a replica
         # shutting down must not wait for long completions nobody will read.
         self._active: weakref.WeakSet[threading.Event] = weakref.WeakSet()
+        self._streams_left = 0
+
+    @property
+    def streams_left(self) -> int:
+        """Streams whose client left before the end (their generation was stopped early):
+        the record that a hang-up reached this server instead of running to the end."""
+        return self._streams_left
 
     @property
     def pool(self) -> config.PoolServingConfig:
@@ -300,6 +307,7 @@ class ChatServer:
                 finish_reason=finish,
             )
 
+        ended = False
         try:
             yield protocol.sse_event(chunk({"role": "assistant", "content": ""}))
             while True:
@@ -327,6 +335,7 @@ class ChatServer:
                         prompt_tokens=prompt_tokens, completion_tokens=event.completion_tokens
                     )
                     yield protocol.sse_event(usage)
+            ended = True
             yield protocol.sse_event("[DONE]")
         finally:
             # Reached on completion and on client disconnect. Nothing here may await:
@@ -337,6 +346,8 @@ class ChatServer:
             cancel.set()
             closing = executor.submit(_close, events)
             closing.add_done_callback(lambda _: _call_soon(loop, lease.release))
+            if not ended:
+                self._streams_left += 1
 
     def _with_confidence(self, final: dict[str, Any], event: generation.Finished) -> dict[str, Any]:
         """The finishing chunk carries the confidence, as the non-streamed body does."""

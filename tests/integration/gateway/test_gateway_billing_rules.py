@@ -39,7 +39,9 @@ def _worst(record: dict[str, Any]) -> int:
 
 
 async def _until(predicate: Any) -> None:
-    while not predicate():  # noqa: ASYNC110  (polls another component's state)
+    deadline = time.monotonic() + 30  # only ends the wait; a loaded CI machine is slow
+    while not predicate():  # polls another component's state
+        assert time.monotonic() < deadline, "the condition was never reached"
         await asyncio.sleep(0.01)
 
 

@@ -21,7 +21,10 @@ from tests.integration.gateway.conftest import (
     process,
 )
 
-ROTATION_DEADLINE_S = 10.0  # the promise under test: rotation works within 10 s
+# The promise under test (issue 13): rotation and revocation take effect within 10 s,
+# without a restart. Kept as the deadline of a poll; the key watcher checks every second
+# (tests/unit/gateway/test_tenant_keys.py checks the swap itself without any clock).
+ROTATION_DEADLINE_S = 10.0
 
 
 async def _post(
@@ -32,13 +35,12 @@ async def _post(
         return resp.status, resp.headers.copy(), await resp.json(content_type=None)
 
 
-async def _until(check: Any) -> float:
-    """Polls ``check`` until true; returns the seconds it took (fails past the deadline)."""
-    started = time.monotonic()
+async def _until(check: Any) -> None:
+    """Polls ``check`` until true; fails past the rotation deadline."""
+    deadline = time.monotonic() + ROTATION_DEADLINE_S
     while not await check():
-        assert time.monotonic() - started < ROTATION_DEADLINE_S, "not within 10 s"
+        assert time.monotonic() < deadline, f"not within {ROTATION_DEADLINE_S:g} s"
         await asyncio.sleep(0.1)
-    return time.monotonic() - started
 
 
 async def test_tenant_keys_401_403_404_rotation_and_admin_port(tmp_path: Path, http) -> None:
@@ -108,10 +110,9 @@ async def test_tenant_keys_401_403_404_rotation_and_admin_port(tmp_path: Path, h
             new = (await _post(http, url, chat("hi"), a2))[0]
             return (old, new) == (401, 200)
 
-        took = await _until(rotated)
+        await _until(rotated)
         assert gw.poll() is None  # the same process
     _check_audit_and_logs(tmp_path)
-    assert took < ROTATION_DEADLINE_S
 
 
 def _check_audit_and_logs(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -30,21 +31,30 @@ def test_invalid_yaml_fails_before_anything_starts(tmp_path: Path) -> None:
         shutil.copy(f, tmp_path / f.name)
     bad = (tmp_path / "pool.yaml").read_text().replace("min: 1\n    max: 1", "min: 3\n    max: 1")
     (tmp_path / "pool.yaml").write_text(bad)
-    start = time.monotonic()
+    state_dir = tmp_path / "state"
+    port = str(free_port())
+    # -X importtime lists every module imported, on stderr: Ray's must not be there.
+    command = [sys.executable, "-X", "importtime", *KASCADE[1:], "up", "-f", str(tmp_path)]
     proc = subprocess.run(
-        [*KASCADE, "up", "-f", str(tmp_path), "--port", str(free_port())],
+        [*command, "--port", port, "--state-dir", str(state_dir)],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         check=False,
     )
     assert proc.returncode == 1
-    assert "pool.yaml" in proc.stderr
-    assert "LocalModelPool/smollm2" in proc.stderr
-    assert "spec.replicas" in proc.stderr
-    assert "nothing was started" in proc.stderr
+    imported = [line for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    message = "\n".join(line for line in proc.stderr.splitlines() if line not in imported)
+    assert "pool.yaml" in message
+    assert "LocalModelPool/smollm2" in message
+    assert "spec.replicas" in message
+    assert "nothing was started" in message
+    # Nothing started, observably: Ray was never imported (let alone started), no state
+    # directory was made, no "Starting" line was printed.
+    assert imported, "the import log is missing: the check below would prove nothing"
+    assert not [line for line in imported if re.search(r"\|\s+ray(\.|$)", line)]
+    assert not state_dir.exists()
     assert "Starting Ray" not in proc.stdout
-    assert time.monotonic() - start < 30
 
 
 def _processes_with(marker: str) -> list[int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,12 +37,12 @@ def chat() -> Iterator[server.ChatServer]:
 
 
 async def _wait_idle(chat: server.ChatServer) -> None:
-    # The slot returns once the model thread has stopped (within one token's time).
-    for _ in range(100):
-        if chat._admission.in_flight == 0:
-            return
+    # The slot returns once the model thread has stopped (within one token's time); the
+    # deadline only ends a leak's endless wait (a loaded CI machine is slow).
+    deadline = time.monotonic() + 30
+    while chat._admission.in_flight:
+        assert time.monotonic() < deadline, f"slot held: in_flight={chat._admission.in_flight}"
         await asyncio.sleep(0.02)
-    raise AssertionError(f"slot still held: in_flight={chat._admission.in_flight}")
 
 
 async def _post(chat: server.ChatServer, **body: Any) -> server.Reply:
@@ -119,14 +120,21 @@ async def test_busy_replica_without_queue_refuses_at_once(chat: server.ChatServe
 
 
 async def test_abandoned_stream_releases_its_slot(chat: server.ChatServer) -> None:
+    left = chat.streams_left
     reply = await _post(chat, temperature=0, max_tokens=100, stream=True)
     assert isinstance(reply, server.StreamReply)
     first = await anext(reply.chunks)
     assert first.startswith(b"data: ")
     await reply.chunks.aclose()  # the client went away
     await _wait_idle(chat)
+    assert chat.streams_left == left + 1
     after = await _json(chat, temperature=0, max_tokens=2)
     assert after.status == 200
+    # A stream read to its end is not counted as left.
+    whole = await _post(chat, temperature=0, max_tokens=4, stream=True)
+    assert isinstance(whole, server.StreamReply)
+    assert [c async for c in whole.chunks][-1] == b"data: [DONE]\n\n"
+    assert chat.streams_left == left + 1
 
 
 async def test_client_disconnect_under_starlette_releases_the_slot(

@@ -6,9 +6,10 @@ import hashlib
 import http.server
 import importlib.util
 import pathlib
+import socket
 import threading
-import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -147,29 +148,73 @@ def test_http_error_names_status(server: _Server, cache: pathlib.Path) -> None:
         sources.resolve_source(source=f"{server.url}/nope.gguf")
 
 
-def test_unreachable_host_fails_fast(cache: pathlib.Path) -> None:
-    started = time.monotonic()
-    with pytest.raises(sources.ModelSourceError, match="download failed"):
+Address = tuple[str, int]
+
+
+@pytest.fixture
+def connections(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Address, float | None]]:
+    """Every outgoing TCP connection attempt as (address, timeout), still really made."""
+    made: list[tuple[Address, float | None]] = []
+    real = socket.create_connection
+
+    def recording(address: Address, timeout: Any = None, *args: Any, **kwargs: Any) -> Any:
+        made.append((address, timeout))
+        return real(address, timeout, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", recording)
+    return made
+
+
+def test_unreachable_host_fails_fast(
+    cache: pathlib.Path, connections: list[tuple[Address, float | None]]
+) -> None:
+    with pytest.raises(sources.ModelSourceError, match="download failed") as info:
         sources.resolve_source(source="http://127.0.0.1:9/model.gguf", timeout_s=3)
-    assert time.monotonic() - started < 5
+    assert "Connection refused" in str(info.value)
+    # Fast means: one attempt, bounded by timeout_s; no retries.
+    assert connections == [(("127.0.0.1", 9), 3)]
+
+
+def test_silent_host_is_cut_off_by_the_timeout(
+    cache: pathlib.Path, connections: list[tuple[Address, float | None]]
+) -> None:
+    # Accepts connections (kernel backlog) but never answers: only the timeout ends it.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        with pytest.raises(sources.ModelSourceError, match="download failed") as info:
+            sources.resolve_source(source=f"http://127.0.0.1:{port}/model.gguf", timeout_s=0.2)
+    assert "timed out" in str(info.value)
+    assert connections == [(("127.0.0.1", port), 0.2)]
+    assert _files(cache) == []
 
 
 def test_hf_source_fails_fast_and_clearly_without_network_or_cache(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    connections: list[tuple[Address, float | None]],
 ) -> None:
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # the online path is under test
     source = "hf://HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/smollm2-135m-instruct-q8_0.gguf"
-    started = time.monotonic()
     with pytest.raises(sources.ModelSourceError) as info:
         sources.resolve_source(source=source, timeout_s=3)
-    assert time.monotonic() - started < 10
     message = str(info.value)
     assert source in message
     if importlib.util.find_spec("huggingface_hub") is None:
         assert "huggingface_hub is not installed" in message
+        assert connections == []
     else:
         assert "not in the local Hugging Face cache" in message
+        assert "huggingface.co is unreachable" in message
+        # Fast means: every network wait bounded, and no retries: at most the hub's own
+        # agent-registry fetch (made even by a cache-only lookup, with a 3 s timeout),
+        # then our one probe bounded by timeout_s.
+        assert connections[-1] == (("huggingface.co", 443), 3)
+        assert len(connections) <= 2, connections
+        assert all(timeout is not None and timeout <= 3 for _, timeout in connections)
 
 
 def test_hf_source_shape_is_checked() -> None:

@@ -83,7 +83,7 @@ def test_two_processes_300_concurrent_reserves_admit_exactly_100(redis_url: str)
 @pytest.mark.redis
 def test_two_processes_hammering_rpm_60_get_at_most_60_in_the_minute(redis_url: str) -> None:
     spec = {"mode": "acquire", "expert": "claude", "rpm": 60, "tokens": 10}
-    spec |= {"burst": 40, "duration_s": 2.0}
+    spec |= {"burst": 40, "rounds": 2}
     results = run_replicas(redis_url, [spec, spec])
     stamps = sorted(t for r in results for t in r["admitted"])
     assert len(stamps) == 60
@@ -95,7 +95,7 @@ def test_two_processes_hammering_rpm_60_get_at_most_60_in_the_minute(redis_url: 
 @pytest.mark.redis
 def test_two_processes_share_tokens_per_minute(redis_url: str) -> None:
     spec = {"mode": "acquire", "expert": "claude", "tpm": 10_000, "tokens": 700}
-    spec |= {"burst": 10, "duration_s": 1.0}
+    spec |= {"burst": 10, "rounds": 2}
     results = run_replicas(redis_url, [spec, spec])
     assert sum(len(r["admitted"]) for r in results) == 10_000 // 700
 
@@ -104,7 +104,7 @@ def test_two_processes_share_tokens_per_minute(redis_url: str) -> None:
 def test_two_processes_share_max_concurrency(redis_url: str) -> None:
     # Each admitted call holds its slot 0.3 s; bursts keep both replicas contending.
     spec = {"mode": "acquire", "expert": "claude", "conc": 4, "tokens": 1}
-    spec |= {"burst": 20, "duration_s": 1.0, "hold_s": 0.3}
+    spec |= {"burst": 20, "rounds": 3, "hold_s": 0.3}
     results = run_replicas(redis_url, [spec, spec])
     # Holders counted in Redis between acquire and release never exceeded the limit,
     # and the limit was reached (the replicas really contended).
