@@ -145,8 +145,7 @@ class Observer:
                 by_kind.get("Endpoints", {}).get(f"{self.pool}-serve-svc"), pods
             ),
             rayservice_ready=_condition(rayservice, "Ready")[0] == "True",
-            pending_app_status=((pending_status.get("applicationStatuses") or {}).get(self.pool) or {})
-            .get("status"),
+            pending_app_status=_app_status(pending_status, self.pool),
             pool_ready=_condition(pool, "Ready")[0] == "True",
             pool_ready_replicas=int(((pool.get("status") or {}).get("replicas") or {})
                                     .get("ready") or 0),
@@ -192,6 +191,12 @@ def _worker_endpoints(endpoints: dict[str, Any] | None, pods: list[dict[str, Any
         a for s in (endpoints or {}).get("subsets") or [] for a in s.get("addresses") or []
     ]
     return sum(1 for a in addresses if (a.get("targetRef") or {}).get("name") in workers)
+
+
+def _app_status(service_status: dict[str, Any], app: str) -> str | None:
+    """An application's status as KubeRay last read it from that cluster's Serve."""
+    found = ((service_status.get("applicationStatuses") or {}).get(app) or {}).get("status")
+    return str(found) if found is not None else None
 
 
 def _condition(obj: dict[str, Any], type_: str) -> tuple[str, str]:
@@ -364,3 +369,7 @@ def test_without_room_for_a_second_cluster_the_old_model_keeps_serving(
     assert stalled.pending_ready_workers == 0
     lost = [s for s in observer.samples if not _serving(s)]
     assert not lost, lost[:3]
+    print(
+        f"STALL samples={len(observer.samples)} active={stalled.active} "
+        f"pending={stalled.pending} pending_app={stalled.pending_app_status}"
+    )
