@@ -48,6 +48,11 @@ class LocalServe:
         self._submitted: dict[str, Any] | None = None
         self._names: set[str] = set()
         self._lock = threading.Lock()
+        # Ray Serve is not thread-safe here: building a config (serve.run) and parsing
+        # one (serve.status) both register and unregister a module for pickling by value
+        # in a process-global set, and done at once one of them raises ("... is not
+        # registered for pickle by value"). One Serve call at a time.
+        self._serve_calls = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads = [
@@ -121,7 +126,8 @@ class LocalServe:
             with self._lock:
                 self._names.add(name)
             # One local Serve hosts every pool, so each is routed under its own name.
-            serve.run(serving_app.build_app(args), name=name, route_prefix=f"/{name}")
+            with self._serve_calls:
+                serve.run(serving_app.build_app(args), name=name, route_prefix=f"/{name}")
             self.deployments.append((time.time(), int(args["replicas"]["max"])))
 
     def _poll_status(self) -> None:
@@ -129,7 +135,8 @@ class LocalServe:
 
         if not self._names:
             return
-        status = serve.status()
+        with self._serve_calls:
+            status = serve.status()
         found: dict[str, dict[str, Any]] = {}
         for name, app in status.applications.items():
             found[name] = {
