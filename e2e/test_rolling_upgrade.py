@@ -259,29 +259,8 @@ def test_a_model_change_rolls_to_a_new_cluster_without_losing_ready_capacity(
     started = time.monotonic()
     observer.samples.clear()
     _set_model(kubectl, namespace, "roll", NEW_MODEL)
-    halfway = observer.until(
-        "a pending RayCluster with Ready workers and the new model DEPLOYING on it",
-        lambda s: (
-            s.pending is not None
-            and s.pending_ready_workers >= REPLICAS
-            and s.pending_app_status == "DEPLOYING"
-            and s.pool_progressing == ("True", "RayServiceUpgrading")
-            and s.pool_generation[0] == s.pool_generation[1]
-        ),
-        timeout=120,
-    )
+    halfway = _halfway(observer, kubectl, old=old)
     pending_seen = time.monotonic() - started
-    # Halfway: KubeRay knows the new cluster is not ready and keeps the old one serving;
-    # the pool says so: Ready (the old model, its replicas) and Progressing.
-    assert halfway.active == old
-    assert halfway.serve_selects == old
-    assert _model_of(reported, old) == OLD_MODEL
-    assert _model_of(reported, halfway.pending) == NEW_MODEL
-    assert halfway.pool_ready
-    assert halfway.pool_ready_replicas == REPLICAS
-    pool = ops.get_json(kubectl, "lmp", "roll", "-n", namespace)
-    message = (ops.condition(pool, "Progressing") or {}).get("message", "")
-    assert f"{old} keeps serving" in message, message
 
     reported.release()
     switched = observer.until(
@@ -300,17 +279,7 @@ def test_a_model_change_rolls_to_a_new_cluster_without_losing_ready_capacity(
         timeout=180,
     )
     deleted_s = time.monotonic() - started
-    final = observer.until(
-        "the pool Ready and no longer progressing",
-        lambda s: _serving(s) and s.pool_progressing == ("False", "Reconciled"),
-        timeout=60,
-    )
-    assert final.active == halfway.pending
-    assert final.pool_generation[0] == final.pool_generation[1]
-    served = yaml.safe_load(
-        ops.get_json(kubectl, "rayservice", "roll", "-n", namespace)["spec"]["serveConfigV2"]
-    )
-    assert served["applications"][0]["args"]["model"]["source"] == NEW_MODEL
+    _rolled(observer, kubectl, new=halfway.pending)
 
     # Ready capacity never lost: every sample from the spec change to the end.
     lost = [s for s in observer.samples if not _serving(s)]
@@ -321,6 +290,47 @@ def test_a_model_change_rolls_to_a_new_cluster_without_losing_ready_capacity(
         f"min_active_ready={min(s.active_ready_workers for s in observer.samples)} "
         f"min_serve_endpoints={min(s.serve_endpoints for s in observer.samples)}"
     )
+
+
+def _halfway(observer: Observer, kubectl: KubectlRunner, *, old: str | None) -> Sample:
+    """The roll halfway: the new cluster's workers are Ready but its model still loads.
+    KubeRay knows the new cluster is not ready and keeps the old one serving; the pool
+    says so: Ready (the old model, its replicas) and Progressing."""
+    halfway = observer.until(
+        "a pending RayCluster with Ready workers and the new model DEPLOYING on it",
+        lambda s: (
+            s.pending is not None
+            and s.pending_ready_workers >= REPLICAS
+            and s.pending_app_status == "DEPLOYING"
+            and s.pool_progressing == ("True", "RayServiceUpgrading")
+            and s.pool_generation[0] == s.pool_generation[1]
+        ),
+        timeout=120,
+    )
+    assert halfway.active == old
+    assert halfway.serve_selects == old
+    assert _model_of(observer.serve, old) == OLD_MODEL
+    assert _model_of(observer.serve, halfway.pending) == NEW_MODEL
+    assert halfway.pool_ready
+    assert halfway.pool_ready_replicas == REPLICAS
+    pool = ops.get_json(kubectl, "lmp", observer.pool, "-n", observer.namespace)
+    message = (ops.condition(pool, "Progressing") or {}).get("message", "")
+    assert f"{old} keeps serving" in message, message
+    return halfway
+
+
+def _rolled(observer: Observer, kubectl: KubectlRunner, *, new: str | None) -> None:
+    """After the roll: the new cluster serves the new model, the pool is Ready and done."""
+    final = observer.until(
+        "the pool Ready and no longer progressing",
+        lambda s: _serving(s) and s.pool_progressing == ("False", "Reconciled"),
+        timeout=60,
+    )
+    assert final.active == new
+    assert final.pool_generation[0] == final.pool_generation[1]
+    rayservice = ops.get_json(kubectl, "rayservice", observer.pool, "-n", observer.namespace)
+    served = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+    assert served["applications"][0]["args"]["model"]["source"] == NEW_MODEL
 
 
 def test_without_room_for_a_second_cluster_the_old_model_keeps_serving(
