@@ -48,6 +48,11 @@ class LocalServe:
         self._submitted: dict[str, Any] | None = None
         self._names: set[str] = set()
         self._lock = threading.Lock()
+        # Ray Serve is not thread-safe here: building a config (serve.run) and parsing
+        # one (serve.status) both register and unregister a module for pickling by value
+        # in a process-global set, and done at once one of them raises ("... is not
+        # registered for pickle by value"). One Serve call at a time.
+        self._serve_calls = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads = [
@@ -61,22 +66,23 @@ class LocalServe:
     def replicas(self) -> int:
         return self.deployments[-1][1] if self.deployments else 0
 
-    def submit(self, config: dict[str, Any]) -> None:
+    def submit(self, config: dict[str, Any], *, cluster: str = "") -> None:
         """Deploys asynchronously (KubeRay's dashboard client gives up after 2 s); a
-        resubmission of the config being deployed is a no-op, as in Serve."""
+        resubmission of the config being deployed is a no-op, as in Serve. One local
+        Serve hosts the namespace, whichever of its RayClusters ``cluster`` names."""
         with self._lock:
             if config == self._submitted:
                 return
             self._submitted = self._config = config
         self._wake.set()
 
-    def details(self) -> dict[str, Any]:
+    def details(self, *, cluster: str = "") -> dict[str, Any]:
         """The body of ``GET /api/serve/applications/`` (Ray's ServeInstanceDetails)."""
         with self._lock:
             apps = {n: s for n, s in self.statuses.items() if n in self._names}
         return {"deploy_mode": "MULTI_APP", "applications": apps}
 
-    def running(self) -> bool:
+    def running(self, *, cluster: str = "") -> bool:
         apps = self.details()["applications"]
         return bool(apps) and all(a["status"] == "RUNNING" for a in apps.values())
 
@@ -120,7 +126,8 @@ class LocalServe:
             with self._lock:
                 self._names.add(name)
             # One local Serve hosts every pool, so each is routed under its own name.
-            serve.run(serving_app.build_app(args), name=name, route_prefix=f"/{name}")
+            with self._serve_calls:
+                serve.run(serving_app.build_app(args), name=name, route_prefix=f"/{name}")
             self.deployments.append((time.time(), int(args["replicas"]["max"])))
 
     def _poll_status(self) -> None:
@@ -128,7 +135,8 @@ class LocalServe:
 
         if not self._names:
             return
-        status = serve.status()
+        with self._serve_calls:
+            status = serve.status()
         found: dict[str, dict[str, Any]] = {}
         for name, app in status.applications.items():
             found[name] = {
@@ -150,45 +158,113 @@ class LocalServe:
 
 
 class ReportedServe:
-    """A namespace whose Serve applications run elsewhere (the test's simulated pool):
-    what KubeRay submits is reported RUNNING at once, with every deployment of it, so
-    KubeRay marks the RayService ready without a local Ray. Same interface as
-    ``LocalServe`` for ``RayHeads``."""
+    """A namespace whose Serve applications run elsewhere (the test's simulated pool),
+    reported per RayCluster, since during an upgrade KubeRay talks to two: the active
+    one and the pending one it is preparing. Same interface as ``LocalServe``.
 
-    def __init__(self, namespace: str) -> None:
+    What KubeRay submits to a cluster is reported with every deployment of it, RUNNING
+    as soon as Serve could place its replicas: the pool's replicas run one per worker
+    (the head takes none), so not before ``ready_workers(cluster)`` reaches the
+    replica count (without ``ready_workers``: at once). ``hold()`` stands for a model
+    that takes long to load: what is submitted while holding is reported DEPLOYING until
+    ``release()``. What a cluster already runs is never affected.
+    """
+
+    def __init__(
+        self, namespace: str, *, ready_workers: Callable[[str], int] | None = None
+    ) -> None:
         self.namespace = namespace
         self.submitted: list[dict[str, Any]] = []
+        self.by_cluster: dict[str, dict[str, Any]] = {}
         self.error: BaseException | None = None
+        self._ready_workers = ready_workers
+        self._holding = False
+        self._loading: set[str] = set()
         self._lock = threading.Lock()
 
-    def submit(self, config: dict[str, Any]) -> None:
+    def submit(self, config: dict[str, Any], *, cluster: str = "") -> None:
         with self._lock:
             self.submitted.append(config)
+            if self.by_cluster.get(cluster) != config and self._holding:
+                self._loading.add(cluster)
+            self.by_cluster[cluster] = config
 
-    def details(self) -> dict[str, Any]:
+    def hold(self) -> None:
         with self._lock:
-            config = self.submitted[-1] if self.submitted else {"applications": []}
+            self._holding = True
+
+    def release(self) -> None:
+        with self._lock:
+            self._holding = False
+            self._loading.clear()
+
+    def config_of(self, cluster: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self.by_cluster.get(cluster)
+
+    def details(self, *, cluster: str = "") -> dict[str, Any]:
+        with self._lock:
+            config = self.by_cluster.get(cluster) or {"applications": []}
+            loading = cluster in self._loading
         apps = {}
         for application in config["applications"]:
-            name = application["name"]
-            deployments = {
-                d["name"]: {"name": d["name"], "status": "HEALTHY", "message": ""}
-                for d in application.get("deployments") or []
-            }
-            apps[name] = {
-                "name": name,
-                "status": "RUNNING",
-                "message": "",
-                "route_prefix": application.get("route_prefix", f"/{name}"),
-                "deployments": deployments,
-            }
+            placed = self._placed(cluster, application.get("args") or {})
+            status = "RUNNING" if placed and not loading else "DEPLOYING"
+            apps[application["name"]] = _app_details(application, status)
         return {"deploy_mode": "MULTI_APP", "applications": apps}
 
-    def running(self) -> bool:
-        return bool(self.details()["applications"])
+    def running(self, *, cluster: str = "") -> bool:
+        apps = self.details(cluster=cluster)["applications"]
+        return bool(apps) and all(a["status"] == "RUNNING" for a in apps.values())
 
     def stop(self) -> None:
         pass
+
+    def _placed(self, cluster: str, args: dict[str, Any]) -> bool:
+        if self._ready_workers is None:
+            return True
+        replicas = args.get("replicas") or {}
+        low, high = int(replicas.get("min", 1)), int(replicas.get("max", 1))
+        # As deployment_options: min == max pins num_replicas, else Serve starts at initial.
+        wanted = high if low == high else int(replicas.get("initial", max(1, low)))
+        return self._ready_workers(cluster) >= wanted
+
+
+def _app_details(application: dict[str, Any], status: str) -> dict[str, Any]:
+    """One application of Ray's ServeInstanceDetails, each deployment HEALTHY when RUNNING."""
+    name = application["name"]
+    healthy = "HEALTHY" if status == "RUNNING" else "UPDATING"
+    deployments = {
+        d["name"]: {"name": d["name"], "status": healthy, "message": ""}
+        for d in application.get("deployments") or []
+    }
+    return {
+        "name": name,
+        "status": status,
+        "message": "" if status == "RUNNING" else "Deploying the application (model loading).",
+        "route_prefix": application.get("route_prefix", f"/{name}"),
+        "deployments": deployments,
+    }
+
+
+def ready_worker_pods(kubectl: KubectlRunner, namespace: str, cluster: str) -> int:
+    """Worker pods of a RayCluster that are Running and Ready, and not being deleted."""
+    got = kubectl(
+        "get", "pods", "-n", namespace, "-l", f"ray.io/cluster={cluster},ray.io/node-type=worker",
+        "-o", "json", check=False,
+    )  # fmt: skip
+    if got.returncode != 0:
+        return 0
+    return sum(1 for pod in json.loads(got.stdout)["items"] if pod_ready(pod))
+
+
+def pod_ready(pod: dict[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return (
+        (pod.get("status") or {}).get("phase") == "Running"
+        and not pod["metadata"].get("deletionTimestamp")
+        and any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    )
 
 
 class RayHeads:
@@ -205,7 +281,7 @@ class RayHeads:
         self.kubectl = kubectl
         self.serves: dict[str, LocalServe | ReportedServe] = {}
         self.requests: list[tuple[str, str]] = []
-        self._pod_namespaces: dict[str, str] = {}
+        self._pods: dict[str, tuple[str, str]] = {}
         handler = _handler_for(self)
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.port = self.server.server_address[1]
@@ -228,39 +304,53 @@ class RayHeads:
         for local in self.serves.values():
             local.stop()
 
-    def namespace_of_pod_ip(self, ip: str) -> str | None:
+    def report(self, namespace: str) -> ReportedServe:
+        """Reports what KubeRay submits to the heads of ``namespace`` as running once the
+        cluster's Ready workers can hold its replicas (see ``ReportedServe``)."""
+        reported = ReportedServe(
+            namespace, ready_workers=lambda c: ready_worker_pods(self.kubectl, namespace, c)
+        )
+        self.serves[namespace] = reported
+        return reported
+
+    def pod_of_ip(self, ip: str) -> tuple[str, str] | None:
+        """(namespace, RayCluster) of the pod with this IP."""
         # KubeRay checks each head every 2 s: remember what was found (IPs are not
         # reused within a session's few dozen pods).
-        if ip in self._pod_namespaces:
-            return self._pod_namespaces[ip]
+        if ip in self._pods:
+            return self._pods[ip]
         got = self.kubectl(
             "get", "pods", "-A", f"--field-selector=status.podIP={ip}", "-o", "json", check=False
         )
         items = json.loads(got.stdout)["items"] if got.returncode == 0 else []
         if not items:
             return None
-        namespace = str(items[0]["metadata"]["namespace"])
-        self._pod_namespaces[ip] = namespace
-        return namespace
+        meta = items[0]["metadata"]
+        found = (str(meta["namespace"]), str((meta.get("labels") or {}).get("ray.io/cluster", "")))
+        self._pods[ip] = found
+        return found
 
     def route(self, method: str, url: str, body: bytes) -> tuple[int, dict[str, Any] | str]:
         parts = urllib.parse.urlsplit(url)
         host = parts.hostname or ""
         self.requests.append((method, url))
         if parts.path == PROXY_HEALTH:
-            local = self.serves.get(self.namespace_of_pod_ip(host) or "")
-            return (200, "success") if local and local.running() else (503, "proxy not running")
+            namespace, cluster = self.pod_of_ip(host) or ("", "")
+            local = self.serves.get(namespace)
+            healthy = local is not None and local.running(cluster=cluster)
+            return (200, "success") if healthy else (503, "proxy not running")
         labels = host.split(".")
-        # <head-svc>.<namespace>.svc.cluster.local
+        # <cluster>-head-svc.<namespace>.svc.cluster.local
         if len(labels) < 3 or labels[2] != "svc" or parts.path != SERVE_APPLICATIONS:
             return 502, f"no such endpoint here: {url}"
         local = self.serves.get(labels[1])
         if local is None:
             return 503, "no Ray runs for this namespace"
+        cluster = labels[0].removesuffix("-head-svc")
         if method == "PUT":
-            local.submit(json.loads(body))
+            local.submit(json.loads(body), cluster=cluster)
             return 200, {}
-        return 200, local.details()
+        return 200, local.details(cluster=cluster)
 
 
 def _handler_for(heads: RayHeads) -> type[http.server.BaseHTTPRequestHandler]:

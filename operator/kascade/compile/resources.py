@@ -155,6 +155,27 @@ def serve_endpoint(*, pool: str, namespace: str) -> str:
     return f"http://{pool}-serve-svc.{namespace}.svc:{SERVE_PORT}"
 
 
+MODEL_HASH = "kascade.io/model-hash"
+"""Annotation on the worker pods' template: a hash of the pool's model spec. KubeRay
+hashes the RayService's cluster spec to decide on an upgrade, and ``serveConfigV2``
+is not part of it; carrying the model here makes a model change a cluster change, so
+KubeRay rolls it to a new RayCluster (blue/green) instead of redeploying Serve in place
+on workers that have no room for the new replicas beside the old ones."""
+
+UPGRADE_STRATEGY = "NewCluster"
+"""KubeRay's zero-downtime upgrade: a changed cluster spec gets a pending RayCluster;
+the Services switch to it once its Serve application is RUNNING, and the old cluster
+is deleted after ``rayClusterDeletionDelaySeconds`` (KubeRay's default, 60 s). Set
+explicitly: ``None`` would update the running cluster in place, and KubeRay's default
+depends on its ``ENABLE_ZERO_DOWNTIME`` environment variable."""
+
+
+def model_hash(serving: serving_config.PoolServingConfig) -> str:
+    """A stable hash of what a replica loads (``serving.model``)."""
+    body = json.dumps(serving.model.model_dump(mode="json", by_alias=True), sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
 def build_rayservice(
     *,
     pool: v1alpha1.LocalModelPool,
@@ -164,18 +185,81 @@ def build_rayservice(
     owners: list[dict[str, Any]],
 ) -> Manifest:
     """The KubeRay RayService that serves one LocalModelPool."""
-    spec = pool.spec
     name = pool.metadata.name
-    serve_config = {
-        "applications": [
-            {
-                "name": name,
-                "route_prefix": "/",
-                "import_path": "kascade.serving.app:build_app",
-                "args": serving.to_args(),
-            }
-        ]
+    manifest: Manifest = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": _meta(name, namespace, labels={"kascade.io/pool": name}, owners=owners),
+        "spec": {
+            "upgradeStrategy": {"type": UPGRADE_STRATEGY},
+            "serveConfigV2": _serve_config(name, serving),
+            "rayClusterConfig": {
+                "rayVersion": settings.ray_version,
+                "enableInTreeAutoscaling": serving.replicas.min < serving.replicas.max,
+                "headGroupSpec": _head_group(settings),
+                "workerGroupSpecs": [_worker_group(pool, serving, settings)],
+            },
+        },
     }
+    return with_hash(manifest)
+
+
+def _serve_config(name: str, serving: serving_config.PoolServingConfig) -> str:
+    """``serveConfigV2``: the pool's one application, built from its serving config."""
+    application = {
+        "name": name,
+        "route_prefix": "/",
+        "import_path": "kascade.serving.app:build_app",
+        "args": serving.to_args(),
+    }
+    return yaml.safe_dump({"applications": [application]}, sort_keys=True)
+
+
+def _head_group(settings: Settings) -> Manifest:
+    """The head runs no replicas (``num-cpus: 0``), so model pods land only on pool nodes."""
+    container = {
+        "name": "ray-head",
+        "image": settings.serving_image,
+        "imagePullPolicy": settings.serving_image_pull_policy,
+        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
+        "ports": [
+            {"containerPort": 6379, "name": "gcs"},
+            {"containerPort": 8265, "name": "dashboard"},
+            {"containerPort": 10001, "name": "client"},
+            {"containerPort": SERVE_PORT, "name": "serve"},
+        ],
+    }
+    return {
+        "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+        "template": {"spec": {"containers": [container]}},
+    }
+
+
+def _worker_group(
+    pool: v1alpha1.LocalModelPool, serving: serving_config.PoolServingConfig, settings: Settings
+) -> Manifest:
+    """The ``model`` worker group: as many Ray nodes as Serve replicas (one per worker)."""
+    initial = (
+        serving.replicas.initial
+        if serving.replicas.initial is not None
+        else max(serving.replicas.min, 1)
+    )
+    return {
+        "groupName": WORKER_GROUP,
+        "replicas": initial,
+        "minReplicas": pool.spec.replicas.min,
+        "maxReplicas": pool.spec.replicas.max,
+        "rayStartParams": {},
+        "template": {
+            "metadata": {"annotations": {MODEL_HASH: model_hash(serving)}},
+            "spec": _worker_pod(pool, settings),
+        },
+    }
+
+
+def _worker_pod(pool: v1alpha1.LocalModelPool, settings: Settings) -> Manifest:
+    """One worker's pod: the pool's requests and limits, and its placement."""
+    spec = pool.spec
     requests: dict[str, Any] = {
         "cpu": str(spec.resources.cpu),
         "memory": str(spec.resources.memory),
@@ -203,61 +287,7 @@ def build_rayservice(
         ]
     if placement.affinity is not None and placement.affinity.to_manifest():
         worker_pod["affinity"] = placement.affinity.to_manifest()
-    replicas = spec.replicas
-    # The worker group holds as many Ray nodes as Serve replicas (one replica per worker).
-    initial = (
-        serving.replicas.initial
-        if serving.replicas.initial is not None
-        else max(serving.replicas.min, 1)
-    )
-    manifest: Manifest = {
-        "apiVersion": "ray.io/v1",
-        "kind": "RayService",
-        "metadata": _meta(name, namespace, labels={"kascade.io/pool": name}, owners=owners),
-        "spec": {
-            "serveConfigV2": yaml.safe_dump(serve_config, sort_keys=True),
-            "rayClusterConfig": {
-                "rayVersion": settings.ray_version,
-                "enableInTreeAutoscaling": serving.replicas.min < serving.replicas.max,
-                "headGroupSpec": {
-                    # The head runs no replicas, so model pods land only on pool nodes.
-                    "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
-                    "template": {
-                        "spec": {
-                            "containers": [
-                                {
-                                    "name": "ray-head",
-                                    "image": settings.serving_image,
-                                    "imagePullPolicy": settings.serving_image_pull_policy,
-                                    "resources": {
-                                        "requests": {"cpu": "500m", "memory": "1Gi"},
-                                        "limits": {"memory": "2Gi"},
-                                    },
-                                    "ports": [
-                                        {"containerPort": 6379, "name": "gcs"},
-                                        {"containerPort": 8265, "name": "dashboard"},
-                                        {"containerPort": 10001, "name": "client"},
-                                        {"containerPort": SERVE_PORT, "name": "serve"},
-                                    ],
-                                }
-                            ]
-                        }
-                    },
-                },
-                "workerGroupSpecs": [
-                    {
-                        "groupName": WORKER_GROUP,
-                        "replicas": initial,
-                        "minReplicas": replicas.min,
-                        "maxReplicas": replicas.max,
-                        "rayStartParams": {},
-                        "template": {"spec": worker_pod},
-                    }
-                ],
-            },
-        },
-    }
-    return with_hash(manifest)
+    return worker_pod
 
 
 def secret_volumes(experts: list[v1alpha1.CloudExpert]) -> tuple[list[Any], list[Any]]:

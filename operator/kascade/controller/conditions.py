@@ -27,6 +27,7 @@ class Reason(StrEnum):
     KUBERAY_MISSING = "KubeRayMissing"
     RAYSERVICE_PENDING = "RayServicePending"
     RAYSERVICE_READY = "RayServiceReady"
+    RAYSERVICE_UPGRADING = "RayServiceUpgrading"
     MISSING_REFERENCES = "MissingReferences"
     ALL_REFERENCES_FOUND = "AllReferencesFound"
     SECRET_NOT_FOUND = "SecretNotFound"

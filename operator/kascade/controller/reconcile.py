@@ -117,15 +117,63 @@ async def _invalid_status(
 # ----------------------------------------------------------------------------- pools
 
 
-def _rayservice_readiness(live: dict[str, Any]) -> tuple[int, bool, str]:
-    """(ready replicas, serving, message) read from a RayService's status."""
+@dataclass(frozen=True)
+class RayServiceState:
+    """What a pool's status mirrors from its RayService's status (KubeRay writes it)."""
+
+    ready: int
+    """Ready workers of the active RayCluster: the replicas that serve now."""
+    serving: bool
+    message: str
+    active: str | None = None
+    pending: str | None = None
+
+    @property
+    def upgrading(self) -> bool:
+        """KubeRay is rolling to a new RayCluster while the active one serves."""
+        return bool(self.active and self.pending)
+
+
+def rayservice_state(live: dict[str, Any]) -> RayServiceState:
+    """The state of a RayService as read from its status."""
     st = live.get("status") or {}
-    cluster = (st.get("activeServiceStatus") or {}).get("rayClusterStatus") or {}
-    ready = int(cluster.get("readyWorkerReplicas") or 0)
+    active = st.get("activeServiceStatus") or {}
+    cluster = active.get("rayClusterStatus") or {}
     ready_cond = next((c for c in st.get("conditions") or [] if c.get("type") == "Ready"), None)
-    serving = bool(ready_cond and ready_cond.get("status") == "True")
     message = (ready_cond or {}).get("message") or st.get("serviceStatus") or "waiting for KubeRay"
-    return ready, serving, str(message)
+    return RayServiceState(
+        ready=int(cluster.get("readyWorkerReplicas") or 0),
+        serving=bool(ready_cond and ready_cond.get("status") == "True"),
+        message=str(message),
+        active=active.get("rayClusterName") or None,
+        pending=(st.get("pendingServiceStatus") or {}).get("rayClusterName") or None,
+    )
+
+
+def pool_condition_updates(
+    state: RayServiceState,
+) -> list[tuple[cond.ConditionType, bool, cond.Reason, str]]:
+    """Ready mirrors KubeRay's Ready; Progressing is True while KubeRay creates the first
+    RayCluster or rolls to a new one (the old one keeps serving, so Ready stays)."""
+    progressing: tuple[bool, cond.Reason, str]
+    if state.upgrading:
+        progressing = (
+            True,
+            cond.Reason.RAYSERVICE_UPGRADING,
+            f"Rolling to a new RayCluster ({state.pending}) for the changed spec; "
+            f"{state.active} keeps serving until the new cluster's Serve application "
+            "is RUNNING",
+        )
+    elif not state.serving:
+        progressing = (True, cond.Reason.RAYSERVICE_PENDING, state.message)
+    else:
+        progressing = (False, cond.Reason.RECONCILED, state.message)
+    ready_reason = cond.Reason.RAYSERVICE_READY if state.serving else cond.Reason.RAYSERVICE_PENDING
+    return [
+        (cond.ConditionType.DEGRADED, False, cond.Reason.RECONCILED, "RayService applied"),
+        (cond.ConditionType.READY, state.serving, ready_reason, state.message),
+        (cond.ConditionType.PROGRESSING, *progressing),
+    ]
 
 
 def parse_pool(body: dict[str, Any]) -> v1alpha1.LocalModelPool:
@@ -224,66 +272,15 @@ async def reconcile_pool(
     ready = 0
     endpoint: str | None = None
     if not await ctx.kube.has_crd(RAYSERVICE_CRD):
-        message = (
-            f"The RayService CRD ({RAYSERVICE_CRD}) is not installed: install KubeRay "
-            "(helm install kuberay-operator kuberay/kuberay-operator) and the pool will "
-            "be reconciled automatically."
-        )
-        conds = cond.set_conditions(
-            conds,
-            generation=generation,
-            updates=[
-                (cond.ConditionType.DEGRADED, True, cond.Reason.KUBERAY_MISSING, message),
-                (cond.ConditionType.READY, False, cond.Reason.KUBERAY_MISSING, message),
-                (cond.ConditionType.PROGRESSING, False, cond.Reason.KUBERAY_MISSING, message),
-            ],
-        )
+        conds = cond.set_conditions(conds, generation=generation, updates=_kuberay_missing())
     else:
-        parsed_policies, _ = _parse_each(v1alpha1.RoutingPolicy, policies)
-        method = compile_gateway.confidence_methods(parsed_policies).get(name)
-        try:
-            serving = compile_serving.pool_serving_config(
-                pool, confidence_method=method, replicas=pinned
-            )
-        except Exception as error:  # this pool's failure stays this pool's
-            lines = compile_gateway.describe_failure(error)
-            await _invalid_status(ctx, body, lines, extra=[cond.ConditionType.DEGRADED])
+        state = await _apply_rayservice(ctx, body, pool, policies=policies, pinned=pinned)
+        if state is None:
             return
-        desired = resources.build_rayservice(
-            pool=pool,
-            serving=serving,
-            namespace=namespace,
-            settings=ctx.settings,
-            owners=[resources.owner_reference(body)],
-        )
-        live, applied = await children.ensure(ctx.kube, desired)
-        if applied:
-            log.info("Applied RayService namespace=%s name=%s", namespace, name)
-        if pinned is not None:
-            for cluster in await scale_ray_clusters(ctx.kube, live, replicas=pinned):
-                log.info(
-                    "Scaled RayCluster namespace=%s name=%s workers=%d", namespace, cluster, pinned
-                )
-        ready, serving_now, message = _rayservice_readiness(live)
+        ready = state.ready
         endpoint = resources.serve_endpoint(pool=name, namespace=namespace)
         conds = cond.set_conditions(
-            conds,
-            generation=generation,
-            updates=[
-                (cond.ConditionType.DEGRADED, False, cond.Reason.RECONCILED, "RayService applied"),
-                (
-                    cond.ConditionType.READY,
-                    serving_now,
-                    cond.Reason.RAYSERVICE_READY if serving_now else cond.Reason.RAYSERVICE_PENDING,
-                    message,
-                ),
-                (
-                    cond.ConditionType.PROGRESSING,
-                    not serving_now,
-                    cond.Reason.RAYSERVICE_PENDING if not serving_now else cond.Reason.RECONCILED,
-                    message,
-                ),
-            ],
+            conds, generation=generation, updates=pool_condition_updates(state)
         )
     pool_metrics.observe_pool(namespace=namespace, pool=pool, desired=desired_replicas, ready=ready)
     # One writer per field: with autoscaling on, ``replicas.desired`` belongs to the
@@ -299,6 +296,58 @@ async def reconcile_pool(
     if endpoint is not None:
         desired_status["endpoint"] = endpoint
     await status.write(ctx.kube, body, desired_status)
+
+
+def _kuberay_missing() -> list[tuple[cond.ConditionType, bool, cond.Reason, str]]:
+    message = (
+        f"The RayService CRD ({RAYSERVICE_CRD}) is not installed: install KubeRay "
+        "(helm install kuberay-operator kuberay/kuberay-operator) and the pool will "
+        "be reconciled automatically."
+    )
+    return [
+        (cond.ConditionType.DEGRADED, True, cond.Reason.KUBERAY_MISSING, message),
+        (cond.ConditionType.READY, False, cond.Reason.KUBERAY_MISSING, message),
+        (cond.ConditionType.PROGRESSING, False, cond.Reason.KUBERAY_MISSING, message),
+    ]
+
+
+async def _apply_rayservice(
+    ctx: Context,
+    body: dict[str, Any],
+    pool: v1alpha1.LocalModelPool,
+    *,
+    policies: Sequence[dict[str, Any]],
+    pinned: int | None,
+) -> RayServiceState | None:
+    """Applies the pool's RayService (and pins its clusters' workers when autoscaled);
+    returns its state, or None when the pool does not compile (its status says why)."""
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    parsed_policies, _ = _parse_each(v1alpha1.RoutingPolicy, policies)
+    method = compile_gateway.confidence_methods(parsed_policies).get(name)
+    try:
+        serving = compile_serving.pool_serving_config(
+            pool, confidence_method=method, replicas=pinned
+        )
+    except Exception as error:  # this pool's failure stays this pool's
+        lines = compile_gateway.describe_failure(error)
+        await _invalid_status(ctx, body, lines, extra=[cond.ConditionType.DEGRADED])
+        return None
+    desired = resources.build_rayservice(
+        pool=pool,
+        serving=serving,
+        namespace=namespace,
+        settings=ctx.settings,
+        owners=[resources.owner_reference(body)],
+    )
+    live, applied = await children.ensure(ctx.kube, desired)
+    if applied:
+        log.info("Applied RayService namespace=%s name=%s", namespace, name)
+    if pinned is not None:
+        for cluster in await scale_ray_clusters(ctx.kube, live, replicas=pinned):
+            log.info(
+                "Scaled RayCluster namespace=%s name=%s workers=%d", namespace, cluster, pinned
+            )
+    return rayservice_state(live)
 
 
 # ----------------------------------------------------------------------------- gateway

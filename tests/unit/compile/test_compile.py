@@ -156,6 +156,57 @@ def test_spec_hash_is_stable_and_follows_the_spec() -> None:
     )
 
 
+def _kuberay_cluster_hash(rayservice: dict[str, Any]) -> str:
+    """KubeRay's upgrade decision (rayservice_controller.go,
+    generateHashWithoutReplicasAndWorkersToDelete): the cluster spec with each worker
+    group's replicas, minReplicas and maxReplicas muted; serveConfigV2 is not in it."""
+    cluster = json.loads(json.dumps(rayservice["spec"]["rayClusterConfig"]))
+    for group in cluster["workerGroupSpecs"]:
+        for key in ("replicas", "minReplicas", "maxReplicas"):
+            group.pop(key, None)
+    return json.dumps(cluster, sort_keys=True)
+
+
+def _pool_rayservice(spec: dict[str, Any], *, replicas: int | None = None) -> dict[str, Any]:
+    from kascade.compile import serving as compile_serving
+
+    pool = v1alpha1.LocalModelPool.model_validate(
+        {
+            "apiVersion": "kascade.io/v1alpha1",
+            "kind": "LocalModelPool",
+            "metadata": {"name": "roll"},
+            "spec": spec,
+        }
+    )
+    serving = compile_serving.pool_serving_config(pool, replicas=replicas)
+    return resources.build_rayservice(
+        pool=pool, serving=serving, namespace="ns", settings=resources.Settings(), owners=[]
+    )
+
+
+def test_a_model_change_rolls_to_a_new_cluster_and_a_scale_or_capacity_change_does_not() -> None:
+    base = {
+        "model": {"runtime": "llama-cpp", "source": "builtin://smollm2-135m-instruct"},
+        "replicas": {"min": 1, "max": 3},
+        "autoscaling": {"enabled": True},
+    }
+    before = _pool_rayservice(base, replicas=1)
+    assert before["spec"]["upgradeStrategy"] == {"type": "NewCluster"}
+    other_model = {**base, "model": {**base["model"], "source": "hf://org/repo/model.gguf"}}
+    longer_context = {**base, "model": {**base["model"], "contextLength": 4096}}
+    for changed in (other_model, longer_context):
+        after = _pool_rayservice(changed, replicas=1)
+        assert after["spec"]["serveConfigV2"] != before["spec"]["serveConfigV2"]
+        # KubeRay sees a new cluster spec: with NewCluster it prepares a pending cluster.
+        assert _kuberay_cluster_hash(after) != _kuberay_cluster_hash(before)
+    # A scale decision and a capacity change stay in place (the same cluster).
+    scaled = _pool_rayservice(base, replicas=3)
+    capacity = _pool_rayservice({**base, "capacity": {"maxConcurrentPerReplica": 2}}, replicas=1)
+    for same_cluster in (scaled, capacity):
+        assert same_cluster["spec"]["serveConfigV2"] != before["spec"]["serveConfigV2"]
+        assert _kuberay_cluster_hash(same_cluster) == _kuberay_cluster_hash(before)
+
+
 def test_gateway_objects_hold_no_secret_values_and_run_restricted() -> None:
     loaded = objects.load(COMPLETE)
     compiled = _compile(COMPLETE)
