@@ -325,16 +325,8 @@ class ChatServer:
                 if isinstance(event, generation.TextDelta):
                     yield protocol.sse_event(chunk({"content": event.text}))
                     continue
-                yield protocol.sse_event(
-                    self._with_confidence(chunk({}, event.finish_reason), event)
-                )
-                if include_usage:
-                    usage = chunk({})
-                    usage["choices"] = []
-                    usage["usage"] = protocol.usage_body(
-                        prompt_tokens=prompt_tokens, completion_tokens=event.completion_tokens
-                    )
-                    yield protocol.sse_event(usage)
+                for part in self._finish(chunk, event, prompt_tokens, include_usage):
+                    yield part
             ended = True
             yield protocol.sse_event("[DONE]")
         finally:
@@ -348,6 +340,24 @@ class ChatServer:
             closing.add_done_callback(lambda _: _call_soon(loop, lease.release))
             if not ended:
                 self._streams_left += 1
+
+    def _finish(
+        self,
+        chunk: Callable[..., dict[str, Any]],
+        event: generation.Finished,
+        prompt_tokens: int,
+        include_usage: bool,
+    ) -> list[bytes]:
+        """The finishing chunk with the confidence, then the usage chunk if asked for."""
+        parts = [protocol.sse_event(self._with_confidence(chunk({}, event.finish_reason), event))]
+        if include_usage:
+            usage = chunk({})
+            usage["choices"] = []
+            usage["usage"] = protocol.usage_body(
+                prompt_tokens=prompt_tokens, completion_tokens=event.completion_tokens
+            )
+            parts.append(protocol.sse_event(usage))
+        return parts
 
     def _with_confidence(self, final: dict[str, Any], event: generation.Finished) -> dict[str, Any]:
         """The finishing chunk carries the confidence, as the non-streamed body does."""
