@@ -37,6 +37,14 @@ def record(
         cache=d.cache,
         cost_nanos=d.cost_nanos,
     )
+    if d.policy.variant is not None:
+        m.observe_variant(
+            policy=d.policy.name,
+            variant=d.policy.variant,
+            route=route_label,
+            reason=d.reason,
+            usd=d.cost_nanos / 1_000_000_000,
+        )
     if d.confidence is not None and d.cache in ("off", "miss"):
         m.confidence.labels(d.policy.name).observe(d.confidence)
     m.http_responses.labels(d.policy.name, f"{status // 100}xx").inc()
@@ -60,6 +68,7 @@ def record(
         "policy": d.policy.name,
         "tenant": d.caller.label,
         "generation": d.policy.config.generation,
+        "variant": d.policy.variant,
         "status": status,
         "route": d.route,
         "reason": d.reason,

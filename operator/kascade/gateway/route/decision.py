@@ -67,6 +67,8 @@ class Decision:
             "x-kascade-cost-usd": usd_text(self.cost_nanos),
             "x-kascade-tenant": self.caller.label,
         }
+        if self.policy.variant is not None:
+            h["x-kascade-variant"] = self.policy.variant
         if self.confidence is not None:
             h["x-kascade-confidence"] = f"{self.confidence:.4f}"
         if self.privacy is not None:
