@@ -87,23 +87,7 @@ def build(
     policies: dict[str, PolicyRuntime] = {}
     for name, policy in config.policies.items():
         old = previous.policies.get(name) if previous is not None else None
-        keep = (
-            old is not None
-            and old.config.cache == policy.cache
-            and old.config.generation == policy.generation
-        )
-        exact = semantic = None
-        if keep and old is not None:
-            exact, semantic = old.exact, old.semantic
-        else:
-            if policy.cache.exact is not None:
-                exact = cache_mod.ExactCache(
-                    ttl_seconds=policy.cache.exact.ttl_seconds,
-                    max_entries=policy.cache.exact.max_entries,
-                    max_bytes=policy.cache.exact.max_bytes,
-                )
-            if policy.cache.semantic is not None:
-                semantic = cache_mod.SemanticCache(config=policy.cache.semantic)
+        exact, semantic = _caches(policy, old=old)
         try:
             scanner = privacy.Scanner(privacy=policy.privacy)
         except config_mod.ConfigError as exc:
@@ -146,6 +130,29 @@ def build(
         keys_required=access.keys_required(config),
         anonymous_policies=frozenset(n for n, p in config.policies.items() if p.allow_anonymous),
     )
+
+
+def _caches(
+    policy: config_mod.PolicyConfig, *, old: PolicyRuntime | None
+) -> tuple[cache_mod.ExactCache | None, cache_mod.SemanticCache | None]:
+    """The policy's caches: the previous runtime's while its generation and cache
+    settings are unchanged, else new ones."""
+    if (
+        old is not None
+        and old.config.cache == policy.cache
+        and old.config.generation == policy.generation
+    ):
+        return old.exact, old.semantic
+    exact = semantic = None
+    if policy.cache.exact is not None:
+        exact = cache_mod.ExactCache(
+            ttl_seconds=policy.cache.exact.ttl_seconds,
+            max_entries=policy.cache.exact.max_entries,
+            max_bytes=policy.cache.exact.max_bytes,
+        )
+    if policy.cache.semantic is not None:
+        semantic = cache_mod.SemanticCache(config=policy.cache.semantic)
+    return exact, semantic
 
 
 def _policy_runtime(
