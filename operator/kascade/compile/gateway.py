@@ -481,7 +481,7 @@ def gateway_config(
         if dropped:
             invalid[f"RoutingPolicy/{name}"] = dropped
             continue
-        compiled[name] = _without_unusable_experts(policy_cfg, usable=expert_cfgs)
+        compiled[name] = without_unusable_experts(policy_cfg, usable=expert_cfgs)
 
     def assemble(chosen: dict[str, gw.PolicyConfig]) -> gw.GatewayConfig:
         return _assemble(
@@ -509,7 +509,7 @@ def gateway_config(
     return CompiledGateway(config=config, missing=missing, invalid=invalid)
 
 
-def _without_unusable_experts(
+def without_unusable_experts(
     policy: gw.PolicyConfig, *, usable: Mapping[str, gw.ExpertConfig]
 ) -> gw.PolicyConfig:
     """The policy and its variants without suspended or uncompilable experts."""

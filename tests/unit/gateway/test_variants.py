@@ -18,6 +18,13 @@ from kascade.gateway.tenants import access
 from kascade.local import objects
 
 COMPLETE = Path(__file__).resolve().parents[3] / "examples" / "complete"
+_EXPERT = {
+    "provider": "openai",
+    "endpoint": "https://api.openai.com",
+    "model": "m",
+    "pricing": {"inputPerMillionTokens": 1.0, "outputPerMillionTokens": 2.0},
+    "budget": {"limitUSD": 1.0},
+}
 
 
 @dataclass(frozen=True)
@@ -180,3 +187,20 @@ def test_gateway_config_refuses_repeated_variant_names() -> None:
                 },
             }
         )
+
+
+def test_an_unusable_expert_leaves_the_variants_too() -> None:
+    # Embedded mode drops an expert whose credential is missing; a variant listing it
+    # must lose it as the policy does, or the gateway would name an unknown expert.
+    policy = gw.PolicyConfig(
+        local_pool="small",
+        experts=["a", "b"],
+        variants=[
+            gw.VariantConfig(name="x", weight=1, experts=["b"]),
+            gw.VariantConfig(name="y", weight=1),
+        ],
+    )
+    usable = {"a": gw.parse_config({"experts": {"a": _EXPERT}}).experts["a"]}
+    kept = compile_gateway.without_unusable_experts(policy, usable=usable)
+    assert kept.experts == ["a"]
+    assert [v.experts for v in kept.variants] == [[], None]
