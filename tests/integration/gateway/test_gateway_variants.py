@@ -74,3 +74,31 @@ async def test_callers_keep_their_variant_and_split_by_weight(
     assert f"{expert_line} {float(2 * (CALLERS - lenient))}" in text
     assert 'kascade_variant_cost_usd_total{policy="default",variant="strict"}' in text
     assert 'kascade_variant_cost_usd_total{policy="default",variant="lenient"}' not in text
+
+
+async def test_without_a_user_field_the_api_key_keeps_the_variant(
+    start_sim: Any, start_gateway: Any, http: aiohttp.ClientSession
+) -> None:
+    pool = await start_sim(name="pool", confidence=0.5, answer="green")
+    expert = await start_sim(name="e1")
+    gw = await start_gateway(
+        gateway_config(
+            pool=pool.url,
+            experts={"e1": expert_config(expert.url)},
+            policy={"variants": VARIANTS},
+        )
+    )
+    seen: dict[int, set[str]] = {}
+    for _ in range(2):
+        for i in range(60):
+            body = chat("Name a colour. [[confidence=0.7]]", max_tokens=10)
+            headers = {"authorization": f"Bearer key-{i}"}
+            async with http.post(
+                f"{gw.url}/v1/chat/completions", json=body, headers=headers
+            ) as resp:
+                await resp.read()
+                assert resp.status == 200
+                seen.setdefault(i, set()).add(resp.headers["x-kascade-variant"])
+    assert all(len(v) == 1 for v in seen.values())
+    assert {next(iter(v)) for v in seen.values()} == {"lenient", "strict"}
+    assert not any("key-" in str(line) for line in gw.audit())

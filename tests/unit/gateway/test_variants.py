@@ -82,8 +82,10 @@ def test_identity_prefers_the_user_field_then_the_key_then_the_tenant() -> None:
     assert variants.identity(body={"user": "u1"}, headers=key, caller=caller) == "user\x00u1"
     assert variants.identity(body={}, headers=key, caller=caller) == "key\x00sk-secret"
     assert variants.identity(body={}, headers={}, caller=caller) == "tenant\x00team-a"
-    # A key nobody checked (no keys configured) does not identify the caller.
-    assert variants.identity(body={"user": ""}, headers=key, caller=access.ANONYMOUS_CALLER) is None
+    # Without keys configured a presented key is unchecked, but still tells callers apart.
+    anonymous = access.ANONYMOUS_CALLER
+    assert variants.identity(body={"user": ""}, headers=key, caller=anonymous) == "key\x00sk-secret"
+    assert variants.identity(body={"user": 7}, headers={}, caller=anonymous) is None
 
 
 def _policy_with(variants_spec: list[dict[str, object]], **spec: object) -> v1alpha1.RoutingPolicy:

@@ -40,7 +40,9 @@ def identity(
     user = body.get("user")
     if isinstance(user, str) and user:
         return f"user\x00{user}"
-    key = access.presented_key(headers) if caller.authenticated else None
+    # A key the gateway does not check (no keys configured) still tells callers apart:
+    # it only decides an arm, never access.
+    key = access.presented_key(headers)
     if key is not None:
         return f"key\x00{key}"
     if caller.tenant is not None:
