@@ -601,15 +601,12 @@ def confidence_methods(policies: Iterable[v1alpha1.RoutingPolicy]) -> dict[str, 
     for policy in sorted(policies, key=lambda p: p.metadata.name):
         spec = policy.spec
         pools = [spec.local_pool] if spec.local_pool else [t.pool for t in spec.tiers or []]
-        arms = [(pool, spec.confidence.method) for pool in pools] + [
-            (
-                v.overrides.local_pool or spec.local_pool or "",
-                (v.overrides.confidence.method if v.overrides.confidence else None)
-                or spec.confidence.method,
-            )
-            for v in spec.variants
-            if v.overrides.local_pool
-        ]
+        arms = [(pool, spec.confidence.method) for pool in pools]
+        for v in spec.variants:  # a variant's own pool serves with the variant's method
+            override = v.overrides.confidence
+            if v.overrides.local_pool is not None:
+                method = (override.method if override else None) or spec.confidence.method
+                arms.append((v.overrides.local_pool, method))
         for pool, method in arms:
             # A combined score is computed by the gateway from the signals every pool
             # sends; the pool's own figure is then the default method's.

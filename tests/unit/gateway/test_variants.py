@@ -153,6 +153,9 @@ def test_a_variant_pool_is_served_and_a_missing_one_is_named() -> None:
     [variant] = served.config.policies["assistant"].variants
     assert variant.local_pool == "big"
     assert compiled([pool]).missing == {"assistant": ["LocalModelPool/big"]}
+    # The variant's pool is told the method to report, like the policy's own pool.
+    methods = compile_gateway.confidence_methods([policy])
+    assert methods["big"] == methods[pool.metadata.name]
 
 
 @pytest.mark.parametrize(
