@@ -27,7 +27,9 @@ item gets a held-out score). Thresholds for 90% / 95% overall accuracy (the expe
 assumed right) are chosen on one half and measured on the other, both ways round;
 figures are the mean of the two. References: a random router (keeps a random share
 local) and a perfect router (keeps every right answer, plus wrong ones up to the
-error budget). Prints progress, then as its last line one JSON object.
+error budget). ``--variants`` scores A/B arms (a method and a threshold each, as a
+policy's ``variants`` set them) on the same items: each arm's local share and overall
+accuracy. Prints progress, then as its last line one JSON object.
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ TOKEN_METHODS = {
 GATED = "mean-token-prob+degeneration"
 COMBINED = "combined"
 SEED = 7
+DEFAULT_VARIANTS = "control=mean-token-prob@0.5,combined=combined@auto"
+"""Two arms as a policy's variants would set them: the default method at the default
+threshold, and the combined score at the threshold for 90% overall accuracy."""
 Array = npt.NDArray[np.float64]
 
 
@@ -365,6 +370,57 @@ def report(
     return out, methods
 
 
+def parse_variants(text: str) -> list[tuple[str, str, float | None]]:
+    """``name=method@threshold,...`` -> (name, method, threshold); threshold ``auto``
+    (None) is chosen on one half for 90% overall accuracy and measured on the other."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, rest = part.partition("=")
+        method, _, threshold = rest.partition("@")
+        if not name or method not in [*TOKEN_METHODS, GATED, COMBINED]:
+            raise ValueError(
+                f"--variants: {part!r} must be name=method@threshold with a method of "
+                f"{', '.join([*TOKEN_METHODS, GATED, COMBINED])}"
+            )
+        out.append((name, method, None if threshold in ("", "auto") else float(threshold)))
+    if len({name for name, _, _ in out}) != len(out):
+        raise ValueError("--variants: names must be unique")
+    return out
+
+
+def variant_report(
+    *,
+    variants: Sequence[tuple[str, str, float | None]],
+    scores: dict[str, Array],
+    labels: Array,
+    half: Array,
+) -> dict[str, dict[str, Any]]:
+    """Each variant (a method and a threshold, as a policy's variants set them) on the
+    same items: the share it keeps local, the accuracy of what it keeps, and the overall
+    accuracy with the expert assumed right. A fixed threshold is measured on every item
+    (the combined score is cross-fitted, so held out anyway); ``auto`` as ``share_at``."""
+    out: dict[str, dict[str, Any]] = {}
+    right = labels.astype(bool)
+    for name, method, threshold in variants:
+        if threshold is None:
+            at = share_at(scores=scores[method], labels=labels, half=half, target=0.90)
+            local_share, overall = at["share"], at["accuracy"]
+            kept_accuracy = 1.0 - (1.0 - overall) / local_share if local_share else None
+        else:
+            local = scores[method] >= threshold
+            local_share = float(local.mean())
+            overall = 1.0 - float((~right & local).sum()) / len(labels)
+            kept_accuracy = float(right[local].mean()) if local.any() else None
+        out[name] = {
+            "method": method,
+            "threshold": "auto-90" if threshold is None else threshold,
+            "local_share": local_share,
+            "local_accuracy": kept_accuracy,
+            "overall_accuracy": overall,
+        }
+    return out
+
+
 def plot(
     *,
     records: Sequence[dict[str, Any]],
@@ -414,6 +470,12 @@ def main() -> None:
         "--out", type=pathlib.Path, default=pathlib.Path(__file__).with_name("results")
     )
     parser.add_argument(
+        "--variants",
+        default=DEFAULT_VARIANTS,
+        help="A/B variants to compare on the same items: name=method@threshold,... "
+        "(threshold a number, or auto: chosen on one half for 90%% overall accuracy)",
+    )
+    parser.add_argument(
         "--answers",
         type=pathlib.Path,
         help="re-score the answers a previous run saved (*.answers.jsonl) instead of generating",
@@ -433,8 +495,15 @@ def main() -> None:
         (args.out / f"routing_quality_{stem}.answers.jsonl").write_text(
             "".join(json.dumps(r, sort_keys=True) + "\n" for r in raw), encoding="utf-8"
         )
+    variants = parse_variants(args.variants)
     records = [score_record(r) for r in raw]
     summary, scores = report(records=records, bootstrap=args.bootstrap)
+    summary["variants"] = variant_report(
+        variants=variants,
+        scores=scores,
+        labels=np.array([float(r["correct"]) for r in records]),
+        half=split_halves(records),
+    )
     summary["model"] = args.model
     png = args.out / f"routing_quality_{stem}.png"
     plotted = plot(records=records, summary=summary, scores=scores, path=png)
@@ -447,6 +516,11 @@ def _print_summary(*, summary: dict[str, Any], png: pathlib.Path | None) -> None
         _log(
             f"{name:32s} AUROC {entry['auroc']:.3f} {entry['auroc_ci95']}  "
             f"local@90 {entry['local_share_at_90']:.1%}  local@95 {entry['local_share_at_95']:.1%}"
+        )
+    for name, v in summary["variants"].items():
+        _log(
+            f"variant {name:24s} {v['method']}@{v['threshold']}: local {v['local_share']:.1%}, "
+            f"overall accuracy {v['overall_accuracy']:.1%}"
         )
     default = summary["methods"][DEFAULT_METHOD]
     best = summary["methods"][COMBINED]
@@ -465,6 +539,13 @@ def _print_summary(*, summary: dict[str, Any], png: pathlib.Path | None) -> None
                 "combined_auroc": round(best["auroc"], 4),
                 "combined_local_share_at_90": round(best["local_share_at_90"], 4),
                 "degenerate_share": round(summary["degenerate_share"], 4),
+                "variants": {
+                    name: {
+                        "local_share": round(v["local_share"], 4),
+                        "overall_accuracy": round(v["overall_accuracy"], 4),
+                    }
+                    for name, v in summary["variants"].items()
+                },
                 "plot": str(png) if png else None,
                 "baseline": "random_share_at_90 and perfect_share_at_90 (same items, same run)",
             }

@@ -278,35 +278,70 @@ def _tiers(tiers: Sequence[v1alpha1.routingpolicy.Tier]) -> list[gw.Tier]:
     return [gw.Tier(pool=t.pool, max_prompt_tokens=t.max_prompt_tokens) for t in tiers]
 
 
+def _confidence(spec: v1alpha1.routingpolicy.ConfidenceSpec) -> gw.ConfidenceConfig:
+    dynamic = spec.dynamic
+    return gw.ConfidenceConfig(
+        method=spec.method,
+        threshold=spec.threshold,
+        dynamic=None
+        if dynamic is None
+        else gw.DynamicThreshold(
+            min_threshold=dynamic.min_threshold,
+            max_threshold=dynamic.max_threshold,
+            budget_pressure=dynamic.budget_pressure,
+        ),
+        degeneration=_degeneration(spec.degeneration),
+        target=_target(spec.target),
+        combined=None
+        if spec.combined is None
+        else gw.CombinedScore(
+            intercept=spec.combined.intercept, weights=dict(spec.combined.weights)
+        ),
+    )
+
+
+def _variant_confidence(
+    base: v1alpha1.routingpolicy.ConfidenceSpec,
+    override: v1alpha1.routingpolicy.ConfidenceOverride | None,
+) -> gw.ConfidenceConfig | None:
+    """The policy's confidence with the variant's set fields in place of its own."""
+    if override is None:
+        return None
+    changed = {
+        "method": override.method,
+        "threshold": override.threshold,
+        "dynamic": override.dynamic,
+        "combined": override.combined,
+        "degeneration": override.degeneration,
+    }
+    return _confidence(base.model_copy(update={k: v for k, v in changed.items() if v is not None}))
+
+
+def _variants(spec: v1alpha1.RoutingPolicySpec) -> list[gw.VariantConfig]:
+    return [
+        gw.VariantConfig(
+            name=v.name,
+            weight=v.weight,
+            local_pool=v.overrides.local_pool,
+            experts=None if v.overrides.experts is None else list(v.overrides.experts),
+            selection=v.overrides.expert_selection,
+            confidence=_variant_confidence(spec.confidence, v.overrides.confidence),
+        )
+        for v in spec.variants
+    ]
+
+
 def policy_config(policy: v1alpha1.RoutingPolicy) -> gw.PolicyConfig:
     spec = policy.spec
     tiers = {t.name: t.pool for t in spec.tiers or []}
-    dynamic = spec.confidence.dynamic
     return gw.PolicyConfig(
         generation=policy.metadata.generation or 1,
         local_pool=spec.local_pool,
         tiers=_tiers(spec.tiers) if spec.tiers else None,
         experts=list(spec.experts),
         selection=spec.expert_selection,
-        confidence=gw.ConfidenceConfig(
-            method=spec.confidence.method,
-            threshold=spec.confidence.threshold,
-            dynamic=None
-            if dynamic is None
-            else gw.DynamicThreshold(
-                min_threshold=dynamic.min_threshold,
-                max_threshold=dynamic.max_threshold,
-                budget_pressure=dynamic.budget_pressure,
-            ),
-            degeneration=_degeneration(spec.confidence.degeneration),
-            target=_target(spec.confidence.target),
-            combined=None
-            if spec.confidence.combined is None
-            else gw.CombinedScore(
-                intercept=spec.confidence.combined.intercept,
-                weights=dict(spec.confidence.combined.weights),
-            ),
-        ),
+        confidence=_confidence(spec.confidence),
+        variants=_variants(spec),
         rules=[
             gw.Rule(
                 name=rule.name,
@@ -373,8 +408,10 @@ def missing_references(
     pool_names, expert_names = set(pools), set(experts)
     spec = policy.spec
     wanted_pools = [spec.local_pool] if spec.local_pool else [t.pool for t in spec.tiers or []]
-    missing = [f"LocalModelPool/{p}" for p in wanted_pools if p not in pool_names]
-    missing += [f"CloudExpert/{e}" for e in spec.experts if e not in expert_names]
+    wanted_pools += [v.overrides.local_pool for v in spec.variants if v.overrides.local_pool]
+    wanted_experts = [*spec.experts, *(e for v in spec.variants for e in v.overrides.experts or [])]
+    missing = [f"LocalModelPool/{p}" for p in dict.fromkeys(wanted_pools) if p not in pool_names]
+    missing += [f"CloudExpert/{e}" for e in dict.fromkeys(wanted_experts) if e not in expert_names]
     return missing
 
 
@@ -444,9 +481,7 @@ def gateway_config(
         if dropped:
             invalid[f"RoutingPolicy/{name}"] = dropped
             continue
-        compiled[name] = policy_cfg.model_copy(
-            update={"experts": [e for e in policy_cfg.experts if e in expert_cfgs]}
-        )
+        compiled[name] = without_unusable_experts(policy_cfg, usable=expert_cfgs)
 
     def assemble(chosen: dict[str, gw.PolicyConfig]) -> gw.GatewayConfig:
         return _assemble(
@@ -472,6 +507,21 @@ def gateway_config(
     }
     config = config.model_copy(update={"tenants": access, "require_api_key": require_api_key})
     return CompiledGateway(config=config, missing=missing, invalid=invalid)
+
+
+def without_unusable_experts(
+    policy: gw.PolicyConfig, *, usable: Mapping[str, gw.ExpertConfig]
+) -> gw.PolicyConfig:
+    """The policy and its variants without suspended or uncompilable experts."""
+    variants = [
+        v
+        if v.experts is None
+        else v.model_copy(update={"experts": [e for e in v.experts if e in usable]})
+        for v in policy.variants
+    ]
+    return policy.model_copy(
+        update={"experts": [e for e in policy.experts if e in usable], "variants": variants}
+    )
 
 
 def _rules_on_dropped_experts(
@@ -519,10 +569,15 @@ def _assemble(
     ledger: gw.LedgerConfig,
     timeouts: Mapping[str, float],
 ) -> gw.GatewayConfig:
-    used_pools = {t.pool for p in policies.values() for t in p.local_tiers()} | {
-        r.target for p in policies.values() for r in p.rules if r.action == "tier" and r.target
+    served = [
+        served
+        for p in policies.values()
+        for served in [p, *(p.variant_policy(v) for v in p.variants)]
+    ]
+    used_pools = {t.pool for p in served for t in p.local_tiers()} | {
+        r.target for p in served for r in p.rules if r.action == "tier" and r.target
     }
-    used_experts = {e for p in policies.values() for e in p.experts}
+    used_experts = {e for p in served for e in p.experts}
     return gw.GatewayConfig(
         namespace=namespace,
         ledger=ledger,
@@ -545,9 +600,15 @@ def confidence_methods(policies: Iterable[v1alpha1.RoutingPolicy]) -> dict[str, 
     methods: dict[str, str] = {}
     for policy in sorted(policies, key=lambda p: p.metadata.name):
         spec = policy.spec
-        for pool in [spec.local_pool] if spec.local_pool else [t.pool for t in spec.tiers or []]:
+        pools = [spec.local_pool] if spec.local_pool else [t.pool for t in spec.tiers or []]
+        arms = [(pool, spec.confidence.method) for pool in pools]
+        for v in spec.variants:  # a variant's own pool serves with the variant's method
+            override = v.overrides.confidence
+            if v.overrides.local_pool is not None:
+                method = (override.method if override else None) or spec.confidence.method
+                arms.append((v.overrides.local_pool, method))
+        for pool, method in arms:
             # A combined score is computed by the gateway from the signals every pool
             # sends; the pool's own figure is then the default method's.
-            method = spec.confidence.method
             methods.setdefault(pool, "mean-token-prob" if method == "combined" else method)
     return methods

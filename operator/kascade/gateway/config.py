@@ -433,6 +433,25 @@ class Tier(_Model):
     """Prompts of more (estimated) tokens skip this tier; None takes any length."""
 
 
+class VariantConfig(_Model):
+    """One arm of a policy's A/B split (the RoutingPolicy's `variants[]`); a set field
+    replaces the policy's, None keeps it."""
+
+    name: str = Field(pattern=limits.DNS1123_LABEL, max_length=limits.DNS1123_LABEL_MAX)
+    """Variant name: a metric label, an audit field and the `x-kascade-variant` header."""
+    weight: int = Field(ge=1, le=10_000)
+    """Relative share of callers assigned to this variant."""
+    local_pool: str | None = None
+    """Pool answering first instead of the policy's localPool."""
+    experts: list[str] | None = None
+    """Experts instead of the policy's (empty keeps this variant's requests local)."""
+    selection: Literal["ordered", "cheapest"] | None = None
+    """Expert selection instead of the policy's."""
+    confidence: ConfidenceConfig | None = None
+    """The whole confidence config of this variant (the compiler merges the overrides
+    into the policy's)."""
+
+
 class PolicyConfig(_Model):
     generation: int = Field(default=1, ge=0)
     """metadata.generation of the RoutingPolicy, written to audit lines."""
@@ -456,12 +475,43 @@ class PolicyConfig(_Model):
     audit: AuditConfig = AuditConfig()
     allow_anonymous: bool = False
     """Callers without an API key may use this policy even when keys are required."""
+    variants: list[VariantConfig] = Field(default_factory=list, max_length=16)
+    """An A/B split of callers (sticky per caller, see ``route.variants``); empty serves
+    every request by this config."""
 
     @model_validator(mode="after")
     def _one_local_source(self) -> PolicyConfig:
         if (self.local_pool is None) == (self.tiers is None):
             raise ValueError("set exactly one of localPool or tiers")
         return self
+
+    @model_validator(mode="after")
+    def _variants_valid(self) -> PolicyConfig:
+        names = [v.name for v in self.variants]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"variants: names must be unique, repeated: {', '.join(repeated)}")
+        if self.tiers is not None and any(v.local_pool is not None for v in self.variants):
+            raise ValueError(
+                "variants[].localPool is accepted only when the policy has localPool (not tiers)"
+            )
+        if any(v.confidence is not None and v.confidence.target != self.confidence.target
+               for v in self.variants):  # fmt: skip
+            raise ValueError("variants[].confidence.target must equal the policy's target")
+        return self
+
+    def variant_policy(self, variant: VariantConfig) -> PolicyConfig:
+        """This policy as one variant serves it (without variants of its own)."""
+        update: dict[str, Any] = {"variants": []}
+        if variant.local_pool is not None:
+            update["local_pool"] = variant.local_pool
+        if variant.experts is not None:
+            update["experts"] = list(variant.experts)
+        if variant.selection is not None:
+            update["selection"] = variant.selection
+        if variant.confidence is not None:
+            update["confidence"] = variant.confidence
+        return self.model_copy(update=update)
 
     def local_tiers(self) -> list[Tier]:
         """The tiers in order; a policy with localPool has one, without a prompt limit."""
@@ -493,15 +543,29 @@ class GatewayConfig(_Model):
         for name, policy in self.policies.items():
             where = f"policies.{name}"
             _check_local_pools(self, where=where, policy=policy)
-            for expert in policy.experts:
-                if expert not in self.experts:
-                    raise ValueError(
-                        f"{where}.experts: unknown expert {expert!r}; "
-                        f"known experts: {sorted(self.experts)}"
-                    )
+            _check_experts(self, where=f"{where}.experts", experts=policy.experts)
             for i, rule in enumerate(policy.rules):
                 _check_rule(self, where=f"{where}.rules[{i}]", rule=rule)
+            for i, variant in enumerate(policy.variants):
+                _check_variant(self, where=f"{where}.variants[{i}]", variant=variant)
         return self
+
+
+def _check_experts(config: GatewayConfig, *, where: str, experts: list[str]) -> None:
+    for expert in experts:
+        if expert not in config.experts:
+            raise ValueError(
+                f"{where}: unknown expert {expert!r}; known experts: {sorted(config.experts)}"
+            )
+
+
+def _check_variant(config: GatewayConfig, *, where: str, variant: VariantConfig) -> None:
+    if variant.local_pool is not None and variant.local_pool not in config.pools:
+        raise ValueError(
+            f"{where}.localPool: unknown pool {variant.local_pool!r}; "
+            f"known pools: {sorted(config.pools)}"
+        )
+    _check_experts(config, where=f"{where}.experts", experts=variant.experts or [])
 
 
 def _check_tenant(config: GatewayConfig, *, name: str, tenant: TenantConfig) -> None:

@@ -90,7 +90,7 @@ def _wire_credentials(
         )
         del experts[name]
     policies = {
-        pname: p.model_copy(update={"experts": [e for e in p.experts if e in experts]})
+        pname: compile_gateway.without_unusable_experts(p, usable=experts)
         for pname, p in config.policies.items()
     }
     return config.model_copy(update={"experts": experts, "policies": policies})

@@ -254,6 +254,54 @@ CASES: tuple[InvalidCase, ...] = (
         "spec.rules",
     ),
     InvalidCase(
+        "policy-variant-weight-zero",
+        policy(variants=[{"name": "a", "weight": 0}]),
+        "spec.variants[0].weight",
+    ),
+    InvalidCase(
+        "policy-variant-names-repeat",
+        policy(variants=[{"name": "a", "weight": 1}, {"name": "a", "weight": 2}]),
+        "spec.variants",
+    ),
+    InvalidCase(
+        "policy-variant-threshold-above-one",
+        policy(
+            variants=[{"name": "a", "weight": 1, "overrides": {"confidence": {"threshold": 2}}}]
+        ),
+        "spec.variants[0].overrides.confidence.threshold",
+    ),
+    InvalidCase(
+        "policy-variant-pool-with-tiers",
+        policy(
+            localPool=DELETE,
+            tiers=[{"name": "small", "pool": "pool"}],
+            variants=[{"name": "a", "weight": 1, "overrides": {"localPool": "other"}}],
+        ),
+        "spec.variants",
+    ),
+    InvalidCase(
+        "policy-variant-combined-without-weights",
+        policy(
+            variants=[
+                {"name": "a", "weight": 1, "overrides": {"confidence": {"method": "combined"}}}
+            ]
+        ),
+        "spec.variants",
+    ),
+    InvalidCase(
+        "policy-variant-threshold-outside-dynamic",
+        policy(
+            confidence={"threshold": 0.5, "dynamic": {"minThreshold": 0.2, "maxThreshold": 0.6}},
+            variants=[{"name": "a", "weight": 1, "overrides": {"confidence": {"threshold": 0.9}}}],
+        ),
+        "spec.variants",
+    ),
+    InvalidCase(
+        "policy-variant-expert-name-invalid",
+        policy(variants=[{"name": "a", "weight": 1, "overrides": {"experts": ["Bad Name"]}}]),
+        "spec.variants[0].overrides.experts[0]",
+    ),
+    InvalidCase(
         "policy-rule-empty-when",
         policy(rules=[{"name": "r", "when": {}, "action": "local"}]),
         "spec.rules[0].when",

@@ -139,6 +139,28 @@ GATEWAY_SOURCES: dict[str, Source] = {
     "policies.*.confidence.target.tasks": Source(RP, "spec.confidence.target.tasks"),
 }
 
+# A variant's confidence is the policy's with the variant's overrides in place: each
+# field comes from spec.variants[].overrides.confidence (same types as spec.confidence)
+# or, for the quality target a variant cannot change, from spec.confidence itself.
+GATEWAY_SOURCES.update(
+    {
+        key.replace("policies.*.confidence.", "policies.*.variants[].confidence."): Source(
+            RP,
+            source.path
+            if ".target." in source.path
+            else source.path.replace("spec.confidence.", "spec.variants[].overrides.confidence."),
+        )
+        for key, source in list(GATEWAY_SOURCES.items())
+        if key.startswith("policies.*.confidence.")
+    }
+    | {
+        "policies.*.variants": Source(RP, "spec.variants"),
+        "policies.*.variants[].name": Source(RP, "spec.variants[].name"),
+        "policies.*.variants[].weight": Source(RP, "spec.variants[].weight"),
+        "policies.*.variants[].selection": Source(RP, "spec.variants[].overrides.expertSelection"),
+    }
+)
+
 # Bounded gateway fields that no CRD field feeds: the compiler (or the operator) sets them.
 GATEWAY_OWN = {
     "version": "the config format version, a constant",

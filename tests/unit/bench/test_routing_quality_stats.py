@@ -62,3 +62,33 @@ def test_logistic_fit_recovers_a_known_model() -> None:
     weights, intercept = rq.fit_logistic(x=x, y=y, l2=0.01)
     assert weights == pytest.approx([2.0, -1.0], abs=0.2)
     assert intercept == pytest.approx(0.5, abs=0.15)
+
+
+def test_variants_parse_and_each_is_scored_on_the_same_items() -> None:
+    variants = rq.parse_variants("low=mean-token-prob@0.3,high=mean-token-prob@0.8,fit=combined")
+    assert variants == [
+        ("low", "mean-token-prob", 0.3),
+        ("high", "mean-token-prob", 0.8),
+        ("fit", "combined", None),
+    ]
+    labels = np.array([1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0])
+    scores = {
+        "mean-token-prob": np.array([0.9, 0.85, 0.5, 0.2, 0.4, 0.35, 0.95, 0.1]),
+        "combined": np.array([0.9, 0.85, 0.5, 0.2, 0.4, 0.35, 0.95, 0.1]),
+    }
+    half = np.array([0, 1, 0, 1, 0, 1, 0, 1])
+    out = rq.variant_report(variants=variants, scores=scores, labels=labels, half=half)
+    # Threshold 0.3 keeps 6 of 8 (4 right, 2 wrong): overall 6/8 right.
+    assert out["low"]["local_share"] == 6 / 8
+    assert out["low"]["local_accuracy"] == 4 / 6
+    assert out["low"]["overall_accuracy"] == 6 / 8
+    # Threshold 0.8 keeps the 3 right answers that score above it, and nothing wrong.
+    assert out["high"]["local_share"] == 3 / 8
+    assert out["high"]["overall_accuracy"] == 1.0
+    assert out["fit"]["threshold"] == "auto-90"
+
+
+@pytest.mark.parametrize("text", ["a=nope@0.5", "=mean-token-prob", "a=margin,a=margin@0.2"])
+def test_bad_variants_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="--variants"):
+        rq.parse_variants(text)

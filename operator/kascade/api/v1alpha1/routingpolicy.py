@@ -266,6 +266,73 @@ class ConfidenceSpec(common.KascadeModel):
     )
 
 
+class ConfidenceOverride(common.KascadeModel):
+    """Confidence fields a variant changes; each set field replaces the policy's field
+    of the same name, unset ones are the policy's. The quality target (``target``) is
+    the policy's: a variant cannot change it."""
+
+    method: (
+        Literal[
+            "mean-token-prob",
+            "min-token-prob",
+            "margin",
+            "sequence-prob",
+            "token-prob-q10",
+            "combined",
+        ]
+        | None
+    ) = None
+    """Score of the local answer (as confidence.method)."""
+
+    threshold: common.Fraction | None = None
+    """Answers scoring below this, in [0, 1], are escalated (as confidence.threshold)."""
+
+    dynamic: DynamicThreshold | None = None
+    """Bounds of a moving threshold (as confidence.dynamic)."""
+
+    combined: CombinedScoreSpec | None = None
+    """Weights of the combined score (as confidence.combined)."""
+
+    degeneration: DegenerationSpec | None = None
+    """The degeneration detector's limits (as confidence.degeneration)."""
+
+
+class VariantOverrides(common.KascadeModel):
+    """What a variant changes in the policy; unset fields are the policy's."""
+
+    confidence: ConfidenceOverride | None = None
+    """Confidence fields that differ from spec.confidence."""
+
+    local_pool: PoolName | None = pydantic.Field(default=None, alias="localPool")
+    """Another LocalModelPool answering first (only for policies with spec.localPool)."""
+
+    experts: Annotated[list[ExpertName], pydantic.Field(max_length=16)] | None = pydantic.Field(
+        default=None, json_schema_extra={"x-kubernetes-list-type": "set"}
+    )
+    """Other CloudExperts to escalate to, in order of preference (empty keeps this
+    variant's requests local); each must exist like spec.experts."""
+
+    expert_selection: Literal["ordered", "cheapest"] | None = pydantic.Field(
+        default=None, alias="expertSelection"
+    )
+    """Another expertSelection."""
+
+
+class Variant(common.KascadeModel):
+    """One arm of an A/B split of the policy's traffic."""
+
+    name: common.DnsLabel
+    """Variant name, unique in the policy; reported in the x-kascade-variant header,
+    audit lines and the kascade_variant_* metrics."""
+
+    weight: Annotated[int, pydantic.Field(ge=1, le=10_000)]
+    """Relative share of callers (a positive integer): a variant with weight 1 next to one
+    with weight 3 gets a quarter of them."""
+
+    overrides: VariantOverrides = pydantic.Field(default_factory=VariantOverrides)
+    """What this variant changes; empty serves the policy as written (a control arm)."""
+
+
 class HeaderMatch(common.KascadeModel):
     """Matches a request header."""
 
@@ -597,6 +664,15 @@ class RoutingPolicySpec(common.KascadeModel):
     """Accept callers without an API key. Off: the operator-rendered gateway answers 401
     to requests for this policy that carry no key of a Tenant of the namespace."""
 
+    variants: Annotated[list[Variant], pydantic.Field(max_length=16)] = pydantic.Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    """An A/B split: each caller is assigned one variant by weight and keeps it (sticky:
+    a hash of the request's `user` field, else its API key, else its tenant; anonymous
+    callers without `user` are assigned per request). Empty serves every request by the
+    policy as written."""
+
     __kascade_rules__: ClassVar[tuple[common.CelRule, ...]] = (
         common.CelRule(
             rule="has(self.localPool) != has(self.tiers)",
@@ -627,7 +703,76 @@ class RoutingPolicySpec(common.KascadeModel):
                 r.tier is None or any(t.name == r.tier for t in s.tiers or []) for r in s.rules
             ),
         ),
+        common.CelRule(
+            rule="!has(self.variants) || self.variants.all(v, !has(v.overrides) || "
+            "!has(v.overrides.localPool) || has(self.localPool))",
+            message="variants[].overrides.localPool is accepted only when spec.localPool is "
+            "set (a policy with tiers cannot swap one pool)",
+            field_path=".variants",
+            check=lambda s: (
+                all(v.overrides.local_pool is None for v in s.variants) or s.local_pool is not None
+            ),
+        ),
+        common.CelRule(
+            rule="!has(self.variants) || self.variants.all(v, self.variants.exists_one(w, "
+            "w.name == v.name))",
+            message="variants[].name must be unique in the policy",
+            field_path=".variants",
+            check=lambda s: len({v.name for v in s.variants}) == len(s.variants),
+        ),
+        common.CelRule(
+            rule="!has(self.variants) || self.variants.all(v, !has(v.overrides) || "
+            "!has(v.overrides.confidence) || "
+            "(has(v.overrides.confidence.method) ? v.overrides.confidence.method : "
+            "self.confidence.method) != 'combined' || has(v.overrides.confidence.combined) || "
+            "has(self.confidence.combined))",
+            message="variants[].overrides.confidence.method 'combined' needs "
+            "confidence.combined (its weights) in the variant or the policy",
+            field_path=".variants",
+            check=lambda s: all(_variant_has_weights(s, v) for v in s.variants),
+        ),
+        common.CelRule(
+            rule="!has(self.variants) || self.variants.all(v, !has(v.overrides) || "
+            "!has(v.overrides.confidence) || "
+            "!(has(v.overrides.confidence.dynamic) || has(self.confidence.dynamic)) || ("
+            "(has(v.overrides.confidence.dynamic) ? v.overrides.confidence.dynamic.minThreshold"
+            " : self.confidence.dynamic.minThreshold) <= "
+            "(has(v.overrides.confidence.threshold) ? v.overrides.confidence.threshold"
+            " : self.confidence.threshold) && "
+            "(has(v.overrides.confidence.threshold) ? v.overrides.confidence.threshold"
+            " : self.confidence.threshold) <= "
+            "(has(v.overrides.confidence.dynamic) ? v.overrides.confidence.dynamic.maxThreshold"
+            " : self.confidence.dynamic.maxThreshold)))",
+            message="variants[].overrides.confidence.threshold must lie between the "
+            "variant's (or the policy's) dynamic.minThreshold and dynamic.maxThreshold",
+            field_path=".variants",
+            check=lambda s: all(_variant_threshold_in_bounds(s, v) for v in s.variants),
+        ),
     )
+
+
+def _variant_has_weights(spec: RoutingPolicySpec, variant: Variant) -> bool:
+    """A variant whose (own or inherited) method is 'combined' has weights to use."""
+    override = variant.overrides.confidence
+    if override is None:
+        return True
+    method = override.method or spec.confidence.method
+    return (
+        method != "combined"
+        or override.combined is not None
+        or (spec.confidence.combined is not None)
+    )
+
+
+def _variant_threshold_in_bounds(spec: RoutingPolicySpec, variant: Variant) -> bool:
+    """A variant's (own or inherited) threshold lies within its (own or inherited)
+    dynamic bounds."""
+    override = variant.overrides.confidence
+    if override is None:
+        return True
+    dynamic = override.dynamic or spec.confidence.dynamic
+    threshold = spec.confidence.threshold if override.threshold is None else override.threshold
+    return dynamic is None or dynamic.min_threshold <= threshold <= dynamic.max_threshold
 
 
 class PolicyStats(common.KascadeModel):

@@ -210,6 +210,19 @@ class Metrics:
             ["expert"],
             registry=r,
         )
+        self.variant_requests = Counter(
+            "kascade_variant_requests_total",
+            "Requests of a policy's A/B variants by route and reason (variant: a name "
+            "declared in the policy's spec.variants).",
+            ["policy", "variant", "route", "reason"],
+            registry=r,
+        )
+        self.variant_cost = Counter(
+            "kascade_variant_cost_usd_total",
+            "USD spent on cloud experts by a policy's A/B variant.",
+            ["policy", "variant"],
+            registry=r,
+        )
         # Not Prometheus: per-policy figures for the status document (policy status.stats).
         self.policy_stats = policy_stats_mod.PolicyStats()
 
@@ -226,6 +239,14 @@ class Metrics:
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def observe_variant(
+        self, *, policy: str, variant: str, route: str, reason: str, usd: float
+    ) -> None:
+        """Counts one request of an A/B variant and its expert cost."""
+        self.variant_requests.labels(policy, variant, route, reason).inc()
+        if usd > 0:
+            self.variant_cost.labels(policy, variant).inc(usd)
 
     def observe_escalation(self, *, policy: str, expert: str, reason: str) -> None:
         """Counts one answered escalation."""

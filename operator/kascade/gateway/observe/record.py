@@ -20,7 +20,24 @@ def record(
     started: float,
 ) -> None:
     elapsed = time.perf_counter() - started
-    m = metrics
+    _observe(metrics, chat=chat, d=d, status=status, elapsed=elapsed)
+    if not d.policy.config.audit.enabled or not audit.enabled:
+        return
+    line = _audit_line(chat=chat, d=d, status=status, elapsed=elapsed)
+    if d.policy.config.audit.include_prompts:
+        line.update(_prompts(chat=chat, d=d))
+    audit.write(line)
+
+
+def _observe(
+    m: metrics_mod.Metrics,
+    *,
+    chat: request.ChatRequest,
+    d: decision_mod.Decision,
+    status: int,
+    elapsed: float,
+) -> None:
+    """The request's Prometheus metrics (and the policy's status figures)."""
     route_label = d.route if not d.route.startswith("expert:") else "expert"
     m.observe_request(policy=d.policy.name, route=route_label, reason=d.reason, seconds=elapsed)
     m.observe_tenant(
@@ -37,6 +54,14 @@ def record(
         cache=d.cache,
         cost_nanos=d.cost_nanos,
     )
+    if d.policy.variant is not None:
+        m.observe_variant(
+            policy=d.policy.name,
+            variant=d.policy.variant,
+            route=route_label,
+            reason=d.reason,
+            usd=d.cost_nanos / 1_000_000_000,
+        )
     if d.confidence is not None and d.cache in ("off", "miss"):
         m.confidence.labels(d.policy.name).observe(d.confidence)
     m.http_responses.labels(d.policy.name, f"{status // 100}xx").inc()
@@ -51,15 +76,20 @@ def record(
         m.observe_tools(
             policy=d.policy.name, expert=expert, offered=chat.tools, called=d.tool_calls
         )
-    if not d.policy.config.audit.enabled or not audit.enabled:
-        return
+
+
+def _audit_line(
+    *, chat: request.ChatRequest, d: decision_mod.Decision, status: int, elapsed: float
+) -> dict[str, object]:
+    """The request's audit line (without prompts)."""
     outcome = d.outcome
-    line = {
+    return {
         "type": "request",
         "request_id": d.request_id,
         "policy": d.policy.name,
         "tenant": d.caller.label,
         "generation": d.policy.config.generation,
+        "variant": d.policy.variant,
         "status": status,
         "route": d.route,
         "reason": d.reason,
@@ -87,9 +117,6 @@ def record(
         "prompt_tokens_estimate": chat.prompt_estimate,
         "duration_ms": round(elapsed * 1000, 3),
     }
-    if d.policy.config.audit.include_prompts:
-        line.update(_prompts(chat=chat, d=d))
-    audit.write(line)
 
 
 def _prompts(*, chat: request.ChatRequest, d: decision_mod.Decision) -> dict[str, object]:

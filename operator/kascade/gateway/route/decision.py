@@ -68,6 +68,8 @@ class Decision:
             wire.COST_HEADER: usd_text(self.cost_nanos),
             wire.TENANT_HEADER: self.caller.label,
         }
+        if self.policy.variant is not None:
+            h["x-kascade-variant"] = self.policy.variant
         if self.confidence is not None:
             h[wire.CONFIDENCE_HEADER] = f"{self.confidence:.4f}"
         if self.privacy is not None:

@@ -36,6 +36,7 @@ from kascade.gateway.route import (
     rules,
     shadow,
     tiers,
+    variants,
 )
 from kascade.gateway.route import confidence as confidence_mod
 from kascade.gateway.route import decision as decision_mod
@@ -80,6 +81,7 @@ async def handle_chat(state: State, http: web.Request) -> web.StreamResponse:
         raw = await inbound.read_body(http, limit=rt.config.limits.max_body_bytes)
         chat = request.parse(raw)
         policy = _resolve_policy(rt, caller, chat.model)
+        policy = _assign_variant(policy, chat=chat, http=http, caller=caller, request_id=request_id)
     except errors.ApiError as exc:
         state.metrics.requests.labels("", "error", exc.code or "invalid_request").inc()
         state.metrics.http_responses.labels("", f"{exc.status // 100}xx").inc()
@@ -136,6 +138,28 @@ def _resolve_policy(
         )
     access.authorize(caller=caller, policy=model)
     return policy
+
+
+def _assign_variant(
+    policy: runtime.PolicyRuntime,
+    *,
+    chat: request.ChatRequest,
+    http: web.Request,
+    caller: access.Caller,
+    request_id: str,
+) -> runtime.PolicyRuntime:
+    """The arm of the policy's A/B split that serves this caller (the policy itself
+    when it has no variants)."""
+    if not policy.variants:
+        return policy
+    who = variants.identity(body=chat.body, headers=http.headers, caller=caller)
+    # Without an identity the request's random id places it: assigned per request.
+    point = (
+        variants.bucket(policy=policy.name, who=who)
+        if who is not None
+        else int(request_id[:16], 16) / float(1 << 64)
+    )
+    return variants.choose(policy.variants, point=point).policy
 
 
 async def _route(
@@ -671,9 +695,12 @@ async def _shared_lookup(state: State, d: decision_mod.Decision) -> dict[str, An
 
 def _partition(d: decision_mod.Decision) -> str:
     """The cache partition: one per tenant unless the policy shares answers across them."""
+    # An A/B arm has its own partition: an answer kept by one arm's threshold is not
+    # served to callers of another.
+    name = d.policy.name if d.policy.variant is None else f"{d.policy.name}\x01{d.policy.variant}"
     if d.policy.config.cache.shared_across_tenants:
-        return d.policy.name
-    return f"{d.policy.name}\x00{d.caller.label}"
+        return name
+    return f"{name}\x00{d.caller.label}"
 
 
 def _key_body(chat: request.ChatRequest) -> dict[str, Any]:
