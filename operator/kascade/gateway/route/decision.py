@@ -69,7 +69,7 @@ class Decision:
             wire.TENANT_HEADER: self.caller.label,
         }
         if self.policy.variant is not None:
-            h["x-kascade-variant"] = self.policy.variant
+            h[wire.VARIANT_HEADER] = self.policy.variant
         if self.confidence is not None:
             h[wire.CONFIDENCE_HEADER] = f"{self.confidence:.4f}"
         if self.privacy is not None:
