@@ -331,6 +331,58 @@ def _variants(spec: v1alpha1.RoutingPolicySpec) -> list[gw.VariantConfig]:
     ]
 
 
+def _rule(rule: v1alpha1.routingpolicy.Rule, tiers: Mapping[str, str]) -> gw.Rule:
+    when = rule.when
+    return gw.Rule(
+        name=rule.name,
+        when=gw.RuleWhen(
+            min_prompt_tokens=when.min_prompt_tokens,
+            max_prompt_tokens=when.max_prompt_tokens,
+            task_labels=list(when.task_labels) if when.task_labels is not None else None,
+            header=None
+            if when.header is None
+            else gw.HeaderMatch(name=when.header.name, values=list(when.header.values)),
+            has_tools=when.has_tools,
+            response_formats=None if when.response_formats is None else list(when.response_formats),
+        ),
+        action=rule.action,
+        target=tiers.get(rule.tier or "") if rule.action == "tier" else rule.expert,
+    )
+
+
+def _privacy(privacy: v1alpha1.routingpolicy.PrivacySpec) -> gw.PrivacyConfig:
+    return gw.PrivacyConfig(
+        detectors=list(privacy.detectors),
+        custom_patterns=[
+            gw.CustomPattern(name=p.name, regex=p.regex) for p in privacy.custom_patterns
+        ],
+        action=privacy.action,
+        unscannable=privacy.unscannable,
+    )
+
+
+def _cache(cache: v1alpha1.routingpolicy.CacheSpec) -> gw.CacheConfig:
+    return gw.CacheConfig(
+        exact=None
+        if cache.exact is None
+        else gw.ExactCache(ttl_seconds=float(cache.exact.ttl_seconds)),
+        semantic=None
+        if cache.semantic is None
+        else gw.SemanticCache(
+            threshold=cache.semantic.threshold, ttl_seconds=float(cache.semantic.ttl_seconds)
+        ),
+        shared_across_tenants=cache.shared_across_tenants,
+    )
+
+
+def _fallback(fallback: v1alpha1.routingpolicy.FallbackSpec) -> gw.FallbackConfig:
+    if fallback.message is None:
+        return gw.FallbackConfig(when_experts_unavailable=fallback.when_experts_unavailable)
+    return gw.FallbackConfig(
+        when_experts_unavailable=fallback.when_experts_unavailable, message=fallback.message
+    )
+
+
 def policy_config(policy: v1alpha1.RoutingPolicy) -> gw.PolicyConfig:
     spec = policy.spec
     tiers = {t.name: t.pool for t in spec.tiers or []}
@@ -342,57 +394,11 @@ def policy_config(policy: v1alpha1.RoutingPolicy) -> gw.PolicyConfig:
         selection=spec.expert_selection,
         confidence=_confidence(spec.confidence),
         variants=_variants(spec),
-        rules=[
-            gw.Rule(
-                name=rule.name,
-                when=gw.RuleWhen(
-                    min_prompt_tokens=rule.when.min_prompt_tokens,
-                    max_prompt_tokens=rule.when.max_prompt_tokens,
-                    task_labels=list(rule.when.task_labels)
-                    if rule.when.task_labels is not None
-                    else None,
-                    header=None
-                    if rule.when.header is None
-                    else gw.HeaderMatch(
-                        name=rule.when.header.name, values=list(rule.when.header.values)
-                    ),
-                    has_tools=rule.when.has_tools,
-                    response_formats=None
-                    if rule.when.response_formats is None
-                    else list(rule.when.response_formats),
-                ),
-                action=rule.action,
-                target=tiers.get(rule.tier or "") if rule.action == "tier" else rule.expert,
-            )
-            for rule in spec.rules
-        ],
+        rules=[_rule(rule, tiers) for rule in spec.rules],
         overflow=spec.overflow,
-        privacy=gw.PrivacyConfig(
-            detectors=list(spec.privacy.detectors),
-            custom_patterns=[
-                gw.CustomPattern(name=p.name, regex=p.regex) for p in spec.privacy.custom_patterns
-            ],
-            action=spec.privacy.action,
-            unscannable=spec.privacy.unscannable,
-        ),
-        cache=gw.CacheConfig(
-            exact=None
-            if spec.cache.exact is None
-            else gw.ExactCache(ttl_seconds=float(spec.cache.exact.ttl_seconds)),
-            semantic=None
-            if spec.cache.semantic is None
-            else gw.SemanticCache(
-                threshold=spec.cache.semantic.threshold,
-                ttl_seconds=float(spec.cache.semantic.ttl_seconds),
-            ),
-            shared_across_tenants=spec.cache.shared_across_tenants,
-        ),
-        fallback=gw.FallbackConfig(when_experts_unavailable=spec.fallback.when_experts_unavailable)
-        if spec.fallback.message is None
-        else gw.FallbackConfig(
-            when_experts_unavailable=spec.fallback.when_experts_unavailable,
-            message=spec.fallback.message,
-        ),
+        privacy=_privacy(spec.privacy),
+        cache=_cache(spec.cache),
+        fallback=_fallback(spec.fallback),
         max_cost_per_request_usd=spec.max_cost_per_request_usd,
         audit=gw.AuditConfig(
             enabled=spec.audit.enabled, include_prompts=spec.audit.include_prompts
@@ -451,37 +457,10 @@ def gateway_config(
     pools_by_name = {p.metadata.name: p for p in pools}
     all_experts = {e.metadata.name for e in experts} | set(unparsed_experts)
     invalid: dict[str, list[str]] = {}
-    expert_cfgs: dict[str, gw.ExpertConfig] = {}
-    # A suspended expert is skipped, as if it were not listed.
-    for expert in sorted(experts, key=lambda e: e.metadata.name):
-        if expert.spec.suspend:
-            continue
-        try:
-            expert_cfgs[expert.metadata.name] = expert_config(expert, credentials=credentials)
-        except Exception as error:  # isolate: the expert is left out, policies go on
-            invalid[f"CloudExpert/{expert.metadata.name}"] = describe_failure(
-                error, within=gw.ExpertConfig, source=expert.to_manifest()["spec"]
-            )
-    missing: dict[str, list[str]] = {}
-    compiled: dict[str, gw.PolicyConfig] = {}
-    for policy in sorted(policies, key=lambda p: p.metadata.name):
-        name = policy.metadata.name
-        gaps = missing_references(policy, pools=pools_by_name, experts=all_experts)
-        if gaps:
-            missing[name] = gaps
-            continue
-        try:
-            policy_cfg = policy_config(policy)
-        except Exception as error:  # isolate: the policy is left out, the others serve
-            invalid[f"RoutingPolicy/{name}"] = describe_failure(
-                error, within=gw.PolicyConfig, source=policy.to_manifest()["spec"]
-            )
-            continue
-        dropped = _rules_on_dropped_experts(policy, usable=expert_cfgs)
-        if dropped:
-            invalid[f"RoutingPolicy/{name}"] = dropped
-            continue
-        compiled[name] = without_unusable_experts(policy_cfg, usable=expert_cfgs)
+    expert_cfgs = _expert_configs(experts, credentials=credentials, invalid=invalid)
+    compiled, missing = _policy_configs(
+        policies, pools=pools_by_name, experts=all_experts, usable=expert_cfgs, invalid=invalid
+    )
 
     def assemble(chosen: dict[str, gw.PolicyConfig]) -> gw.GatewayConfig:
         return _assemble(
@@ -507,6 +486,60 @@ def gateway_config(
     }
     config = config.model_copy(update={"tenants": access, "require_api_key": require_api_key})
     return CompiledGateway(config=config, missing=missing, invalid=invalid)
+
+
+def _expert_configs(
+    experts: Iterable[v1alpha1.CloudExpert],
+    *,
+    credentials: CredentialsMode,
+    invalid: dict[str, list[str]],
+) -> dict[str, gw.ExpertConfig]:
+    """Every expert that compiles; the others are reported in ``invalid``."""
+    configs: dict[str, gw.ExpertConfig] = {}
+    # A suspended expert is skipped, as if it were not listed.
+    for expert in sorted(experts, key=lambda e: e.metadata.name):
+        if expert.spec.suspend:
+            continue
+        try:
+            configs[expert.metadata.name] = expert_config(expert, credentials=credentials)
+        except Exception as error:  # isolate: the expert is left out, policies go on
+            invalid[f"CloudExpert/{expert.metadata.name}"] = describe_failure(
+                error, within=gw.ExpertConfig, source=expert.to_manifest()["spec"]
+            )
+    return configs
+
+
+def _policy_configs(
+    policies: Iterable[v1alpha1.RoutingPolicy],
+    *,
+    pools: Mapping[str, v1alpha1.LocalModelPool],
+    experts: set[str],
+    usable: Mapping[str, gw.ExpertConfig],
+    invalid: dict[str, list[str]],
+) -> tuple[dict[str, gw.PolicyConfig], dict[str, list[str]]]:
+    """Every policy that compiles, and name -> missing references of those that do not
+    resolve; the ones that fail otherwise are reported in ``invalid``."""
+    compiled: dict[str, gw.PolicyConfig] = {}
+    missing: dict[str, list[str]] = {}
+    for policy in sorted(policies, key=lambda p: p.metadata.name):
+        name = policy.metadata.name
+        gaps = missing_references(policy, pools=pools, experts=experts)
+        if gaps:
+            missing[name] = gaps
+            continue
+        try:
+            policy_cfg = policy_config(policy)
+        except Exception as error:  # isolate: the policy is left out, the others serve
+            invalid[f"RoutingPolicy/{name}"] = describe_failure(
+                error, within=gw.PolicyConfig, source=policy.to_manifest()["spec"]
+            )
+            continue
+        dropped = _rules_on_dropped_experts(policy, usable=usable)
+        if dropped:
+            invalid[f"RoutingPolicy/{name}"] = dropped
+            continue
+        compiled[name] = without_unusable_experts(policy_cfg, usable=usable)
+    return compiled, missing
 
 
 def without_unusable_experts(
