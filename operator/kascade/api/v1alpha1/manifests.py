@@ -266,52 +266,55 @@ def _get(obj: pydantic.BaseModel, path: tuple[str, ...]) -> Any:
     return value
 
 
+def _model_of(manifest: Manifest) -> type[KascadeObject] | problems.Problem | None:
+    """The model for the manifest's kind; a problem when it is not one; None when the
+    manifest belongs to another API group (left to its own tools)."""
+    body = manifest.body
+    api_version, kind = body.get("apiVersion"), body.get("kind")
+    name = _name_of(body)
+    if not isinstance(api_version, str) or not isinstance(kind, str):
+        return problems.Problem(
+            source=manifest.source,
+            kind=None,
+            name=None,
+            path="",
+            message="apiVersion and kind are required strings",
+        )
+    if api_version.split("/")[0] != common.API_GROUP:
+        return None
+    if api_version != common.GROUP_VERSION:
+        return problems.Problem(
+            source=manifest.source,
+            kind=kind,
+            name=name,
+            path="apiVersion",
+            message=f"unsupported version {api_version!r} (accepted: {common.GROUP_VERSION})",
+        )
+    model = KINDS.get(kind)
+    if model is None:
+        return problems.Problem(
+            source=manifest.source,
+            kind=kind,
+            name=name,
+            path="kind",
+            message=f"unknown kind {kind!r} (accepted: {', '.join(KINDS)})",
+        )
+    return model
+
+
 def _validate(manifests: list[Manifest], found: list[problems.Problem]) -> list[KascadeObject]:
     objects: list[KascadeObject] = []
     seen: dict[tuple[str, str | None, str], str] = {}
     for manifest in manifests:
-        body = manifest.body
-        api_version, kind = body.get("apiVersion"), body.get("kind")
-        name = _name_of(body)
-        if not isinstance(api_version, str) or not isinstance(kind, str):
-            found.append(
-                problems.Problem(
-                    source=manifest.source,
-                    kind=None,
-                    name=None,
-                    path="",
-                    message="apiVersion and kind are required strings",
-                )
-            )
-            continue
-        if api_version.split("/")[0] != common.API_GROUP:
-            continue
-        if api_version != common.GROUP_VERSION:
-            found.append(
-                problems.Problem(
-                    source=manifest.source,
-                    kind=kind,
-                    name=name,
-                    path="apiVersion",
-                    message=f"unsupported version {api_version!r} "
-                    f"(accepted: {common.GROUP_VERSION})",
-                )
-            )
-            continue
-        model = KINDS.get(kind)
+        model = _model_of(manifest)
         if model is None:
-            found.append(
-                problems.Problem(
-                    source=manifest.source,
-                    kind=kind,
-                    name=name,
-                    path="kind",
-                    message=f"unknown kind {kind!r} (accepted: {', '.join(KINDS)})",
-                )
-            )
             continue
+        if isinstance(model, problems.Problem):
+            found.append(model)
+            continue
+        kind, name = manifest.body["kind"], _name_of(manifest.body)
         try:
-            obj = model.model_validate(body)
+            obj = model.model_validate(manifest.body)
         except pydantic.ValidationError as error:
             found.extend(
                 problems.problems_from_error(
