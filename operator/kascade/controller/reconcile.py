@@ -379,10 +379,7 @@ async def reconcile_namespace(
     compiled = _compile_namespace(
         ctx, namespace, pool_objs, expert_objs, policy_objs, tenant_objs, bad_experts
     )
-    for key, lines in compiled.invalid.items():
-        kind, name = key.split("/", 1)
-        if kind == "RoutingPolicy":
-            invalid[name] = lines
+    invalid.update(_compiled_policy_problems(compiled))
     gateway_ready = await _apply_gateway(
         ctx, namespace, compiled, expert_objs, policies, tenant_objs=tenant_objs
     )
@@ -415,6 +412,15 @@ async def reconcile_namespace(
         for body, policy in _with_models(policies, policy_objs)
     ]
     await _write_policy_statuses(ctx, verdicts)
+
+
+def _compiled_policy_problems(compiled: compile_gateway.CompiledGateway) -> dict[str, list[str]]:
+    """Policy name -> why the compiler left it out."""
+    return {
+        key.split("/", 1)[1]: lines
+        for key, lines in compiled.invalid.items()
+        if key.split("/", 1)[0] == "RoutingPolicy"
+    }
 
 
 def _compile_namespace(
