@@ -256,3 +256,29 @@ def test_a_sequence_takes_the_free_id_with_the_longest_cached_prefix() -> None:
         for _ in range(32):
             lib.gate.release()
         engine.close()
+
+
+def test_prefix_reuse_never_splits_the_live_ids_into_more_runs() -> None:
+    lib = _FakeLib()
+    engine = _engine(lib, parallel=4)
+    try:
+        _consume(engine, [1, 2], max_tokens=10)  # seq_id 0, lives on
+        _wait_decode(lib)
+        _consume(engine, [3, 4], max_tokens=1)  # seq_id 1, leaves after one decode
+        _consume(engine, [5, 6], max_tokens=1)  # seq_id 2, likewise
+        _wait_inbox(engine, 2)
+        lib.gate.release()
+        _wait_decode(lib)  # they leave when it returns: 1 and 2 free, 2 holding 5 6
+        assert lib.decodes[1] == [(0, TOKEN), (1, 3), (1, 4), (2, 5), (2, 6)]
+        _consume(engine, [5, 6, 9], max_tokens=1)  # admitted after that decode
+        _wait_inbox(engine, 1)
+        lib.gate.release()
+        _wait_decode(lib)
+        # seq_id 2 would save two tokens once but leave a gap at 1: live ids 0 and 2
+        # are two micro-batches at every step. The lowest free id keeps one run.
+        assert lib.decodes[2] == [(0, TOKEN), (1, 5), (1, 6), (1, 9)]
+    finally:
+        lib.gated = False
+        for _ in range(32):
+            lib.gate.release()
+        engine.close()

@@ -22,7 +22,8 @@ A ``seq_id`` keeps its KV cells after its sequence leaves, with the tokens they 
 so the next sequence there evaluates only what its prompt does not share with them
 (chat templates and system prompts make long common prefixes): the cells from the
 first differing position on are removed and the rest is reused. Among free ids a
-sequence takes the one that reuses most, ties to the lowest. A memory that cannot
+sequence takes the one that reuses most without splitting the live ids into more runs
+than the lowest free id would (ties to the lowest). A memory that cannot
 remove part of a sequence (recurrent state, or sliding-window cells already pruned)
 is cleared and the whole prompt evaluated. The last prompt token is always evaluated,
 so the first generated token's logits come from this sequence's own decode.
@@ -227,8 +228,15 @@ class BatchEngine:
         self._live.append(seq)
 
     def _pick_slot(self, prompt: Sequence[int]) -> int:
-        """The free ``seq_id`` whose cells share the longest prefix, the lowest on ties."""
-        return max(sorted(self._free_ids), key=lambda i: _common_prefix(self._cached[i], prompt))
+        """The free ``seq_id`` whose cells share the longest prefix with ``prompt``, among
+        those that split the live ids into no more runs than the lowest free id does
+        (each run is one more read of all the weights, every step the sequence lives);
+        the lowest on ties."""
+        live = {seq.seq_id for seq in self._live}
+        free = sorted(self._free_ids)
+        limit = _runs(live | {free[0]})
+        fits = [i for i in free if _runs(live | {i}) <= limit]
+        return max(fits, key=lambda i: _common_prefix(self._cached[i], prompt))
 
     def _keep_prefix(self, seq_id: int, prompt: Sequence[int]) -> int:
         """Keeps the cells of ``seq_id`` that ``prompt`` begins with; returns their count.
@@ -337,6 +345,11 @@ class BatchEngine:
             self._finish(seq)
         else:
             seq.pending.append(token)
+
+
+def _runs(ids: set[int]) -> int:
+    """Maximal runs of consecutive ids: the micro-batches llama.cpp splits a batch into."""
+    return sum(1 for i in ids if i - 1 not in ids)
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
