@@ -123,6 +123,10 @@ def scoring_cost_us(*, n_vocab: int, repeats: int = 2000) -> float:
     return 1e6 * (time.perf_counter() - started) / repeats
 
 
+def _numbered(runtime: llama_cpp.LlamaCppRuntime, text: str, i: int) -> list[int]:
+    return runtime.prompt_tokens(messages=[base.Message(role="user", content=f"({i}) {text}")])
+
+
 def logits_all_cost(*, pool: config.PoolServingConfig, rounds: int) -> dict[str, float]:
     """Same generation with ``logits_all=False`` (ours) and ``True``, on a long prompt."""
     path = sources.resolve_source(source=pool.model.source)
@@ -137,14 +141,18 @@ def logits_all_cost(*, pool: config.PoolServingConfig, rounds: int) -> dict[str,
             n_threads=deployment.llama_threads(pool),
             logits_all=logits_all,
         )
-        prompt = runtime.prompt_tokens(messages=[base.Message(role="user", content=long_prompt)])
+        # Each request's message starts differently, so prefix reuse keeps only the
+        # system prompt and the whole note list is evaluated every time (the cost here).
+        prompt = _numbered(runtime, long_prompt, 0)
         _run_once(runtime=runtime, prompt=prompt, max_tokens=4, score=True)
         tokens, seconds = 0, 0.0
         first_token_s: list[float] = []
-        for _ in range(rounds):
-            _, dt1 = _run_once(runtime=runtime, prompt=prompt, max_tokens=1, score=True)
+        for r in range(rounds):
+            first = _numbered(runtime, long_prompt, 2 * r + 1)
+            _, dt1 = _run_once(runtime=runtime, prompt=first, max_tokens=1, score=True)
             first_token_s.append(dt1)
-            n, dt = _run_once(runtime=runtime, prompt=prompt, max_tokens=64, score=True)
+            full = _numbered(runtime, long_prompt, 2 * r + 2)
+            n, dt = _run_once(runtime=runtime, prompt=full, max_tokens=64, score=True)
             tokens += n
             seconds += dt
         key = "logits_all" if logits_all else "last_row"
