@@ -9,7 +9,9 @@ then as its last line one JSON object with at least ``tokens_per_s_confidence_on
   of whole requests (prompt evaluation included). Confidence on and off alternate
   request by request, so background load on a shared machine hits both alike.
 - ``logits_all`` runs the same loop on a model loaded with ``logits_all=True`` (what
-  llama-cpp-python's own ``logprobs`` needs), on a long prompt where the cost shows.
+  llama-cpp-python's own ``logprobs`` needs), on a long prompt where the cost shows
+  (each request's message starts with its own number, so prefix reuse keeps only
+  the system prompt and the rest is evaluated every time).
 - Concurrency 1, 4 and 8 (:mod:`serving_concurrency`): one Kascade replica with
   ``maxConcurrentPerReplica`` 8 (continuous batching) against llama.cpp's own
   ``llama-server --parallel 8`` on the same model and threads, in the same run
