@@ -117,7 +117,9 @@ class BatchEngine:
         n_batch: int,
         logits_all: bool = False,
     ) -> None:
-        """``ctx`` must have been created with ``n_seq_max >= parallel``."""
+        """``ctx`` must have been created with ``n_seq_max >= parallel`` and one KV
+        stream per sequence (``kv_unified = False``): the cells an idle ``seq_id`` keeps
+        for prefix reuse then take no room from the others."""
         self._lib = lib
         self._ctx = ctx
         self._mem = lib.llama_get_memory(ctx)
