@@ -9,7 +9,9 @@ then as its last line one JSON object with at least ``tokens_per_s_confidence_on
   of whole requests (prompt evaluation included). Confidence on and off alternate
   request by request, so background load on a shared machine hits both alike.
 - ``logits_all`` runs the same loop on a model loaded with ``logits_all=True`` (what
-  llama-cpp-python's own ``logprobs`` needs), on a long prompt where the cost shows.
+  llama-cpp-python's own ``logprobs`` needs), on a long prompt where the cost shows
+  (each request's message starts with its own number, so prefix reuse keeps only
+  the system prompt and the rest is evaluated every time).
 - Concurrency 1, 4 and 8 (:mod:`serving_concurrency`): one Kascade replica with
   ``maxConcurrentPerReplica`` 8 (continuous batching) against llama.cpp's own
   ``llama-server --parallel 8`` on the same model and threads, in the same run
@@ -123,6 +125,10 @@ def scoring_cost_us(*, n_vocab: int, repeats: int = 2000) -> float:
     return 1e6 * (time.perf_counter() - started) / repeats
 
 
+def _numbered(runtime: llama_cpp.LlamaCppRuntime, text: str, i: int) -> list[int]:
+    return runtime.prompt_tokens(messages=[base.Message(role="user", content=f"({i}) {text}")])
+
+
 def logits_all_cost(*, pool: config.PoolServingConfig, rounds: int) -> dict[str, float]:
     """Same generation with ``logits_all=False`` (ours) and ``True``, on a long prompt."""
     path = sources.resolve_source(source=pool.model.source)
@@ -137,14 +143,18 @@ def logits_all_cost(*, pool: config.PoolServingConfig, rounds: int) -> dict[str,
             n_threads=deployment.llama_threads(pool),
             logits_all=logits_all,
         )
-        prompt = runtime.prompt_tokens(messages=[base.Message(role="user", content=long_prompt)])
+        # Each request's message starts differently, so prefix reuse keeps only the
+        # system prompt and the whole note list is evaluated every time (the cost here).
+        prompt = _numbered(runtime, long_prompt, 0)
         _run_once(runtime=runtime, prompt=prompt, max_tokens=4, score=True)
         tokens, seconds = 0, 0.0
         first_token_s: list[float] = []
-        for _ in range(rounds):
-            _, dt1 = _run_once(runtime=runtime, prompt=prompt, max_tokens=1, score=True)
+        for r in range(rounds):
+            first = _numbered(runtime, long_prompt, 2 * r + 1)
+            _, dt1 = _run_once(runtime=runtime, prompt=first, max_tokens=1, score=True)
             first_token_s.append(dt1)
-            n, dt = _run_once(runtime=runtime, prompt=prompt, max_tokens=64, score=True)
+            full = _numbered(runtime, long_prompt, 2 * r + 2)
+            n, dt = _run_once(runtime=runtime, prompt=full, max_tokens=64, score=True)
             tokens += n
             seconds += dt
         key = "logits_all" if logits_all else "last_row"

@@ -17,6 +17,16 @@ micro-batch reads all the weights again. So the batch is laid out in ``seq_id`` 
 and a sequence gets the lowest free ``seq_id``: live ids stay one run without gaps
 (as llama-server's slots do), and eight generating sequences are one computation, not
 up to eight.
+
+A ``seq_id`` keeps its KV cells after its sequence leaves, with the tokens they hold,
+so the next sequence there evaluates only what its prompt does not share with them
+(chat templates and system prompts make long common prefixes): the cells from the
+first differing position on are removed and the rest is reused. Among free ids a
+sequence takes the one that reuses most without splitting the live ids into more runs
+than the lowest free id would (ties to the lowest). A memory that cannot
+remove part of a sequence (recurrent state, or sliding-window cells already pruned)
+is cleared and the whole prompt evaluated. The last prompt token is always evaluated,
+so the first generated token's logits come from this sequence's own decode.
 """
 
 from __future__ import annotations
@@ -24,7 +34,6 @@ from __future__ import annotations
 import codecs
 import collections
 import dataclasses
-import heapq
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -108,7 +117,9 @@ class BatchEngine:
         n_batch: int,
         logits_all: bool = False,
     ) -> None:
-        """``ctx`` must have been created with ``n_seq_max >= parallel``."""
+        """``ctx`` must have been created with ``n_seq_max >= parallel`` and one KV
+        stream per sequence (``kv_unified = False``): the cells an idle ``seq_id`` keeps
+        for prefix reuse then take no room from the others."""
         self._lib = lib
         self._ctx = ctx
         self._mem = lib.llama_get_memory(ctx)
@@ -117,7 +128,11 @@ class BatchEngine:
         self._n_batch = n_batch
         self._logits_all = logits_all
         self._batch = lib.llama_batch_init(n_batch, 0, 1)
-        self._free_ids = list(range(parallel))  # a heap: the lowest free id goes first
+        self._free_ids = set(range(parallel))
+        self._cached: list[list[int]] = [[] for _ in range(parallel)]
+        """Per ``seq_id``: the tokens whose KV cells it holds, positions 0, 1, …"""
+        self.reused_tokens = 0
+        """Prompt tokens taken from cached cells instead of decoded (since start)."""
         self._inbox: collections.deque[_Sequence] = collections.deque()
         self._live: list[_Sequence] = []
         self._wake = threading.Condition()
@@ -193,6 +208,7 @@ class BatchEngine:
             except Exception as exc:  # a decode failure ends every live sequence
                 for seq in self._live:
                     seq.out.put(exc)
+                    self._forget(seq.seq_id)  # what its cells hold is unknown now
                     self._drop(seq)
                 self._live.clear()
         for seq in [*self._live, *self._inbox]:
@@ -205,9 +221,48 @@ class BatchEngine:
         if seq.cancel.is_set() or seq.gone.is_set():
             seq.out.put(None)
             return
-        seq.seq_id = heapq.heappop(self._free_ids)
-        seq.pending = list(seq.prompt)
+        seq.seq_id = self._pick_slot(seq.prompt)
+        self._free_ids.discard(seq.seq_id)
+        reuse = self._keep_prefix(seq.seq_id, seq.prompt)
+        self.reused_tokens += reuse
+        seq.n_past = reuse
+        seq.pending = list(seq.prompt[reuse:])
         self._live.append(seq)
+
+    def _pick_slot(self, prompt: Sequence[int]) -> int:
+        """The free ``seq_id`` whose cells share the longest prefix with ``prompt``, among
+        those that split the live ids into no more runs than the lowest free id does
+        (each run is one more read of all the weights, every step the sequence lives);
+        the lowest on ties."""
+        live = {seq.seq_id for seq in self._live}
+        free = sorted(self._free_ids)
+        limit = _runs(live | {free[0]})
+        fits = [i for i in free if _runs(live | {i}) <= limit]
+        return max(fits, key=lambda i: _common_prefix(self._cached[i], prompt))
+
+    def _keep_prefix(self, seq_id: int, prompt: Sequence[int]) -> int:
+        """Keeps the cells of ``seq_id`` that ``prompt`` begins with; returns their count.
+
+        At most ``len(prompt) - 1``: the last prompt token is evaluated again so its
+        logits (the first generated token's distribution) come from a decode.
+        """
+        cached = self._cached[seq_id]
+        keep = min(_common_prefix(cached, prompt), max(len(prompt) - 1, 0))
+        if keep < len(cached):
+            removed = bool(self._lib.llama_memory_seq_rm(self._mem, seq_id, keep, -1))
+            if not removed or not self._holds_exactly(seq_id, keep):
+                # Partial removal unsupported (recurrent state) or cells pruned (sliding
+                # window): start the sequence from an empty memory.
+                self._lib.llama_memory_seq_rm(self._mem, seq_id, -1, -1)
+                keep = 0
+        del cached[keep:]
+        return keep
+
+    def _holds_exactly(self, seq_id: int, n: int) -> bool:
+        """The memory holds positions 0 … n-1 of ``seq_id`` (nothing when n is 0)."""
+        low = int(self._lib.llama_memory_seq_pos_min(self._mem, seq_id))
+        high = int(self._lib.llama_memory_seq_pos_max(self._mem, seq_id))
+        return (low, high) == ((0, n - 1) if n > 0 else (-1, -1))
 
     def _reap(self) -> None:
         # Cancelled sequences leave before the next decode: their KV cells and seq_id
@@ -220,10 +275,15 @@ class BatchEngine:
         self._drop(seq)
         seq.out.put(None)
 
+    def _forget(self, seq_id: int) -> None:
+        if seq_id >= 0:
+            self._lib.llama_memory_seq_rm(self._mem, seq_id, -1, -1)
+            self._cached[seq_id].clear()
+
     def _drop(self, seq: _Sequence) -> None:
+        # The cells stay (with ``_cached`` saying what they hold) for prefix reuse.
         if seq.seq_id >= 0:
-            self._lib.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
-            heapq.heappush(self._free_ids, seq.seq_id)
+            self._free_ids.add(seq.seq_id)
             seq.seq_id = -1
         if seq.constraint is not None:
             seq.constraint.close()
@@ -247,6 +307,7 @@ class BatchEngine:
         readers: list[tuple[_Sequence, int]] = []
         for seq, take in takes:
             last = len(seq.pending) - 1
+            self._cached[seq.seq_id].extend(seq.pending[:take])
             for j, token in enumerate(seq.pending[:take]):
                 batch.token[n] = token
                 batch.pos[n] = seq.n_past + j
@@ -286,6 +347,20 @@ class BatchEngine:
             self._finish(seq)
         else:
             seq.pending.append(token)
+
+
+def _runs(ids: set[int]) -> int:
+    """Maximal runs of consecutive ids: the micro-batches llama.cpp splits a batch into."""
+    return sum(1 for i in ids if i - 1 not in ids)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def pick(*, logits: Logits, params: base.SamplingParams, rng: np.random.Generator) -> int:

@@ -54,8 +54,10 @@ class LlamaCppRuntime:
         parallel: int = 1,
         chat_template: str | None = None,
         logits_all: bool = False,
+        n_batch: int = _N_BATCH,
     ) -> None:
-        """Loads the model. ``logits_all=True`` exists only to measure its cost."""
+        """Loads the model. ``logits_all=True`` exists only to measure its cost;
+        ``n_batch`` (tokens per decode) only to pin a batch shape in tests."""
         import llama_cpp  # the serving extra; imported here so config/unit code needs none
 
         self._lib: Any = llama_cpp
@@ -71,7 +73,7 @@ class LlamaCppRuntime:
                 verbose=False,
             )
             self._ctx_owner: Any = self._batched_context(
-                context_length=context_length, n_threads=n_threads
+                context_length=context_length, n_threads=n_threads, n_batch=n_batch
             )
         except (ValueError, RuntimeError) as exc:
             raise base.ModelLoadError(f"llama.cpp could not load {model_path}: {exc}") from None
@@ -86,11 +88,11 @@ class LlamaCppRuntime:
             n_vocab=self._n_vocab,
             vocab=_Vocab(self),
             parallel=parallel,
-            n_batch=min(_N_BATCH, context_length * parallel),
+            n_batch=min(n_batch, context_length * parallel),
             logits_all=logits_all,
         )
 
-    def _batched_context(self, *, context_length: int, n_threads: int) -> Any:
+    def _batched_context(self, *, context_length: int, n_threads: int, n_batch: int) -> Any:
         from llama_cpp import _internals
 
         params = self._lib.llama_context_default_params()
@@ -98,7 +100,7 @@ class LlamaCppRuntime:
         params.n_ctx = context_length * self._parallel
         params.n_seq_max = self._parallel
         params.kv_unified = False
-        params.n_batch = params.n_ubatch = min(_N_BATCH, params.n_ctx)
+        params.n_batch = params.n_ubatch = min(n_batch, params.n_ctx)
         params.n_threads = params.n_threads_batch = n_threads
         return _internals.LlamaContext(model=self._llm._model, params=params, verbose=False)
 
