@@ -83,7 +83,24 @@ def _content_text(content: object) -> str:
     return ""
 
 
+# What str.split() splits ASCII text on besides a single space, and a run of spaces.
+_ASCII_BREAKS = ("  ", "\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x1f")
+
+
 def _normalise(text: str) -> str:
+    """Whitespace runs collapsed to one space, ends stripped (``" ".join(text.split())``).
+
+    Most prompts already are: ten substring searches (C speed) prove it for ASCII text
+    without building the word list, which for a 50 KB prompt was the largest piece of
+    one request's work on the event loop.
+    """
+    if (
+        text.isascii()
+        and not text.startswith(" ")
+        and not text.endswith(" ")
+        and not any(brk in text for brk in _ASCII_BREAKS)
+    ):
+        return text
     return " ".join(text.split())
 
 
