@@ -11,7 +11,7 @@ a simulated expert that echoes the prompt back, so each answer is as large as it
 prompt. Every prompt is unique: nothing is a cache hit, everything is stored.
 RSS is sampled from /proc every 0.25 s; the baseline is the RSS after the warm-up
 (the first 10% of requests, which fill the caches). The stall figure is the
-gateway's own `kascade_event_loop_stall_max_seconds`: how late a 2 ms timer fired,
+gateway's own `kascade_event_loop_stall_max_seconds`: how late a 5 ms timer fired,
 counting only time the loop's thread was on the CPU (observe/loop.py); the lag figure
 (`kascade_event_loop_lag_max_seconds`) is the same lateness in wall time, which also
 counts the time a busy machine kept the process off the CPU.
