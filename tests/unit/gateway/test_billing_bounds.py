@@ -196,6 +196,32 @@ def test_settled_reservations_leave_no_tombstone() -> None:
     assert not books.finish(rid="late", actual=7, state="settled", now=12.0)
 
 
+def test_expiry_entries_of_finished_reservations_are_bounded_not_kept_for_the_ttl() -> None:
+    # Finished reservations leave their expiry entry in the heap; without compaction
+    # 20,000 settled calls would keep 20,000 entries for the whole 15-minute TTL.
+    books = _books.Books()
+    slack = _books.STALE_EXPIRIES_SLACK
+    books.try_reserve(rid="slow", window_key="day:x", limit=10**9, amount=40, now=1.0, ttl=900)
+    for i in range(20_000):
+        now = 2.0 + i / 1000
+        books.try_reserve(rid=f"r{i}", window_key="day:x", limit=10**9, amount=5, now=now, ttl=900)
+        if i % 3 == 0:  # some calls overlap: two holds at once
+            books.try_reserve(
+                rid=f"o{i}", window_key="day:x", limit=10**9, amount=5, now=now, ttl=900
+            )
+            books.finish(rid=f"o{i}", actual=0, state="released", now=now)
+        books.finish(rid=f"r{i}", actual=3, state="settled", now=now)
+        assert len(books.expiries) <= 2 * len(books.held) + slack + 1
+    assert set(books.held) == {"slow"}
+    # The call still in flight keeps its expiry through every compaction.
+    books.sweep(900.0)
+    assert books.reserved == {"day:x": 40}
+    books.sweep(902.0)
+    assert books.spent(window_key="day:x", now=902.0) == 20_000 * 3 + 40
+    assert not books.held
+    assert len(books.expiries) <= slack + 1
+
+
 def test_capabilities_a_request_needs() -> None:
     body = {
         "stream": True,

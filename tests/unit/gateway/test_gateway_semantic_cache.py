@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from kascade.gateway import config
@@ -117,6 +119,18 @@ def test_exact_key_normalises_whitespace_and_includes_parameters() -> None:
     assert cache.exact_key(policy="p", body=body) == cache.exact_key(policy="p", body=same)
     assert cache.exact_key(policy="p", body=body) != cache.exact_key(policy="p", body=other)
     assert cache.exact_key(policy="p", body=body) != cache.exact_key(policy="q", body=body)
+
+
+def test_whitespace_normalisation_matches_split_and_join_on_any_text() -> None:
+    # The fast path for already-normal ASCII text must agree with the general rule on
+    # every kind of whitespace str.split() knows, ASCII or not.
+    rng = random.Random(12)
+    alphabet = [" ", "  ", "a", "é", "\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e"]
+    alphabet += ["\x1f"]
+    alphabet += ["\xa0", "\u2003", "\u3000", "\x85", "\u200b"]
+    for _ in range(20_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 9)))
+        assert cache._normalise(text) == " ".join(text.split()), repr(text)
 
 
 def test_exact_key_tells_apart_tools_tool_turns_and_images() -> None:

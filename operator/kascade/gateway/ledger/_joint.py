@@ -42,7 +42,8 @@ def hold_all(
         )  # fmt: skip
         if not ok:
             for done in held:
-                # Its expiry entry stays in the heap; sweep skips ids no longer held.
+                # Its expiry entry stays in the heap until a compaction; sweep skips ids
+                # no longer held.
                 done.books._unhold(rid)
             return Refusal(target=target, spent=spent, reserved=reserved)
         held.append(target)

@@ -174,7 +174,14 @@ class Metrics:
 
         self.loop_stall_max = Gauge(
             "kascade_event_loop_stall_max_seconds",
-            "Longest event-loop stall of this process (a 10 ms timer late, on CPU).",
+            "Longest event-loop stall of this process: how late a 5 ms timer fired, "
+            "counting only time the loop's thread was on the CPU.",
+            registry=r,
+        )
+        self.loop_lag_max = Gauge(
+            "kascade_event_loop_lag_max_seconds",
+            "Longest event-loop lag of this process: how late a 5 ms timer fired, in wall "
+            "time (includes time the process was descheduled).",
             registry=r,
         )
         self._init_dashboard_families(r)
