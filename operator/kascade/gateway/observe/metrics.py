@@ -25,6 +25,23 @@ class Metrics:
         self._cost_children: dict[str, Any] = {}
         self._answer_children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         r = self.registry
+        # Registration order is exposition order: the helpers run in the order the
+        # families were always declared, so /metrics output does not move.
+        self._init_request_families(r)
+        self._init_cache_and_expert_families(r)
+        self._init_pool_families(r)
+        self._init_privacy_and_tool_families(r)
+        self._init_tenant_families(r)
+        self._init_billing_families(r)
+        self._init_loop_families(r)
+        self._init_dashboard_families(r)
+        self._init_quality_families(r)
+        self._init_variant_families(r)
+        # Not Prometheus: per-policy figures for the status document (policy status.stats).
+        self.policy_stats = policy_stats_mod.PolicyStats()
+
+    def _init_request_families(self, r: CollectorRegistry) -> None:
+        """Requests by route, escalations, expert cost, duration and confidence."""
         self.requests = Counter(
             "kascade_requests_total",
             "Chat completion requests by policy, route and reason.",
@@ -58,6 +75,9 @@ class Metrics:
             buckets=_CONFIDENCE_BUCKETS,
             registry=r,
         )
+
+    def _init_cache_and_expert_families(self, r: CollectorRegistry) -> None:
+        """Cache hits, per-expert budget left and expert errors."""
         self.cache_hits = Counter(
             "kascade_cache_hits_total",
             "Cache hits by kind (exact, semantic).",
@@ -76,6 +96,9 @@ class Metrics:
             ["expert", "error"],
             registry=r,
         )
+
+    def _init_pool_families(self, r: CollectorRegistry) -> None:
+        """Per-pool requests, escalations and their cost, and requests in flight."""
         # Per-pool figures the operator's autoscaler reads (docs/autoscaling.md): more
         # replicas only help against overflow, so escalations are counted by reason.
         self.pool_requests = Counter(
@@ -102,6 +125,9 @@ class Metrics:
             ["pool"],
             registry=r,
         )
+
+    def _init_privacy_and_tool_families(self, r: CollectorRegistry) -> None:
+        """Privacy detections, tools offered and called, feedback."""
         self.privacy_detections = Counter(
             "kascade_privacy_detections_total",
             "Requests in which personal data was detected, by detector and action taken.",
@@ -128,6 +154,9 @@ class Metrics:
             ["policy", "rating"],
             registry=r,
         )
+
+    def _init_tenant_families(self, r: CollectorRegistry) -> None:
+        """Requests, escalations and cost per tenant."""
         # `tenant` is a declared Tenant name, `anonymous` or `authenticated` (flat
         # `auth` keys): never caller-supplied text, so its cardinality is bounded.
         self.tenant_requests = Counter(
@@ -149,6 +178,8 @@ class Metrics:
             registry=r,
         )
 
+    def _init_billing_families(self, r: CollectorRegistry) -> None:
+        """How expert attempts were settled, and the signs of a bad bound."""
         # Billing (docs/ledger.md): how each expert attempt was settled, and the two
         # signals that something is off: a Retry-After cut to the cap, and reported
         # usage above the worst case that was reserved (a bug in the bound, or a
@@ -172,6 +203,8 @@ class Metrics:
             registry=r,
         )
 
+    def _init_loop_families(self, r: CollectorRegistry) -> None:
+        """Event-loop stall and lag of this process."""
         self.loop_stall_max = Gauge(
             "kascade_event_loop_stall_max_seconds",
             "Longest event-loop stall of this process: how late a 5 ms timer fired, "
@@ -184,7 +217,87 @@ class Metrics:
             "time (includes time the process was descheduled).",
             registry=r,
         )
-        self._init_dashboard_families(r)
+
+    def _init_dashboard_families(self, r: CollectorRegistry) -> None:
+        # What the chart's dashboard and alerts need beyond the families above
+        # (docs/observability.md). Budget, circuit and ledger gauges are set at scrape
+        # time (observe/scrape.py); the rest per request (observe/record.py).
+        self._init_budget_ledger_families(r)
+        self._init_answer_families(r)
+
+    def _init_budget_ledger_families(self, r: CollectorRegistry) -> None:
+        """Budget window, circuit breaker and ledger gauges (set at scrape time)."""
+        self.budget_limit = Gauge(
+            "kascade_budget_limit_usd",
+            "Budget limit of the current window per expert.",
+            ["expert"],
+            registry=r,
+        )
+        self.budget_spent = Gauge(
+            "kascade_budget_spent_usd",
+            "Settled spend in the current budget window per expert.",
+            ["expert"],
+            registry=r,
+        )
+        self.budget_reserved = Gauge(
+            "kascade_budget_reserved_usd",
+            "Outstanding reservations (calls in flight, worst case) per expert.",
+            ["expert"],
+            registry=r,
+        )
+        self.budget_window_end = Gauge(
+            "kascade_budget_window_end_timestamp_seconds",
+            "When the current budget window resets (rolling-24h: now plus 24 hours).",
+            ["expert"],
+            registry=r,
+        )
+        self.circuit_state = Gauge(
+            "kascade_circuit_breaker_state",
+            "Circuit breaker of each expert at this replica: 0 closed, 1 half-open, 2 open.",
+            ["expert"],
+            registry=r,
+        )
+        self.ledger_up = Gauge(
+            "kascade_ledger_up",
+            "1 when the budget ledger answered at the last scrape, else 0.",
+            registry=r,
+        )
+
+    def _init_answer_families(self, r: CollectorRegistry) -> None:
+        """Threshold, per-task requests and cost, baseline cost, HTTP responses."""
+        self.threshold = Gauge(
+            "kascade_confidence_threshold",
+            "Confidence threshold applied to the policy's last local answer.",
+            ["policy"],
+            registry=r,
+        )
+        self.task_requests = Counter(
+            "kascade_task_requests_total",
+            "Answered requests by task label (a label a policy rule names, else other).",
+            ["policy", "task"],
+            registry=r,
+        )
+        self.request_cost = Counter(
+            "kascade_request_cost_usd_total",
+            "USD settled for requests' expert calls, by policy and task label.",
+            ["policy", "task"],
+            registry=r,
+        )
+        self.baseline_cost = Counter(
+            "kascade_baseline_cost_usd_total",
+            "What the same answers would have cost from the policy's first expert.",
+            ["policy", "task"],
+            registry=r,
+        )
+        self.http_responses = Counter(
+            "kascade_http_responses_total",
+            "Chat completion responses by status class (2xx, 4xx, 5xx).",
+            ["policy", "code"],
+            registry=r,
+        )
+
+    def _init_quality_families(self, r: CollectorRegistry) -> None:
+        """A declared quality target: learned threshold, its labels, shadow calls."""
         # A declared quality target (confidence.target): the learned threshold, what it
         # rests on, and the shadow calls that label local answers (route/shadow.py).
         self.learned_threshold = Gauge(
@@ -217,6 +330,9 @@ class Metrics:
             ["expert"],
             registry=r,
         )
+
+    def _init_variant_families(self, r: CollectorRegistry) -> None:
+        """Requests and cost of a policy's A/B variants."""
         self.variant_requests = Counter(
             "kascade_variant_requests_total",
             "Requests of a policy's A/B variants by route and reason (variant: a name "
@@ -230,8 +346,6 @@ class Metrics:
             ["policy", "variant"],
             registry=r,
         )
-        # Not Prometheus: per-policy figures for the status document (policy status.stats).
-        self.policy_stats = policy_stats_mod.PolicyStats()
 
     def observe_request(self, *, policy: str, route: str, reason: str, seconds: float) -> None:
         """Counts one request and its duration (label children are cached: the
@@ -316,76 +430,6 @@ class Metrics:
             self.tools_offered.labels(policy, self._tool_label(name)).inc()
         for name in called:
             self.tool_calls.labels(policy, expert, self._tool_label(name)).inc()
-
-    def _init_dashboard_families(self, r: CollectorRegistry) -> None:
-        # What the chart's dashboard and alerts need beyond the families above
-        # (docs/observability.md). Budget, circuit and ledger gauges are set at scrape
-        # time (observe/scrape.py); the rest per request (observe/record.py).
-        self.budget_limit = Gauge(
-            "kascade_budget_limit_usd",
-            "Budget limit of the current window per expert.",
-            ["expert"],
-            registry=r,
-        )
-        self.budget_spent = Gauge(
-            "kascade_budget_spent_usd",
-            "Settled spend in the current budget window per expert.",
-            ["expert"],
-            registry=r,
-        )
-        self.budget_reserved = Gauge(
-            "kascade_budget_reserved_usd",
-            "Outstanding reservations (calls in flight, worst case) per expert.",
-            ["expert"],
-            registry=r,
-        )
-        self.budget_window_end = Gauge(
-            "kascade_budget_window_end_timestamp_seconds",
-            "When the current budget window resets (rolling-24h: now plus 24 hours).",
-            ["expert"],
-            registry=r,
-        )
-        self.circuit_state = Gauge(
-            "kascade_circuit_breaker_state",
-            "Circuit breaker of each expert at this replica: 0 closed, 1 half-open, 2 open.",
-            ["expert"],
-            registry=r,
-        )
-        self.ledger_up = Gauge(
-            "kascade_ledger_up",
-            "1 when the budget ledger answered at the last scrape, else 0.",
-            registry=r,
-        )
-        self.threshold = Gauge(
-            "kascade_confidence_threshold",
-            "Confidence threshold applied to the policy's last local answer.",
-            ["policy"],
-            registry=r,
-        )
-        self.task_requests = Counter(
-            "kascade_task_requests_total",
-            "Answered requests by task label (a label a policy rule names, else other).",
-            ["policy", "task"],
-            registry=r,
-        )
-        self.request_cost = Counter(
-            "kascade_request_cost_usd_total",
-            "USD settled for requests' expert calls, by policy and task label.",
-            ["policy", "task"],
-            registry=r,
-        )
-        self.baseline_cost = Counter(
-            "kascade_baseline_cost_usd_total",
-            "What the same answers would have cost from the policy's first expert.",
-            ["policy", "task"],
-            registry=r,
-        )
-        self.http_responses = Counter(
-            "kascade_http_responses_total",
-            "Chat completion responses by status class (2xx, 4xx, 5xx).",
-            ["policy", "code"],
-            registry=r,
-        )
 
     def render(self) -> bytes:
         """The text exposition format."""
