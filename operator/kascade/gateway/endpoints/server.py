@@ -180,6 +180,85 @@ def _port_split(admin_port: int) -> Any:
     return split
 
 
+def _open_state(
+    config: config_mod.GatewayConfig, audit_path: str | None
+) -> tuple[pipeline.State, ledger.Ledger, ledger.Throttle]:
+    """The process state, with the ledger and throttle backends it was built on
+    (closed last, after the escalator's settlements)."""
+    checkpoint = config.ledger.checkpoint_path
+    url = redis_source.ledger_url(config.ledger)
+    prefix = redis_source.key_prefix(config.namespace)
+    ledger_backend, throttle = ledger.open_backends(
+        url=url,
+        checkpoint_path=Path(checkpoint) if checkpoint else None,
+        reservation_ttl_s=config.ledger.reservation_ttl_seconds,
+        key_prefix=prefix,
+    )
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
+    session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
+    metrics = metrics_mod.Metrics()
+    escalator = escalation.Escalator(
+        session=session,
+        ledger_backend=ledger_backend,
+        throttle=throttle,
+        credentials=providers.Credentials(),
+        metrics=metrics,
+    )
+    experts: dict[str, escalation.ExpertState] = {}
+    state = pipeline.State(
+        runtime=runtime.build(config=config, previous=None, experts=experts),
+        session=session,
+        escalator=escalator,
+        pressure=pressure.Pressure(escalator=escalator, metrics=metrics),
+        metrics=metrics,
+        audit=audit_mod.AuditLog(path=audit_path),
+        experts=experts,
+    )
+    if (url or "").startswith(("redis://", "rediss://")):
+        # Replicas sharing a Redis ledger also share exact-cache answers.
+        state.shared_cache = shared_cache.SharedExactCache(
+            url=url or "", namespace=config.namespace
+        )
+    return state, ledger_backend, throttle
+
+
+def _start_background(state: pipeline.State, config_path: Path | None) -> list[asyncio.Task[None]]:
+    """The loop monitor, the key watcher and (with a config file) the config watcher."""
+    loop = asyncio.get_running_loop()
+    tasks = [
+        loop.create_task(loop_monitor.watch(state.metrics)),
+        loop.create_task(_key_watcher(state).run()),
+    ]
+    if config_path is not None:
+        watcher = ConfigWatcher(path=config_path, state=state)
+        tasks.append(asyncio.get_running_loop().create_task(watcher.run()))
+    return tasks
+
+
+async def _close_state(
+    state: pipeline.State, ledger_backend: ledger.Ledger, throttle: ledger.Throttle
+) -> None:
+    """Closes what `_open_state` opened; the ledger only after the escalator."""
+    await state.quality.close()
+    if state.shared_cache is not None:
+        await state.shared_cache.close()
+    await state.escalator.close()  # settlements of cancelled calls finish before the ledger
+    await state.session.close()
+    await ledger_backend.close()
+    await throttle.close()
+    state.audit.close()
+
+
+def _add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", _chat)
+    app.router.add_get("/v1/models", _models)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/v1/kascade/status", _status)
+    app.router.add_post("/v1/kascade/feedback", _feedback)
+
+
 def build_app(
     *,
     config: config_mod.GatewayConfig,
@@ -194,70 +273,17 @@ def build_app(
     app = web.Application(client_max_size=1 << 30, middlewares=middlewares)
 
     async def lifecycle(app: web.Application) -> Any:
-        checkpoint = config.ledger.checkpoint_path
-        url = redis_source.ledger_url(config.ledger)
-        prefix = redis_source.key_prefix(config.namespace)
-        ledger_backend, throttle = ledger.open_backends(
-            url=url,
-            checkpoint_path=Path(checkpoint) if checkpoint else None,
-            reservation_ttl_s=config.ledger.reservation_ttl_seconds,
-            key_prefix=prefix,
-        )
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
-        session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
-        metrics = metrics_mod.Metrics()
-        escalator = escalation.Escalator(
-            session=session,
-            ledger_backend=ledger_backend,
-            throttle=throttle,
-            credentials=providers.Credentials(),
-            metrics=metrics,
-        )
-        experts: dict[str, escalation.ExpertState] = {}
-        state = pipeline.State(
-            runtime=runtime.build(config=config, previous=None, experts=experts),
-            session=session,
-            escalator=escalator,
-            pressure=pressure.Pressure(escalator=escalator, metrics=metrics),
-            metrics=metrics,
-            audit=audit_mod.AuditLog(path=audit_path),
-            experts=experts,
-        )
-        if (url or "").startswith(("redis://", "rediss://")):
-            # Replicas sharing a Redis ledger also share exact-cache answers.
-            state.shared_cache = shared_cache.SharedExactCache(
-                url=url or "", namespace=config.namespace
-            )
+        state, ledger_backend, throttle = _open_state(config, audit_path)
         app[STATE] = state
-        loop = asyncio.get_running_loop()
-        tasks = [
-            loop.create_task(loop_monitor.watch(metrics)),
-            loop.create_task(_key_watcher(state).run()),
-        ]
-        if config_path is not None:
-            watcher = ConfigWatcher(path=config_path, state=state)
-            tasks.append(asyncio.get_running_loop().create_task(watcher.run()))
+        tasks = _start_background(state, config_path)
         yield
         for task in tasks:
             task.cancel()
-        await state.quality.close()
-        if state.shared_cache is not None:
-            await state.shared_cache.close()
-        await escalator.close()  # settlements of cancelled calls finish before the ledger
-        await session.close()
-        await ledger_backend.close()
-        await throttle.close()
-        state.audit.close()
+        await _close_state(state, ledger_backend, throttle)
 
     app[ADMIN_PORT] = admin_port
     app.cleanup_ctx.append(lifecycle)
-    app.router.add_post("/v1/chat/completions", _chat)
-    app.router.add_get("/v1/models", _models)
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
-    app.router.add_get("/metrics", _metrics)
-    app.router.add_get("/v1/kascade/status", _status)
-    app.router.add_post("/v1/kascade/feedback", _feedback)
+    _add_routes(app)
     return app
 
 
