@@ -173,17 +173,11 @@ async def _route(
     # 1. Privacy: every field that could leave the cluster.
     screened = await _privacy(state, chat, d)
     # 2. Cache.
-    hit = _cache_lookup(state, chat, d)
-    if hit is None and d.exact_key is not None and state.shared_cache is not None:
-        hit = await _shared_lookup(state, d)
+    hit = await _cached(state, chat, d)
     if hit is not None:
         return await responses.respond(http, chat, d, completion=hit)
     # 3. Rules, then the local tier the prompt fits.
-    pool, experts, escalate_reason = _rules_and_tier(state, rt, http, chat, d)
-    if screened.local_only:  # Personal data under local-only outranks every rule.
-        experts = []
-        escalate_reason = None if pool is not None else PROMPT_TOO_LONG
-    experts = capability.capable(experts=experts, chat=chat)
+    pool, experts, escalate_reason = _candidates(state, rt, http, chat, d, screened=screened)
     # 4. Local pass (skipped when a rule sends the request straight to an expert).
     answer: local.LocalAnswer | None = None
     sampling = _Sampling()
@@ -204,12 +198,7 @@ async def _route(
     assert escalate_reason is not None
     d.reason = escalate_reason
     if not experts:
-        local_why = (
-            _too_long(chat, d) if pool is None else f"local pool: {d.local_error or 'saturated'}"
-        )
-        raise responses.no_local_answer(
-            d, detail=f"{local_why}; no expert may receive this request"
-        )
+        raise _no_answer(chat, d, pool=pool)
     # 6. Escalation.
     response = await _escalate(
         state,
@@ -226,6 +215,45 @@ async def _route(
     if answer is not None:
         _label_from_expert(state, d, answer=answer, sampling=sampling)
     return response
+
+
+async def _cached(
+    state: State, chat: request.ChatRequest, d: decision_mod.Decision
+) -> dict[str, Any] | None:
+    """A cached completion: this replica's cache first, then the shared exact cache."""
+    hit = _cache_lookup(state, chat, d)
+    if hit is None and d.exact_key is not None and state.shared_cache is not None:
+        hit = await _shared_lookup(state, d)
+    return hit
+
+
+def _candidates(
+    state: State,
+    rt: runtime.Runtime,
+    http: web.Request,
+    chat: request.ChatRequest,
+    d: decision_mod.Decision,
+    *,
+    screened: screen_mod.Screened,
+) -> tuple[config_mod.PoolConfig | None, list[escalation.ExpertState], str | None]:
+    """The local pool, the experts that may receive the request, and a reason to skip
+    the local pass (None to try it)."""
+    pool, experts, escalate_reason = _rules_and_tier(state, rt, http, chat, d)
+    if screened.local_only:  # Personal data under local-only outranks every rule.
+        experts = []
+        escalate_reason = None if pool is not None else PROMPT_TOO_LONG
+    experts = capability.capable(experts=experts, chat=chat)
+    return pool, experts, escalate_reason
+
+
+def _no_answer(
+    chat: request.ChatRequest, d: decision_mod.Decision, *, pool: config_mod.PoolConfig | None
+) -> errors.ApiError:
+    """The error when the local pass gave no answer and no expert may take over."""
+    local_why = (
+        _too_long(chat, d) if pool is None else f"local pool: {d.local_error or 'saturated'}"
+    )
+    return responses.no_local_answer(d, detail=f"{local_why}; no expert may receive this request")
 
 
 @dataclass(frozen=True)
