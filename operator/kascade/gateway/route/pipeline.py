@@ -617,30 +617,76 @@ async def _escalate(
     ordered = state.escalator.order(experts=experts, selection=cfg.selection, call=call)
     streamed: list[web.StreamResponse] = []
     writer = responses.expert_stream_writer(http, d, streamed) if chat.stream else None
+    # Reservation, call and settlement (shielded from cancellation) all happen in run().
     outcome = await state.escalator.run(experts=ordered, call=call, stream_writer=writer)
+    _record_escalation(state, d, outcome)
+    if outcome.expert is not None:
+        return await _expert_answer(state, http, chat, d, outcome=outcome, streamed=streamed)
+    if streamed:  # The stream broke after it started: nothing else can be sent.
+        return streamed[0]
+    # 7. Fallback: no expert answered.
+    return await _fallback(state, http, chat, d, outcome=outcome, answer=answer, pool=pool)
+
+
+def _record_escalation(state: State, d: decision_mod.Decision, outcome: escalation.Outcome) -> None:
+    """The settled outcome on the decision, and its cost against the pool."""
     d.outcome = outcome
     d.cost_nanos = outcome.cost_nanos
     state.metrics.observe_pool_escalation(
         pool=d.pool, reason=d.reason, usd=outcome.cost_nanos / 1_000_000_000
     )
-    if outcome.expert is not None:
-        d.route = f"expert:{outcome.expert}"
-        state.metrics.observe_escalation(
-            policy=d.policy.name, expert=outcome.expert, reason=d.reason
-        )
-        if streamed:
-            return streamed[0]
-        assert outcome.answer is not None
-        _cache_store(state, chat, d, completion=outcome.answer.completion)
-        return await responses.respond(
-            http, chat, d, completion=outcome.answer.completion, raw=outcome.answer.raw
-        )
-    if streamed:  # The stream broke after it started: nothing else can be sent.
+
+
+async def _expert_answer(
+    state: State,
+    http: web.Request,
+    chat: request.ChatRequest,
+    d: decision_mod.Decision,
+    *,
+    outcome: escalation.Outcome,
+    streamed: list[web.StreamResponse],
+) -> web.StreamResponse:
+    """The answering expert's response (already streamed, or cached and sent now)."""
+    assert outcome.expert is not None
+    d.route = f"expert:{outcome.expert}"
+    state.metrics.observe_escalation(policy=d.policy.name, expert=outcome.expert, reason=d.reason)
+    if streamed:
         return streamed[0]
-    # 7. Fallback: no expert answered.
+    assert outcome.answer is not None
+    _cache_store(state, chat, d, completion=outcome.answer.completion)
+    return await responses.respond(
+        http, chat, d, completion=outcome.answer.completion, raw=outcome.answer.raw
+    )
+
+
+async def _fallback(
+    state: State,
+    http: web.Request,
+    chat: request.ChatRequest,
+    d: decision_mod.Decision,
+    *,
+    outcome: escalation.Outcome,
+    answer: local.LocalAnswer | None,
+    pool: config_mod.PoolConfig | None,
+) -> web.StreamResponse:
+    """No expert answered: an error when the policy or a budget says so, else the local
+    answer (asked for now when the request skipped the local pass), marked degraded."""
+    cfg = d.policy.config
     summary = outcome.failure_summary
     if outcome.ledger_unavailable:
         summary = "the budget ledger is unreachable, so escalation failed closed; " + summary
+    _raise_if_refused(d, outcome, summary=summary)
+    if answer is None:
+        answer = await _fallback_local(state, chat, d, pool=pool, summary=summary)
+    d.degraded = f"{cfg.fallback.message} ({summary})"
+    return await responses.respond(http, chat, d, completion=answer.completion)
+
+
+def _raise_if_refused(
+    d: decision_mod.Decision, outcome: escalation.Outcome, *, summary: str
+) -> None:
+    """Raises when a tenant budget, an expert budget or the policy refuses a fallback."""
+    cfg = d.policy.config
     tenant = d.caller.tenant
     if outcome.tenant_budget_exhausted and tenant is not None:
         tenant_limits.raise_if_rejecting(tenant, summary=summary)
@@ -658,21 +704,30 @@ async def _escalate(
             type="server_error",
             code="experts_unavailable",
         )
-    if answer is None:
-        if pool is None:  # no local tier takes a prompt this long
-            raise responses.no_local_answer(d, detail=f"{summary}; {_too_long(chat, d)}")
-        try:
-            answer = await local.complete(
-                session=state.session,
-                pool=pool,
-                body=chat.body,
-                method=cfg.confidence.method,
-            )
-        except (local.Overflow, local.LocalFailure) as exc:
-            raise responses.no_local_answer(d, detail=f"{summary}; local pool: {exc}") from None
-        d.confidence = answer.confidence
-    d.degraded = f"{cfg.fallback.message} ({summary})"
-    return await responses.respond(http, chat, d, completion=answer.completion)
+
+
+async def _fallback_local(
+    state: State,
+    chat: request.ChatRequest,
+    d: decision_mod.Decision,
+    *,
+    pool: config_mod.PoolConfig | None,
+    summary: str,
+) -> local.LocalAnswer:
+    """A local answer for a request that skipped the local pass."""
+    if pool is None:  # no local tier takes a prompt this long
+        raise responses.no_local_answer(d, detail=f"{summary}; {_too_long(chat, d)}")
+    try:
+        answer = await local.complete(
+            session=state.session,
+            pool=pool,
+            body=chat.body,
+            method=d.policy.config.confidence.method,
+        )
+    except (local.Overflow, local.LocalFailure) as exc:
+        raise responses.no_local_answer(d, detail=f"{summary}; local pool: {exc}") from None
+    d.confidence = answer.confidence
+    return answer
 
 
 def _cache_lookup(
