@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,18 @@ class OperatorProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def running_operator(
+    kubeconfig: str, kubectl: Callable[..., Any], *, log_tail: int = 6000
+) -> Iterator[OperatorProcess]:
+    """The CRDs applied and the operator running for one test; its log tail printed after."""
+    kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+    proc = OperatorProcess(kubeconfig, resync_seconds=10)
+    proc.start()
+    yield proc
+    proc.stop()
+    print(f"---- operator log (tail) ----\n{proc.log()[-log_tail:]}")
 
 
 def get_json(

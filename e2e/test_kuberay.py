@@ -52,12 +52,8 @@ CPU_POOL = textwrap.dedent(
 def operator(
     kubeconfig: str, kubectl: KubectlRunner, kuberay: kuberay_mod.KubeRayOperator
 ) -> Iterator[ops.OperatorProcess]:
-    kubectl("apply", "--server-side", "-f", str(ops.REPO / "crds"))
-    proc = ops.OperatorProcess(kubeconfig, resync_seconds=10)
-    proc.start()
-    yield proc
-    proc.stop()
-    print(f"---- operator log (tail) ----\n{proc.log()[-6000:]}")
+    # kuberay: the session's real KubeRay operator runs beside this one.
+    yield from ops.running_operator(kubeconfig, kubectl, log_tail=6000)
 
 
 def _pods(kubectl: KubectlRunner, namespace: str, selector: str) -> list[dict[str, Any]]:

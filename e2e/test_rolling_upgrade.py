@@ -65,12 +65,8 @@ def _pool(name: str, *, source: str, gpu: bool = False) -> str:
 def operator(
     kubeconfig: str, kubectl: KubectlRunner, kuberay: kuberay_mod.KubeRayOperator
 ) -> Iterator[ops.OperatorProcess]:
-    kubectl("apply", "--server-side", "-f", str(ops.REPO / "crds"))
-    proc = ops.OperatorProcess(kubeconfig, resync_seconds=10)
-    proc.start()
-    yield proc
-    proc.stop()
-    print(f"---- operator log (tail) ----\n{proc.log()[-4000:]}")
+    # kuberay: the session's real KubeRay operator runs beside this one.
+    yield from ops.running_operator(kubeconfig, kubectl, log_tail=4000)
 
 
 @pytest.fixture
