@@ -532,13 +532,31 @@ def _unusable_experts(
 def _policy_unusable(
     policy: v1alpha1.RoutingPolicy | None, unusable: dict[str, str]
 ) -> dict[str, str] | None:
-    """Each listed expert and why it is unusable, when none of them is usable; else None."""
-    if policy is None or not policy.spec.experts:
+    """Each expert of an arm that cannot escalate (all its listed experts unusable), and
+    why; None when every arm can. An arm is the policy's own expert list (used by callers
+    of a variant without an experts override) or a variant's override."""
+    if policy is None:
         return None
-    listed = list(policy.spec.experts)
-    if all(name in unusable for name in listed):
-        return {name: unusable[name] for name in listed}
-    return None
+    stuck: dict[str, str] = {}
+    for variant, listed in _expert_arms(policy):
+        if not listed or not all(name in unusable for name in listed):
+            continue  # an empty list keeps the arm's requests local on purpose
+        for name in listed:
+            stuck[name if variant is None else f"{name} in variant {variant}"] = unusable[name]
+    return stuck or None
+
+
+def _expert_arms(policy: v1alpha1.RoutingPolicy) -> list[tuple[str | None, list[str]]]:
+    """(variant name or None for the policy's own list, experts) for every list in use."""
+    spec = policy.spec
+    arms: list[tuple[str | None, list[str]]] = [
+        (v.name, list(v.overrides.experts))
+        for v in spec.variants
+        if v.overrides.experts is not None
+    ]
+    if len(arms) < len(spec.variants) or not spec.variants:
+        arms.insert(0, (None, list(spec.experts)))
+    return arms
 
 
 def _name(body: dict[str, Any]) -> str:
