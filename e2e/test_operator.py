@@ -333,29 +333,16 @@ def test_hand_edits_are_repaired_and_idle_operator_writes_nothing(
     kubectl("rollout", "status", "-n", namespace, "deployment/kascade-gateway",
             "--timeout=90s")  # fmt: skip
     # ... and once stopped, the operator writes nothing more: the versions seen now are
-    # the ones an idle operator must leave alone.
-    operator.stop()
-    before = _children(kubectl, namespace)
-    port = free_port()
-    operator.extra_env["KASCADE_METRICS_PORT"] = str(port)
-    try:
-        operator.start()
-        # The window is defined by work done, not by wall time: the restarted operator's
-        # startup reconciles and two whole resync rounds (every object reconciled again)
-        # have completed. Round 3 starts one interval after round 2 was queued, and the
-        # namespace reconciles counted done are at least startup + rounds 1 and 2.
-        ops.wait_for(
-            "two completed resync rounds of the restarted operator",
-            lambda: (
-                _metric(port, "kascade_operator_resync_rounds_total") >= 3
-                and _metric(port, 'kascade_operator_reconciles_total{kind="namespace",result="ok"}')
-                >= 3
-            ),
-            timeout=120,
-        )
-    finally:
-        operator.extra_env.pop("KASCADE_METRICS_PORT")
-    after = _children(kubectl, namespace)
+    # the ones an idle operator must leave alone. "Nothing changed" also needs KubeRay
+    # (the session's real one, when it runs) to stand still over the window: if it
+    # wrote, the operator may rightly mirror that, so the window is taken again.
+    for _attempt in range(4):
+        outside = _kuberay_writes(kubectl, namespace)
+        before, after = _idle_window(operator, kubectl, namespace)
+        if _kuberay_writes(kubectl, namespace) == outside:
+            break
+    else:
+        raise AssertionError("KubeRay kept writing in every idle window; nothing was measured")
     assert after == before, "objects were rewritten while nothing changed"
     assert operator.running(), operator.log()
 
@@ -606,3 +593,46 @@ def test_a_failing_reconcile_is_a_condition_and_an_event_then_recovers(
     lines = [line for line in operator.log().splitlines() if line[:1].isdigit()]
     assert len([line for line in lines if f"Reconcile failed {key}" in line]) == 1, lines[-50:]
     assert any(f"Reconcile still failing {key}" in line for line in lines), lines[-50:]
+
+
+def _kuberay_writes(kubectl: KubectlRunner, namespace: str) -> dict[str, Any]:
+    """What only KubeRay writes here: its clusters and Services, and the
+    RayService's status."""
+    seen: dict[str, Any] = {}
+    for kind in ("raycluster", "service"):
+        items = json.loads(kubectl("get", kind, "-n", namespace, "-o", "json").stdout)["items"]
+        for item in items:
+            if not item["metadata"]["name"].startswith("kascade-"):
+                seen[f"{kind}/{item['metadata']['name']}"] = item["metadata"]["resourceVersion"]
+    services = json.loads(kubectl("get", "rayservice", "-n", namespace, "-o", "json").stdout)
+    for item in services["items"]:
+        seen[f"rayservice-status/{item['metadata']['name']}"] = item.get("status")
+    return seen
+
+
+def _idle_window(
+    operator: ops.OperatorProcess, kubectl: KubectlRunner, namespace: str
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Versions before and after a restarted operator's startup and two resync rounds."""
+    operator.stop()
+    before = _children(kubectl, namespace)
+    port = free_port()
+    operator.extra_env["KASCADE_METRICS_PORT"] = str(port)
+    try:
+        operator.start()
+        # The window is defined by work done, not by wall time: the restarted operator's
+        # startup reconciles and two whole resync rounds (every object reconciled again)
+        # have completed. Round 3 starts one interval after round 2 was queued, and the
+        # namespace reconciles counted done are at least startup + rounds 1 and 2.
+        ops.wait_for(
+            "two completed resync rounds of the restarted operator",
+            lambda: (
+                _metric(port, "kascade_operator_resync_rounds_total") >= 3
+                and _metric(port, 'kascade_operator_reconciles_total{kind="namespace",result="ok"}')
+                >= 3
+            ),
+            timeout=120,
+        )
+    finally:
+        operator.extra_env.pop("KASCADE_METRICS_PORT")
+    return before, _children(kubectl, namespace)

@@ -6,6 +6,7 @@ of ``kascade.compile``, applies only what drifted and writes status only when it
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -347,7 +348,21 @@ async def _apply_rayservice(
             log.info(
                 "Scaled RayCluster namespace=%s name=%s workers=%d", namespace, cluster, pinned
             )
-    return rayservice_state(live)
+    return await _with_cluster_readiness(ctx.kube, rayservice_state(live), namespace=namespace)
+
+
+async def _with_cluster_readiness(
+    kube: kube_mod.Kube, state: RayServiceState, *, namespace: str
+) -> RayServiceState:
+    """Ready workers read from the active RayCluster itself: the copy KubeRay keeps in
+    the RayService's status can lag the cluster's own for minutes."""
+    if state.active is None:
+        return state
+    cluster = await kube.get("RayCluster", namespace=namespace, name=state.active)
+    ready = ((cluster or {}).get("status") or {}).get("readyWorkerReplicas")
+    if not isinstance(ready, int):
+        return state
+    return dataclasses.replace(state, ready=ready)
 
 
 # ----------------------------------------------------------------------------- gateway
