@@ -25,17 +25,20 @@ async def _ask(http: aiohttp.ClientSession, url: str, user: str) -> dict[str, st
         return dict(resp.headers)
 
 
+async def _variant_gateway(start_sim: Any, start_gateway: Any, policy: dict[str, Any]) -> Any:
+    """A gateway over a scripted pool (confidence 0.5, "green") and one simulated expert."""
+    pool = await start_sim(name="pool", confidence=0.5, answer="green")
+    expert = await start_sim(name="e1")
+    return await start_gateway(
+        gateway_config(pool=pool.url, experts={"e1": expert_config(expert.url)}, policy=policy)
+    )
+
+
 async def test_callers_keep_their_variant_and_split_by_weight(
     start_sim: Any, start_gateway: Any, http: aiohttp.ClientSession
 ) -> None:
-    pool = await start_sim(name="pool", confidence=0.5, answer="green")
-    expert = await start_sim(name="e1")
-    gw = await start_gateway(
-        gateway_config(
-            pool=pool.url,
-            experts={"e1": expert_config(expert.url)},
-            policy={"confidence": {"threshold": 0.5}, "variants": VARIANTS},
-        )
+    gw = await _variant_gateway(
+        start_sim, start_gateway, {"confidence": {"threshold": 0.5}, "variants": VARIANTS}
     )
     seen: dict[str, set[str]] = {}
     routes: dict[str, Counter[str]] = {"lenient": Counter(), "strict": Counter()}
@@ -79,15 +82,7 @@ async def test_callers_keep_their_variant_and_split_by_weight(
 async def test_without_a_user_field_the_api_key_keeps_the_variant(
     start_sim: Any, start_gateway: Any, http: aiohttp.ClientSession
 ) -> None:
-    pool = await start_sim(name="pool", confidence=0.5, answer="green")
-    expert = await start_sim(name="e1")
-    gw = await start_gateway(
-        gateway_config(
-            pool=pool.url,
-            experts={"e1": expert_config(expert.url)},
-            policy={"variants": VARIANTS},
-        )
-    )
+    gw = await _variant_gateway(start_sim, start_gateway, {"variants": VARIANTS})
     seen: dict[int, set[str]] = {}
     for _ in range(2):
         for i in range(60):

@@ -13,7 +13,6 @@ import pathlib
 import threading
 from collections.abc import Iterator, Sequence
 
-import llama_cpp  # noqa: F401  (the serving extra is part of the test environment)
 import pytest
 
 from kascade.serving import confidence, sources
