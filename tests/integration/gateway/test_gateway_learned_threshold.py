@@ -40,8 +40,9 @@ def _prompt(score: float, right: bool) -> str:
     return f"The answer is {42 if right else 7}. [[confidence={score}]]"
 
 
-async def _ask(http: aiohttp.ClientSession, url: str, content: str) -> dict[str, str]:
-    async with http.post(f"{url}/v1/chat/completions", json=chat(content, max_tokens=10)) as r:
+async def _ask(http: aiohttp.ClientSession, url: str, content: str, **extra: Any) -> dict[str, str]:
+    body = chat(content, max_tokens=10, **extra)
+    async with http.post(f"{url}/v1/chat/completions", json=body) as r:
         await r.read()
         assert r.status == 200
         return dict(r.headers)
@@ -116,9 +117,13 @@ async def test_the_learned_threshold_reaches_the_target_and_follows_a_drift(
     async with http.get(f"{gw.url}/metrics") as resp:
         text = await resp.text()
     assert (
-        f'kascade_learned_threshold{{policy="default",task="*"}} {recovered["threshold"]}' in text
+        f'kascade_learned_threshold{{policy="default",task="*",variant=""}} '
+        f"{recovered['threshold']}" in text
     )
-    assert 'kascade_shadow_calls_total{expert="e1",outcome="answered",policy="default"}' in text
+    assert (
+        'kascade_shadow_calls_total{expert="e1",outcome="answered",policy="default",variant=""}'
+        in text
+    )
 
 
 async def test_shadow_calls_never_spend_past_their_share_of_the_budget(
@@ -157,7 +162,8 @@ async def test_shadow_calls_never_spend_past_their_share_of_the_budget(
     async with http.get(f"{gw.url}/metrics") as resp:
         text = await resp.text()
     assert (
-        'kascade_shadow_calls_total{expert="e1",outcome="refused_share",policy="default"}' in text
+        'kascade_shadow_calls_total{expert="e1",outcome="refused_share",policy="default",'
+        'variant=""}' in text
     )
     answered = len(expert.records)
     assert 0 < answered < 60
@@ -190,3 +196,58 @@ async def test_only_listed_tasks_learn_their_own_threshold(start_sim, start_gate
     assert tasks["math"]["labels"] == 20
     assert tasks["*"]["labels"] == 40
     assert tasks["math"]["threshold"] is not None
+
+
+async def test_each_variant_learns_its_own_threshold_from_its_own_labels(
+    start_sim, start_gateway, http
+) -> None:
+    pool = await start_sim(name="pool", confidence=0.5, answer="42")
+    # The other arm's pool echoes the prompt, as the expert does: it is always right,
+    # whatever its score. Pooled with the first arm's labels it would pull the first
+    # arm's threshold down past its unreliable answers.
+    echo = await start_sim(name="echo", confidence=0.5)
+    expert = await start_sim(name="e1")
+    gw = await start_gateway(
+        gateway_config(
+            pool=pool.url,
+            experts={"e1": expert_config(expert.url)},
+            pools={"echo": {"endpoint": echo.url, "model": "smol", "timeoutSeconds": 5}},
+            policy={
+                "confidence": {"threshold": 0.7, "target": TARGET},
+                "variants": [
+                    {"name": "main", "weight": 1},
+                    {"name": "echo", "weight": 1, "localPool": "echo",
+                     "confidence": {"threshold": 0.3, "target": TARGET}},
+                ],
+            },
+        )
+    )  # fmt: skip
+    rng = random.Random(13)
+    served = {"main": 0, "echo": 0}
+    kept_main = []
+    for i in range(WINDOW):  # callers stick to their arm; half land in each
+        score, right = _item(rng, drifted=False)
+        headers = await _ask(http, gw.url, _prompt(score, right), user=f"caller-{i}")
+        served[headers["x-kascade-variant"]] += 1
+        if headers["x-kascade-variant"] == "main" and headers["x-kascade-route"] == "local":
+            kept_main.append(right)
+    await _settled(gw)
+    entry = (await _status(http, gw.url))["quality"]["default"]
+    assert set(entry) == {"variants"}  # no pooled figures: every request had an arm
+    arms = {name: figures["tasks"]["*"] for name, figures in entry["variants"].items()}
+    # Each arm labelled its own requests and learned from them.
+    assert {name: arm["labels"] for name, arm in arms.items()} == served
+    assert arms["echo"]["threshold"] == 0.05  # every answer right: keep (nearly) all
+    assert arms["main"]["threshold"] >= 0.45  # its answers under 0.5 are mostly wrong
+    assert arms["main"]["localErrorUpperBound"] <= 0.15
+    assert 1 - sum(kept_main[-40:]) / 40 <= 0.15  # the truth, once learned
+    requests = [line for line in gw.audit() if line["type"] == "request"]
+    for name, arm in arms.items():
+        last = [line for line in requests if line["variant"] == name][-1]
+        assert last["threshold_learned"]
+        assert last["threshold"] == arm["threshold"]
+    changes = [line for line in gw.audit() if line["type"] == "threshold"]
+    assert {line["variant"] for line in changes} == {"main", "echo"}
+    async with http.get(f"{gw.url}/metrics") as resp:
+        text = await resp.text()
+    assert 'kascade_learned_threshold{policy="default",task="*",variant="echo"} 0.05' in text

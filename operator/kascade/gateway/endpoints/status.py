@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from kascade.gateway import ledger
 
 if TYPE_CHECKING:
+    from kascade.gateway import runtime
     from kascade.gateway.route import pipeline
 
 
@@ -61,9 +62,20 @@ async def collect(state: pipeline.State) -> dict[str, Any]:
             for n, p in rt.policies.items()
         },
         "experts": experts,
-        # Policies with a quality target: labels and learned thresholds per task.
-        "quality": state.quality.status(),
+        # Policies with a quality target: labels and learned thresholds per task (and
+        # per variant); only arms the config serves now.
+        "quality": state.quality.status(serving=_arms(rt)),
     }
+
+
+def _arms(rt: runtime.Runtime) -> set[tuple[str, str | None]]:
+    """(policy, variant) of every arm that serves requests (variant None: no variants)."""
+    arms: set[tuple[str, str | None]] = set()
+    for name, policy in rt.policies.items():
+        arms.update((name, v.name) for v in policy.variants)
+        if not policy.variants:
+            arms.add((name, None))
+    return arms
 
 
 async def _tenants(state: pipeline.State) -> dict[str, Any]:

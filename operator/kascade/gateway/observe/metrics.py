@@ -302,26 +302,27 @@ class Metrics:
         # rests on, and the shadow calls that label local answers (route/shadow.py).
         self.learned_threshold = Gauge(
             "kascade_learned_threshold",
-            "Confidence threshold learned for a quality target, per policy and task (* = all).",
-            ["policy", "task"],
+            "Confidence threshold learned for a quality target, per policy, task (* = all) "
+            'and A/B variant ("" = none).',
+            ["policy", "task", "variant"],
             registry=r,
         )
         self.quality_labels = Gauge(
             "kascade_quality_labels",
             "Labels (local answers judged against the expert) in the calibration window.",
-            ["policy", "task"],
+            ["policy", "task", "variant"],
             registry=r,
         )
         self.local_error_estimate = Gauge(
             "kascade_local_error_estimate",
             "Observed error rate of labelled local answers at the learned threshold.",
-            ["policy", "task"],
+            ["policy", "task", "variant"],
             registry=r,
         )
         self.shadow_calls = Counter(
             "kascade_shadow_calls_total",
             "Shadow calls to experts by outcome (answered, refused_share, failed).",
-            ["policy", "expert", "outcome"],
+            ["policy", "variant", "expert", "outcome"],
             registry=r,
         )
         self.shadow_cost = Counter(

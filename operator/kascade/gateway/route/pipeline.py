@@ -368,7 +368,6 @@ def _label_from_expert(
         return
     shadow.label(
         quality=sampling.quality,
-        policy=d.policy.name,
         task=sampling.task,
         score=d.confidence,
         local_text=answer.text(),
@@ -431,15 +430,15 @@ def _too_long(chat: request.ChatRequest, d: decision_mod.Decision) -> str:
 def _quality(
     state: State, d: decision_mod.Decision, http: web.Request
 ) -> tuple[shadow.PolicyQuality | None, str | None]:
-    """The policy's learning state (None without a target) and the request's task, when
+    """The learning state of the request's arm (the policy, or its variant: each arm
+    learns on its own scores) or None without a target, and the request's task when
     the target names it (so metric labels stay a bounded set)."""
     target = d.policy.config.confidence.target
     if target is None:
         return None, None
     task = http.headers.get(rules.TASK_HEADER)
-    return state.quality.policy(name=d.policy.name, target=target), (
-        task if task in target.tasks else None
-    )
+    arm = state.quality.policy(name=d.policy.name, variant=d.policy.variant, target=target)
+    return arm, (task if task in target.tasks else None)
 
 
 def _call(
@@ -483,7 +482,6 @@ def _start_shadow(
             escalator=state.escalator,
             expert=expert,
             call=call,
-            policy=d.policy.name,
             task=task,
             score=d.confidence,
             local_text=answer.text(),

@@ -13,7 +13,15 @@ sample with probability ``shadowFraction``, whatever its route:
 A label is ``answer_match.agree(local, expert)``. Every change of a learned threshold
 is a log line and an audit line (``type: threshold``) and moves the
 ``kascade_learned_threshold`` gauge. State is per gateway replica (each replica learns
-from its own traffic) and starts again when the policy's target changes.
+from its own traffic) and starts again when the target changes.
+
+A/B variants: each arm of a policy (``spec.variants``) learns on its own labels, so an
+arm's threshold rests only on scores of its own method and local pool (two scales
+pooled in one calibrator would give a threshold that holds the target for neither
+arm). The arms share one shadow spend per expert: the promise is per policy ("shadow
+calls never spend more than ``maxShadowBudgetShare`` of the expert's budget"), and a
+calibrator per arm with a budget per arm would let N arms spend N shares. The spend
+count outlives a changed target (a new target must not buy a fresh share).
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from kascade.gateway import config as config_mod
@@ -34,30 +42,40 @@ __all__ = ["PolicyQuality", "Quality"]
 
 log = logging.getLogger("kascade.gateway")
 
+Arm = tuple[str, str | None]
+"""(policy, variant): the unit that learns (variant None for a policy without any)."""
+
 
 @dataclasses.dataclass
 class PolicyQuality:
-    """One policy's calibrator and shadow budget, for one target config."""
+    """One arm's calibrator and shadow budget, for one target config."""
 
     target: config_mod.TargetConfig
     calibrator: calibration.Calibrator
     budget: calibration.ShadowBudget
+    policy: str
+    variant: str | None
+    """The A/B arm (None for a policy without variants)."""
 
 
 class Quality:
-    """Every policy's learning state, kept across config reloads while targets hold."""
+    """Every arm's learning state, kept across config reloads while targets hold."""
 
     def __init__(self, *, rng: Callable[[], float] | None = None) -> None:
         self._rng = rng
-        self._policies: dict[str, PolicyQuality] = {}
+        self._arms: dict[Arm, PolicyQuality] = {}
+        self._spend: dict[str, calibration.ShadowSpend] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         """Shadow calls in flight (held so they are not garbage-collected mid-call)."""
 
-    def policy(self, *, name: str, target: config_mod.TargetConfig) -> PolicyQuality:
-        """The state for ``name``; new when the target is new or changed."""
-        found = self._policies.get(name)
+    def policy(
+        self, *, name: str, target: config_mod.TargetConfig, variant: str | None = None
+    ) -> PolicyQuality:
+        """The state of the arm (``name``, ``variant``); new when the target is new or
+        changed (the policy's shadow spend carries over)."""
+        found = self._arms.get((name, variant))
         if found is None or found.target != target:
-            found = self._policies[name] = PolicyQuality(
+            found = self._arms[(name, variant)] = PolicyQuality(
                 target=target,
                 calibrator=calibration.Calibrator(
                     max_error=target.max_local_error_rate,
@@ -69,20 +87,32 @@ class Quality:
                     fraction=target.shadow_fraction,
                     share=target.max_shadow_budget_share,
                     rng=self._rng,
+                    spend=self._spend.setdefault(name, calibration.ShadowSpend()),
                 ),
+                policy=name,
+                variant=variant,
             )
         return found
 
-    def status(self) -> dict[str, Any]:
-        """Per policy: the target, labels and learned thresholds (for the status endpoint)."""
-        return {
-            name: {
+    def status(self, *, serving: Collection[Arm] | None = None) -> dict[str, Any]:
+        """Per policy: the target, labels and learned thresholds (for the status
+        endpoint); a policy with variants has them per arm under ``variants``. Only the
+        arms in ``serving`` (all when None): an arm renamed away keeps no entry."""
+        out: dict[str, Any] = {}
+        for (name, variant), q in sorted(self._arms.items(), key=lambda kv: _order(kv[0])):
+            if serving is not None and (name, variant) not in serving:
+                continue
+            figures = {
                 "maxLocalErrorRate": q.target.max_local_error_rate,
                 "confidenceLevel": q.target.confidence_level,
                 "tasks": q.calibrator.status(),
             }
-            for name, q in sorted(self._policies.items())
-        }
+            entry = out.setdefault(name, {})
+            if variant is None:
+                entry.update(figures)
+            else:
+                entry.setdefault("variants", {})[variant] = figures
+        return out
 
     async def close(self) -> None:
         """Cancels shadow calls still in flight."""
@@ -91,10 +121,13 @@ class Quality:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
+def _order(arm: Arm) -> tuple[str, str]:
+    return arm[0], arm[1] or ""
+
+
 def label(
     *,
     quality: PolicyQuality,
-    policy: str,
     task: str | None,
     score: float,
     local_text: str,
@@ -102,14 +135,16 @@ def label(
     metrics: metrics_mod.Metrics,
     audit: audit_mod.AuditLog,
 ) -> None:
-    """Adds one label; reports every threshold it moves."""
+    """Adds one label to the arm; reports every threshold it moves."""
     right = answer_match.agree(answer=local_text, reference=expert_text)
+    policy, variant = quality.policy, quality.variant or ""
     for key, learned in quality.calibrator.add(score=score, right=right, task=task):
         shown = key or "*"
         log.info(
-            "Learned threshold changed policy=%s task=%s threshold=%.2f labels=%d "
+            "Learned threshold changed policy=%s variant=%s task=%s threshold=%.2f labels=%d "
             "error_estimate=%.4f error_upper_bound=%.4f",
             policy,
+            variant or "-",
             shown,
             learned.threshold,
             learned.labels,
@@ -120,6 +155,7 @@ def label(
             {
                 "type": "threshold",
                 "policy": policy,
+                "variant": quality.variant,  # null without variants, as on request lines
                 "task": shown,
                 "threshold": learned.threshold,
                 "labels": learned.labels,
@@ -128,10 +164,12 @@ def label(
                 "max_local_error_rate": quality.target.max_local_error_rate,
             }
         )
-        metrics.learned_threshold.labels(policy, shown).set(learned.threshold)
-        metrics.local_error_estimate.labels(policy, shown).set(learned.local_error_estimate)
+        metrics.learned_threshold.labels(policy, shown, variant).set(learned.threshold)
+        metrics.local_error_estimate.labels(policy, shown, variant).set(
+            learned.local_error_estimate
+        )
     for key, entry in quality.calibrator.status().items():
-        metrics.quality_labels.labels(policy, key).set(float(entry["labels"] or 0))
+        metrics.quality_labels.labels(policy, key, variant).set(float(entry["labels"] or 0))
 
 
 def completion_text(completion: dict[str, Any]) -> str:
@@ -150,7 +188,6 @@ async def shadow_call(
     escalator: escalation.Escalator,
     expert: escalation.ExpertState,
     call: escalation.Call,
-    policy: str,
     task: str | None,
     score: float,
     local_text: str,
@@ -159,11 +196,13 @@ async def shadow_call(
 ) -> None:
     """Asks ``expert`` in the background and labels the local answer with its answer;
     refused when it could take shadow spend past the policy's share of the budget."""
+    outcomes = metrics.shadow_calls
+    arm = (quality.policy, quality.variant or "", expert.name)
     worst = escalator.worst_case(expert=expert, call=call)
     if not quality.budget.admit(
         expert=expert.name, worst_nanos=worst, limit_nanos=expert.budget.limit_nanos
     ):
-        metrics.shadow_calls.labels(policy, expert.name, "refused_share").inc()
+        outcomes.labels(*arm, "refused_share").inc()
         return
     actual = worst  # an attempt that may have reached the provider is charged (billing rule)
     try:
@@ -173,12 +212,11 @@ async def shadow_call(
         quality.budget.settle(expert=expert.name, worst_nanos=worst, actual_nanos=actual)
     metrics.shadow_cost.labels(expert.name).inc(actual / 1_000_000_000)
     if outcome.answer is None:
-        metrics.shadow_calls.labels(policy, expert.name, "failed").inc()
+        outcomes.labels(*arm, "failed").inc()
         return
-    metrics.shadow_calls.labels(policy, expert.name, "answered").inc()
+    outcomes.labels(*arm, "answered").inc()
     label(
         quality=quality,
-        policy=policy,
         task=task,
         score=score,
         local_text=local_text,
