@@ -3,7 +3,8 @@
 The gateway learns thresholds for policies with ``confidence.target`` and reports them
 in ``GET /v1/kascade/status`` under ``quality``; this module turns that entry into the
 policy's ``status.quality`` and names every threshold that moved since the status the
-operator last wrote (each becomes an Event).
+operator last wrote (each becomes an Event). A policy with A/B variants learns per
+variant (the gateway's entry has them under ``variants``); its entries then name it.
 """
 
 from __future__ import annotations
@@ -12,9 +13,41 @@ from typing import Any
 
 __all__ = ["policy_quality"]
 
+MAX_LEARNED = 64
+"""Entries kept in status.quality.learned (the API's bound)."""
+
 
 def _round(value: object) -> float | None:
     return round(float(value), 6) if isinstance(value, int | float) else None
+
+
+def _entries(figures: dict[str, Any], *, variant: str | None) -> list[dict[str, Any]]:
+    """One entry per task of one arm (the policy, or one of its variants)."""
+    out = []
+    for task, item in (figures.get("tasks") or {}).items():
+        entry: dict[str, Any] = {} if variant is None else {"variant": variant}
+        entry.update(
+            task=task,
+            threshold=_round(item.get("threshold")),
+            labels=int(item.get("labels") or 0),
+            localErrorEstimate=_round(item.get("localErrorEstimate")),
+            localErrorUpperBound=_round(item.get("localErrorUpperBound")),
+        )
+        out.append(entry)
+    return out
+
+
+def _arms(entry: dict[str, Any]) -> list[tuple[str | None, dict[str, Any]]]:
+    """(variant, figures) of each arm in the gateway's entry (variant None: the policy)."""
+    variants = entry.get("variants")
+    if isinstance(variants, dict):
+        return [(name, figures) for name, figures in variants.items() if isinstance(figures, dict)]
+    return [(None, entry)]
+
+
+def _where(item: dict[str, Any]) -> str:
+    variant = item.get("variant")
+    return f"task {item['task']}" if variant is None else f"variant {variant}, task {item['task']}"
 
 
 def policy_quality(
@@ -25,29 +58,27 @@ def policy_quality(
     entry = ((document or {}).get("quality") or {}).get(policy)
     if not isinstance(entry, dict):
         return None, []
-    learned = [
-        {
-            "task": task,
-            "threshold": _round(figures.get("threshold")),
-            "labels": int(figures.get("labels") or 0),
-            "localErrorEstimate": _round(figures.get("localErrorEstimate")),
-            "localErrorUpperBound": _round(figures.get("localErrorUpperBound")),
-        }
-        for task, figures in sorted(
-            (entry.get("tasks") or {}).items(), key=lambda kv: (kv[0] != "*", kv[0])
-        )
-    ][:64]
+    arms = _arms(entry)
+    if not arms:
+        return None, []
+    targets = {variant: figures.get("maxLocalErrorRate") for variant, figures in arms}
+    learned = [item for variant, figures in arms for item in _entries(figures, variant=variant)]
+    # Every arm's all-traffic entry first, so the bound never drops one.
+    learned.sort(key=lambda item: (item["task"] != "*", item.get("variant") or "", item["task"]))
+    learned = learned[:MAX_LEARNED]
     before = {
-        item.get("task"): item.get("threshold")
+        (item.get("variant"), item.get("task")): item.get("threshold")
         for item in ((previous or {}).get("quality") or {}).get("learned") or []
     }
     messages = [
-        f"Learned threshold for task {item['task']} moved from {before.get(item['task'])} to "
+        f"Learned threshold for {_where(item)} moved from {before.get(key)} to "
         f"{item['threshold']} on {item['labels']} labels (error estimate "
         f"{item['localErrorEstimate']}, upper bound {item['localErrorUpperBound']}; target "
-        f"{entry.get('maxLocalErrorRate')})"
+        f"{targets.get(item.get('variant'))})"
         for item in learned
-        if item["threshold"] is not None and before.get(item["task"]) != item["threshold"]
+        if item["threshold"] is not None
+        and before.get(key := (item.get("variant"), item["task"])) != item["threshold"]
     ]
-    quality = {"maxLocalErrorRate": entry.get("maxLocalErrorRate"), "learned": learned}
-    return quality, messages
+    # The operator compiles the policy's one target into every variant (the API has no
+    # per-variant target), so any arm's figure is the policy's.
+    return {"maxLocalErrorRate": arms[0][1].get("maxLocalErrorRate"), "learned": learned}, messages

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 from kascade.api.v1alpha1 import routingpolicy
 from kascade.controller import quality
 
@@ -64,3 +67,77 @@ def test_every_moved_threshold_is_named_once() -> None:
 def test_no_gateway_or_no_target_gives_nothing() -> None:
     assert quality.policy_quality(None, policy="chat", previous=None) == (None, [])
     assert quality.policy_quality(DOCUMENT, policy="other", previous=None) == (None, [])
+
+
+def _arm(threshold: float | None, labels: int, **tasks: Any) -> dict[str, Any]:
+    """One variant's figures as the gateway reports them."""
+    figures = {
+        "labels": labels,
+        "threshold": threshold,
+        "localErrorEstimate": None if threshold is None else 0.01,
+        "localErrorUpperBound": None if threshold is None else 0.05,
+    }
+    return {
+        "maxLocalErrorRate": 0.1,
+        "confidenceLevel": 0.9,
+        "tasks": {"*": figures, **tasks},
+    }
+
+
+VARIANTS = {
+    "quality": {
+        "chat": {
+            "variants": {
+                "tokens": _arm(0.85, 300),
+                "combined": _arm(
+                    0.3, 280, math={"labels": 60, "threshold": 0.25, "localErrorEstimate": 0.0}
+                ),
+            }
+        }
+    }
+}
+
+
+def test_each_variant_has_its_own_entries_all_traffic_first() -> None:
+    status, _ = quality.policy_quality(VARIANTS, policy="chat", previous=None)
+    assert status is not None
+    assert [(item["variant"], item["task"]) for item in status["learned"]] == [
+        ("combined", "*"),
+        ("tokens", "*"),
+        ("combined", "math"),
+    ]
+    assert [item["threshold"] for item in status["learned"]] == [0.3, 0.85, 0.25]
+    assert status["maxLocalErrorRate"] == 0.1
+    model = routingpolicy.QualityStatus.model_validate(status)
+    assert model.learned[1].variant == "tokens"
+
+
+def test_a_moved_variant_threshold_names_its_variant() -> None:
+    status, first = quality.policy_quality(VARIANTS, policy="chat", previous=None)
+    assert len(first) == 3
+    assert "variant tokens, task * moved from None to 0.85 on 300 labels" in first[1]
+    moved = copy.deepcopy(VARIANTS)
+    moved["quality"]["chat"]["variants"]["tokens"]["tasks"]["*"]["threshold"] = 0.9
+    _, changed = quality.policy_quality(moved, policy="chat", previous={"quality": status})
+    # Only the arm that moved: the other arm's '*' has its own previous value.
+    assert len(changed) == 1
+    assert "variant tokens, task * moved from 0.85 to 0.9" in changed[0]
+
+
+def test_a_policy_without_variants_has_no_variant_field() -> None:
+    status, messages = quality.policy_quality(DOCUMENT, policy="chat", previous=None)
+    assert status is not None
+    assert all("variant" not in item for item in status["learned"])
+    assert all("variant" not in message for message in messages)
+
+
+def test_the_entries_stay_within_the_bound_keeping_every_arms_all_traffic() -> None:
+    many = {f"t{i:02d}": {"labels": 10, "threshold": 0.5} for i in range(32)}
+    arms = {f"v{i}": _arm(0.5, 100, **many) for i in range(3)}
+    document = {"quality": {"chat": {"variants": arms}}}
+    status, _ = quality.policy_quality(document, policy="chat", previous=None)
+    assert status is not None
+    assert len(status["learned"]) == 64
+    assert [item["variant"] for item in status["learned"][:3]] == ["v0", "v1", "v2"]
+    assert all(item["task"] == "*" for item in status["learned"][:3])
+    routingpolicy.QualityStatus.model_validate(status)

@@ -799,6 +799,10 @@ class PolicyStats(common.KascadeModel):
 class LearnedThreshold(common.KascadeModel):
     """The threshold learned for one task (or '*' for all traffic) and what it rests on."""
 
+    variant: common.DnsLabel | None = None
+    """The variant (spec.variants) whose own labels this threshold is learned from; each
+    variant learns on its own. Unset for a policy without variants."""
+
     task: Annotated[str, pydantic.Field(max_length=253)]
     """Task label from the policy's rules, or '*' for all traffic."""
 
@@ -828,7 +832,7 @@ class QualityStatus(common.KascadeModel):
     learned: Annotated[list[LearnedThreshold], pydantic.Field(max_length=64)] = pydantic.Field(
         default_factory=list
     )
-    """One entry per task with labels ('*' first)."""
+    """One entry per task (and variant) with labels; every '*' entry first."""
 
 
 class RoutingPolicyStatus(common.KascadeModel):
