@@ -275,7 +275,7 @@ class TargetConfig(_Model):
     shadow_fraction: Probability = 0.1
     """Share of scored requests labelled (kept ones by a shadow call to the expert)."""
     max_shadow_budget_share: Probability = 0.1
-    """Most of an expert's budget limit shadow calls may spend."""
+    """Most of an expert's budget limit shadow calls may spend (the policy's arms together)."""
     window_labels: int = Field(default=1000, ge=10, le=100_000)
     """Labels kept per task (the most recent); older ones age out (drift)."""
     min_labels: int = Field(default=50, ge=10, le=100_000)
