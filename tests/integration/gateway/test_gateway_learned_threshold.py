@@ -240,7 +240,8 @@ async def test_each_variant_learns_its_own_threshold_from_its_own_labels(
     assert arms["echo"]["threshold"] == 0.05  # every answer right: keep (nearly) all
     assert arms["main"]["threshold"] >= 0.45  # its answers under 0.5 are mostly wrong
     assert arms["main"]["localErrorUpperBound"] <= 0.15
-    assert 1 - sum(kept_main[-40:]) / 40 <= 0.15  # the truth, once learned
+    assert len(kept_main) >= 30
+    assert 1 - sum(kept_main) / len(kept_main) <= 0.15  # the truth of what it kept
     requests = [line for line in gw.audit() if line["type"] == "request"]
     for name, arm in arms.items():
         last = [line for line in requests if line["variant"] == name][-1]
