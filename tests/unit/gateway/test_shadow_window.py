@@ -1,0 +1,181 @@
+"""The shadow-call share of an expert's budget follows the budget's window: what shadow
+calls spent in one window stops counting when the window rolls over (calendar day in
+the budget's time zone, rolling 24h), held reservations count until settled, and a
+randomised schedule over several windows never passes share x limit in any window."""
+
+from __future__ import annotations
+
+import calendar
+import datetime
+import random
+import zoneinfo
+
+import pytest
+
+from kascade.gateway import config as config_mod
+from kascade.gateway import ledger
+from kascade.gateway.route import shadow
+
+LIMIT = 1000
+SHARE = 0.2  # 200 nano-USD of shadow spend per window
+TARGET = config_mod.TargetConfig(
+    max_local_error_rate=0.1,
+    window_labels=1000,
+    min_labels=50,
+    shadow_fraction=1.0,
+    max_shadow_budget_share=SHARE,
+)
+ZONE = "America/New_York"  # UTC-5 in November: local midnight is 05:00 UTC
+
+
+class Clock:
+    """An injected clock the test moves by hand."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _utc(*parts: int) -> float:
+    return float(calendar.timegm((*parts, 0)[:6]))
+
+
+def _local(zone: str, *parts: int) -> float:
+    return datetime.datetime(*parts, tzinfo=zoneinfo.ZoneInfo(zone)).timestamp()
+
+
+def _arm(quality: shadow.Quality, variant: str | None = None) -> shadow.PolicyQuality:
+    return quality.policy(name="chat", variant=variant, target=TARGET)
+
+
+async def _spend(
+    arm: shadow.PolicyQuality, books: ledger.MemoryLedger, budget: ledger.Budget, nanos: int
+) -> bool:
+    """One shadow call of worst case and actual cost ``nanos``; False when refused."""
+    held = await arm.budget.admit(
+        ledger_backend=books, expert="e1", budget=budget, worst_nanos=nanos, request_id="r"
+    )
+    if held is None:
+        return False
+    await arm.budget.settle(ledger_backend=books, reservation=held, actual_nanos=nanos)
+    return True
+
+
+async def test_a_used_up_share_frees_up_at_local_midnight_of_the_budgets_zone() -> None:
+    clock = Clock(_local(ZONE, 2026, 11, 10, 9, 0))
+    books = ledger.MemoryLedger(clock=clock)
+    budget = ledger.Budget(limit_nanos=LIMIT, window="calendar-day", time_zone=ZONE)
+    arm = _arm(shadow.Quality())
+    assert await _spend(arm, books, budget, 150)
+    assert not await _spend(arm, books, budget, 100)  # 150 + 100 > 200
+    clock.now = _utc(2026, 11, 11, 0, 30)  # past UTC midnight, still Nov 10 in New York
+    assert not await _spend(arm, books, budget, 100)
+    clock.now = _local(ZONE, 2026, 11, 11, 0, 0, 1)  # the budget's day rolled over
+    assert await arm.budget.spent(ledger_backend=books, expert="e1", budget=budget) == 0
+    assert await _spend(arm, books, budget, 100)
+    assert await _spend(arm, books, budget, 100)
+    assert not await _spend(arm, books, budget, 1)  # and the new day's share holds
+
+
+async def test_a_used_up_share_frees_up_as_rolling_spend_ages_past_24_hours() -> None:
+    start = _utc(2026, 11, 10, 9, 0)
+    clock = Clock(start)
+    books = ledger.MemoryLedger(clock=clock)
+    budget = ledger.Budget(limit_nanos=LIMIT, window="rolling-24h")
+    arm = _arm(shadow.Quality())
+    assert await _spend(arm, books, budget, 200)
+    clock.now = start + 12 * 3600
+    assert not await _spend(arm, books, budget, 1)
+    clock.now = start + 86_400 - 120  # still within 24h of the spend
+    assert not await _spend(arm, books, budget, 1)
+    # The ledger keeps rolling spend in one-minute buckets and counts the oldest
+    # minute in full, so the spend drops out within a minute after 24h.
+    clock.now = start + 86_400 + 120
+    assert await _spend(arm, books, budget, 200)
+
+
+@pytest.mark.parametrize("window", ["calendar-day", "rolling-24h"])
+async def test_a_random_schedule_over_several_windows_never_passes_the_share(
+    window: ledger.Window,
+) -> None:
+    rng = random.Random(41)
+    clock = Clock(_local(ZONE, 2026, 11, 10, 0, 0))
+    books = ledger.MemoryLedger(clock=clock)
+    budget = ledger.Budget(limit_nanos=100_000, window=window, time_zone=ZONE)
+    quality = shadow.Quality(rng=rng.random)
+    arms = [_arm(quality, v) for v in ("a", "b")]  # the arms share one share
+    cap = SHARE * budget.limit_nanos
+    opened: list[tuple[shadow.PolicyQuality, ledger.Reservation, int, int]] = []
+    settled: list[tuple[float, str, int]] = []  # (when, admitted-in window, actual)
+    admitted_in: dict[str, int] = {}
+    refused_in: set[str] = set()
+    for _ in range(3000):
+        clock.now += rng.uniform(0, 400)  # about 2.5 days in all
+        key = ledger.window_key(window=window, now=clock.now, tz=ZONE)
+        arm = rng.choice(arms)
+        if rng.random() < 0.55:
+            worst = rng.randint(500, 4000)
+            held = await arm.budget.admit(
+                ledger_backend=books, expert="e1", budget=budget, worst_nanos=worst, request_id="r"
+            )
+            if held is None:
+                refused_in.add(key)
+                continue
+            admitted_in[key] = admitted_in.get(key, 0) + 1
+            opened.append((arm, held, worst, rng.randint(0, worst)))
+        elif opened:  # settle a random open call, possibly in a later window
+            owner, held, worst, actual = opened.pop(rng.randrange(len(opened)))
+            await owner.budget.settle(ledger_backend=books, reservation=held, actual_nanos=actual)
+            settled.append((clock.now, held.window_key, actual))
+        _assert_within_share(window, clock.now, cap, opened, settled)
+    assert len(admitted_in) >= 3 and len(refused_in) >= 3  # several windows hit the cap
+    assert all(key in admitted_in for key in refused_in)  # and each one still admitted first
+
+
+def _assert_within_share(
+    window: str,
+    now: float,
+    cap: float,
+    opened: list[tuple[shadow.PolicyQuality, ledger.Reservation, int, int]],
+    settled: list[tuple[float, str, int]],
+) -> None:
+    """Shadow spend plus what is held stays within the share in every window: per
+    calendar window (a call is charged to the window it was admitted in, as the ledger
+    charges the expert), or over the last 24 h (a call counts from its settlement)."""
+    if window == "rolling-24h":
+        recent = sum(actual for when, _, actual in settled if when > now - 86_400)
+        assert recent + sum(worst for _, _, worst, _ in opened) <= cap
+        return
+    per_window: dict[str, int] = {}
+    for _, key, actual in settled:
+        per_window[key] = per_window.get(key, 0) + actual
+    for _, held, worst, _ in opened:
+        per_window[held.window_key] = per_window.get(held.window_key, 0) + worst
+    assert all(total <= cap for total in per_window.values())
+
+
+async def test_a_reservation_held_across_midnight_is_settled_in_its_own_window() -> None:
+    clock = Clock(_local(ZONE, 2026, 11, 10, 23, 59))
+    books = ledger.MemoryLedger(clock=clock)
+    budget = ledger.Budget(limit_nanos=LIMIT, window="calendar-day", time_zone=ZONE)
+    arm = _arm(shadow.Quality())
+    late = await arm.budget.admit(
+        ledger_backend=books, expert="e1", budget=budget, worst_nanos=150, request_id="late"
+    )
+    assert late is not None
+    assert not await _spend(arm, books, budget, 100)  # the held worst case counts
+    clock.now = _local(ZONE, 2026, 11, 11, 0, 1)
+    assert await _spend(arm, books, budget, 200)  # a new day: the whole share again
+    await arm.budget.settle(ledger_backend=books, reservation=late, actual_nanos=40)
+    # The late call is charged to the day it was admitted in: the new day keeps
+    # exactly its own 200, and nothing stays held.
+    snap = await books.snapshot(expert=arm.budget.book(expert="e1", budget=budget).name, budget=budget)
+    assert (snap.spent_nanos, snap.reserved_nanos) == (200, 0)
+    clock.now = _local(ZONE, 2026, 11, 10, 23, 59, 30)  # and the day before has its 40
+    snap = await books.snapshot(expert=snap.expert, budget=budget)
+    assert (snap.spent_nanos, snap.reserved_nanos) == (40, 0)
+    clock.now = _local(ZONE, 2026, 11, 12, 0, 1)
+    assert await arm.budget.spent(ledger_backend=books, expert="e1", budget=budget) == 0
+    assert await _spend(arm, books, budget, 200)  # no leak into the day after either
