@@ -157,7 +157,10 @@ async def test_shadow_calls_never_spend_past_their_share_of_the_budget(
     quality = gw.state.quality.policy(
         name="default", target=gw.state.runtime.policies["default"].config.confidence.target
     )
-    spent_nanos = quality.budget.spent("e1")
+    e1 = gw.state.experts["e1"]
+    spent_nanos = await quality.budget.spent(
+        ledger_backend=gw.state.escalator.ledger, expert="e1", budget=e1.budget
+    )
     assert 0 < spent_nanos <= share * limit_usd * 1e9
     async with http.get(f"{gw.url}/metrics") as resp:
         text = await resp.text()

@@ -120,32 +120,3 @@ def test_a_task_with_enough_labels_gets_its_own_threshold() -> None:
     status = cal.status()
     assert status["math"]["labels"] == 400
     assert status["*"]["labels"] == 1000  # the window of all traffic
-
-
-def test_shadow_spend_never_exceeds_its_share_under_a_random_schedule() -> None:
-    rng = random.Random(5)
-    budget = calibration.ShadowBudget(fraction=0.3, share=0.2, rng=rng.random)
-    limit = 1_000_000
-    open_calls: list[tuple[int, int]] = []
-    admitted = refused = 0
-    for _ in range(5000):
-        if rng.random() < 0.5 and budget.sample():
-            worst = rng.randint(1000, 20000)
-            if budget.admit(expert="e1", worst_nanos=worst, limit_nanos=limit):
-                admitted += 1
-                open_calls.append((worst, rng.randint(0, worst)))
-            else:
-                refused += 1
-        elif open_calls:  # settle a random open call
-            worst, actual = open_calls.pop(rng.randrange(len(open_calls)))
-            budget.settle(expert="e1", worst_nanos=worst, actual_nanos=actual)
-        held = sum(w for w, _ in open_calls)
-        assert budget.spent("e1") + held <= 0.2 * limit
-    assert admitted > 10
-    assert refused > 0  # the cap was reached and held
-
-
-def test_sampling_draws_about_the_declared_fraction() -> None:
-    budget = calibration.ShadowBudget(fraction=0.25, share=1.0, rng=random.Random(6).random)
-    drawn = sum(budget.sample() for _ in range(4000))
-    assert 900 <= drawn <= 1100

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kascade.gateway import config as config_mod
+from kascade.gateway import ledger
 from kascade.gateway.observe import audit as audit_mod
 from kascade.gateway.observe import metrics as metrics_mod
 from kascade.gateway.route import shadow
@@ -142,48 +143,59 @@ def test_status_shows_only_the_arms_that_serve_now() -> None:
     }
 
 
-def test_the_arms_shadow_calls_together_never_pass_the_policys_share() -> None:
+async def test_the_arms_shadow_calls_together_never_pass_the_policys_share() -> None:
     rng = random.Random(24)
     quality = shadow.Quality(rng=rng.random)
     target = TARGET.model_copy(update={"shadow_fraction": 0.5})
     arms = [quality.policy(name="chat", variant=v, target=target) for v in ("a", "b", "c")]
-    share, limit = 0.2, 1_000_000
-    open_calls: list[tuple[shadow.PolicyQuality, int, int]] = []
+    share, books = 0.2, ledger.MemoryLedger(clock=lambda: 1_800_000_000.0)
+    budget = ledger.Budget(limit_nanos=1_000_000, window="calendar-month")
+    open_calls: list[tuple[shadow.PolicyQuality, ledger.Reservation, int, int]] = []
     admitted: dict[str | None, int] = {}
     refused = settled = 0
     for _ in range(6000):
         arm = rng.choice(arms)
         if rng.random() < 0.5 and arm.budget.sample():
             worst = rng.randint(1000, 20000)
-            if arm.budget.admit(expert="e1", worst_nanos=worst, limit_nanos=limit):
+            held = await arm.budget.admit(
+                ledger_backend=books, expert="e1", budget=budget, worst_nanos=worst, request_id="r"
+            )
+            if held is not None:
                 admitted[arm.variant] = admitted.get(arm.variant, 0) + 1
-                open_calls.append((arm, worst, rng.randint(0, worst)))
+                open_calls.append((arm, held, worst, rng.randint(0, worst)))
             else:
                 refused += 1
         elif open_calls:  # settle a random open call, on the arm that made it
-            owner, worst, actual = open_calls.pop(rng.randrange(len(open_calls)))
-            owner.budget.settle(expert="e1", worst_nanos=worst, actual_nanos=actual)
+            owner, held, worst, actual = open_calls.pop(rng.randrange(len(open_calls)))
+            await owner.budget.settle(ledger_backend=books, reservation=held, actual_nanos=actual)
             settled += actual
-        held = sum(worst for _, worst, _ in open_calls)
+        held_total = sum(worst for _, _, worst, _ in open_calls)
         # What the three arms spent and hold together stays within the one declared
         # share (three arms do not get three shares), and every arm reports that total.
-        assert settled + held <= share * limit
-        assert {arm.budget.spent("e1") for arm in arms} == {settled}
+        assert settled + held_total <= share * budget.limit_nanos
+        spent = {
+            await arm.budget.spent(ledger_backend=books, expert="e1", budget=budget) for arm in arms
+        }
+        assert spent == {settled}
     assert set(admitted) == {"a", "b", "c"}
     assert refused > 0  # the cap was reached and held
-    assert settled > share * limit - 2 * 20000  # and nearly all of it was used
+    assert settled > share * budget.limit_nanos - 2 * 20000  # and nearly all of it was used
 
 
-def test_a_new_target_on_one_arm_keeps_the_policys_shadow_spend() -> None:
+async def test_a_new_target_on_one_arm_keeps_the_policys_shadow_spend() -> None:
     quality = shadow.Quality()
+    books = ledger.MemoryLedger(clock=lambda: 1_800_000_000.0)
+    budget = ledger.Budget(limit_nanos=1000, window="calendar-month")
+    kwargs: dict[str, Any] = {"ledger_backend": books, "expert": "e1", "budget": budget}
     a = quality.policy(name="chat", variant="a", target=TARGET)
-    assert a.budget.admit(expert="e1", worst_nanos=150, limit_nanos=1000)
-    a.budget.settle(expert="e1", worst_nanos=150, actual_nanos=150)
+    held = await a.budget.admit(worst_nanos=150, request_id="r", **kwargs)
+    assert held is not None
+    await a.budget.settle(ledger_backend=books, reservation=held, actual_nanos=150)
     renewed = quality.policy(
         name="chat", variant="a", target=TARGET.model_copy(update={"min_labels": 60})
     )
     # 150 of the 200 allowed are spent already: a fresh arm state does not forget them.
-    assert renewed.budget.spent("e1") == 150
-    assert not renewed.budget.admit(expert="e1", worst_nanos=100, limit_nanos=1000)
+    assert await renewed.budget.spent(**kwargs) == 150
+    assert await renewed.budget.admit(worst_nanos=100, request_id="r", **kwargs) is None
     other = quality.policy(name="other", target=TARGET)
-    assert other.budget.spent("e1") == 0  # another policy has its own share
+    assert await other.budget.spent(**kwargs) == 0  # another policy has its own share

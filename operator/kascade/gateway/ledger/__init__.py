@@ -35,6 +35,7 @@ from kascade.gateway.ledger._records import (
 )
 from kascade.gateway.ledger._redis_ledger import RedisLedger
 from kascade.gateway.ledger._redis_throttle import RedisThrottle
+from kascade.gateway.ledger._windows import window_key
 
 __all__ = [
     "MAX_NANOS",
@@ -59,4 +60,5 @@ __all__ = [
     "nanos_to_usd",
     "open_backends",
     "usd_to_nanos",
+    "window_key",
 ]

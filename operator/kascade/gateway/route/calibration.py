@@ -34,14 +34,10 @@ import bisect
 import collections
 import dataclasses
 import math
-import random
-from collections.abc import Callable
 
 __all__ = [
     "Calibrator",
     "Learned",
-    "ShadowBudget",
-    "ShadowSpend",
     "choose_threshold",
     "clopper_pearson_upper",
 ]
@@ -173,58 +169,3 @@ class Calibrator:
                 "localErrorUpperBound": learned.upper_bound if learned else None,
             }
         return out
-
-
-class ShadowSpend:
-    """What shadow calls to each expert have spent and hold reserved: one per policy,
-    shared by its A/B arms (see ``ShadowBudget``)."""
-
-    def __init__(self) -> None:
-        self.spent: dict[str, int] = {}
-        self.held: dict[str, int] = {}
-
-
-class ShadowBudget:
-    """Which requests get a shadow call, and the cap on what shadow calls may spend.
-
-    ``sample`` draws each request with probability ``fraction`` (uniform, so labels are
-    an unbiased sample). ``admit`` lets a shadow call start only when the shadow spend
-    so far plus its worst case stays within ``share`` of the expert's budget limit; the
-    worst case is held until ``settle`` replaces it with the actual cost, so concurrent
-    shadow calls cannot overshoot together. Budgets given one ``spend`` (the arms of one
-    policy) count every call against that one total.
-    """
-
-    def __init__(
-        self,
-        *,
-        fraction: float,
-        share: float,
-        rng: Callable[[], float] | None = None,
-        spend: ShadowSpend | None = None,
-    ) -> None:
-        self._fraction = fraction
-        self._share = share
-        self._rng = rng or random.Random().random
-        self._spend = spend or ShadowSpend()
-
-    def sample(self) -> bool:
-        """Whether this request is in the labelled sample."""
-        return self._rng() < self._fraction
-
-    def admit(self, *, expert: str, worst_nanos: int, limit_nanos: int) -> bool:
-        """Reserves ``worst_nanos`` of the shadow share, or refuses."""
-        spent, held = self._spend.spent, self._spend.held
-        if spent.get(expert, 0) + held.get(expert, 0) + worst_nanos > self._share * limit_nanos:
-            return False
-        held[expert] = held.get(expert, 0) + worst_nanos
-        return True
-
-    def settle(self, *, expert: str, worst_nanos: int, actual_nanos: int) -> None:
-        """Replaces a reservation made by ``admit`` with the actual cost."""
-        self._spend.held[expert] = self._spend.held.get(expert, 0) - worst_nanos
-        self._spend.spent[expert] = self._spend.spent.get(expert, 0) + actual_nanos
-
-    def spent(self, expert: str) -> int:
-        """Nano-USD shadow calls to ``expert`` have cost so far (all sharing arms)."""
-        return self._spend.spent.get(expert, 0)

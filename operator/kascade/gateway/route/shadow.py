@@ -21,29 +21,124 @@ pooled in one calibrator would give a threshold that holds the target for neithe
 arm). The arms share one shadow spend per expert: the promise is per policy ("shadow
 calls never spend more than ``maxShadowBudgetShare`` of the expert's budget"), and a
 calibrator per arm with a budget per arm would let N arms spend N shares. The spend
-count outlives a changed target (a new target must not buy a fresh share).
+outlives a changed target (a new target must not buy a fresh share).
+
+Shadow spend is kept in the gateway's own ledger, in a book per (policy, expert)
+(``shadow/<policy>/<expert>``) whose limit is the share of the expert's limit in the
+expert's window and time zone. So the share is per budget window, as the budget is
+(a share used up today frees up at the budget's next midnight, or as rolling spend
+ages past 24 h, so labels and the learned threshold keep following traffic); held
+worst cases count until settled; a call is charged to its window exactly as the
+ledger charges the expert; and with the Redis ledger the count is one for all gateway
+replicas and survives restarts (the in-memory ledger: one replica, checkpointed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
+import random
 from collections.abc import Callable, Collection
 from typing import Any
 
 from kascade.gateway import config as config_mod
+from kascade.gateway import ledger
 from kascade.gateway.experts import escalation
 from kascade.gateway.observe import audit as audit_mod
 from kascade.gateway.observe import metrics as metrics_mod
 from kascade.gateway.route import answer_match, calibration
 
-__all__ = ["PolicyQuality", "Quality"]
+__all__ = ["BOOK_PREFIX", "PolicyQuality", "Quality", "ShadowBudget"]
 
 log = logging.getLogger("kascade.gateway")
 
 Arm = tuple[str, str | None]
 """(policy, variant): the unit that learns (variant None for a policy without any)."""
+
+BOOK_PREFIX = "shadow/"
+"""Ledger books of shadow spend; `/` never occurs in an expert (Kubernetes object) name,
+and tenants' books start with ``tenant/``."""
+
+
+class ShadowBudget:
+    """Which requests get a shadow call, and the cap on what shadow calls may spend.
+
+    ``sample`` draws each request with probability ``fraction`` (uniform, so labels are
+    an unbiased sample). ``admit`` reserves a shadow call's worst case in the policy's
+    shadow book of the expert (see the module docstring) only when the shadow spend of
+    the current window plus what is held plus this worst case stays within ``share``
+    of the expert's budget limit; ``settle`` replaces it with the actual cost. Budgets
+    of one ``policy`` (its A/B arms) write the same book, so they share one cap.
+    """
+
+    def __init__(
+        self,
+        *,
+        fraction: float,
+        share: float,
+        policy: str,
+        rng: Callable[[], float] | None = None,
+    ) -> None:
+        self._fraction = fraction
+        self._share = share
+        self._policy = policy
+        self._rng = rng or random.Random().random
+
+    def sample(self) -> bool:
+        """Whether this request is in the labelled sample."""
+        return self._rng() < self._fraction
+
+    def book(self, *, expert: str, budget: ledger.Budget) -> ledger.Book:
+        """The policy's shadow book of ``expert``: the share of its limit, per its window."""
+        name = f"{BOOK_PREFIX}{self._policy}/{expert}"
+        cap = int(self._share * budget.limit_nanos)  # spend <= share * limit, in integers
+        shadow = dataclasses.replace(budget, limit_nanos=cap)
+        try:
+            return ledger.Book(name=name, budget=shadow)
+        except ValueError:  # too long for a ledger key (or odd characters): a digest is not
+            digest = hashlib.sha256(name.encode()).hexdigest()
+            return ledger.Book(name=BOOK_PREFIX + digest, budget=shadow)
+
+    async def admit(
+        self,
+        *,
+        ledger_backend: ledger.Ledger,
+        expert: str,
+        budget: ledger.Budget,
+        worst_nanos: int,
+        request_id: str,
+    ) -> ledger.Reservation | None:
+        """Reserves ``worst_nanos`` of the share, or None when the share cannot hold it;
+        raises ``LedgerUnavailable`` when the ledger is down."""
+        book = self.book(expert=expert, budget=budget)
+        if worst_nanos > book.budget.limit_nanos:
+            return None  # refused without asking (and above the ledger's maximum)
+        try:
+            return await ledger_backend.reserve(
+                expert=book.name,
+                budget=book.budget,
+                amount_nanos=worst_nanos,
+                request_id=request_id,
+            )
+        except ledger.BudgetExhausted:
+            return None
+
+    async def settle(
+        self, *, ledger_backend: ledger.Ledger, reservation: ledger.Reservation, actual_nanos: int
+    ) -> None:
+        """Replaces a reservation made by ``admit`` with the actual cost (charged to the
+        window it was admitted in, as the ledger charges the expert)."""
+        await ledger_backend.settle(reservation, actual_nanos=actual_nanos)
+
+    async def spent(
+        self, *, ledger_backend: ledger.Ledger, expert: str, budget: ledger.Budget
+    ) -> int:
+        """Nano-USD shadow calls to ``expert`` cost in its current window (all arms)."""
+        book = self.book(expert=expert, budget=budget)
+        snap = await ledger_backend.snapshot(expert=book.name, budget=book.budget)
+        return snap.spent_nanos
 
 
 @dataclasses.dataclass
@@ -52,7 +147,7 @@ class PolicyQuality:
 
     target: config_mod.TargetConfig
     calibrator: calibration.Calibrator
-    budget: calibration.ShadowBudget
+    budget: ShadowBudget
     policy: str
     variant: str | None
     """The A/B arm (None for a policy without variants)."""
@@ -64,7 +159,6 @@ class Quality:
     def __init__(self, *, rng: Callable[[], float] | None = None) -> None:
         self._rng = rng
         self._arms: dict[Arm, PolicyQuality] = {}
-        self._spend: dict[str, calibration.ShadowSpend] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         """Shadow calls in flight (held so they are not garbage-collected mid-call)."""
 
@@ -72,7 +166,7 @@ class Quality:
         self, *, name: str, target: config_mod.TargetConfig, variant: str | None = None
     ) -> PolicyQuality:
         """The state of the arm (``name``, ``variant``); new when the target is new or
-        changed (the policy's shadow spend carries over)."""
+        changed (the policy's shadow spend carries over: it is in the ledger)."""
         found = self._arms.get((name, variant))
         if found is None or found.target != target:
             found = self._arms[(name, variant)] = PolicyQuality(
@@ -83,11 +177,11 @@ class Quality:
                     window=target.window_labels,
                     min_labels=target.min_labels,
                 ),
-                budget=calibration.ShadowBudget(
+                budget=ShadowBudget(
                     fraction=target.shadow_fraction,
                     share=target.max_shadow_budget_share,
+                    policy=name,
                     rng=self._rng,
-                    spend=self._spend.setdefault(name, calibration.ShadowSpend()),
                 ),
                 policy=name,
                 variant=variant,
@@ -195,13 +289,23 @@ async def shadow_call(
     audit: audit_mod.AuditLog,
 ) -> None:
     """Asks ``expert`` in the background and labels the local answer with its answer;
-    refused when it could take shadow spend past the policy's share of the budget."""
+    refused when it could take the window's shadow spend past the policy's share."""
     outcomes = metrics.shadow_calls
     arm = (quality.policy, quality.variant or "", expert.name)
     worst = escalator.worst_case(expert=expert, call=call)
-    if not quality.budget.admit(
-        expert=expert.name, worst_nanos=worst, limit_nanos=expert.budget.limit_nanos
-    ):
+    share = quality.budget
+    try:
+        held = await share.admit(
+            ledger_backend=escalator.ledger,
+            expert=expert.name,
+            budget=expert.budget,
+            worst_nanos=worst,
+            request_id=call.request_id,
+        )
+    except ledger.LedgerUnavailable:
+        outcomes.labels(*arm, "ledger_unavailable").inc()  # fail closed, as escalation does
+        return
+    if held is None:
         outcomes.labels(*arm, "refused_share").inc()
         return
     actual = worst  # an attempt that may have reached the provider is charged (billing rule)
@@ -209,7 +313,7 @@ async def shadow_call(
         outcome = await escalator.run(experts=[expert], call=call)
         actual = outcome.cost_nanos
     finally:
-        quality.budget.settle(expert=expert.name, worst_nanos=worst, actual_nanos=actual)
+        await _settle_share(share, escalator.ledger, held, actual)
     metrics.shadow_cost.labels(expert.name).inc(actual / 1_000_000_000)
     if outcome.answer is None:
         outcomes.labels(*arm, "failed").inc()
@@ -224,3 +328,17 @@ async def shadow_call(
         metrics=metrics,
         audit=audit,
     )
+
+
+async def _settle_share(
+    share: ShadowBudget, ledger_backend: ledger.Ledger, held: ledger.Reservation, actual: int
+) -> None:
+    """Settles the shadow book, shielded: a shadow call cancelled at shutdown still
+    settles. If the ledger is down the hold expires into worst-case spend after the
+    reservation TTL (conservative: the share is never overrun, only used early)."""
+    try:
+        await asyncio.shield(
+            share.settle(ledger_backend=ledger_backend, reservation=held, actual_nanos=actual)
+        )
+    except ledger.LedgerUnavailable:
+        log.warning("Shadow share not settled (ledger unavailable) book=%s", held.expert)
