@@ -202,8 +202,8 @@ class ConfidenceTargetSpec(common.KascadeModel):
     max_shadow_budget_share: common.Fraction = pydantic.Field(
         default=0.1, alias="maxShadowBudgetShare"
     )
-    """Most of the first expert's budget limit that shadow calls may spend (all the
-    policy's variants together)."""
+    """Most of the first expert's budget limit that shadow calls may spend per budget
+    window (all the policy's variants and gateway replicas together)."""
 
     window_labels: int = pydantic.Field(default=1000, ge=10, le=100_000, alias="windowLabels")
     """Most recent labels kept per task; older ones age out so the threshold follows drift."""

@@ -321,7 +321,8 @@ class Metrics:
         )
         self.shadow_calls = Counter(
             "kascade_shadow_calls_total",
-            "Shadow calls to experts by outcome (answered, refused_share, failed).",
+            "Shadow calls to experts by outcome "
+            "(answered, refused_share, ledger_unavailable, failed).",
             ["policy", "variant", "expert", "outcome"],
             registry=r,
         )
