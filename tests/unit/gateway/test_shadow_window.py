@@ -9,11 +9,16 @@ import calendar
 import datetime
 import random
 import zoneinfo
+from pathlib import Path
 
+import aiohttp
 import pytest
 
 from kascade.gateway import config as config_mod
 from kascade.gateway import ledger
+from kascade.gateway.experts import escalation, providers
+from kascade.gateway.observe import audit as audit_mod
+from kascade.gateway.observe import metrics as metrics_mod
 from kascade.gateway.route import shadow
 
 LIMIT = 1000
@@ -194,3 +199,61 @@ def test_sampling_draws_about_the_declared_fraction() -> None:
     )
     drawn = sum(budget.sample() for _ in range(4000))
     assert 900 <= drawn <= 1100
+
+
+async def test_a_shadow_call_is_not_made_while_the_ledger_is_down(tmp_path: Path) -> None:
+    books = ledger.MemoryLedger()
+    await books.close()  # every operation now raises LedgerUnavailable
+    metrics = metrics_mod.Metrics()
+    config = config_mod.ExpertConfig.model_validate(
+        {
+            "provider": "openai",
+            "endpoint": "http://127.0.0.1:9",
+            "model": "m",
+            "pricing": {"inputPerMillionTokens": 1.0, "outputPerMillionTokens": 2.0},
+            "budget": {"limitUSD": 1.0, "window": "calendar-day"},
+        }
+    )
+    call = escalation.Call(
+        request_id="r",
+        messages=[{"role": "user", "content": "hi"}],
+        params={},
+        requested_max_tokens=10,
+        prompt_bound=10,
+        prompt_estimate=2,
+        raw_personal_data=False,
+        max_cost_nanos=None,
+    )
+    async with aiohttp.ClientSession() as session:
+        escalator = escalation.Escalator(
+            session=session,
+            ledger_backend=books,
+            throttle=ledger.MemoryThrottle(),
+            credentials=providers.Credentials(),
+            metrics=metrics,
+        )
+        await shadow.shadow_call(
+            quality=_arm(shadow.Quality()),
+            escalator=escalator,
+            expert=escalation.ExpertState.build(name="e1", config=config),
+            call=call,
+            task=None,
+            score=0.9,
+            local_text="42",
+            metrics=metrics,
+            audit=audit_mod.AuditLog(path=str(tmp_path / "audit.jsonl")),
+        )
+    labels = {"policy": "chat", "variant": "", "expert": "e1"}
+    sample = metrics.registry.get_sample_value
+    assert sample("kascade_shadow_calls_total", {**labels, "outcome": "ledger_unavailable"}) == 1
+    assert sample("kascade_shadow_calls_total", {**labels, "outcome": "failed"}) is None
+
+
+def test_a_policy_name_too_long_for_a_ledger_key_gets_a_digest_book() -> None:
+    budget = ledger.Budget(limit_nanos=LIMIT, window="calendar-day", time_zone=ZONE)
+    share = shadow.ShadowBudget(fraction=1.0, share=SHARE, policy="p" * 300)
+    e1, e2 = (share.book(expert=e, budget=budget) for e in ("e1", "e2"))
+    assert e1.name.startswith(shadow.BOOK_PREFIX)
+    assert len(e1.name) <= 253
+    assert e1.name != e2.name  # still one book per (policy, expert)
+    assert e1.budget == ledger.Budget(limit_nanos=200, window="calendar-day", time_zone=ZONE)
