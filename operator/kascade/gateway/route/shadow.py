@@ -8,12 +8,13 @@ sample with probability ``shadowFraction``, whatever its route:
 - drawn and kept local: a background *shadow* call asks the policy's first expert
   (through the escalator: reserve, throttle, call, settle, so the expert's budget and
   the billing rule hold), within ``maxShadowBudgetShare`` of that expert's budget
-  limit; the caller never waits for it.
+  limit per budget window; the caller never waits for it.
 
 A label is ``answer_match.agree(local, expert)``. Every change of a learned threshold
 is a log line and an audit line (``type: threshold``) and moves the
-``kascade_learned_threshold`` gauge. State is per gateway replica (each replica learns
-from its own traffic) and starts again when the target changes.
+``kascade_learned_threshold`` gauge. Learning state is per gateway replica (each
+replica learns from its own traffic) and starts again when the target changes; the
+shadow spend is the ledger's (below).
 
 A/B variants: each arm of a policy (``spec.variants``) learns on its own labels, so an
 arm's threshold rests only on scores of its own method and local pool (two scales
@@ -97,7 +98,7 @@ class ShadowBudget:
         shadow = dataclasses.replace(budget, limit_nanos=cap)
         try:
             return ledger.Book(name=name, budget=shadow)
-        except ValueError:  # too long for a ledger key (or odd characters): a digest is not
+        except ValueError:  # too long for a ledger key (or odd characters): use a digest
             digest = hashlib.sha256(name.encode()).hexdigest()
             return ledger.Book(name=BOOK_PREFIX + digest, budget=shadow)
 
