@@ -1,5 +1,5 @@
 """The learned threshold: Clopper-Pearson bounds, fixed-sequence choice, convergence
-on synthetic streams with known error rates, drift, and the shadow spend cap."""
+on synthetic streams with known error rates and drift (the shadow spend cap: test_shadow_window)."""
 
 from __future__ import annotations
 
