@@ -81,14 +81,22 @@ def load_items(*, quick: bool) -> list[dict[str, Any]]:
 
 
 def answer_items(
-    *, items: Sequence[dict[str, Any]], source: str, threads: int, max_tokens: int
+    *,
+    items: Sequence[dict[str, Any]],
+    source: str,
+    threads: int,
+    max_tokens: int,
+    chat_template: str | None = None,
+    stops: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    """Runs every item through the serving runtime; returns graded records."""
+    """Runs every item through the serving runtime; returns graded records.
+    ``chat_template`` is a pool's ``model.chatTemplate`` (else the model's own, as a
+    pool without one uses); ``stops`` are the request's ``stop`` sequences."""
     runtime = llama_cpp.LlamaCppRuntime(
         model_path=sources.resolve_source(source=source),
         context_length=2048,
         n_threads=threads,
-        chat_template=sources.builtin_chat_template(source),
+        chat_template=chat_template or sources.builtin_chat_template(source),
     )
     params = base.SamplingParams(max_tokens=max_tokens, temperature=0.0)
     records = []
@@ -98,7 +106,7 @@ def answer_items(
             prompt = runtime.prompt_tokens(
                 messages=[base.Message(role="user", content=item["question"])]
             )
-            text, finished = _generate(runtime=runtime, prompt=prompt, params=params)
+            text, finished = _generate(runtime=runtime, prompt=prompt, params=params, stops=stops)
             records.append(
                 {
                     **item,
@@ -119,14 +127,18 @@ def answer_items(
 
 
 def _generate(
-    *, runtime: llama_cpp.LlamaCppRuntime, prompt: list[int], params: base.SamplingParams
+    *,
+    runtime: llama_cpp.LlamaCppRuntime,
+    prompt: list[int],
+    params: base.SamplingParams,
+    stops: Sequence[str] = (),
 ) -> tuple[str, generation.Finished]:
     parts: list[str] = []
     for event in generation.run_generation(
         runtime=runtime,
         prompt=prompt,
         params=params,
-        stops=[],
+        stops=list(stops),
         method=config.ConfidenceMethod.MEAN_TOKEN_PROB,
         cancel=threading.Event(),
     ):
@@ -458,14 +470,27 @@ def plot(
     return True
 
 
-def main() -> None:
-    """Runs the bench; the last printed line is the summary JSON."""
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only the 70 quick items")
     parser.add_argument("--model", default="builtin://smollm2-135m-instruct")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--bootstrap", type=int, default=500)
+    parser.add_argument(
+        "--chat-template",
+        type=pathlib.Path,
+        help="a Jinja file used as the pool's model.chatTemplate (default: the model's own)",
+    )
+    parser.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        help="a stop sequence the requests send (OpenAI 'stop'; repeatable; \\n for newline)",
+    )
+    parser.add_argument(
+        "--name", help="results file stem (default: from the model name)", default=None
+    )
     parser.add_argument(
         "--out", type=pathlib.Path, default=pathlib.Path(__file__).with_name("results")
     )
@@ -480,8 +505,15 @@ def main() -> None:
         type=pathlib.Path,
         help="re-score the answers a previous run saved (*.answers.jsonl) instead of generating",
     )
-    args = parser.parse_args()
-    stem = args.model.split("://")[-1].replace("/", "_") + ("-quick" if args.quick else "")
+    return parser.parse_args()
+
+
+def main() -> None:
+    """Runs the bench; the last printed line is the summary JSON."""
+    args = _parse_args()
+    stem = (args.name or args.model.split("://")[-1].replace("/", "_")) + (
+        "-quick" if args.quick else ""
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     if args.answers is not None:
         raw = [json.loads(line) for line in args.answers.read_text(encoding="utf-8").splitlines()]
@@ -490,7 +522,14 @@ def main() -> None:
         items = load_items(quick=args.quick)
         _log(f"{len(items)} items, model {args.model}, max_tokens {args.max_tokens}")
         raw = answer_items(
-            items=items, source=args.model, threads=args.threads, max_tokens=args.max_tokens
+            items=items,
+            source=args.model,
+            threads=args.threads,
+            max_tokens=args.max_tokens,
+            chat_template=(
+                args.chat_template.read_text(encoding="utf-8") if args.chat_template else None
+            ),
+            stops=[stop.replace("\\n", "\n") for stop in args.stop],
         )
         (args.out / f"routing_quality_{stem}.answers.jsonl").write_text(
             "".join(json.dumps(r, sort_keys=True) + "\n" for r in raw), encoding="utf-8"
@@ -505,6 +544,8 @@ def main() -> None:
         half=split_halves(records),
     )
     summary["model"] = args.model
+    summary["chat_template"] = str(args.chat_template) if args.chat_template else None
+    summary["stops"] = args.stop
     png = args.out / f"routing_quality_{stem}.png"
     plotted = plot(records=records, summary=summary, scores=scores, path=png)
     (args.out / f"routing_quality_{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
