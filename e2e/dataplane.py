@@ -14,6 +14,7 @@ in-cluster Service DNS names of pools replaced by the local Serve address.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.server
 import json
 import os
@@ -24,9 +25,11 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from tests.testkit import free_port, wait_for_port
 
 KubectlRunner = Callable[..., "subprocess.CompletedProcess[str]"]
 
@@ -506,3 +509,55 @@ def write_secret_dir(path: Path, files: dict[str, str], *, version: int) -> None
     for name in files:
         if not (path / name).is_symlink():
             os.symlink(f"..data/{name}", path / name)
+
+
+SMOLLM_POOL = """\
+apiVersion: kascade.io/v1alpha1
+kind: LocalModelPool
+metadata: {name: tiny}
+spec:
+  model: {runtime: llama-cpp, source: "builtin://smollm2-135m-instruct"}
+  replicas: {min: 1, max: 1}
+  resources: {cpu: "1", memory: 1Gi}
+"""
+"""A one-replica SmolLM2 pool named ``tiny`` (its endpoint is replaced by a sim-expert
+acting as a pool where a test runs the gateway with ``pools_at``)."""
+
+
+def sim_expert_manifest(*, name: str, port: int, pricing: dict[str, float]) -> str:
+    """A CloudExpert for a local ``kascade sim-expert`` (OpenAI-compatible, $100 a day)."""
+    return (
+        "apiVersion: kascade.io/v1alpha1\n"
+        "kind: CloudExpert\n"
+        f"metadata: {{name: {name}}}\n"
+        "spec:\n"
+        "  provider: openai-compatible\n"
+        f"  endpoint: http://127.0.0.1:{port}\n"
+        "  allowInsecureHttp: true\n"
+        "  model: sim-large\n"
+        f"  pricing: {json.dumps(pricing)}\n"
+        "  budget: {limitUSD: 100, window: calendar-day}\n"
+    )
+
+
+@contextlib.contextmanager
+def running_sims(*args: list[str]) -> Iterator[list[int]]:
+    """One ``kascade sim-expert`` per argument list, each on a free port; yields the
+    ports once all listen, and stops them after."""
+    ports = [free_port() for _ in args]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "kascade.cli", "sim-expert", "--port", str(port), *extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for port, extra in zip(ports, args, strict=True)
+    ]
+    try:
+        for port in ports:
+            wait_for_port(port)
+        yield ports
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=10)

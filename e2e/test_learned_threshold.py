@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 import textwrap
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from tests.testkit import KubectlRunner, free_port, wait_for_port
+from tests.testkit import KubectlRunner, free_port
 
 from e2e import dataplane
 from e2e import operator_support as ops
@@ -43,27 +41,10 @@ PER_ARM = 160
 
 
 def _manifests(*, expert_port: int) -> str:
-    return textwrap.dedent(
+    pricing = {"inputPerMillionTokens": 1, "outputPerMillionTokens": 2}
+    expert = dataplane.sim_expert_manifest(name="judge", port=expert_port, pricing=pricing)
+    return f"{dataplane.SMOLLM_POOL}---\n{expert}---\n" + textwrap.dedent(
         f"""
-        apiVersion: kascade.io/v1alpha1
-        kind: LocalModelPool
-        metadata: {{name: tiny}}
-        spec:
-          model: {{runtime: llama-cpp, source: "builtin://smollm2-135m-instruct"}}
-          replicas: {{min: 1, max: 1}}
-          resources: {{cpu: "1", memory: 1Gi}}
-        ---
-        apiVersion: kascade.io/v1alpha1
-        kind: CloudExpert
-        metadata: {{name: judge}}
-        spec:
-          provider: openai-compatible
-          endpoint: http://127.0.0.1:{expert_port}
-          allowInsecureHttp: true
-          model: sim-large
-          pricing: {{inputPerMillionTokens: 1, outputPerMillionTokens: 2}}
-          budget: {{limitUSD: 100, window: calendar-day}}
-        ---
         apiVersion: kascade.io/v1alpha1
         kind: RoutingPolicy
         metadata: {{name: chat}}
@@ -84,26 +65,8 @@ def _manifests(*, expert_port: int) -> str:
 
 @pytest.fixture
 def sims() -> Iterator[tuple[int, int]]:
-    pool_port, expert_port = free_port(), free_port()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "kascade.cli", "sim-expert", "--port", str(port), *args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for port, args in (
-            (pool_port, ["--confidence", "0.5", "--answer", "42"]),
-            (expert_port, []),
-        )
-    ]
-    try:
-        wait_for_port(pool_port)
-        wait_for_port(expert_port)
-        yield pool_port, expert_port
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(timeout=10)
+    with dataplane.running_sims(["--confidence", "0.5", "--answer", "42"], []) as ports:
+        yield ports[0], ports[1]
 
 
 def _synced(gateway: dataplane.GatewayFromConfigMap) -> bool:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import subprocess
-import sys
 import textwrap
 import urllib.error
 import urllib.request
@@ -21,7 +19,7 @@ from typing import Any
 
 import pytest
 from tests.integration.gateway.conftest import expert_config
-from tests.testkit import KubectlRunner, free_port, wait_for_port
+from tests.testkit import KubectlRunner, free_port
 
 from e2e import dataplane
 from e2e import operator_support as ops
@@ -56,27 +54,9 @@ TENANT_LIMIT_USD = float(Decimal(5 * BOUND.nanos) / Decimal(2 * 10**9))
 
 
 def _manifests(*, sim_port: int) -> str:
-    return textwrap.dedent(
+    expert = dataplane.sim_expert_manifest(name="sim", port=sim_port, pricing=PRICING)
+    return f"{dataplane.SMOLLM_POOL}---\n{expert}---\n" + textwrap.dedent(
         f"""
-        apiVersion: kascade.io/v1alpha1
-        kind: LocalModelPool
-        metadata: {{name: tiny}}
-        spec:
-          model: {{runtime: llama-cpp, source: "builtin://smollm2-135m-instruct"}}
-          replicas: {{min: 1, max: 1}}
-          resources: {{cpu: "1", memory: 1Gi}}
-        ---
-        apiVersion: kascade.io/v1alpha1
-        kind: CloudExpert
-        metadata: {{name: sim}}
-        spec:
-          provider: openai-compatible
-          endpoint: http://127.0.0.1:{sim_port}
-          allowInsecureHttp: true
-          model: sim-large
-          pricing: {json.dumps(PRICING)}
-          budget: {{limitUSD: 100, window: calendar-day}}
-        ---
         apiVersion: kascade.io/v1alpha1
         kind: RoutingPolicy
         metadata: {{name: chat}}
@@ -129,34 +109,10 @@ def _key() -> str:
 
 @pytest.fixture
 def sims() -> Iterator[tuple[int, int]]:
-    pool_port, expert_port = free_port(), free_port()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "kascade.cli", "sim-expert", "--port", str(port), *args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for port, args in (
-            (pool_port, ["--confidence", "0.1"]),
-            (
-                expert_port,
-                [
-                    "--prompt-tokens",
-                    str(BOUND.prompt_tokens),
-                    "--completion-tokens",
-                    str(BOUND.completion_tokens),
-                ],
-            ),
-        )
-    ]
-    try:
-        wait_for_port(pool_port)
-        wait_for_port(expert_port)
+    tokens = ["--prompt-tokens", str(BOUND.prompt_tokens)]
+    tokens += ["--completion-tokens", str(BOUND.completion_tokens)]
+    with dataplane.running_sims(["--confidence", "0.1"], tokens) as (pool_port, expert_port):
         yield pool_port, expert_port
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(timeout=10)
 
 
 def test_operator_rendered_gateway_requires_tenant_keys(
