@@ -9,6 +9,7 @@ import random
 from typing import Any
 
 import aiohttp
+import pytest
 from tests.integration.gateway.conftest import chat, expert_config, gateway_config
 
 WINDOW = 300
@@ -173,6 +174,56 @@ async def test_shadow_calls_never_spend_past_their_share_of_the_budget(
     # Shadow calls are paid from the expert's budget like any call: the ledger has them.
     status = await _status(http, gw.url)
     assert float(status["experts"]["e1"]["budget"]["spentUSD"]) * 1e9 == spent_nanos
+
+
+async def _metrics(http: aiohttp.ClientSession, url: str) -> str:
+    async with http.get(f"{url}/metrics") as resp:
+        return await resp.text()
+
+
+@pytest.mark.redis
+async def test_two_replicas_on_one_redis_spend_one_shadow_share_in_total(
+    redis_url: str, start_sim, start_gateway, http
+) -> None:
+    """The share is the policy's, not each replica's: two gateways on one Redis ledger,
+    every answer kept local (so every label needs a shadow call), and what the expert
+    itself bills for shadow calls stays within one share, while each replica alone
+    could have spent all of it."""
+    pool = await start_sim(name="pool", confidence=0.5, answer="42")
+    # The expert's own bill at the prices the gateway is configured with (expert_config).
+    expert = await start_sim(name="e1", input_per_million=1.0, output_per_million=2.0)
+    limit_usd, share = 0.02, 0.05  # $0.001 of shadow spend: about a dozen worst cases
+    config = gateway_config(
+        pool=pool.url,
+        experts={
+            "e1": expert_config(
+                expert.url, budget={"limitUSD": limit_usd, "window": "calendar-day"}
+            )
+        },
+        policy={
+            "confidence": {
+                "threshold": 0.0,
+                "target": {**TARGET, "maxShadowBudgetShare": share},
+            }
+        },
+        ledger={"url": redis_url},
+    )
+    replicas = [await start_gateway(config, name=name) for name in ("gw-a", "gw-b")]
+    rng = random.Random(13)
+    for i in range(120):
+        score, right = _item(rng, drifted=False)
+        await _ask(http, replicas[i % 2].url, _prompt(score, right))
+    for gw in replicas:
+        await _settled(gw)
+    billed = sum(int(record.get("bill_nanos") or 0) for record in expert.records)
+    assert 0 < billed <= share * limit_usd * 1e9
+    for gw in replicas:
+        text = await _metrics(http, gw.url)
+        for outcome in ("answered", "refused_share"):
+            assert (
+                f'kascade_shadow_calls_total{{expert="e1",outcome="{outcome}",'
+                f'policy="default",variant=""}}' in text
+            ), (gw.url, outcome)
 
 
 async def test_only_listed_tasks_learn_their_own_threshold(start_sim, start_gateway, http) -> None:
