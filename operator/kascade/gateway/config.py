@@ -282,6 +282,9 @@ class TargetConfig(_Model):
     """Labels needed before the learned threshold replaces the policy's."""
     tasks: list[str] = Field(default_factory=list, max_length=32)
     """Task labels (header ``x-kascade-task``) that learn their own threshold."""
+    fit_score: bool = False
+    """Fit the combined score's weights from the labels (``route.score_fit``); needs
+    ``method: combined``."""
 
 
 class ConfidenceConfig(_Model):
@@ -291,14 +294,24 @@ class ConfidenceConfig(_Model):
     dynamic: DynamicThreshold | None = None
     degeneration: DegenerationConfig = DegenerationConfig()
     combined: CombinedScore | None = None
-    """Required when ``method`` is ``combined``."""
+    """Required when ``method`` is ``combined``, unless ``target.fit_score`` (then the
+    starting model, optional)."""
     target: TargetConfig | None = None
     """A quality target; the threshold is then learned from labels."""
 
     @model_validator(mode="after")
     def _combined_given(self) -> ConfidenceConfig:
-        if self.method == "combined" and self.combined is None:
-            raise ValueError("confidence.method 'combined' needs confidence.combined (weights)")
+        fits = self.target is not None and self.target.fit_score
+        if fits and self.method != "combined":
+            raise ValueError(
+                "confidence.target.fitScore fits the combined score's weights: it needs "
+                f"confidence.method 'combined' (got '{self.method}')"
+            )
+        if self.method == "combined" and self.combined is None and not fits:
+            raise ValueError(
+                "confidence.method 'combined' needs confidence.combined (weights), "
+                "or confidence.target.fitScore to fit them from labels"
+            )
         return self
 
 
