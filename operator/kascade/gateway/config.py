@@ -283,8 +283,8 @@ class TargetConfig(_Model):
     tasks: list[str] = Field(default_factory=list, max_length=32)
     """Task labels (header ``x-kascade-task``) that learn their own threshold."""
     fit_score: bool = False
-    """Fit the combined score's weights from the labels (``route.score_fit``); needs
-    ``method: combined``."""
+    """Fit the combined score's weights from the labels (``route.score_fit``); needs the
+    policy's ``method: combined`` (a variant of another method learns without fitting)."""
 
 
 class ConfidenceConfig(_Model):
@@ -302,11 +302,6 @@ class ConfidenceConfig(_Model):
     @model_validator(mode="after")
     def _combined_given(self) -> ConfidenceConfig:
         fits = self.target is not None and self.target.fit_score
-        if fits and self.method != "combined":
-            raise ValueError(
-                "confidence.target.fitScore fits the combined score's weights: it needs "
-                f"confidence.method 'combined' (got '{self.method}')"
-            )
         if self.method == "combined" and self.combined is None and not fits:
             raise ValueError(
                 "confidence.method 'combined' needs confidence.combined (weights), "
@@ -511,6 +506,18 @@ class PolicyConfig(_Model):
         if any(v.confidence is not None and v.confidence.target != self.confidence.target
                for v in self.variants):  # fmt: skip
             raise ValueError("variants[].confidence.target must equal the policy's target")
+        return self
+
+    @model_validator(mode="after")
+    def _fits_combined(self) -> PolicyConfig:
+        # The policy's own method only: a variant scoring by another method shares the
+        # policy's target (validator above) and learns its threshold without fitting.
+        method, target = self.confidence.method, self.confidence.target
+        if target is not None and target.fit_score and method != "combined":
+            raise ValueError(
+                "confidence.target.fitScore fits the combined score's weights: it needs "
+                f"confidence.method 'combined' (got '{method}')"
+            )
         return self
 
     def variant_policy(self, variant: VariantConfig) -> PolicyConfig:

@@ -198,8 +198,11 @@ async def test_an_arm_that_does_not_score_combined_does_not_fit(tmp_path: Path) 
 
 def test_the_fitted_score_of_the_gateway_config_needs_the_combined_method() -> None:
     with pytest.raises(ValueError, match=r"fitScore .* needs confidence.method 'combined'"):
-        config_mod.ConfidenceConfig(method="mean-token-prob", target=TARGET)
+        config_mod.PolicyConfig(local_pool="pool", confidence={"target": TARGET})
     # With fitScore the weights are optional: they only start the model.
-    assert config_mod.ConfidenceConfig(method="combined", target=TARGET).combined is None
+    served = config_mod.PolicyConfig(
+        local_pool="pool", confidence={"method": "combined", "target": TARGET}
+    )
+    assert served.confidence.combined is None
     with pytest.raises(ValueError, match=r"needs confidence\.combined"):
         config_mod.ConfidenceConfig(method="combined")
