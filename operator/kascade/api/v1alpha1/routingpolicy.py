@@ -157,7 +157,8 @@ class DegenerationSpec(common.KascadeModel):
 
 class CombinedScoreSpec(common.KascadeModel):
     """A calibrated logistic model over confidence signals: score = 1 / (1 + exp(-(
-    intercept + sum of weight * feature))). Fit it with bench/routing_quality.py."""
+    intercept + sum of weight * feature))). Fit it with bench/routing_quality.py, or let
+    the gateway fit it from its own labels (confidence.target.fitScore)."""
 
     intercept: float = pydantic.Field(ge=-1000.0, le=1000.0)
     """The model's intercept."""

@@ -26,6 +26,14 @@ the expert.
 
 Per task: labels are kept per task label (header ``x-kascade-task``, when the target
 lists it) as well as for all traffic; a task with ``minLabels`` of its own uses its own threshold.
+
+**A fitted score** (``confidence.target.fitScore``, ``route.score_fit``): the score is
+then itself learned from labels. The calibrator only receives CALIBRATE labels, a
+half of the labels disjoint from the FIT labels the model is fitted on (split by a
+digest of the request id), each with its feature vector; ``rescore`` scores them again
+whenever the model changes. Given the model (a function of FIT labels only) the
+CALIBRATE labels are exchangeable with future requests, so the guarantee above holds
+for the model in force.
 """
 
 from __future__ import annotations
