@@ -49,6 +49,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kascade.gateway.route import answer_match, combined_score, degeneration
+from kascade.gateway.route.logistic import fit_logistic
 from kascade.serving import config, generation, sources
 from kascade.serving.runtimes import base, llama_cpp
 
@@ -257,27 +258,6 @@ def perfect_share(*, labels: Array, target: float) -> float:
 def random_share(*, accuracy: float, target: float) -> float:
     """Local share of a router keeping a random share s local: 1 - s(1 - acc) >= target."""
     return 1.0 if accuracy >= target else (1.0 - target) / (1.0 - accuracy)
-
-
-def fit_logistic(*, x: Array, y: Array, l2: float = 1.0, steps: int = 50) -> tuple[Array, float]:
-    """L2-regularised logistic regression by Newton's method on standardised columns;
-    returns (weights, intercept) for the raw columns."""
-    mean, std = x.mean(axis=0), x.std(axis=0)
-    std[std == 0] = 1.0
-    z = np.hstack([np.ones((len(x), 1)), (x - mean) / std])
-    beta = np.zeros(z.shape[1])
-    penalty = np.eye(z.shape[1]) * l2
-    penalty[0, 0] = 0.0
-    for _ in range(steps):
-        p = 1.0 / (1.0 + np.exp(-(z @ beta)))
-        grad = z.T @ (p - y) + penalty @ beta
-        hess = (z * (p * (1 - p))[:, None]).T @ z + penalty
-        step = np.linalg.solve(hess, grad)
-        beta -= step
-        if float(np.abs(step).max()) < 1e-8:
-            break
-    weights = beta[1:] / std
-    return weights, float(beta[0] - (weights * mean).sum())
 
 
 # --- the report ------------------------------------------------------------------

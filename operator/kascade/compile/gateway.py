@@ -262,6 +262,7 @@ def _target(spec: v1alpha1.routingpolicy.ConfidenceTargetSpec | None) -> gw.Targ
         window_labels=spec.window_labels,
         min_labels=spec.min_labels,
         tasks=list(spec.tasks),
+        fit_score=spec.fit_score,
     )
 
 

@@ -5,6 +5,8 @@ in ``GET /v1/kascade/status`` under ``quality``; this module turns that entry in
 policy's ``status.quality`` and names every threshold that moved since the status the
 operator last wrote (each becomes an Event). A policy with A/B variants learns per
 variant (the gateway's entry has them under ``variants``); its entries then name it.
+An arm that fits its combined score (``confidence.target.fitScore``) adds to each of
+its entries the labels the model in use was fitted on (``scoreLabels``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ def _round(value: object) -> float | None:
 
 def _entries(figures: dict[str, Any], *, variant: str | None) -> list[dict[str, Any]]:
     """One entry per task of one arm (the policy, or one of its variants)."""
+    fitted = figures.get("fittedScore")
+    fitted_on = fitted.get("fittedOn") if isinstance(fitted, dict) else None
     out = []
     for task, item in (figures.get("tasks") or {}).items():
         entry: dict[str, Any] = {} if variant is None else {"variant": variant}
@@ -33,6 +37,8 @@ def _entries(figures: dict[str, Any], *, variant: str | None) -> list[dict[str, 
             localErrorEstimate=_round(item.get("localErrorEstimate")),
             localErrorUpperBound=_round(item.get("localErrorUpperBound")),
         )
+        if isinstance(fitted_on, int):  # the arm fits its score: every task uses that model
+            entry["scoreLabels"] = fitted_on
         out.append(entry)
     return out
 

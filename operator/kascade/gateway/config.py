@@ -282,6 +282,9 @@ class TargetConfig(_Model):
     """Labels needed before the learned threshold replaces the policy's."""
     tasks: list[str] = Field(default_factory=list, max_length=32)
     """Task labels (header ``x-kascade-task``) that learn their own threshold."""
+    fit_score: bool = False
+    """Fit the combined score's weights from the labels (``route.score_fit``); needs the
+    policy's ``method: combined`` (a variant of another method learns without fitting)."""
 
 
 class ConfidenceConfig(_Model):
@@ -291,14 +294,19 @@ class ConfidenceConfig(_Model):
     dynamic: DynamicThreshold | None = None
     degeneration: DegenerationConfig = DegenerationConfig()
     combined: CombinedScore | None = None
-    """Required when ``method`` is ``combined``."""
+    """Required when ``method`` is ``combined``, unless ``target.fit_score`` (then the
+    starting model, optional)."""
     target: TargetConfig | None = None
     """A quality target; the threshold is then learned from labels."""
 
     @model_validator(mode="after")
     def _combined_given(self) -> ConfidenceConfig:
-        if self.method == "combined" and self.combined is None:
-            raise ValueError("confidence.method 'combined' needs confidence.combined (weights)")
+        fits = self.target is not None and self.target.fit_score
+        if self.method == "combined" and self.combined is None and not fits:
+            raise ValueError(
+                "confidence.method 'combined' needs confidence.combined (weights), "
+                "or confidence.target.fitScore to fit them from labels"
+            )
         return self
 
 
@@ -498,6 +506,18 @@ class PolicyConfig(_Model):
         if any(v.confidence is not None and v.confidence.target != self.confidence.target
                for v in self.variants):  # fmt: skip
             raise ValueError("variants[].confidence.target must equal the policy's target")
+        return self
+
+    @model_validator(mode="after")
+    def _fits_combined(self) -> PolicyConfig:
+        # The policy's own method only: a variant scoring by another method shares the
+        # policy's target (validator above) and learns its threshold without fitting.
+        method, target = self.confidence.method, self.confidence.target
+        if target is not None and target.fit_score and method != "combined":
+            raise ValueError(
+                "confidence.target.fitScore fits the combined score's weights: it needs "
+                f"confidence.method 'combined' (got '{method}')"
+            )
         return self
 
     def variant_policy(self, variant: VariantConfig) -> PolicyConfig:

@@ -181,6 +181,23 @@ def test_invalid_object_is_rejected_naming_the_field(
             assert problem.message in proc.stderr, (problem.message, proc.stderr)
 
 
+def test_fit_score_without_combined_weights_is_accepted(
+    kubectl: Kubectl, shared_namespace: str, crds: None
+) -> None:
+    # fitScore makes confidence.combined optional, for the policy and for a variant that
+    # turns combined on (the CEL rules on both must see the policy's fitScore).
+    target = {"maxLocalErrorRate": 0.1, "fitScore": True}
+    body = cases.policy(
+        confidence={"method": "combined", "target": target},
+        variants=[
+            {"name": "a", "weight": 1, "overrides": {"confidence": {"method": "margin"}}},
+            {"name": "b", "weight": 1, "overrides": {"confidence": {"method": "combined"}}},
+        ],
+    )
+    kubectl("apply", "--dry-run=server", "-n", shared_namespace, "-f", "-",
+            input=json.dumps(body))  # fmt: skip
+
+
 def _rule_messages() -> set[str]:
     from kascade.api import crdgen
 

@@ -5,6 +5,7 @@ judge, and the gateway learning the threshold from sampled labels and shadow cal
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from typing import Any
 
@@ -306,3 +307,70 @@ async def test_each_variant_learns_its_own_threshold_from_its_own_labels(
     async with http.get(f"{gw.url}/metrics") as resp:
         text = await resp.text()
     assert 'kascade_learned_threshold{policy="default",task="*",variant="echo"} 0.05' in text
+
+
+def _signals(rng: random.Random) -> tuple[dict[str, float], bool]:
+    """A Kascade pool's token signals and whether its answer is right: right (98%) when
+    the least confident token is above e^-1.2, wrong (98%) otherwise; every other
+    signal, the mean token probability included, is noise."""
+    log_min = rng.uniform(-3.0, 0.0)
+    right = (log_min > -1.2) != (rng.random() < 0.02)
+    noise = {
+        name: rng.uniform(0.3, 0.95)
+        for name in (
+            "mean_token_prob", "token_prob_q05", "token_prob_q10", "token_prob_q25",
+            "token_prob_q50", "novel_token_prob_mean", "novel_token_prob_min",
+            "first_line_prob_mean", "first_line_prob_min",
+        )
+    }  # fmt: skip
+    return {**noise, "min_token_prob": math.exp(log_min), "tokens": 3.0}, right
+
+
+async def test_a_combined_policy_fits_its_own_score_and_learns_a_threshold_for_it(
+    start_sim, start_gateway, http
+) -> None:
+    pool = await start_sim(name="pool", confidence=0.5, answer="42")
+    expert = await start_sim(name="e1")
+    gw = await start_gateway(
+        gateway_config(
+            pool=pool.url,
+            experts={"e1": expert_config(expert.url)},
+            policy={
+                "confidence": {
+                    "method": "combined",  # no weights: the mean token prob until a fit
+                    "threshold": 0.0,
+                    "target": {**TARGET, "windowLabels": 1000, "fitScore": True},
+                }
+            },
+        )
+    )
+    rng = random.Random(21)
+    outcomes = []
+    for _ in range(500):
+        signals, right = _signals(rng)
+        pool.set(confidence_signals=signals)
+        headers = await _ask(http, gw.url, f"The answer is {42 if right else 7}.")
+        outcomes.append((headers["x-kascade-route"] == "local", right))
+    await _settled(gw)
+    entry = (await _status(http, gw.url))["quality"]["default"]
+    fitted, learned = entry["fittedScore"], entry["tasks"]["*"]
+    # Every label went to exactly one stream; about half fitted the model.
+    assert fitted["labels"] + learned["labels"] == 500
+    assert 200 <= fitted["labels"] <= 300
+    assert fitted["fittedOn"] >= fitted["labels"] - 10  # refitted as labels came
+    assert next(iter(fitted["weights"])) == "log_min_token_prob"  # the signal that decides
+    assert fitted["weights"]["log_min_token_prob"] > 0
+    assert fitted["fittedAt"]
+    # The threshold learned on the other half holds the target for the fitted score.
+    assert learned["threshold"] < 1.0
+    assert learned["localErrorUpperBound"] <= TARGET["maxLocalErrorRate"]
+    kept = [right for local, right in outcomes[250:] if local]
+    assert len(kept) >= 50  # the mean token prob (noise) could keep none at this target
+    assert 1 - sum(kept) / len(kept) <= TARGET["maxLocalErrorRate"]
+    audit = gw.audit()
+    refits = [line for line in audit if line["type"] == "score"]
+    assert refits
+    assert refits[-1]["labels"] == fitted["fittedOn"]
+    requests = [line for line in audit if line["type"] == "request"]
+    assert requests[-1]["threshold_learned"]
+    assert requests[-1]["method"] == "combined"

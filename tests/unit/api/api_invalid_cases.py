@@ -211,6 +211,21 @@ CASES: tuple[InvalidCase, ...] = (
         "spec.confidence.combined",
     ),
     InvalidCase(
+        "policy-fit-score-without-combined",
+        policy(confidence={"target": {"maxLocalErrorRate": 0.1, "fitScore": True}}),
+        "spec.confidence.target.fitScore",
+    ),
+    InvalidCase(
+        "policy-combined-without-weights-or-fit-score",
+        policy(
+            confidence={
+                "method": "combined",
+                "target": {"maxLocalErrorRate": 0.1, "fitScore": False},
+            }
+        ),
+        "spec.confidence.combined",
+    ),
+    InvalidCase(
         "policy-combined-unknown-feature",
         policy(
             confidence={

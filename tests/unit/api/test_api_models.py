@@ -370,3 +370,24 @@ def test_every_failed_rule_of_an_object_is_reported() -> None:
         ("spec.endpoint", "http://"),
         ("spec.credentials", "credentials.secretRef"),
     ]
+
+
+def test_fit_score_makes_the_combined_weights_optional() -> None:
+    target = {"maxLocalErrorRate": 0.1, "fitScore": True}
+    policy = api_invalid_cases.policy(
+        confidence={"method": "combined", "target": target},
+        variants=[
+            {"name": "a", "weight": 1, "overrides": {"confidence": {"threshold": 0.6}}},
+            {"name": "b", "weight": 1, "overrides": {"confidence": {"method": "margin"}}},
+        ],
+    )
+    [loaded] = v1alpha1.load_objects([policy], source="fit.yaml")
+    assert isinstance(loaded, v1alpha1.RoutingPolicy)
+    assert loaded.spec.confidence.target is not None
+    assert loaded.spec.confidence.target.fit_score
+    assert loaded.spec.confidence.combined is None
+    with pytest.raises(v1alpha1.ValidationFailed, match="accepted: fitScore false"):
+        v1alpha1.load_objects(
+            [api_invalid_cases.policy(confidence={"method": "margin", "target": target})],
+            source="fit.yaml",
+        )

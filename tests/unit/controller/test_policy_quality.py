@@ -141,3 +141,24 @@ def test_the_entries_stay_within_the_bound_keeping_every_arms_all_traffic() -> N
     assert [item["variant"] for item in status["learned"][:3]] == ["v0", "v1", "v2"]
     assert all(item["task"] == "*" for item in status["learned"][:3])
     routingpolicy.QualityStatus.model_validate(status)
+
+
+def test_an_arm_that_fits_its_score_says_on_how_many_labels() -> None:
+    fitted = copy.deepcopy(DOCUMENT)
+    fitted["quality"]["chat"]["fittedScore"] = {
+        "labels": 160,
+        "fittedOn": 150,
+        "intercept": -0.4,
+        "weights": {"log_min_token_prob": 1.2},
+        "fittedAt": "2026-12-03T19:00:00+00:00",
+    }
+    status, _ = quality.policy_quality(fitted, policy="chat", previous=None)
+    assert status is not None
+    assert {item["scoreLabels"] for item in status["learned"]} == {150}
+    model = routingpolicy.QualityStatus.model_validate(status)
+    assert model.learned[0].score_labels == 150
+    # Not fitted yet (or not fitting): no figure, as before.
+    fitted["quality"]["chat"]["fittedScore"] = {"labels": 20}
+    status, _ = quality.policy_quality(fitted, policy="chat", previous=None)
+    assert status is not None
+    assert all("scoreLabels" not in item for item in status["learned"])

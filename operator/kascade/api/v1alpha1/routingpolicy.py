@@ -157,7 +157,8 @@ class DegenerationSpec(common.KascadeModel):
 
 class CombinedScoreSpec(common.KascadeModel):
     """A calibrated logistic model over confidence signals: score = 1 / (1 + exp(-(
-    intercept + sum of weight * feature))). Fit it with bench/routing_quality.py."""
+    intercept + sum of weight * feature))). Fit it with bench/routing_quality.py, or let
+    the gateway fit it from its own labels (confidence.target.fitScore)."""
 
     intercept: float = pydantic.Field(ge=-1000.0, le=1000.0)
     """The model's intercept."""
@@ -217,6 +218,21 @@ class ConfidenceTargetSpec(common.KascadeModel):
     """Task labels (header x-kascade-task) that learn their own threshold once they have
     minLabels labels; other requests use the threshold learned on all traffic."""
 
+    fit_score: bool = pydantic.Field(default=False, alias="fitScore")
+    """Fit the combined score's weights from these labels (needs confidence.method
+    'combined'): about half of the labels fit the model, the other half choose the
+    threshold, so the target's guarantee holds for the fitted score. confidence.combined
+    is then optional: the starting model (unset: the pool's mean token probability)
+    until a model is fitted. Method: docs/gateway.md, 'Fitted combined score'."""
+
+
+_CEL_FITS = "(has(self.target) && has(self.target.fitScore) && self.target.fitScore)"
+"""CEL: the confidence spec's target fits the combined score."""
+
+
+def _fits(confidence: ConfidenceSpec) -> bool:
+    return confidence.target is not None and confidence.target.fit_score
+
 
 class ConfidenceSpec(common.KascadeModel):
     """When a local answer is good enough to return without escalating."""
@@ -234,7 +250,8 @@ class ConfidenceSpec(common.KascadeModel):
     """The degeneration detector's limits."""
 
     combined: CombinedScoreSpec | None = None
-    """Weights of the combined score; required when method is 'combined'."""
+    """Weights of the combined score; required when method is 'combined', unless
+    target.fitScore (then they only start the model)."""
 
     target: ConfidenceTargetSpec | None = None
     """A quality target; when set the threshold is learned (confidence.threshold applies
@@ -259,10 +276,18 @@ class ConfidenceSpec(common.KascadeModel):
             ),
         ),
         common.CelRule(
-            rule="self.method != 'combined' || has(self.combined)",
-            message="confidence.method 'combined' needs confidence.combined (its weights)",
+            rule="self.method != 'combined' || has(self.combined) || " + _CEL_FITS,
+            message="confidence.method 'combined' needs confidence.combined (its weights), "
+            "or confidence.target.fitScore to fit them from labels",
             field_path=".combined",
-            check=lambda c: c.method != "combined" or c.combined is not None,
+            check=lambda c: c.method != "combined" or c.combined is not None or _fits(c),
+        ),
+        common.CelRule(
+            rule="!(" + _CEL_FITS + ") || self.method == 'combined'",
+            message="confidence.target.fitScore fits the combined score's weights: it needs "
+            "confidence.method 'combined' (accepted: fitScore false, or method 'combined')",
+            field_path=".target.fitScore",
+            check=lambda c: not _fits(c) or c.method == "combined",
         ),
     )
 
@@ -726,9 +751,12 @@ class RoutingPolicySpec(common.KascadeModel):
             "!has(v.overrides.confidence) || "
             "(has(v.overrides.confidence.method) ? v.overrides.confidence.method : "
             "self.confidence.method) != 'combined' || has(v.overrides.confidence.combined) || "
-            "has(self.confidence.combined))",
+            "has(self.confidence.combined) || "
+            "(has(self.confidence.target) && has(self.confidence.target.fitScore) && "
+            "self.confidence.target.fitScore))",
             message="variants[].overrides.confidence.method 'combined' needs "
-            "confidence.combined (its weights) in the variant or the policy",
+            "confidence.combined (its weights) in the variant or the policy, or the "
+            "policy's confidence.target.fitScore",
             field_path=".variants",
             check=lambda s: all(_variant_has_weights(s, v) for v in s.variants),
         ),
@@ -762,6 +790,7 @@ def _variant_has_weights(spec: RoutingPolicySpec, variant: Variant) -> bool:
         method != "combined"
         or override.combined is not None
         or (spec.confidence.combined is not None)
+        or _fits(spec.confidence)
     )
 
 
@@ -822,6 +851,10 @@ class LearnedThreshold(common.KascadeModel):
         default=None, alias="localErrorUpperBound"
     )
     """Upper confidence bound of that rate (Clopper-Pearson, at confidenceLevel)."""
+
+    score_labels: int | None = pydantic.Field(default=None, ge=0, alias="scoreLabels")
+    """With confidence.target.fitScore: the labels the combined score in use was fitted
+    on (the variant's own); unset while no model is fitted."""
 
 
 class QualityStatus(common.KascadeModel):

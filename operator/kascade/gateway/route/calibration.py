@@ -26,6 +26,14 @@ the expert.
 
 Per task: labels are kept per task label (header ``x-kascade-task``, when the target
 lists it) as well as for all traffic; a task with ``minLabels`` of its own uses its own threshold.
+
+**A fitted score** (``confidence.target.fitScore``, ``route.score_fit``): the score is
+then itself learned from labels. The calibrator only receives CALIBRATE labels, a
+half of the labels disjoint from the FIT labels the model is fitted on (split by a
+digest of the request id), each with its feature vector; ``rescore`` scores them again
+whenever the model changes. Given the model (a function of FIT labels only) the
+CALIBRATE labels are exchangeable with future requests, so the guarantee above holds
+for the model in force.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import bisect
 import collections
 import dataclasses
 import math
+from collections.abc import Callable, Mapping
 
 __all__ = [
     "Calibrator",
@@ -114,6 +123,15 @@ def choose_threshold(
     return chosen
 
 
+@dataclasses.dataclass(slots=True)
+class _Label:
+    score: float
+    """The label's score under the model in force (``rescore`` updates it)."""
+    right: bool
+    values: Mapping[str, float] | None
+    """Its feature vector when the arm fits its score (``route.score_fit``), else None."""
+
+
 class Calibrator:
     """Sliding windows of labels per key ("" = all traffic) and the learned thresholds."""
 
@@ -125,29 +143,56 @@ class Calibrator:
         self._min_labels = min_labels
         self._every = every
         self._window = window
-        self._labels: dict[str, collections.deque[tuple[float, bool]]] = {}
+        self._labels: dict[str, collections.deque[_Label]] = {}
         self._learned: dict[str, Learned] = {}
         self._since: dict[str, int] = {}
 
-    def add(self, *, score: float, right: bool, task: str | None) -> list[tuple[str, Learned]]:
+    def add(
+        self,
+        *,
+        score: float,
+        right: bool,
+        task: str | None,
+        values: Mapping[str, float] | None = None,
+    ) -> list[tuple[str, Learned]]:
         """Adds one label (to all traffic and to its task); returns each key whose learned
-        threshold changed, with the new figures (an Event and an audit line each)."""
+        threshold changed, with the new figures (an Event and an audit line each).
+        ``values``: the label's feature vector, kept so ``rescore`` can score it again."""
         changed = []
         for key in ("", task) if task else ("",):
             window = self._labels.setdefault(key, collections.deque(maxlen=self._window))
-            window.append((score, right))
+            window.append(_Label(score=score, right=right, values=values))
             self._since[key] = self._since.get(key, 0) + 1
             if len(window) < self._min_labels or self._since[key] < self._every:
                 continue
             self._since[key] = 0
-            learned = choose_threshold(
-                labels=list(window), max_error=self._max_error, delta=self._delta
-            )
-            old = self._learned.get(key)
-            self._learned[key] = learned
-            if old is None or old.threshold != learned.threshold:
-                changed.append((key, learned))
+            if (found := self._choose(key)) is not None:
+                changed.append(found)
         return changed
+
+    def rescore(self, score: Callable[[Mapping[str, float]], float]) -> list[tuple[str, Learned]]:
+        """Scores every label that kept its feature vector again (the score's model
+        changed) and chooses every threshold again; returns those that changed."""
+        changed = []
+        for key, window in self._labels.items():
+            for label in window:
+                if label.values is not None:
+                    label.score = score(label.values)
+            if len(window) >= self._min_labels and (found := self._choose(key)) is not None:
+                changed.append(found)
+        return changed
+
+    def _choose(self, key: str) -> tuple[str, Learned] | None:
+        """Chooses the key's threshold on its window; (key, figures) when it moved."""
+        window = self._labels[key]
+        learned = choose_threshold(
+            labels=[(label.score, label.right) for label in window],
+            max_error=self._max_error,
+            delta=self._delta,
+        )
+        old = self._learned.get(key)
+        self._learned[key] = learned
+        return (key, learned) if old is None or old.threshold != learned.threshold else None
 
     def threshold(self, *, task: str | None) -> float | None:
         """The learned threshold for a request (its task's, else all traffic's), or None

@@ -4,7 +4,9 @@
 
 read as the estimated probability that the local answer is right. The weights are
 configuration (a RoutingPolicy's ``confidence.combined``, compiled into the gateway's
-ConfigMap), fitted by ``bench/routing_quality.py`` on graded answers; none live here.
+ConfigMap), fitted by ``bench/routing_quality.py`` on graded answers, or fitted by the
+gateway from its own labels (``confidence.target.fitScore``, ``route.score_fit``);
+none live here.
 
 Features (a weight for a feature that is absent counts as 0):
 

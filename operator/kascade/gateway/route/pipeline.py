@@ -34,6 +34,7 @@ from kascade.gateway.route import (
     pressure,
     request,
     rules,
+    score_fit,
     shadow,
     tiers,
     variants,
@@ -264,6 +265,8 @@ class _Sampling:
     quality: shadow.PolicyQuality | None = None
     task: str | None = None
     drawn: bool = False
+    values: dict[str, float] | None = None
+    """The answer's feature vector (combined score), for an arm that fits its score."""
 
 
 async def _local_answer(
@@ -299,7 +302,9 @@ def _judge(
     """Scores the local answer against the (pressure-moved, tenant-offset or learned)
     threshold; returns the escalation reason (None keeps it local)."""
     cfg = d.policy.config
-    d.confidence = _score(chat, d, answer=answer, http=http)
+    quality, task = _quality(state, d, http)
+    fitter = quality.fitter if quality else None
+    d.confidence, values = _score(chat, d, answer=answer, http=http, fitter=fitter)
     burn, unavailable = state.pressure.inputs(experts=experts)
     d.threshold = tenant_limits.offset_threshold(
         confidence_mod.threshold(
@@ -307,11 +312,12 @@ def _judge(
         ),
         caller=d.caller,
     )
-    quality, task = _quality(state, d, http)
     learned = quality.calibrator.threshold(task=task) if quality else None
     if learned is not None:
         d.threshold, d.threshold_learned = learned, True
-    drawn = quality is not None and d.confidence is not None and quality.budget.sample()
+    # An arm that fits its score labels only answers with a feature vector.
+    labellable = d.confidence is not None and (fitter is None or values is not None)
+    drawn = quality is not None and labellable and quality.budget.sample()
     reason: str | None = None
     if d.degeneration is not None:
         reason = "degenerate"
@@ -324,7 +330,7 @@ def _judge(
     d.format_problem = formats.problem(chat=chat, completion=answer.completion)
     if d.format_problem is not None:
         reason = "invalid_format"
-    return reason, _Sampling(quality=quality, task=task, drawn=drawn)
+    return reason, _Sampling(quality=quality, task=task, drawn=drawn, values=values)
 
 
 async def _answer_locally(
@@ -350,9 +356,7 @@ async def _answer_locally(
             chat, d, outbound=screened.messages, params=screened.params,
             raw_pii=screened.raw_pii, tenant_pays=False,
         )  # fmt: skip
-        _start_shadow(
-            state, d, sampling.quality, sampling.task, answer=answer, expert=experts[0], call=call
-        )
+        _start_shadow(state, d, sampling, answer=answer, expert=experts[0], call=call)
     _cache_store(state, chat, d, completion=answer.completion)
     return await responses.respond(http, chat, d, completion=answer.completion)
 
@@ -374,6 +378,8 @@ def _label_from_expert(
         expert_text=shadow.completion_text(expert_answer.completion),
         metrics=state.metrics,
         audit=state.audit,
+        values=sampling.values,
+        request_id=d.request_id,
     )
 
 
@@ -437,7 +443,12 @@ def _quality(
     if target is None:
         return None, None
     task = http.headers.get(rules.TASK_HEADER)
-    arm = state.quality.policy(name=d.policy.name, variant=d.policy.variant, target=target)
+    arm = state.quality.policy(
+        name=d.policy.name,
+        variant=d.policy.variant,
+        target=target,
+        combined=d.policy.config.confidence.method == "combined",
+    )
     return arm, (task if task in target.tasks else None)
 
 
@@ -468,25 +479,26 @@ def _call(
 def _start_shadow(
     state: State,
     d: decision_mod.Decision,
-    quality: shadow.PolicyQuality,
-    task: str | None,
+    sampling: _Sampling,
     *,
     answer: local.LocalAnswer,
     expert: escalation.ExpertState,
     call: escalation.Call,
 ) -> None:
     assert d.confidence is not None
+    assert sampling.quality is not None
     job = asyncio.get_running_loop().create_task(
         shadow.shadow_call(
-            quality=quality,
+            quality=sampling.quality,
             escalator=state.escalator,
             expert=expert,
             call=call,
-            task=task,
+            task=sampling.task,
             score=d.confidence,
             local_text=answer.text(),
             metrics=state.metrics,
             audit=state.audit,
+            values=sampling.values,
         )
     )
     state.quality.tasks.add(job)
@@ -499,9 +511,10 @@ def _score(
     *,
     answer: local.LocalAnswer,
     http: web.Request,
-) -> float | None:
-    """The answer's confidence per the policy's method; sets ``d.degeneration`` when
-    the detector flags the answer."""
+    fitter: score_fit.ScoreFitter | None = None,
+) -> tuple[float | None, dict[str, float] | None]:
+    """The answer's confidence per the policy's method, and its feature vector (method
+    combined); sets ``d.degeneration`` when the detector flags the answer."""
     conf = d.policy.config.confidence
     text = degeneration.detect(
         answer=answer.text(),
@@ -517,16 +530,21 @@ def _score(
                 escalate_cut_off=conf.degeneration.escalate_cut_off,
             ),
         )
-    if conf.method != "combined" or conf.combined is None:
-        return answer.confidence
+    if conf.method != "combined":
+        return answer.confidence, None
+    signals = answer.signals or {}
     values = combined_score.features(
-        signals=answer.signals or {}, text=text, task=http.headers.get(rules.TASK_HEADER)
+        signals=signals, text=text, task=http.headers.get(rules.TASK_HEADER)
     )
     if values is None:
-        return None
-    return combined_score.score(
-        values=values, weights=conf.combined.weights, intercept=conf.combined.intercept
-    )
+        return None, None
+    if fitter is not None and fitter.model is not None:
+        return fitter.model.score(values), values
+    if conf.combined is not None:
+        weights, intercept = conf.combined.weights, conf.combined.intercept
+        return combined_score.score(values=values, weights=weights, intercept=intercept), values
+    # fitScore without starting weights: the pool's mean token probability until a fit.
+    return min(max(float(signals["mean_token_prob"]), 0.0), 1.0), values
 
 
 async def _privacy(

@@ -41,7 +41,8 @@ import dataclasses
 import hashlib
 import logging
 import random
-from collections.abc import Callable, Collection
+import time
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from kascade.gateway import config as config_mod
@@ -49,7 +50,7 @@ from kascade.gateway import ledger
 from kascade.gateway.experts import escalation
 from kascade.gateway.observe import audit as audit_mod
 from kascade.gateway.observe import metrics as metrics_mod
-from kascade.gateway.route import answer_match, calibration
+from kascade.gateway.route import answer_match, calibration, score_fit
 
 __all__ = ["BOOK_PREFIX", "PolicyQuality", "Quality", "ShadowBudget"]
 
@@ -152,6 +153,10 @@ class PolicyQuality:
     policy: str
     variant: str | None
     """The A/B arm (None for a policy without variants)."""
+    fitter: score_fit.ScoreFitter | None = None
+    """The arm's fitted combined score (``target.fitScore`` on a combined arm), else None."""
+    tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
+    """Where a refit running off the event loop is held (the gateway's shadow tasks)."""
 
 
 class Quality:
@@ -164,12 +169,19 @@ class Quality:
         """Shadow calls in flight (held so they are not garbage-collected mid-call)."""
 
     def policy(
-        self, *, name: str, target: config_mod.TargetConfig, variant: str | None = None
+        self,
+        *,
+        name: str,
+        target: config_mod.TargetConfig,
+        variant: str | None = None,
+        combined: bool = False,
     ) -> PolicyQuality:
         """The state of the arm (``name``, ``variant``); new when the target is new or
-        changed (the policy's shadow spend carries over: it is in the ledger)."""
+        changed (the policy's shadow spend carries over: it is in the ledger).
+        ``combined``: the arm scores with the combined score (it may fit it)."""
         found = self._arms.get((name, variant))
-        if found is None or found.target != target:
+        fits = target.fit_score and combined
+        if found is None or found.target != target or (found.fitter is not None) != fits:
             found = self._arms[(name, variant)] = PolicyQuality(
                 target=target,
                 calibrator=calibration.Calibrator(
@@ -186,6 +198,12 @@ class Quality:
                 ),
                 policy=name,
                 variant=variant,
+                fitter=score_fit.ScoreFitter(
+                    window=target.window_labels, min_labels=target.min_labels, tasks=target.tasks
+                )
+                if fits
+                else None,
+                tasks=self.tasks,
             )
         return found
 
@@ -197,11 +215,13 @@ class Quality:
         for (name, variant), q in sorted(self._arms.items(), key=lambda kv: _order(kv[0])):
             if serving is not None and (name, variant) not in serving:
                 continue
-            figures = {
+            figures: dict[str, Any] = {
                 "maxLocalErrorRate": q.target.max_local_error_rate,
                 "confidenceLevel": q.target.confidence_level,
                 "tasks": q.calibrator.status(),
             }
+            if q.fitter is not None:
+                figures["fittedScore"] = q.fitter.status()
             entry = out.setdefault(name, {})
             if variant is None:
                 entry.update(figures)
@@ -229,11 +249,39 @@ def label(
     expert_text: str,
     metrics: metrics_mod.Metrics,
     audit: audit_mod.AuditLog,
+    values: Mapping[str, float] | None = None,
+    request_id: str = "",
 ) -> None:
-    """Adds one label to the arm; reports every threshold it moves."""
+    """Adds one label to the arm; reports every threshold it moves. An arm that fits
+    its score (see ``score_fit``) sends a FIT label to its fitter (a refit when due)
+    and a CALIBRATE label, scored by the model in force, to its calibrator."""
     right = answer_match.agree(answer=local_text, reference=expert_text)
+    fitter = quality.fitter
+    if fitter is None:
+        changes = quality.calibrator.add(score=score, right=right, task=task)
+    elif values is None:
+        return  # not drawn without a vector (pipeline); nothing to fit or rescore it by
+    elif score_fit.for_fitting(request_id):
+        if fitter.add(values, right=right):
+            _start_refit(quality, metrics=metrics, audit=audit)
+        changes = []
+    else:
+        kept = fitter.bounded(values)
+        now = fitter.model.score(kept) if fitter.model is not None else score
+        changes = quality.calibrator.add(score=now, right=right, task=task, values=kept)
+    _report(quality, changes, metrics=metrics, audit=audit)
+
+
+def _report(
+    quality: PolicyQuality,
+    changes: list[tuple[str, calibration.Learned]],
+    *,
+    metrics: metrics_mod.Metrics,
+    audit: audit_mod.AuditLog,
+) -> None:
+    """A log line, an audit line and the gauges for each moved threshold; label counts."""
     policy, variant = quality.policy, quality.variant or ""
-    for key, learned in quality.calibrator.add(score=score, right=right, task=task):
+    for key, learned in changes:
         shown = key or "*"
         log.info(
             "Learned threshold changed policy=%s variant=%s task=%s threshold=%.2f labels=%d "
@@ -267,6 +315,55 @@ def label(
         metrics.quality_labels.labels(policy, key, variant).set(float(entry["labels"] or 0))
 
 
+def _start_refit(
+    quality: PolicyQuality, *, metrics: metrics_mod.Metrics, audit: audit_mod.AuditLog
+) -> None:
+    """Fits the arm's score again in a worker thread (a Newton fit on a window of
+    labels takes milliseconds: too long for the event loop); held in ``tasks``."""
+    assert quality.fitter is not None
+    quality.fitter.fitting = True
+    job = asyncio.get_running_loop().create_task(_refit(quality, metrics=metrics, audit=audit))
+    quality.tasks.add(job)
+    job.add_done_callback(quality.tasks.discard)
+
+
+async def _refit(
+    quality: PolicyQuality, *, metrics: metrics_mod.Metrics, audit: audit_mod.AuditLog
+) -> None:
+    """Fits, installs the model, scores the CALIBRATE labels again under it (their
+    thresholds may move) and reports the new model."""
+    fitter = quality.fitter
+    assert fitter is not None
+    try:
+        model = await asyncio.to_thread(score_fit.fit, fitter.snapshot(), allowed=fitter.allowed)
+    finally:
+        fitter.fitting = False
+    if model is None:
+        return  # one class only so far: the score in force stays
+    fitter.install(model, at=time.time())
+    changes = quality.calibrator.rescore(model.score)
+    shown = fitter.status()
+    log.info(
+        "Combined score refitted policy=%s variant=%s labels=%d intercept=%.4f weights=%s",
+        quality.policy,
+        quality.variant or "-",
+        model.labels,
+        model.intercept,
+        shown["weights"],
+    )
+    audit.write(
+        {
+            "type": "score",
+            "policy": quality.policy,
+            "variant": quality.variant,
+            "labels": model.labels,
+            "intercept": shown["intercept"],
+            "weights": shown["weights"],
+        }
+    )
+    _report(quality, changes, metrics=metrics, audit=audit)
+
+
 def completion_text(completion: dict[str, Any]) -> str:
     """The text of an OpenAI-shaped completion's first choice ("" when absent)."""
     choices = completion.get("choices")
@@ -288,6 +385,7 @@ async def shadow_call(
     local_text: str,
     metrics: metrics_mod.Metrics,
     audit: audit_mod.AuditLog,
+    values: Mapping[str, float] | None = None,
 ) -> None:
     """Asks ``expert`` in the background and labels the local answer with its answer;
     refused when it could take the window's shadow spend past the policy's share."""
@@ -328,6 +426,8 @@ async def shadow_call(
         expert_text=completion_text(outcome.answer.completion),
         metrics=metrics,
         audit=audit,
+        values=values,
+        request_id=call.request_id,
     )
 
 
