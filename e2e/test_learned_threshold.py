@@ -9,6 +9,11 @@ confidence the prompt asks for (``[[confidence=x]]``); the expert echoes the pro
 a label is right exactly when the prompt's answer is 42. Arm ``steady`` gets reliable
 high scores; arm ``drifty`` gets answers scoring in [0.8, 0.9) that are right only half
 of the time, so its threshold must rise above them while ``steady``'s stays below.
+
+A second policy, ``fitted`` (method ``combined`` without weights, ``target.fitScore``),
+has the pool send token signals in which only the least confident token tells right
+from wrong: the gateway fits its combined score from the labels, learns a threshold
+under it, and the policy's status shows how many labels the score rests on.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from tests import quality_support
 from tests.testkit import KubectlRunner, free_port
 
 from e2e import dataplane
@@ -59,6 +65,19 @@ def _manifests(*, expert_port: int) -> str:
           variants:
             - {{name: steady, weight: 1}}
             - {{name: drifty, weight: 1, overrides: {{confidence: {{threshold: 0.6}}}}}}
+        ---
+        apiVersion: kascade.io/v1alpha1
+        kind: RoutingPolicy
+        metadata: {{name: fitted}}
+        spec:
+          localPool: tiny
+          allowAnonymous: true
+          experts: [judge]
+          privacy: {{action: allow}}
+          confidence:
+            method: combined
+            threshold: 0.0
+            target: {json.dumps({**TARGET, "windowLabels": 5000, "fitScore": True})}
         """
     )
 
@@ -73,20 +92,22 @@ def _synced(gateway: dataplane.GatewayFromConfigMap) -> bool:
     if not gateway.sync():
         return False
     config = json.loads(gateway.config_path.read_text())
-    return "chat" in config.get("policies", {})
+    return {"chat", "fitted"} <= set(config.get("policies", {}))
 
 
-def _ask(url: str, *, user: str, score: float, right: bool) -> str:
-    """One request; returns the arm that served it."""
-    content = f"The answer is {42 if right else 7}. [[confidence={score}]]"
-    body = {"model": "chat", "user": user, "max_tokens": 10}
+def _ask(url: str, *, user: str, score: float | None, right: bool, model: str = "chat") -> str:
+    """One request; returns the arm that served it ("" without variants). ``score``:
+    the confidence the scripted pool answers with (None: its configured signals')."""
+    mark = "" if score is None else f" [[confidence={score}]]"
+    content = f"The answer is {42 if right else 7}.{mark}"
+    body = {"model": model, "user": user, "max_tokens": 10}
     body["messages"] = [{"role": "user", "content": content}]  # type: ignore[assignment]
     req = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
     )
     with urllib.request.urlopen(req, timeout=10) as reply:
         assert reply.status == 200
-        return str(reply.headers["x-kascade-variant"])
+        return str(reply.headers.get("x-kascade-variant", ""))
 
 
 def _item(rng: random.Random, *, arm: str) -> tuple[float, bool]:
@@ -111,16 +132,18 @@ def _callers(url: str) -> dict[str, str]:
     raise AssertionError(f"64 callers all landed in {sorted(found)}")
 
 
-def _learned(kubectl: KubectlRunner, namespace: str) -> dict[str, dict[str, Any]] | None:
-    """Each arm's all-traffic entry of status.quality.learned, once both have a threshold."""
-    got = kubectl("get", "routingpolicy", "chat", "-n", namespace, "-o", "json")
+def _learned(
+    kubectl: KubectlRunner, namespace: str, *, policy: str = "chat"
+) -> dict[str | None, dict[str, Any]]:
+    """Each arm's all-traffic entry of status.quality.learned that has a threshold
+    (keyed by variant; None for a policy without variants)."""
+    got = kubectl("get", "routingpolicy", policy, "-n", namespace, "-o", "json")
     quality = (json.loads(got.stdout).get("status") or {}).get("quality") or {}
-    entries = {
+    return {
         item.get("variant"): item
         for item in quality.get("learned") or []
         if item.get("task") == "*" and item.get("threshold") is not None
     }
-    return entries if set(entries) == {"steady", "drifty"} else None
 
 
 def _events(kubectl: KubectlRunner, namespace: str) -> list[str]:
@@ -160,7 +183,9 @@ def test_each_variant_learns_its_threshold_and_the_policy_status_shows_it(
                 assert _ask(url, user=user, score=score, right=right) == arm  # sticky
         learned = ops.wait_for(
             "both arms' learned thresholds in RoutingPolicy status",
-            lambda: _learned(kubectl, namespace),
+            lambda: (
+                (found := _learned(kubectl, namespace)).keys() == {"steady", "drifty"} and found
+            ),
             timeout=120,
         )
         # The reliable arm keeps its high scores local; the drifty arm's [0.8, 0.9)
@@ -179,7 +204,58 @@ def test_each_variant_learns_its_threshold_and_the_policy_status_shows_it(
             ),
         )
         assert all("caller-" not in m for m in messages)  # no caller identity in Events
+        _check_fitted_score(kubectl, namespace, url=url, gw_port=gw_port, pool_port=pool_port)
     finally:
         gateway.stop()
         operator.stop()
         print(f"---- operator log ----\n{operator.log()[-3000:]}")
+
+
+def _gateway_arm(gw_port: int, policy: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{gw_port}/v1/kascade/status") as reply:
+        entry: dict[str, Any] = json.loads(reply.read())["quality"].get(policy) or {}
+        return entry
+
+
+def _fitted_and_learned(entry: dict[str, Any]) -> bool:
+    learned = (entry.get("tasks") or {}).get("*") or {}
+    fitted = (entry.get("fittedScore") or {}).get("fittedOn")
+    return bool(fitted) and (learned.get("threshold") or 1.0) < 1.0
+
+
+def _check_fitted_score(
+    kubectl: KubectlRunner, namespace: str, *, url: str, gw_port: int, pool_port: int
+) -> None:
+    """Policy ``fitted`` (method combined, no weights, ``fitScore``): the gateway fits
+    the score from the labels, learns a threshold under it, and the operator mirrors
+    how many labels the score rests on into RoutingPolicy status."""
+    rng = random.Random(9)
+    sent = 0
+    while not _fitted_and_learned(_gateway_arm(gw_port, "fitted")):
+        assert sent < 2000, "no fitted score with a learned threshold after 2000 requests"
+        for _ in range(50):
+            signals, right = quality_support.scripted_signals(rng)
+            _sim_config(pool_port, confidence_signals=signals)
+            _ask(url, user="fit", score=None, right=right, model="fitted")
+        sent += 50
+    entry = ops.wait_for(
+        "the fitted score's labels in RoutingPolicy status",
+        lambda: (
+            (_learned(kubectl, namespace, policy="fitted").get(None) or {}).get("scoreLabels")
+            and _learned(kubectl, namespace, policy="fitted")[None]
+        ),
+        timeout=120,
+    )
+    assert entry["threshold"] < 1.0
+    assert entry["scoreLabels"] >= TARGET["minLabels"]
+    assert entry["localErrorUpperBound"] <= TARGET["maxLocalErrorRate"]
+
+
+def _sim_config(port: int, **settings: Any) -> None:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/_sim/config",
+        data=json.dumps(settings).encode(),
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=5) as reply:
+        assert reply.status == 200

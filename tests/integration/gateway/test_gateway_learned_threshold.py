@@ -5,12 +5,12 @@ judge, and the gateway learning the threshold from sampled labels and shadow cal
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 from typing import Any
 
 import aiohttp
 import pytest
+from tests import quality_support
 from tests.integration.gateway.conftest import chat, expert_config, gateway_config
 
 WINDOW = 300
@@ -309,23 +309,6 @@ async def test_each_variant_learns_its_own_threshold_from_its_own_labels(
     assert 'kascade_learned_threshold{policy="default",task="*",variant="echo"} 0.05' in text
 
 
-def _signals(rng: random.Random) -> tuple[dict[str, float], bool]:
-    """A Kascade pool's token signals and whether its answer is right: right (98%) when
-    the least confident token is above e^-1.2, wrong (98%) otherwise; every other
-    signal, the mean token probability included, is noise."""
-    log_min = rng.uniform(-3.0, 0.0)
-    right = (log_min > -1.2) != (rng.random() < 0.02)
-    noise = {
-        name: rng.uniform(0.3, 0.95)
-        for name in (
-            "mean_token_prob", "token_prob_q05", "token_prob_q10", "token_prob_q25",
-            "token_prob_q50", "novel_token_prob_mean", "novel_token_prob_min",
-            "first_line_prob_mean", "first_line_prob_min",
-        )
-    }  # fmt: skip
-    return {**noise, "min_token_prob": math.exp(log_min), "tokens": 3.0}, right
-
-
 def _fitted_and_learned(entry: dict[str, Any] | None) -> bool:
     """The arm (None before its first request) has a fitted score and a learned threshold."""
     entry = entry or {}
@@ -356,7 +339,7 @@ async def test_a_combined_policy_fits_its_own_score_and_learns_a_threshold_for_i
     async def send(n: int) -> list[tuple[bool, bool]]:
         out = []
         for _ in range(n):
-            signals, right = _signals(rng)
+            signals, right = quality_support.scripted_signals(rng)
             pool.set(confidence_signals=signals)
             headers = await _ask(http, gw.url, f"The answer is {42 if right else 7}.")
             out.append((headers["x-kascade-route"] == "local", right))
