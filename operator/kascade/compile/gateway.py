@@ -263,6 +263,7 @@ def _target(spec: v1alpha1.routingpolicy.ConfidenceTargetSpec | None) -> gw.Targ
         min_labels=spec.min_labels,
         tasks=list(spec.tasks),
         fit_score=spec.fit_score,
+        feedback_labels=spec.feedback_labels,
     )
 
 

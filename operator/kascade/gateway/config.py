@@ -285,6 +285,9 @@ class TargetConfig(_Model):
     fit_score: bool = False
     """Fit the combined score's weights from the labels (``route.score_fit``); needs the
     policy's ``method: combined`` (a variant of another method learns without fitting)."""
+    feedback_labels: bool = False
+    """User ratings (``/v1/kascade/feedback``) of kept local answers join the labels;
+    the guarantee then needs ratings as representative as a uniform sample."""
 
 
 class ConfidenceConfig(_Model):

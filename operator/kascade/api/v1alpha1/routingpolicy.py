@@ -225,6 +225,14 @@ class ConfidenceTargetSpec(common.KascadeModel):
     is then optional: the starting model (unset: the pool's mean token probability)
     until a model is fitted. Method: docs/gateway.md, 'Fitted combined score'."""
 
+    feedback_labels: bool = pydantic.Field(default=False, alias="feedbackLabels")
+    """User ratings (POST /v1/kascade/feedback) of scored local answers this policy
+    returned also label them: up/positive/4-5 right, down/negative/1-2 wrong, one label
+    per request, only from the caller that made it. Ratings are not a uniform sample,
+    so the target's guarantee then holds only as far as ratings are representative
+    (they usually over-report bad answers: a more conservative threshold). See
+    docs/gateway.md, 'Learned threshold'."""
+
 
 _CEL_FITS = "(has(self.target) && has(self.target.fitScore) && self.target.fitScore)"
 """CEL: the confidence spec's target fits the combined score."""

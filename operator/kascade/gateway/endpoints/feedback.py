@@ -6,6 +6,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from kascade.gateway.endpoints import errors
+from kascade.gateway.route import shadow
 
 if TYPE_CHECKING:
     from kascade.gateway.route import pipeline
@@ -23,9 +24,19 @@ def _bad(message: str, param: str | None) -> errors.ApiError:
     return errors.ApiError(status=400, message=message, param=param, code="invalid_value")
 
 
-def record(state: pipeline.State, *, raw: bytes) -> dict[str, Any]:
-    """Validates `{"request_id", "rating", "policy"?, "comment"?}` and records it as a
-    metric and an audit line. `rating`: up/down/positive/negative/neutral or 1-5."""
+def _label(rating: Any) -> str:
+    """positive, negative or neutral: up/down/positive/negative/neutral or 1-5."""
+    if isinstance(rating, str) and rating in _RATINGS:
+        return _RATINGS[rating]
+    if isinstance(rating, int) and not isinstance(rating, bool) and 1 <= rating <= 5:
+        return "positive" if rating >= 4 else "negative" if rating <= 2 else "neutral"
+    raise _bad(
+        "`rating` must be up, down, positive, negative, neutral or an integer 1-5.", "rating"
+    )
+
+
+def _body(state: pipeline.State, raw: bytes) -> dict[str, Any]:
+    """The validated body (400 for a bad field, 404 for an unknown policy)."""
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -35,15 +46,6 @@ def record(state: pipeline.State, *, raw: bytes) -> dict[str, Any]:
     request_id = body.get("request_id")
     if not isinstance(request_id, str) or not 8 <= len(request_id) <= 128:
         raise _bad("`request_id` must be the x-kascade-request-id of a response.", "request_id")
-    rating = body.get("rating")
-    if isinstance(rating, str) and rating in _RATINGS:
-        label = _RATINGS[rating]
-    elif isinstance(rating, int) and not isinstance(rating, bool) and 1 <= rating <= 5:
-        label = "positive" if rating >= 4 else "negative" if rating <= 2 else "neutral"
-    else:
-        raise _bad(
-            "`rating` must be up, down, positive, negative, neutral or an integer 1-5.", "rating"
-        )
     policy = body.get("policy")
     if policy is not None and policy not in state.runtime.policies:
         raise errors.ApiError(
@@ -55,7 +57,32 @@ def record(state: pipeline.State, *, raw: bytes) -> dict[str, Any]:
     comment = body.get("comment")
     if comment is not None and (not isinstance(comment, str) or len(comment) > 2000):
         raise _bad("`comment` must be a string of at most 2000 characters.", "comment")
+    return body
+
+
+def record(state: pipeline.State, *, raw: bytes, caller: str) -> dict[str, Any]:
+    """Validates `{"request_id", "rating", "policy"?, "comment"?}` and records it as a
+    metric and an audit line; labels the rated local answer where its policy's target
+    takes ratings (``shadow.label_from_rating``). ``caller``:
+    ``kept_answers.caller_identity`` of who rates."""
+    body = _body(state, raw)
+    request_id, rating, policy = body["request_id"], body.get("rating"), body.get("policy")
+    label = _label(rating)
+    comment = body.get("comment")
     state.metrics.feedback.labels(policy or "", label).inc()
+    arm, why = shadow.label_from_rating(
+        quality=state.quality,
+        request_id=request_id,
+        rating=label,
+        caller=caller,
+        metrics=state.metrics,
+        audit=state.audit,
+    )
+    labelled: dict[str, Any] = (
+        {"labelled": True, "variant": arm.variant}
+        if arm is not None
+        else {"labelled": False, "reason": why}
+    )
     # The comment is free text a user typed: it may hold personal data, so only its
     # length reaches the audit log.
     state.audit.write(
@@ -66,6 +93,7 @@ def record(state: pipeline.State, *, raw: bytes) -> dict[str, Any]:
             "rating": rating,
             "label": label,
             "comment_chars": len(comment) if comment else 0,
+            **labelled,
         }
     )
-    return {"recorded": True, "request_id": request_id, "label": label}
+    return {"recorded": True, "request_id": request_id, "label": label, **labelled}

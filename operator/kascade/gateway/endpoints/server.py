@@ -24,7 +24,8 @@ from kascade.gateway.observe import audit as audit_mod
 from kascade.gateway.observe import loop as loop_monitor
 from kascade.gateway.observe import metrics as metrics_mod
 from kascade.gateway.observe import scrape
-from kascade.gateway.route import pipeline, pressure
+from kascade.gateway.route import kept_answers, pipeline, pressure
+from kascade.gateway.tenants import access
 from kascade.gateway.tenants import keys as keys_mod
 
 log = logging.getLogger("kascade.gateway")
@@ -144,9 +145,11 @@ async def _status(http: web.Request) -> web.Response:
 async def _feedback(http: web.Request) -> web.Response:
     state = http.app[STATE]
     try:
-        inbound.authenticate(state.runtime, http)
+        caller = inbound.authenticate(state.runtime, http)
         raw = await inbound.read_body(http, limit=state.runtime.config.limits.max_body_bytes)
-        recorded = feedback.record(state, raw=raw)
+        # Who rates, so a rating labels only the rater's own requests (never the key).
+        who = kept_answers.caller_identity(caller, access.presented_key(http.headers))
+        recorded = feedback.record(state, raw=raw, caller=who)
     except errors.ApiError as exc:
         return exc.response()
     return _json(recorded)

@@ -154,6 +154,13 @@ class Metrics:
             ["policy", "rating"],
             registry=r,
         )
+        self.feedback_labels = Counter(
+            "kascade_feedback_labels_total",
+            "Ratings that labelled a local answer for a learned threshold "
+            "(confidence.target.feedbackLabels), by arm and label (right, wrong).",
+            ["policy", "variant", "label"],
+            registry=r,
+        )
 
     def _init_tenant_families(self, r: CollectorRegistry) -> None:
         """Requests, escalations and cost per tenant."""

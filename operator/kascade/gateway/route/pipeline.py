@@ -30,6 +30,7 @@ from kascade.gateway.route import (
     combined_score,
     degeneration,
     formats,
+    kept_answers,
     local,
     pressure,
     request,
@@ -357,8 +358,30 @@ async def _answer_locally(
             raw_pii=screened.raw_pii, tenant_pays=False,
         )  # fmt: skip
         _start_shadow(state, d, sampling, answer=answer, expert=experts[0], call=call)
+    _remember_for_rating(state, http, d, sampling)
     _cache_store(state, chat, d, completion=answer.completion)
     return await responses.respond(http, chat, d, completion=answer.completion)
+
+
+def _remember_for_rating(
+    state: State, http: web.Request, d: decision_mod.Decision, sampling: _Sampling
+) -> None:
+    """Keeps what a user's rating needs to label this returned local answer, for a
+    target that takes ratings (``feedbackLabels``); only a scored answer an expert
+    could label too (an arm that fits its score also needs the feature vector)."""
+    quality = sampling.quality
+    if quality is None or not quality.target.feedback_labels or d.confidence is None:
+        return
+    if quality.fitter is not None and sampling.values is None:
+        return
+    state.quality.kept.remember(
+        d.request_id,
+        quality=quality,
+        task=sampling.task,
+        score=d.confidence,
+        values=sampling.values,
+        caller=kept_answers.caller_identity(d.caller, access.presented_key(http.headers)),
+    )
 
 
 def _label_from_expert(

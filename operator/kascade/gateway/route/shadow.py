@@ -50,7 +50,7 @@ from kascade.gateway import ledger
 from kascade.gateway.experts import escalation
 from kascade.gateway.observe import audit as audit_mod
 from kascade.gateway.observe import metrics as metrics_mod
-from kascade.gateway.route import answer_match, calibration, score_fit
+from kascade.gateway.route import answer_match, calibration, kept_answers, score_fit
 
 __all__ = ["BOOK_PREFIX", "PolicyQuality", "Quality", "ShadowBudget"]
 
@@ -157,14 +157,26 @@ class PolicyQuality:
     """The arm's fitted combined score (``target.fitScore`` on a combined arm), else None."""
     tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
     """Where a refit running off the event loop is held (the gateway's shadow tasks)."""
+    kept: kept_answers.KeptAnswers | None = None
+    """The gateway's kept answers, so an expert's label and a rating never both label
+    one request (None: no memory, every expert label counts)."""
+    feedback_labels: int = 0
+    """Labels this arm got from user ratings (since its target was last set)."""
 
 
 class Quality:
     """Every arm's learning state, kept across config reloads while targets hold."""
 
-    def __init__(self, *, rng: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        rng: Callable[[], float] | None = None,
+        kept: kept_answers.KeptAnswers | None = None,
+    ) -> None:
         self._rng = rng
         self._arms: dict[Arm, PolicyQuality] = {}
+        self.kept = kept if kept is not None else kept_answers.KeptAnswers()
+        """Local answers a rating may label (policies with ``feedbackLabels``)."""
         self.tasks: set[asyncio.Task[None]] = set()
         """Shadow calls in flight (held so they are not garbage-collected mid-call)."""
 
@@ -204,8 +216,13 @@ class Quality:
                 if fits
                 else None,
                 tasks=self.tasks,
+                kept=self.kept,
             )
         return found
+
+    def current(self, arm: PolicyQuality) -> bool:
+        """Whether ``arm`` still learns (not replaced by a changed target)."""
+        return self._arms.get((arm.policy, arm.variant)) is arm
 
     def status(self, *, serving: Collection[Arm] | None = None) -> dict[str, Any]:
         """Per policy: the target, labels and learned thresholds (for the status
@@ -222,6 +239,8 @@ class Quality:
             }
             if q.fitter is not None:
                 figures["fittedScore"] = q.fitter.status()
+            if q.target.feedback_labels:
+                figures["feedbackLabels"] = q.feedback_labels
             entry = out.setdefault(name, {})
             if variant is None:
                 entry.update(figures)
@@ -252,10 +271,37 @@ def label(
     values: Mapping[str, float] | None = None,
     request_id: str = "",
 ) -> None:
+    """Labels the local answer by the expert's; none when a rating already labelled
+    the request (one label per request: the first to arrive)."""
+    if quality.kept is not None and not quality.kept.claim(request_id):
+        return
+    right = answer_match.agree(answer=local_text, reference=expert_text)
+    add_label(
+        quality=quality,
+        task=task,
+        score=score,
+        right=right,
+        metrics=metrics,
+        audit=audit,
+        values=values,
+        request_id=request_id,
+    )
+
+
+def add_label(
+    *,
+    quality: PolicyQuality,
+    task: str | None,
+    score: float,
+    right: bool,
+    metrics: metrics_mod.Metrics,
+    audit: audit_mod.AuditLog,
+    values: Mapping[str, float] | None = None,
+    request_id: str = "",
+) -> None:
     """Adds one label to the arm; reports every threshold it moves. An arm that fits
     its score (see ``score_fit``) sends a FIT label to its fitter (a refit when due)
     and a CALIBRATE label, scored by the model in force, to its calibrator."""
-    right = answer_match.agree(answer=local_text, reference=expert_text)
     fitter = quality.fitter
     if fitter is None:
         changes = quality.calibrator.add(score=score, right=right, task=task)
@@ -270,6 +316,44 @@ def label(
         now = fitter.model.score(kept) if fitter.model is not None else score
         changes = quality.calibrator.add(score=now, right=right, task=task, values=kept)
     _report(quality, changes, metrics=metrics, audit=audit)
+
+
+def label_from_rating(
+    *,
+    quality: Quality,
+    request_id: str,
+    rating: str,
+    caller: str,
+    metrics: metrics_mod.Metrics,
+    audit: audit_mod.AuditLog,
+) -> tuple[PolicyQuality | None, str | None]:
+    """Labels a kept local answer by its user's rating (positive right, negative
+    wrong): the arm labelled, or None and why not. Another caller's request reads as
+    unknown, so a rating cannot probe which request ids exist."""
+    right = kept_answers.rating_label(rating)
+    if right is None:
+        return None, "neutral"
+    found = quality.kept.find(request_id)
+    if found is None or found.caller != caller or not quality.current(found.quality):
+        return None, "unknown"
+    if found.labelled:
+        return None, "already_labelled"
+    found.labelled = True
+    arm = found.quality
+    arm.feedback_labels += 1
+    shown = "right" if right else "wrong"
+    metrics.feedback_labels.labels(arm.policy, arm.variant or "", shown).inc()
+    add_label(
+        quality=arm,
+        task=found.task,
+        score=found.score,
+        right=right,
+        metrics=metrics,
+        audit=audit,
+        values=found.values,
+        request_id=request_id,
+    )
+    return arm, None
 
 
 def _report(
