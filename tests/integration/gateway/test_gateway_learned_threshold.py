@@ -378,3 +378,52 @@ async def test_a_combined_policy_fits_its_own_score_and_learns_a_threshold_for_i
     requests = [line for line in audit if line["type"] == "request"]
     assert requests[-1]["threshold_learned"]
     assert requests[-1]["method"] == "combined"
+
+
+async def _rate(http: aiohttp.ClientSession, url: str, request_id: str, rating: str) -> Any:
+    async with http.post(
+        f"{url}/v1/kascade/feedback", json={"request_id": request_id, "rating": rating}
+    ) as resp:
+        assert resp.status == 200
+        return await resp.json()
+
+
+@pytest.mark.parametrize("feedback_labels", [True, False])
+async def test_user_ratings_of_kept_answers_move_the_threshold_only_when_opted_in(
+    start_sim, start_gateway, http, feedback_labels: bool
+) -> None:
+    pool = await start_sim(name="pool", confidence=0.5, answer="42")
+    expert = await start_sim(name="e1")
+    # No shadow labels (shadowFraction 0): only the users' ratings can label.
+    target = {**TARGET, "shadowFraction": 0.0, "feedbackLabels": feedback_labels}
+    gw = await start_gateway(
+        gateway_config(
+            pool=pool.url,
+            experts={"e1": expert_config(expert.url)},
+            policy={"confidence": {"threshold": 0.7, "target": target}},
+        )
+    )
+    rng = random.Random(5)
+    sent = []
+    for _ in range(120):  # all kept local: the policy's 0.7 holds until labels exist
+        score = round(rng.uniform(0.8, 1.0), 3)
+        headers = await _ask(http, gw.url, _prompt(score, True))
+        assert headers["x-kascade-route"] == "local"
+        sent.append((headers["x-kascade-request-id"], score))
+    # Users rate answers scoring in [0.8, 0.9) down, those in [0.9, 1] up.
+    answers = [await _rate(http, gw.url, rid, "down" if s < 0.9 else "up") for rid, s in sent]
+    assert [a["labelled"] for a in answers] == [feedback_labels] * len(sent)
+    again = await _rate(http, gw.url, sent[0][0], "up")
+    assert again["labelled"] is False
+    assert again["reason"] == ("already_labelled" if feedback_labels else "unknown")
+    figures = (await _status(http, gw.url))["quality"]["default"]
+    if not feedback_labels:
+        assert "feedbackLabels" not in figures
+        assert figures["tasks"].get("*") is None  # not one label
+        return
+    assert figures["feedbackLabels"] == len(sent)
+    assert figures["tasks"]["*"]["labels"] == len(sent)
+    assert figures["tasks"]["*"]["threshold"] > 0.85
+    last = [line for line in gw.audit() if line["type"] == "feedback"][-2]
+    assert last["labelled"] is True
+    assert "variant" in last
