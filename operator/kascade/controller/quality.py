@@ -6,7 +6,8 @@ policy's ``status.quality`` and names every threshold that moved since the statu
 operator last wrote (each becomes an Event). A policy with A/B variants learns per
 variant (the gateway's entry has them under ``variants``); its entries then name it.
 An arm that fits its combined score (``confidence.target.fitScore``) adds to each of
-its entries the labels the model in use was fitted on (``scoreLabels``).
+its entries the labels the model in use was fitted on (``scoreLabels``); an arm whose
+target takes user ratings (``feedbackLabels``), how many labels came from them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def _entries(figures: dict[str, Any], *, variant: str | None) -> list[dict[str, 
     """One entry per task of one arm (the policy, or one of its variants)."""
     fitted = figures.get("fittedScore")
     fitted_on = fitted.get("fittedOn") if isinstance(fitted, dict) else None
+    rated = figures.get("feedbackLabels")
     out = []
     for task, item in (figures.get("tasks") or {}).items():
         entry: dict[str, Any] = {} if variant is None else {"variant": variant}
@@ -39,6 +41,8 @@ def _entries(figures: dict[str, Any], *, variant: str | None) -> list[dict[str, 
         )
         if isinstance(fitted_on, int):  # the arm fits its score: every task uses that model
             entry["scoreLabels"] = fitted_on
+        if isinstance(rated, int):  # per arm, like scoreLabels: repeated on each task
+            entry["feedbackLabels"] = rated
         out.append(entry)
     return out
 

@@ -162,3 +162,17 @@ def test_an_arm_that_fits_its_score_says_on_how_many_labels() -> None:
     status, _ = quality.policy_quality(fitted, policy="chat", previous=None)
     assert status is not None
     assert all("scoreLabels" not in item for item in status["learned"])
+
+
+def test_an_arm_that_takes_ratings_says_how_many_labels_came_from_them() -> None:
+    rated = copy.deepcopy(DOCUMENT)
+    rated["quality"]["chat"]["feedbackLabels"] = 37
+    status, _ = quality.policy_quality(rated, policy="chat", previous=None)
+    assert status is not None
+    assert {item["feedbackLabels"] for item in status["learned"]} == {37}
+    model = routingpolicy.QualityStatus.model_validate(status)
+    assert model.learned[0].feedback_labels == 37
+    # Without feedbackLabels on the target: no figure, as before.
+    status, _ = quality.policy_quality(DOCUMENT, policy="chat", previous=None)
+    assert status is not None
+    assert all("feedbackLabels" not in item for item in status["learned"])

@@ -864,6 +864,10 @@ class LearnedThreshold(common.KascadeModel):
     """With confidence.target.fitScore: the labels the combined score in use was fitted
     on (the variant's own); unset while no model is fitted."""
 
+    feedback_labels: int | None = pydantic.Field(default=None, ge=0, alias="feedbackLabels")
+    """With confidence.target.feedbackLabels: the labels (of the variant, all tasks)
+    that came from user ratings since the target was set; unset without it."""
+
 
 class QualityStatus(common.KascadeModel):
     """What the gateway learned for the policy's quality target (confidence.target)."""
