@@ -10,8 +10,8 @@ labels than the local answers it was given.
 
 The memory is bounded: the last ``capacity`` request ids (least recently added go
 first) and no older than ``max_age_s`` (a rating an hour late says little about the
-traffic the window holds). An entry is a few hundred bytes (about 1.5 KB with a
-combined score's feature vector), so 10,000 entries cost at most ~15 MB per replica.
+traffic the window holds). 10,000 entries cost about 2.6 MB per replica, about
+12 MB with a combined score's feature vectors (19 floats each; tracemalloc).
 """
 
 from __future__ import annotations

@@ -10,7 +10,10 @@ sample with probability ``shadowFraction``, whatever its route:
   the billing rule hold), within ``maxShadowBudgetShare`` of that expert's budget
   limit per budget window; the caller never waits for it.
 
-A label is ``answer_match.agree(local, expert)``. Every change of a learned threshold
+A label is ``answer_match.agree(local, expert)``. A target with ``feedbackLabels``
+also takes users' ratings of kept local answers as labels (``label_from_rating``;
+memory and bounds: ``kept_answers``); each request gets at most one label, the first
+of the expert's and its rating. Every change of a learned threshold
 is a log line and an audit line (``type: threshold``) and moves the
 ``kascade_learned_threshold`` gauge. Learning state is per gateway replica (each
 replica learns from its own traffic) and starts again when the target changes; the
