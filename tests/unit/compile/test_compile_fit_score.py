@@ -1,6 +1,7 @@
-"""confidence.target.fitScore compiles into the gateway config: a combined policy without
-weights is served (it fits them), and a variant that scores by another method is served
-with the policy's target (the gateway fits only arms that score combined)."""
+"""confidence.target.fitScore (and feedbackLabels) compiles into the gateway config: a
+combined policy without weights is served (it fits them), and a variant that scores by
+another method is served with the policy's target (the gateway fits only arms that score
+combined)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,12 @@ def test_fit_score_compiles_and_a_variant_of_another_method_is_served() -> None:
     data = policy.model_dump(by_alias=True, exclude_none=True)
     data["spec"]["confidence"] = {
         "method": "combined",  # no weights: the gateway fits them
-        "target": {"maxLocalErrorRate": 0.1, "fitScore": True, "tasks": ["chat"]},
+        "target": {
+            "maxLocalErrorRate": 0.1,
+            "fitScore": True,
+            "tasks": ["chat"],
+            "feedbackLabels": True,
+        },
     }
     data["spec"]["variants"] = [
         {"name": "fitted", "weight": 1},
@@ -41,6 +47,7 @@ def test_fit_score_compiles_and_a_variant_of_another_method_is_served() -> None:
     assert served.confidence.combined is None
     assert served.confidence.target is not None
     assert served.confidence.target.fit_score
+    assert served.confidence.target.feedback_labels  # ratings label (opt-in) compiled too
     arms = {v.name: v.confidence for v in served.variants}
     assert arms["fitted"] is None  # the policy's own confidence
     tokens, combined = arms["tokens"], arms["also-combined"]
