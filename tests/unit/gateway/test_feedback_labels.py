@@ -44,7 +44,12 @@ def _keep(quality: shadow.Quality, arm: shadow.PolicyQuality, rid: str, score: f
 
 
 def _rate(
-    quality: shadow.Quality, sinks: tuple[Any, Any], rid: str, rating: str, caller: str = ME
+    quality: shadow.Quality,
+    sinks: tuple[Any, Any],
+    rid: str,
+    rating: str,
+    caller: str = ME,
+    policy: str | None = None,
 ) -> tuple[shadow.PolicyQuality | None, str | None]:
     return shadow.label_from_rating(
         quality=quality,
@@ -53,6 +58,7 @@ def _rate(
         caller=caller,
         metrics=sinks[0],
         audit=sinks[1],
+        policy=policy,
     )
 
 
@@ -132,6 +138,14 @@ def test_only_the_caller_that_asked_labels_its_request(tmp_path: Path) -> None:
     )
     assert _labels(arm) == 0
     assert _rate(quality, sinks, "request-1", "negative") == (arm, None)
+
+
+def test_a_rating_that_names_another_policy_labels_nothing(tmp_path: Path) -> None:
+    quality, arm, sinks = _setup(tmp_path)
+    _keep(quality, arm, "request-1", 0.9)
+    assert _rate(quality, sinks, "request-1", "negative", policy="other") == (None, "unknown")
+    assert _labels(arm) == 0
+    assert _rate(quality, sinks, "request-1", "negative", policy="chat") == (arm, None)
 
 
 def test_a_changed_target_drops_what_was_kept_for_the_old_one(tmp_path: Path) -> None:

@@ -77,6 +77,7 @@ def record(state: pipeline.State, *, raw: bytes, caller: str) -> dict[str, Any]:
         caller=caller,
         metrics=state.metrics,
         audit=state.audit,
+        policy=policy,
     )
     labelled: dict[str, Any] = (
         {"labelled": True, "variant": arm.variant}

@@ -329,15 +329,22 @@ def label_from_rating(
     caller: str,
     metrics: metrics_mod.Metrics,
     audit: audit_mod.AuditLog,
+    policy: str | None = None,
 ) -> tuple[PolicyQuality | None, str | None]:
     """Labels a kept local answer by its user's rating (positive right, negative
-    wrong): the arm labelled, or None and why not. Another caller's request reads as
-    unknown, so a rating cannot probe which request ids exist."""
+    wrong): the arm labelled, or None and why not. Another caller's request, or one
+    of another policy than the rating names, reads as unknown, so a rating cannot
+    probe which request ids exist (nor which policy answered them)."""
     right = kept_answers.rating_label(rating)
     if right is None:
         return None, "neutral"
     found = quality.kept.find(request_id)
-    if found is None or found.caller != caller or not quality.current(found.quality):
+    if (
+        found is None
+        or found.caller != caller
+        or (policy is not None and found.quality.policy != policy)
+        or not quality.current(found.quality)
+    ):
         return None, "unknown"
     if found.labelled:
         return None, "already_labelled"
