@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from kascade.gateway.route import answer_match, combined_score, degeneration
+from kascade.gateway.route import answer_match, calibration, combined_score, degeneration
 from kascade.gateway.route.logistic import fit_logistic
 from kascade.serving import config, generation, sources
 from kascade.serving.runtimes import base, llama_cpp
@@ -523,6 +523,11 @@ def main() -> None:
         labels=np.array([float(r["correct"]) for r in records]),
         half=split_halves(records),
     )
+    summary["targets"] = target_report(
+        scores=scores,
+        labels=np.array([float(r["correct"]) for r in records]),
+        half=split_halves(records),
+    )
     summary["model"] = args.model
     summary["chat_template"] = str(args.chat_template) if args.chat_template else None
     summary["stops"] = args.stop
@@ -530,6 +535,43 @@ def main() -> None:
     plotted = plot(records=records, summary=summary, scores=scores, path=png)
     (args.out / f"routing_quality_{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
     _print_summary(summary=summary, png=png if plotted else None)
+
+
+TARGETS = (0.2, 0.3, 0.4, 0.5)
+"""Declared local error rates (``confidence.target.maxLocalErrorRate``) the bench tries."""
+TARGET_DELTA = 0.1
+"""1 - confidenceLevel: the API default (0.9)."""
+
+
+def target_report(
+    *, scores: dict[str, Array], labels: Array, half: Array
+) -> dict[str, dict[str, Any]]:
+    """A declared quality target as the gateway holds it, on real answers: the
+    threshold chosen by the gateway's own Learn-then-Test procedure
+    (``calibration.choose_threshold``) on one half's labels (every item labelled, as
+    with ``shadowFraction: 1``), measured on the other half (both ways round, mean):
+    the share kept local and its true error rate. The guarantee says that error stays
+    under the target with probability >= 0.9."""
+    out: dict[str, dict[str, Any]] = {}
+    for method in (DEFAULT_METHOD, COMBINED):
+        for target in TARGETS:
+            shares, errors = [], []
+            for calib in (0, 1):
+                c, t = half == calib, half != calib
+                right = labels[c].astype(bool).tolist()
+                pairs = list(zip(scores[method][c].tolist(), right, strict=True))
+                learned = calibration.choose_threshold(
+                    labels=pairs, max_error=target, delta=TARGET_DELTA
+                )
+                local = scores[method][t] >= learned.threshold
+                shares.append(float(local.mean()))
+                if local.any():
+                    errors.append(1.0 - float(labels[t][local].mean()))
+            out[f"{method}@{target}"] = {
+                "local_share": float(np.mean(shares)),
+                "local_error": float(np.mean(errors)) if errors else None,
+            }
+    return out
 
 
 def _print_summary(*, summary: dict[str, Any], png: pathlib.Path | None) -> None:
@@ -543,6 +585,9 @@ def _print_summary(*, summary: dict[str, Any], png: pathlib.Path | None) -> None
             f"variant {name:24s} {v['method']}@{v['threshold']}: local {v['local_share']:.1%}, "
             f"overall accuracy {v['overall_accuracy']:.1%}"
         )
+    for name, v in summary["targets"].items():
+        error = "-" if v["local_error"] is None else f"{v['local_error']:.1%}"
+        _log(f"target {name:28s} local {v['local_share']:.1%}, true local error {error}")
     default = summary["methods"][DEFAULT_METHOD]
     best = summary["methods"][COMBINED]
     print(
@@ -566,6 +611,10 @@ def _print_summary(*, summary: dict[str, Any], png: pathlib.Path | None) -> None
                         "overall_accuracy": round(v["overall_accuracy"], 4),
                     }
                     for name, v in summary["variants"].items()
+                },
+                "targets": {
+                    name: {k: None if x is None else round(x, 4) for k, x in v.items()}
+                    for name, v in summary["targets"].items()
                 },
                 "plot": str(png) if png else None,
                 "baseline": "random_share_at_90 and perfect_share_at_90 (same items, same run)",

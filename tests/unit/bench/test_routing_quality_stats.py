@@ -92,3 +92,23 @@ def test_variants_parse_and_each_is_scored_on_the_same_items() -> None:
 def test_bad_variants_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="--variants"):
         rq.parse_variants(text)
+
+
+def test_a_declared_target_keeps_only_what_its_bound_certifies() -> None:
+    """target_report runs the gateway's Learn-then-Test choice on one half and measures
+    the other: on a score that tells right (>= 0.7, 97% right) from wrong (< 0.7, 10%
+    right), a 20% target keeps the high scores at a true error under 20%; labels that
+    are all wrong keep nothing, whatever the score."""
+    rng = np.random.default_rng(3)
+    n = 4000
+    scores = rng.uniform(0.0, 1.0, size=n)
+    right = np.where(scores >= 0.7, rng.random(n) < 0.97, rng.random(n) < 0.10)
+    half = np.arange(n) % 2
+    both = {rq.DEFAULT_METHOD: scores, rq.COMBINED: scores}
+    got = rq.target_report(scores=both, labels=right.astype(float), half=half)
+    at20 = got[f"{rq.DEFAULT_METHOD}@0.2"]
+    assert 0.25 <= at20["local_share"] <= 0.45
+    assert at20["local_error"] is not None
+    assert at20["local_error"] <= 0.2
+    none = rq.target_report(scores=both, labels=np.zeros(n), half=half)
+    assert all(v["local_share"] == 0.0 and v["local_error"] is None for v in none.values())
