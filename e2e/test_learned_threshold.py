@@ -100,8 +100,8 @@ def _ask(url: str, *, user: str, score: float | None, right: bool, model: str = 
     the confidence the scripted pool answers with (None: its configured signals')."""
     mark = "" if score is None else f" [[confidence={score}]]"
     content = f"The answer is {42 if right else 7}.{mark}"
-    body = {"model": model, "user": user, "max_tokens": 10}
-    body["messages"] = [{"role": "user", "content": content}]  # type: ignore[assignment]
+    body: dict[str, Any] = {"model": model, "user": user, "max_tokens": 10}
+    body["messages"] = [{"role": "user", "content": content}]
     req = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
     )

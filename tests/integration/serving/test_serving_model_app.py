@@ -122,7 +122,7 @@ def test_client_leaving_a_stream_frees_the_slot(base_url: str) -> None:
     deadline = time.monotonic() + 120
     while (counts := _replica_counts()) != {"generating": 0, "streamsLeft": left + 1}:
         assert time.monotonic() < deadline, counts
-        time.sleep(0.1)
+        time.sleep(0.1)  # poll interval of the replica's own count (a Serve call each)
     after = _chat(base_url, temperature=0, max_tokens=2)
     assert after.status_code == 200, after.text
 

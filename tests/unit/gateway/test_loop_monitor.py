@@ -47,11 +47,13 @@ async def _run_until(
         loop_monitor.watch(metrics, tick_s=0.001, wall=lambda: clocks.wall, cpu=lambda: clocks.cpu)
     )
     try:
-        await asyncio.sleep(0)  # the monitor schedules its first tick
+        await asyncio.sleep(0)  # a yield, not a wait: the monitor schedules its first tick
         clocks.spend(**block)  # one callback "ran" this long before the tick could fire
         deadline = loop.time() + 30
         while _gauges(metrics) == (0.0, 0.0):
             assert loop.time() < deadline, "the monitor never ticked"
+            # A poll for the observable gauge: the monitor ticks on the loop's own timer
+            # (its clocks are injected, its scheduling is real), so the test yields to it.
             await asyncio.sleep(0.001)
     finally:
         task.cancel()

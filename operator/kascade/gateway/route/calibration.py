@@ -159,9 +159,10 @@ class Calibrator:
         threshold changed, with the new figures (an Event and an audit line each).
         ``values``: the label's feature vector, kept so ``rescore`` can score it again."""
         changed = []
+        label = _Label(score=score, right=right, values=values)  # one object in each window
         for key in ("", task) if task else ("",):
             window = self._labels.setdefault(key, collections.deque(maxlen=self._window))
-            window.append(_Label(score=score, right=right, values=values))
+            window.append(label)
             self._since[key] = self._since.get(key, 0) + 1
             if len(window) < self._min_labels or self._since[key] < self._every:
                 continue
@@ -174,9 +175,11 @@ class Calibrator:
         """Scores every label that kept its feature vector again (the score's model
         changed) and chooses every threshold again; returns those that changed."""
         changed = []
+        done: set[int] = set()  # a task's label is also in the all-traffic window: score it once
         for key, window in self._labels.items():
             for label in window:
-                if label.values is not None:
+                if label.values is not None and id(label) not in done:
+                    done.add(id(label))
                     label.score = score(label.values)
             if len(window) >= self._min_labels and (found := self._choose(key)) is not None:
                 changed.append(found)

@@ -268,6 +268,9 @@ class _Sampling:
     drawn: bool = False
     values: dict[str, float] | None = None
     """The answer's feature vector (combined score), for an arm that fits its score."""
+    labellable: bool = False
+    """A label of this answer can be used: it has a score (and, for an arm that fits
+    its score, a feature vector). Shadow draws and ratings both need it."""
 
 
 async def _local_answer(
@@ -331,7 +334,9 @@ def _judge(
     d.format_problem = formats.problem(chat=chat, completion=answer.completion)
     if d.format_problem is not None:
         reason = "invalid_format"
-    return reason, _Sampling(quality=quality, task=task, drawn=drawn, values=values)
+    return reason, _Sampling(
+        quality=quality, task=task, drawn=drawn, values=values, labellable=labellable
+    )
 
 
 async def _answer_locally(
@@ -370,10 +375,9 @@ def _remember_for_rating(
     target that takes ratings (``feedbackLabels``); only a scored answer an expert
     could label too (an arm that fits its score also needs the feature vector)."""
     quality = sampling.quality
-    if quality is None or not quality.target.feedback_labels or d.confidence is None:
+    if quality is None or not quality.target.feedback_labels or not sampling.labellable:
         return
-    if quality.fitter is not None and sampling.values is None:
-        return
+    assert d.confidence is not None  # labellable
     state.quality.kept.remember(
         d.request_id,
         quality=quality,
