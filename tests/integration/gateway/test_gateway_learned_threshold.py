@@ -5,6 +5,7 @@ judge, and the gateway learning the threshold from sampled labels and shadow cal
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 from typing import Any
 
@@ -427,3 +428,45 @@ async def test_user_ratings_of_kept_answers_move_the_threshold_only_when_opted_i
     last = [line for line in gw.audit() if line["type"] == "feedback"][-2]
     assert last["labelled"] is True
     assert "variant" in last
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("variants", [False, True], ids=["one-arm", "two-variants"])
+async def test_a_rating_labels_the_answer_whichever_replica_it_reaches(
+    redis_url: str, start_sim, start_gateway, http, variants: bool
+) -> None:
+    """Behind a Service a rating seldom reaches the replica that answered: two gateways
+    on one Redis, every answer given by one and rated on the other (which has not
+    served the policy yet), each labelled once in all, on the arm that answered."""
+    pool = await start_sim(name="pool", confidence=0.5, answer="42")
+    expert = await start_sim(name="e1")
+    target = {**TARGET, "shadowFraction": 0.0, "feedbackLabels": True}
+    policy: dict[str, Any] = {"confidence": {"threshold": 0.7, "target": target}}
+    if variants:
+        policy["variants"] = [{"name": "main", "weight": 1}, {"name": "alt", "weight": 1}]
+    config = gateway_config(
+        pool=pool.url,
+        experts={"e1": expert_config(expert.url)},
+        policy=policy,
+        ledger={"url": redis_url},
+    )
+    answering, rating = [await start_gateway(config, name=name) for name in ("gw-a", "gw-b")]
+    rng = random.Random(5)
+    sent, served = [], collections.Counter[str]()
+    for n in range(120):  # all kept local: the policy's 0.7 holds until labels exist
+        score = round(rng.uniform(0.8, 1.0), 3)
+        headers = await _ask(http, answering.url, _prompt(score, True), user=f"caller-{n}")
+        assert headers["x-kascade-route"] == "local"
+        served[headers.get("x-kascade-variant", "")] += 1
+        sent.append((headers["x-kascade-request-id"], score))
+    for rid, score in sent:
+        rated = await _rate(http, rating.url, rid, "down" if score < 0.9 else "up")
+        assert rated["labelled"] is True, rated.get("reason")
+        assert (rated["variant"] or "") in served
+        again = await _rate(http, answering.url, rid, "up")
+        assert again == {**again, "labelled": False, "reason": "already_labelled"}
+    entry = (await _status(http, rating.url))["quality"]["default"]
+    arms = entry["variants"] if variants else {"": entry}
+    assert {name: figures["feedbackLabels"] for name, figures in arms.items()} == served
+    assert {name: figures["tasks"]["*"]["labels"] for name, figures in arms.items()} == served
+    assert len(served) == (2 if variants else 1)

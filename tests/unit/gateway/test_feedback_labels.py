@@ -39,11 +39,20 @@ def _setup(
     return quality, arm, sinks
 
 
-def _keep(quality: shadow.Quality, arm: shadow.PolicyQuality, rid: str, score: float) -> None:
-    quality.kept.remember(rid, quality=arm, task=None, score=score, values=None, caller=ME)
+def _memory(quality: shadow.Quality) -> kept_answers.KeptAnswers:
+    assert isinstance(quality.kept, kept_answers.KeptAnswers)
+    return quality.kept
 
 
-def _rate(
+async def _keep(quality: shadow.Quality, arm: shadow.PolicyQuality, rid: str, score: float) -> None:
+    kept = kept_answers.Kept(
+        policy=arm.policy, variant=arm.variant, arm=arm.identity, task=None, score=score,
+        values=None, caller=ME,
+    )  # fmt: skip
+    await quality.kept.remember(rid, kept)
+
+
+async def _rate(
     quality: shadow.Quality,
     sinks: tuple[Any, Any],
     rid: str,
@@ -51,7 +60,7 @@ def _rate(
     caller: str = ME,
     policy: str | None = None,
 ) -> tuple[shadow.PolicyQuality | None, str | None]:
-    return shadow.label_from_rating(
+    return await shadow.label_from_rating(
         quality=quality,
         request_id=rid,
         rating=rating,
@@ -66,25 +75,25 @@ def _labels(arm: shadow.PolicyQuality) -> int:
     return int(arm.calibrator.status().get("*", {}).get("labels") or 0)
 
 
-def test_the_memory_keeps_only_the_last_n_requests(tmp_path: Path) -> None:
+async def test_the_memory_keeps_only_the_last_n_requests(tmp_path: Path) -> None:
     quality, arm, sinks = _setup(tmp_path, capacity=3)
     for n in range(4):
-        _keep(quality, arm, f"request-{n}", 0.9)
-    assert len(quality.kept) == 3
-    assert _rate(quality, sinks, "request-0", "positive") == (None, "unknown")
-    assert _rate(quality, sinks, "request-1", "positive") == (arm, None)
+        await _keep(quality, arm, f"request-{n}", 0.9)
+    assert len(_memory(quality)) == 3
+    assert await _rate(quality, sinks, "request-0", "positive") == (None, "unknown")
+    assert await _rate(quality, sinks, "request-1", "positive") == (arm, None)
 
 
-def test_an_expired_request_is_not_labelled(tmp_path: Path) -> None:
+async def test_an_expired_request_is_not_labelled(tmp_path: Path) -> None:
     clock = _Clock()
     quality, arm, sinks = _setup(tmp_path, clock=clock)
-    _keep(quality, arm, "request-old", 0.9)
+    await _keep(quality, arm, "request-old", 0.9)
     clock.now += 1800
-    _keep(quality, arm, "request-new", 0.9)
+    await _keep(quality, arm, "request-new", 0.9)
     clock.now += 1801  # the first is now 3601 s old, the second 1801 s
-    assert _rate(quality, sinks, "request-old", "negative") == (None, "unknown")
-    assert _rate(quality, sinks, "request-new", "negative") == (arm, None)
-    assert len(quality.kept) == 1
+    assert await _rate(quality, sinks, "request-old", "negative") == (None, "unknown")
+    assert await _rate(quality, sinks, "request-new", "negative") == (arm, None)
+    assert len(_memory(quality)) == 1
 
 
 def test_ratings_map_to_right_wrong_or_nothing() -> None:
@@ -93,66 +102,66 @@ def test_ratings_map_to_right_wrong_or_nothing() -> None:
     assert kept_answers.rating_label("neutral") is None
 
 
-def test_a_neutral_rating_labels_nothing(tmp_path: Path) -> None:
+async def test_a_neutral_rating_labels_nothing(tmp_path: Path) -> None:
     quality, arm, sinks = _setup(tmp_path)
-    _keep(quality, arm, "request-1", 0.9)
-    assert _rate(quality, sinks, "request-1", "neutral") == (None, "neutral")
+    await _keep(quality, arm, "request-1", 0.9)
+    assert await _rate(quality, sinks, "request-1", "neutral") == (None, "neutral")
     assert _labels(arm) == 0
-    assert _rate(quality, sinks, "request-1", "positive") == (arm, None)
+    assert await _rate(quality, sinks, "request-1", "positive") == (arm, None)
     assert _labels(arm) == 1
 
 
-def test_one_label_per_request_whichever_comes_first(tmp_path: Path) -> None:
+async def test_one_label_per_request_whichever_comes_first(tmp_path: Path) -> None:
     quality, arm, sinks = _setup(tmp_path)
-    _keep(quality, arm, "rated-twice", 0.9)
-    assert _rate(quality, sinks, "rated-twice", "negative") == (arm, None)
-    assert _rate(quality, sinks, "rated-twice", "negative") == (None, "already_labelled")
+    await _keep(quality, arm, "rated-twice", 0.9)
+    assert await _rate(quality, sinks, "rated-twice", "negative") == (arm, None)
+    assert await _rate(quality, sinks, "rated-twice", "negative") == (None, "already_labelled")
     # A shadow label that arrives after the rating adds nothing...
-    shadow.label(
+    await shadow.label(
         quality=arm, task=None, score=0.9, local_text="42", expert_text="42",
         metrics=sinks[0], audit=sinks[1], request_id="rated-twice",
     )  # fmt: skip
     assert _labels(arm) == 1
     assert arm.feedback_labels == 1
     # ...and a rating after a shadow label adds nothing either.
-    _keep(quality, arm, "shadowed", 0.9)
-    shadow.label(
+    await _keep(quality, arm, "shadowed", 0.9)
+    await shadow.label(
         quality=arm, task=None, score=0.9, local_text="42", expert_text="42",
         metrics=sinks[0], audit=sinks[1], request_id="shadowed",
     )  # fmt: skip
     assert _labels(arm) == 2
-    assert _rate(quality, sinks, "shadowed", "negative") == (None, "already_labelled")
+    assert await _rate(quality, sinks, "shadowed", "negative") == (None, "already_labelled")
     assert _labels(arm) == 2
 
 
-def test_only_the_caller_that_asked_labels_its_request(tmp_path: Path) -> None:
+async def test_only_the_caller_that_asked_labels_its_request(tmp_path: Path) -> None:
     quality, arm, sinks = _setup(tmp_path)
-    _keep(quality, arm, "request-1", 0.9)
-    assert _rate(quality, sinks, "request-1", "negative", caller="tenant:team-b") == (
+    await _keep(quality, arm, "request-1", 0.9)
+    assert await _rate(quality, sinks, "request-1", "negative", caller="tenant:team-b") == (
         None,
         "unknown",
     )
-    assert _rate(quality, sinks, "request-1", "negative", caller=access.ANONYMOUS) == (
+    assert await _rate(quality, sinks, "request-1", "negative", caller=access.ANONYMOUS) == (
         None,
         "unknown",
     )
     assert _labels(arm) == 0
-    assert _rate(quality, sinks, "request-1", "negative") == (arm, None)
+    assert await _rate(quality, sinks, "request-1", "negative") == (arm, None)
 
 
-def test_a_rating_that_names_another_policy_labels_nothing(tmp_path: Path) -> None:
+async def test_a_rating_that_names_another_policy_labels_nothing(tmp_path: Path) -> None:
     quality, arm, sinks = _setup(tmp_path)
-    _keep(quality, arm, "request-1", 0.9)
-    assert _rate(quality, sinks, "request-1", "negative", policy="other") == (None, "unknown")
+    await _keep(quality, arm, "request-1", 0.9)
+    assert await _rate(quality, sinks, "request-1", "negative", policy="other") == (None, "unknown")
     assert _labels(arm) == 0
-    assert _rate(quality, sinks, "request-1", "negative", policy="chat") == (arm, None)
+    assert await _rate(quality, sinks, "request-1", "negative", policy="chat") == (arm, None)
 
 
-def test_a_changed_target_drops_what_was_kept_for_the_old_one(tmp_path: Path) -> None:
+async def test_a_changed_target_drops_what_was_kept_for_the_old_one(tmp_path: Path) -> None:
     quality, arm, sinks = _setup(tmp_path)
-    _keep(quality, arm, "request-1", 0.9)
+    await _keep(quality, arm, "request-1", 0.9)
     quality.policy(name="chat", target=TARGET.model_copy(update={"min_labels": 60}))
-    assert _rate(quality, sinks, "request-1", "negative") == (None, "unknown")
+    assert await _rate(quality, sinks, "request-1", "negative") == (None, "unknown")
 
 
 def test_caller_identity_never_holds_the_key() -> None:
@@ -164,14 +173,14 @@ def test_caller_identity_never_holds_the_key() -> None:
     assert one != kept_answers.caller_identity(flat, "secret-key-two")
 
 
-def test_negative_ratings_of_high_scores_raise_the_learned_threshold(tmp_path: Path) -> None:
+async def test_negative_ratings_of_high_scores_raise_the_learned_threshold(tmp_path: Path) -> None:
     quality, arm, sinks = _setup(tmp_path, capacity=1000)
     rng = random.Random(7)
     # Answers scoring in [0.8, 0.9) are rated down, those in [0.9, 1] up.
     for n in range(200):
         score = rng.uniform(0.8, 1.0)
-        _keep(quality, arm, f"request-{n}", score)
-        _rate(quality, sinks, f"request-{n}", "negative" if score < 0.9 else "positive")
+        await _keep(quality, arm, f"request-{n}", score)
+        await _rate(quality, sinks, f"request-{n}", "negative" if score < 0.9 else "positive")
     learned = arm.calibrator.threshold(task=None)
     assert learned is not None
     assert learned > 0.85

@@ -141,12 +141,11 @@ def _sinks(tmp_path: Path) -> tuple[metrics_mod.Metrics, audit_mod.AuditLog]:
 
 def _label(arm: shadow.PolicyQuality, rid: str, item: Any, sinks: Any, marker: int) -> None:
     values, right = item
-    shadow.label(
+    shadow.add_label(
         quality=arm,
         task=None,
         score=_mean_prob(values),
-        local_text="42",
-        expert_text="42" if right else "7",
+        right=right,
         metrics=sinks[0],
         audit=sinks[1],
         values={**values, "cut_off": float(marker)},  # which label this is

@@ -31,13 +31,11 @@ def _scaled(rng: random.Random, *, right_at: tuple[float, float], wrong_below: f
 def _label(
     arm: shadow.PolicyQuality, score: float, right: bool, sinks: tuple[Any, Any], task: str = ""
 ) -> None:
-    # The pool answers "42"; the expert's answer decides the label.
-    shadow.label(
+    shadow.add_label(
         quality=arm,
         task=task or None,
         score=score,
-        local_text="42",
-        expert_text="42" if right else "7",
+        right=right,
         metrics=sinks[0],
         audit=sinks[1],
     )

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kascade.gateway.endpoints import errors
-from kascade.gateway.route import shadow
-
-if TYPE_CHECKING:
-    from kascade.gateway.route import pipeline
+from kascade.gateway.route import pipeline, shadow
 
 _RATINGS = {
     "up": "positive",
@@ -60,7 +57,7 @@ def _body(state: pipeline.State, raw: bytes) -> dict[str, Any]:
     return body
 
 
-def record(state: pipeline.State, *, raw: bytes, caller: str) -> dict[str, Any]:
+async def record(state: pipeline.State, *, raw: bytes, caller: str) -> dict[str, Any]:
     """Validates `{"request_id", "rating", "policy"?, "comment"?}` and records it as a
     metric and an audit line; labels the rated local answer where its policy's target
     takes ratings (``shadow.label_from_rating``). ``caller``:
@@ -70,7 +67,7 @@ def record(state: pipeline.State, *, raw: bytes, caller: str) -> dict[str, Any]:
     label = _label(rating)
     comment = body.get("comment")
     state.metrics.feedback.labels(policy or "", label).inc()
-    arm, why = shadow.label_from_rating(
+    arm, why = await shadow.label_from_rating(
         quality=state.quality,
         request_id=request_id,
         rating=label,
@@ -78,6 +75,7 @@ def record(state: pipeline.State, *, raw: bytes, caller: str) -> dict[str, Any]:
         metrics=state.metrics,
         audit=state.audit,
         policy=policy,
+        arm_for=lambda name, variant: pipeline.serving_arm(state, name, variant),
     )
     labelled: dict[str, Any] = (
         {"labelled": True, "variant": arm.variant}

@@ -24,7 +24,7 @@ from kascade.gateway.observe import audit as audit_mod
 from kascade.gateway.observe import loop as loop_monitor
 from kascade.gateway.observe import metrics as metrics_mod
 from kascade.gateway.observe import scrape
-from kascade.gateway.route import kept_answers, pipeline, pressure
+from kascade.gateway.route import kept_answers, kept_answers_shared, pipeline, pressure, shadow
 from kascade.gateway.tenants import access
 from kascade.gateway.tenants import keys as keys_mod
 
@@ -149,7 +149,7 @@ async def _feedback(http: web.Request) -> web.Response:
         raw = await inbound.read_body(http, limit=state.runtime.config.limits.max_body_bytes)
         # Who rates, so a rating labels only the rater's own requests (never the key).
         who = kept_answers.caller_identity(caller, access.presented_key(http.headers))
-        recorded = feedback.record(state, raw=raw, caller=who)
+        recorded = await feedback.record(state, raw=raw, caller=who)
     except errors.ApiError as exc:
         return exc.response()
     return _json(recorded)
@@ -221,6 +221,10 @@ def _open_state(
         # Replicas sharing a Redis ledger also share exact-cache answers.
         state.shared_cache = shared_cache.SharedExactCache(
             url=url or "", namespace=config.namespace
+        )
+        # ...and the answers a rating may label, whichever replica the rating reaches.
+        state.quality = shadow.Quality(
+            kept=kept_answers_shared.SharedKeptAnswers(url=url or "", key_prefix=prefix)
         )
     return state, ledger_backend, throttle
 

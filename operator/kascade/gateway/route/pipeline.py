@@ -363,29 +363,32 @@ async def _answer_locally(
             raw_pii=screened.raw_pii, tenant_pays=False,
         )  # fmt: skip
         _start_shadow(state, d, sampling, answer=answer, expert=experts[0], call=call)
-    _remember_for_rating(state, http, d, sampling)
+    await _remember_for_rating(state, http, d, sampling)
     _cache_store(state, chat, d, completion=answer.completion)
     return await responses.respond(http, chat, d, completion=answer.completion)
 
 
-def _remember_for_rating(
+async def _remember_for_rating(
     state: State, http: web.Request, d: decision_mod.Decision, sampling: _Sampling
 ) -> None:
     """Keeps what a user's rating needs to label this returned local answer, for a
     target that takes ratings (``feedbackLabels``); only a scored answer an expert
-    could label too (an arm that fits its score also needs the feature vector)."""
+    could label too (an arm that fits its score also needs the feature vector).
+    Awaited before the answer returns: a rating may reach another replica at once."""
     quality = sampling.quality
     if quality is None or not quality.target.feedback_labels or not sampling.labellable:
         return
     assert d.confidence is not None  # labellable
-    state.quality.kept.remember(
-        d.request_id,
-        quality=quality,
+    kept = kept_answers.Kept(
+        policy=quality.policy,
+        variant=quality.variant,
+        arm=quality.identity,
         task=sampling.task,
         score=d.confidence,
         values=sampling.values,
         caller=kept_answers.caller_identity(d.caller, access.presented_key(http.headers)),
     )
+    await state.quality.kept.remember(d.request_id, kept)
 
 
 def _label_from_expert(
@@ -397,7 +400,7 @@ def _label_from_expert(
     expert_answer = d.outcome.answer if d.outcome is not None else None
     if expert_answer is None:
         return
-    shadow.label(
+    labelling = shadow.label(
         quality=sampling.quality,
         task=sampling.task,
         score=d.confidence,
@@ -408,6 +411,11 @@ def _label_from_expert(
         values=sampling.values,
         request_id=d.request_id,
     )
+    # Off the response path: an arm that takes ratings claims the request in the kept
+    # answers' store first (Redis, with replicas) before the label counts.
+    job = asyncio.get_running_loop().create_task(labelling)
+    state.quality.tasks.add(job)
+    job.add_done_callback(state.quality.tasks.discard)
 
 
 def _rules_and_tier(
@@ -466,17 +474,36 @@ def _quality(
     """The learning state of the request's arm (the policy, or its variant: each arm
     learns on its own scores) or None without a target, and the request's task when
     the target names it (so metric labels stay a bounded set)."""
-    target = d.policy.config.confidence.target
-    if target is None:
+    arm = _learning_arm(state, d.policy)
+    if arm is None:
         return None, None
     task = http.headers.get(rules.TASK_HEADER)
-    arm = state.quality.policy(
-        name=d.policy.name,
-        variant=d.policy.variant,
+    return arm, (task if task in arm.target.tasks else None)
+
+
+def _learning_arm(state: State, policy: runtime.PolicyRuntime) -> shadow.PolicyQuality | None:
+    """The learning state of the arm ``policy`` serves, or None without a target."""
+    target = policy.config.confidence.target
+    if target is None:
+        return None
+    return state.quality.policy(
+        name=policy.name,
+        variant=policy.variant,
         target=target,
-        combined=d.policy.config.confidence.method == "combined",
+        combined=policy.config.confidence.method == "combined",
     )
-    return arm, (task if task in target.tasks else None)
+
+
+def serving_arm(state: State, policy: str, variant: str | None) -> shadow.PolicyQuality | None:
+    """The learning state of arm (``policy``, ``variant``) in the running config, made
+    if this replica has not served it yet (a rating may reach any replica); None when
+    the config has no such arm."""
+    served = state.runtime.policies.get(policy)
+    if served is None or (variant is None) != (not served.variants):
+        return None
+    if variant is not None:
+        served = next((v.policy for v in served.variants if v.name == variant), None)
+    return _learning_arm(state, served) if served is not None else None
 
 
 def _call(

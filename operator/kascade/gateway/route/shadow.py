@@ -160,9 +160,11 @@ class PolicyQuality:
     """The arm's fitted combined score (``target.fitScore`` on a combined arm), else None."""
     tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
     """Where a refit running off the event loop is held (the gateway's shadow tasks)."""
-    kept: kept_answers.KeptAnswers | None = None
+    kept: kept_answers.KeptStore | None = None
     """The gateway's kept answers, so an expert's label and a rating never both label
     one request (None: no memory, every expert label counts)."""
+    identity: str = ""
+    """``kept_answers.arm_identity``: a rating labels only answers kept by this arm."""
     feedback_labels: int = 0
     """Labels this arm got from user ratings (since its target was last set)."""
 
@@ -174,11 +176,11 @@ class Quality:
         self,
         *,
         rng: Callable[[], float] | None = None,
-        kept: kept_answers.KeptAnswers | None = None,
+        kept: kept_answers.KeptStore | None = None,
     ) -> None:
         self._rng = rng
         self._arms: dict[Arm, PolicyQuality] = {}
-        self.kept = kept if kept is not None else kept_answers.KeptAnswers()
+        self.kept: kept_answers.KeptStore = kept if kept is not None else kept_answers.KeptAnswers()
         """Local answers a rating may label (policies with ``feedbackLabels``)."""
         self.tasks: set[asyncio.Task[None]] = set()
         """Shadow calls in flight (held so they are not garbage-collected mid-call)."""
@@ -220,12 +222,17 @@ class Quality:
                 else None,
                 tasks=self.tasks,
                 kept=self.kept,
+                identity=kept_answers.arm_identity(target, fits=fits),
             )
         return found
 
     def current(self, arm: PolicyQuality) -> bool:
         """Whether ``arm`` still learns (not replaced by a changed target)."""
         return self._arms.get((arm.policy, arm.variant)) is arm
+
+    def arm(self, policy: str, variant: str | None) -> PolicyQuality | None:
+        """The arm's state, if this replica has served it."""
+        return self._arms.get((policy, variant))
 
     def status(self, *, serving: Collection[Arm] | None = None) -> dict[str, Any]:
         """Per policy: the target, labels and learned thresholds (for the status
@@ -252,17 +259,18 @@ class Quality:
         return out
 
     async def close(self) -> None:
-        """Cancels shadow calls still in flight."""
+        """Cancels shadow calls still in flight; closes the kept answers' store."""
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.kept.close()
 
 
 def _order(arm: Arm) -> tuple[str, str]:
     return arm[0], arm[1] or ""
 
 
-def label(
+async def label(
     *,
     quality: PolicyQuality,
     task: str | None,
@@ -274,21 +282,23 @@ def label(
     values: Mapping[str, float] | None = None,
     request_id: str = "",
 ) -> None:
-    """Labels the local answer by the expert's; none when a rating already labelled
-    the request (one label per request: the first to arrive)."""
-    if quality.kept is not None and not quality.kept.claim(request_id):
-        return
+    """Labels the local answer by the expert's. For an arm that takes ratings, only
+    when no rating labelled the request first (one label per request, across replicas
+    with a shared store); with the store unreachable the label is dropped: a claim that
+    timed out may have been taken, and a label lost at random leaves the sample
+    uniform, a double one does not."""
+    if quality.target.feedback_labels and quality.kept is not None:
+        try:
+            if not await quality.kept.claim(request_id):
+                return
+        except kept_answers.StoreUnavailable:
+            log.warning("Label dropped: kept answers' store unavailable policy=%s", quality.policy)
+            return
     right = answer_match.agree(answer=local_text, reference=expert_text)
     add_label(
-        quality=quality,
-        task=task,
-        score=score,
-        right=right,
-        metrics=metrics,
-        audit=audit,
-        values=values,
-        request_id=request_id,
-    )
+        quality=quality, task=task, score=score, right=right, metrics=metrics, audit=audit,
+        values=values, request_id=request_id,
+    )  # fmt: skip
 
 
 def add_label(
@@ -321,7 +331,7 @@ def add_label(
     _report(quality, changes, metrics=metrics, audit=audit)
 
 
-def label_from_rating(
+async def label_from_rating(
     *,
     quality: Quality,
     request_id: str,
@@ -330,39 +340,41 @@ def label_from_rating(
     metrics: metrics_mod.Metrics,
     audit: audit_mod.AuditLog,
     policy: str | None = None,
+    arm_for: Callable[[str, str | None], PolicyQuality | None] | None = None,
 ) -> tuple[PolicyQuality | None, str | None]:
     """Labels a kept local answer by its user's rating (positive right, negative
     wrong): the arm labelled, or None and why not. Another caller's request, or one
     of another policy than the rating names, reads as unknown, so a rating cannot
-    probe which request ids exist (nor which policy answered them)."""
+    probe which request ids exist (nor which policy answered them). ``arm_for``: the
+    arm (policy, variant) of the running config, so a replica that has not served it
+    yet labels it too (default: the arms this replica has served). An arm whose target
+    or scoring changed since the answer was kept reads as unknown: the answer was
+    judged for the old one."""
     right = kept_answers.rating_label(rating)
     if right is None:
         return None, "neutral"
-    found = quality.kept.find(request_id)
-    if (
-        found is None
-        or found.caller != caller
-        or (policy is not None and found.quality.policy != policy)
-        or not quality.current(found.quality)
-    ):
-        return None, "unknown"
-    if found.labelled:
-        return None, "already_labelled"
-    found.labelled = True
-    arm = found.quality
+    try:
+        found = await quality.kept.find(request_id)
+        arm = (arm_for or quality.arm)(found.policy, found.variant) if found else None
+        if (
+            found is None
+            or arm is None
+            or arm.identity != found.arm
+            or found.caller != caller
+            or (policy is not None and found.policy != policy)
+        ):
+            return None, "unknown"
+        if not await quality.kept.claim(request_id):
+            return None, "already_labelled"
+    except kept_answers.StoreUnavailable:
+        return None, "unavailable"
     arm.feedback_labels += 1
     shown = "right" if right else "wrong"
     metrics.feedback_labels.labels(arm.policy, arm.variant or "", shown).inc()
     add_label(
-        quality=arm,
-        task=found.task,
-        score=found.score,
-        right=right,
-        metrics=metrics,
-        audit=audit,
-        values=found.values,
-        request_id=request_id,
-    )
+        quality=arm, task=found.task, score=found.score, right=right, metrics=metrics,
+        audit=audit, values=found.values, request_id=request_id,
+    )  # fmt: skip
     return arm, None
 
 
@@ -512,7 +524,7 @@ async def shadow_call(
         outcomes.labels(*arm, "failed").inc()
         return
     outcomes.labels(*arm, "answered").inc()
-    label(
+    await label(
         quality=quality,
         task=task,
         score=score,
