@@ -135,6 +135,35 @@ def test_rescore_scores_the_kept_vectors_again_and_moves_the_threshold() -> None
     assert cal.threshold(task=None) == 0.25  # the lowest above the wrong ones' new 0.2
 
 
+def test_labels_added_while_the_rescore_runs_keep_their_scores() -> None:
+    """The refit scores the held labels off the event loop while new labels (already
+    scored by the new model) keep arriving; applying the old labels' scores must not
+    touch the new ones, and a label that aged out meanwhile counts nowhere."""
+    cal = calibration.Calibrator(
+        max_error=TARGET.max_local_error_rate,
+        delta=1 - TARGET.confidence_level,
+        window=1000,
+        min_labels=TARGET.min_labels,
+    )
+    for i in range(1000):
+        right = i % 4 != 0
+        cal.add(score=0.9, right=right, task=None, values={"margin": 1.0 if right else 0.0})
+    vectors = cal.vectors()
+    assert len(vectors) == 1000
+    # While the thread scores them: 200 new labels, scored by the new model on arrival
+    # (right 0.9, wrong 0.2); the oldest 200 of the snapshot age out of the window.
+    for i in range(200):
+        right = i % 4 != 0
+        cal.add(score=0.9 if right else 0.2, right=right, task=None, values={"margin": 9.0})
+    changed = cal.rescored(vectors, [0.2 + 0.7 * values["margin"] for _, values in vectors])
+    assert [key for key, _ in changed] == [""]
+    assert cal.threshold(task=None) == 0.25
+    assert cal.status()["*"]["labels"] == 1000
+    # Had the new labels been rescored (margin 9.0 -> 6.5), the wrong among them would
+    # score above every right answer, and no threshold could hold the target.
+    assert max(label.score for label, _ in cal.vectors()) <= 0.9
+
+
 def _sinks(tmp_path: Path) -> tuple[metrics_mod.Metrics, audit_mod.AuditLog]:
     return metrics_mod.Metrics(), audit_mod.AuditLog(path=str(tmp_path / "audit.jsonl"))
 

@@ -174,13 +174,30 @@ class Calibrator:
     def rescore(self, score: Callable[[Mapping[str, float]], float]) -> list[tuple[str, Learned]]:
         """Scores every label that kept its feature vector again (the score's model
         changed) and chooses every threshold again; returns those that changed."""
-        changed = []
-        done: set[int] = set()  # a task's label is also in the all-traffic window: score it once
-        for key, window in self._labels.items():
+        vectors = self.vectors()
+        return self.rescored(vectors, [score(values) for _, values in vectors])
+
+    def vectors(self) -> list[tuple[_Label, Mapping[str, float]]]:
+        """Each label that kept its feature vector, once (a task's label is also in the
+        all-traffic window), with its vector: what ``rescored`` takes scores of. Scoring
+        them may run off the event loop (``shadow``); the list holds the labels."""
+        seen: dict[int, tuple[_Label, Mapping[str, float]]] = {}
+        for window in self._labels.values():
             for label in window:
-                if label.values is not None and id(label) not in done:
-                    done.add(id(label))
-                    label.score = score(label.values)
+                if label.values is not None:
+                    seen.setdefault(id(label), (label, label.values))
+        return list(seen.values())
+
+    def rescored(
+        self, vectors: list[tuple[_Label, Mapping[str, float]]], scores: list[float]
+    ) -> list[tuple[str, Learned]]:
+        """Gives the labels of ``vectors`` their new ``scores`` and chooses every
+        threshold again; returns those that changed. A label that aged out of its
+        windows meanwhile is scored but counts nowhere."""
+        for (label, _), new in zip(vectors, scores, strict=True):
+            label.score = new
+        changed = []
+        for key, window in self._labels.items():
             if len(window) >= self._min_labels and (found := self._choose(key)) is not None:
                 changed.append(found)
         return changed

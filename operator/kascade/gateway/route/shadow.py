@@ -447,7 +447,12 @@ async def _refit(
     if model is None:
         return  # one class only so far: the score in force stays
     fitter.install(model, at=time.time())
-    changes = quality.calibrator.rescore(model.score)
+    # Labels added from here on are scored by the new model as they arrive; those
+    # already held are scored again in the thread (milliseconds per thousand), and
+    # only the thresholds are chosen again on the loop.
+    vectors = quality.calibrator.vectors()
+    scores = await asyncio.to_thread(lambda: [model.score(values) for _, values in vectors])
+    changes = quality.calibrator.rescored(vectors, scores)
     shown = fitter.status()
     log.info(
         "Combined score refitted policy=%s variant=%s labels=%d intercept=%.4f weights=%s",
