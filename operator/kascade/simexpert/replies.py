@@ -82,7 +82,18 @@ def _text(content: object) -> str:
     return ""
 
 
-def _openai_plan(body: dict[str, Any], *, name: str, last: str) -> Plan:
+def _off_schema(value: Any) -> Any:
+    """A schema instance that no longer follows it: an object loses its first property
+    (required, in the schemas clients derive from models) and gains one no schema
+    names; anything else becomes an object."""
+    if not isinstance(value, dict):
+        return {"unexpected": value}
+    broken = dict(list(value.items())[1:])
+    broken["unexpected_property"] = True
+    return broken
+
+
+def _openai_plan(body: dict[str, Any], *, name: str, last: str, off: bool) -> Plan:
     messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
     if messages and messages[-1].get("role") == "tool":
         results = [_text(m.get("content")) for m in messages if m.get("role") == "tool"]
@@ -92,17 +103,17 @@ def _openai_plan(body: dict[str, Any], *, name: str, last: str) -> Plan:
     if tools and choice != "none":
         forced = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
         tool = next((t for t in tools if t.get("name") == forced), tools[0])
-        return Plan(calls=(_call(tool.get("name"), tool.get("parameters"), last=last),))
+        return Plan(calls=(_call(tool.get("name"), tool.get("parameters"), last=last, off=off),))
     fmt = body.get("response_format")
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-        schema = (fmt.get("json_schema") or {}).get("schema")
-        return Plan(text=json.dumps(example(schema, text=last)))
+        instance = example((fmt.get("json_schema") or {}).get("schema"), text=last)
+        return Plan(text=json.dumps(_off_schema(instance) if off else instance))
     if isinstance(fmt, dict) and fmt.get("type") == "json_object":
         return Plan(text=json.dumps({"answer": last}))
     return Plan()
 
 
-def _anthropic_plan(body: dict[str, Any], *, name: str, last: str) -> Plan:
+def _anthropic_plan(body: dict[str, Any], *, name: str, last: str, off: bool) -> Plan:
     messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
     content = messages[-1].get("content") if messages else None
     blocks = content if isinstance(content, list) else []
@@ -118,12 +129,14 @@ def _anthropic_plan(body: dict[str, Any], *, name: str, last: str) -> Plan:
     if tools and choice.get("type") != "none":
         forced = choice.get("name") if choice.get("type") == "tool" else None
         tool = next((t for t in tools if t.get("name") == forced), tools[0])
-        return Plan(calls=(_call(tool.get("name"), tool.get("input_schema"), last=last),))
+        return Plan(calls=(_call(tool.get("name"), tool.get("input_schema"), last=last, off=off),))
     return Plan()
 
 
-def _call(name: object, schema: object, *, last: str) -> ToolCall:
+def _call(name: object, schema: object, *, last: str, off: bool = False) -> ToolCall:
     arguments = example(schema or {"type": "object"}, text=last)
+    if off:
+        arguments = _off_schema(arguments)
     return ToolCall(
         id="call_" + hashlib.blake2b(f"{name}\n{last}".encode(), digest_size=6).hexdigest(),
         name=str(name),
@@ -131,11 +144,15 @@ def _call(name: object, schema: object, *, last: str) -> ToolCall:
     )
 
 
-def plan(body: dict[str, Any], *, dialect: str, name: str, last: str) -> Plan:
-    """What the simulator answers to this request beyond its plain echo."""
+def plan(
+    body: dict[str, Any], *, dialect: str, name: str, last: str, off_schema: bool = False
+) -> Plan:
+    """What the simulator answers to this request beyond its plain echo; ``off_schema``:
+    tool arguments and structured answers break their schema (a provider that does not
+    enforce it)."""
     if dialect == "anthropic":
-        return _anthropic_plan(body, name=name, last=last)
-    return _openai_plan(body, name=name, last=last)
+        return _anthropic_plan(body, name=name, last=last, off=off_schema)
+    return _openai_plan(body, name=name, last=last, off=off_schema)
 
 
 def _pieces(text: str) -> list[str]:

@@ -49,6 +49,8 @@ class Settings:
     prompt overrides it."""
     answer: str | None = None
     """Fixed answer text (None: a deterministic echo of the last user message)."""
+    off_schema: bool = False
+    """Tool arguments and structured answers break their schema (not enforced)."""
     confidence_signals: dict[str, float] | None = None
     """Sent as `confidence_signals` next to `confidence` (a scripted Kascade pool's
     token signals, for the gateway's combined score)."""
@@ -214,7 +216,7 @@ def _answer_text(s: Settings, body: dict[str, Any], *, dialect: str) -> str:
     last = users[-1] if users else ""
     if s.answer is not None:
         return s.answer
-    plan = replies.plan(body, dialect=dialect, name=s.name, last=last)
+    plan = replies.plan(body, dialect=dialect, name=s.name, last=last, off_schema=s.off_schema)
     return plan.text if plan.text is not None else f"[{s.name}] {last}"
 
 
@@ -246,7 +248,7 @@ async def _answer(
     pt, ct, report = faults.reported(faults.CURRENT.get(), pt=pt, ct=ct, report=s.report_usage)
     if report != s.report_usage:
         s = dataclasses.replace(s, report_usage=report)
-    plan = replies.plan(body, dialect=dialect, name=s.name, last=last)
+    plan = replies.plan(body, dialect=dialect, name=s.name, last=last, off_schema=s.off_schema)
     mark = _CONFIDENCE_MARK.search(last)
     confidence = float(mark.group(1)) if mark else s.confidence
     model = str(body.get("model", s.name))
@@ -505,6 +507,7 @@ _HELP = {
     "hang_seconds": "how long a hang lasts",
     "confidence": "add this confidence to answers (act as a local pool)",
     "answer": "fixed answer text",
+    "off_schema": "true/false: tool arguments and structured answers break their schema",
     "record_body": "true/false: keep request bodies in the record",
     "fault_script": "';'-separated fault specs by arrival order (see simexpert/faults.py)",
     "token_mode": "estimate (characters / 4) or bytes (the most a tokenizer could count)",

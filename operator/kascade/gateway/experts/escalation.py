@@ -132,6 +132,8 @@ class Outcome:
     budget_rejected: bool = False
     refusals: list[ledger.BudgetExhausted] = field(default_factory=list)
     """Budget refusals, with the ledger's figures at the moment of refusal."""
+    format_problems: list[str] = field(default_factory=list)
+    """Answers taken back for their format: ``expert: problem`` (never answer text)."""
 
     @property
     def failure_summary(self) -> str:
@@ -142,6 +144,7 @@ class Outcome:
             f"{r.requested_nanos} > limit {r.limit_nanos} nano-USD"
             for r in self.refusals
         ]
+        parts += self.format_problems
         return "; ".join(parts) or "no experts"
 
 
@@ -215,6 +218,10 @@ class Call:
     """Capabilities the request needs (see experts.capabilities)."""
     also_books: tuple[ledger.Book, ...] = ()
     """Other budgets (the caller's tenant) reserved atomically with each expert's."""
+    answer_problem: Callable[[dict[str, Any]], str | None] | None = None
+    """Why a whole (not streamed) answer cannot be returned, None when it can: the
+    request's response_format. An expert's answer with a problem is paid for (the call
+    happened) and the next expert is tried (outcome ``invalid_format``)."""
 
 
 @dataclass
@@ -385,7 +392,7 @@ class Escalator:
             opened = await self._open(expert=expert, call=call, outcome=outcome, worst=worst)
             if isinstance(opened, str):
                 return opened
-            return await self._call(
+            result = await self._call(
                 expert=expert,
                 outcome=outcome,
                 writer=writer,
@@ -395,6 +402,26 @@ class Escalator:
             )
         finally:
             slot.release()  # gives a half-open trial back unless the call reported
+        if result == "ok" and writer is None and self._refused_format(expert, call, outcome):
+            return "invalid_format"
+        return result
+
+    def _refused_format(self, expert: ExpertState, call: Call, outcome: Outcome) -> bool:
+        """Takes back an answer that is not what the request's response_format asked
+        for (it stays paid: the ledger settled the call); True when it did. Another
+        attempt at the same expert would likely fail the same way: the next one is
+        asked instead. Streamed answers are not checked (their bytes are sent)."""
+        answer = outcome.answer
+        if call.answer_problem is None or answer is None:
+            return False
+        problem = call.answer_problem(answer.completion)
+        if problem is None:
+            return False
+        log.info("Expert answer refused expert=%s: %s", expert.name, problem)
+        self.metrics.expert_errors.labels(expert.name, "invalid_format").inc()
+        outcome.answer, outcome.expert = None, None
+        outcome.format_problems.append(f"{expert.name}: {problem}")
+        return True
 
     async def _open(
         self, *, expert: ExpertState, call: Call, outcome: Outcome, worst: int

@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -527,7 +528,17 @@ def _call(
         max_cost_nanos=d.policy.max_cost_nanos,
         needs=capabilities.required(chat.body),
         also_books=tenant_limits.books(d.caller) if tenant_pays else (),
+        answer_problem=_format_check(chat),
     )
+
+
+def _format_check(chat: request.ChatRequest) -> Callable[[dict[str, Any]], str | None] | None:
+    """An expert's answer is held to the request's response_format as a local one is:
+    a provider may ignore it (an OpenAI-compatible server) or not enforce the schema
+    (Anthropic's forced tool)."""
+    if chat.response_format not in ("json_object", "json_schema"):
+        return None
+    return lambda completion: formats.problem(chat=chat, completion=completion)
 
 
 def _start_shadow(
