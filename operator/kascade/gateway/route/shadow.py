@@ -226,10 +226,6 @@ class Quality:
             )
         return found
 
-    def current(self, arm: PolicyQuality) -> bool:
-        """Whether ``arm`` still learns (not replaced by a changed target)."""
-        return self._arms.get((arm.policy, arm.variant)) is arm
-
     def arm(self, policy: str, variant: str | None) -> PolicyQuality | None:
         """The arm's state, if this replica has served it."""
         return self._arms.get((policy, variant))
