@@ -180,7 +180,8 @@ class CircuitBreakerConfig(_Model):
     open_seconds: PositiveFloat = 30.0
     """How long an open circuit rejects calls before half-opening."""
     half_open_max_requests: int = Field(default=1, ge=1)
-    """Trial calls allowed while half-open."""
+    """Successful trial calls that close a half-open circuit (the CRD's halfOpenProbes);
+    trials in flight plus trials that succeeded never exceed it."""
     window_seconds: PositiveFloat | None = None
     """Count failures within this many seconds (None: consecutive failures)."""
 

@@ -97,10 +97,11 @@ def test_circuit_breaker_states() -> None:
     assert b.state == "open"  # not before openSeconds
     now[0] += 0.02
     assert b.state == "half-open"
-    assert b.allow()
-    assert b.allow()
+    first, second = _probe(b), _probe(b)
     assert not b.allow()
-    b.record_success()
+    first.success()
+    assert b.state == "half-open"  # halfOpenProbes=2: one success is not enough
+    second.success()
     assert b.state == "closed"
     b.record_failure()
     b.record_failure()
@@ -108,6 +109,82 @@ def test_circuit_breaker_states() -> None:
     assert b.allow()
     b.record_failure()  # a failed trial re-opens at once
     assert b.state == "open"
+
+
+def _half_open_breaker(now: list[float], probes: int) -> breaker.CircuitBreaker:
+    b = breaker.CircuitBreaker(
+        config=config.CircuitBreakerConfig(
+            failureThreshold=1, openSeconds=10, halfOpenMaxRequests=probes
+        ),
+        clock=lambda: now[0],
+    )
+    b.record_failure()
+    now[0] += 10
+    assert b.state == "half-open"
+    return b
+
+
+def _probe(b: breaker.CircuitBreaker) -> breaker.Slot:
+    slot = b.acquire()
+    assert slot is not None
+    return slot
+
+
+def test_half_open_probes_successes_close_the_circuit() -> None:
+    """halfOpenProbes: 3 — 'Successful probe calls needed to close the circuit again.'"""
+    now = [100.0]
+    b = _half_open_breaker(now, probes=3)
+    _probe(b).success()
+    assert b.state == "half-open"
+    _probe(b).success()
+    assert b.state == "half-open"
+    _probe(b).success()
+    assert b.state == "closed"
+
+
+def test_half_open_failure_between_probes_reopens() -> None:
+    now = [100.0]
+    b = _half_open_breaker(now, probes=3)
+    _probe(b).success()
+    _probe(b).success()
+    _probe(b).failure()
+    assert b.state == "open"
+    assert not b.available()
+    now[0] += 10  # a new half-open period starts from zero successes
+    _probe(b).success()
+    assert b.state == "half-open"
+
+
+def test_half_open_trials_never_exceed_the_probes_still_needed() -> None:
+    now = [100.0]
+    b = _half_open_breaker(now, probes=3)
+    first, second = _probe(b), _probe(b)
+    first.success()
+    last = _probe(b)  # in flight plus succeeded: 3
+    assert b.acquire() is None
+    second.release()  # ended without a report: its trial comes back
+    again = _probe(b)
+    assert b.acquire() is None
+    last.success()
+    again.success()
+    assert b.state == "closed"
+
+
+def test_a_success_from_before_the_circuit_opened_is_not_a_probe() -> None:
+    now = [100.0]
+    b = breaker.CircuitBreaker(
+        config=config.CircuitBreakerConfig(
+            failureThreshold=1, openSeconds=10, halfOpenMaxRequests=1
+        ),
+        clock=lambda: now[0],
+    )
+    stale = _probe(b)  # let through while closed
+    b.record_failure()
+    now[0] += 10
+    stale.success()
+    assert b.state == "half-open"
+    _probe(b).success()
+    assert b.state == "closed"
 
 
 def test_rules_first_match_wins() -> None:

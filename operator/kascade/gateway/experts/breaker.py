@@ -32,7 +32,7 @@ class Slot:
     def success(self) -> None:
         if not self._done:
             self._done = True
-            self._breaker.record_success()
+            self._breaker.record_success(trial_epoch=self._epoch if self._trial else None)
 
     def failure(self) -> None:
         if not self._done:
@@ -48,8 +48,15 @@ class Slot:
 
 class CircuitBreaker:
     """Opens after `failureThreshold` failures (consecutive, or within `windowSeconds`),
-    rejects for `openSeconds`, then lets `halfOpenMaxRequests` trial calls through;
-    one success closes it, one failure re-opens it."""
+    rejects for `openSeconds`, then half-opens: it closes after `halfOpenMaxRequests`
+    (the CRD's `halfOpenProbes`) successful trial calls, and one failure re-opens it.
+
+    Trials are limited so that the ones in flight plus the ones that already succeeded
+    never exceed that number: a recovering upstream gets at most as many probes as
+    it takes to close, a trial that ended without a report (cancelled, refused before
+    sending) is given back. Only trials of the current half-open period count: a call
+    let through while the circuit was closed that succeeds after it opened proves
+    nothing about the upstream's recovery and changes no state."""
 
     def __init__(
         self,
@@ -62,7 +69,8 @@ class CircuitBreaker:
         self._state: State = "closed"
         self._failures: collections.deque[float] = collections.deque()
         self._opened_at = 0.0
-        self._trials = 0
+        self._trials = 0  # half-open trials in flight
+        self._probe_successes = 0  # trials of this half-open period that succeeded
         # Bumped whenever trials are reset, so a slot from an earlier half-open period
         # cannot give back a trial of the current one.
         self._epoch = 0
@@ -76,6 +84,7 @@ class CircuitBreaker:
 
     def _reset_trials(self) -> None:
         self._trials = 0
+        self._probe_successes = 0
         self._epoch += 1
 
     @property
@@ -95,7 +104,7 @@ class CircuitBreaker:
         state = self.state
         if state == "closed":
             return Slot(self, trial=False, epoch=self._epoch)
-        if state == "open" or self._trials >= self.config.half_open_max_requests:
+        if state == "open" or not self._trial_free():
             return None
         self._trials += 1
         return Slot(self, trial=True, epoch=self._epoch)
@@ -107,9 +116,11 @@ class CircuitBreaker:
     def available(self) -> bool:
         """Like allow(), without taking a half-open trial slot."""
         state = self.state
-        return state == "closed" or (
-            state == "half-open" and self._trials < self.config.half_open_max_requests
-        )
+        return state == "closed" or (state == "half-open" and self._trial_free())
+
+    def _trial_free(self) -> bool:
+        """Another trial would not exceed the probes still needed to close."""
+        return self._trials + self._probe_successes < self.config.half_open_max_requests
 
     def _forget_old(self) -> None:
         window = self.config.window_seconds
@@ -119,8 +130,15 @@ class CircuitBreaker:
         while self._failures and self._failures[0] <= cutoff:
             self._failures.popleft()
 
-    def record_success(self) -> None:
-        if self._state != "closed":
+    def record_success(self, *, trial_epoch: int | None = None) -> None:
+        """A call succeeded; `trial_epoch` is the half-open period of a trial call."""
+        if self.state != "closed":
+            if self._state != "half-open" or trial_epoch != self._epoch:
+                return  # not a probe of this half-open period (see the class doc)
+            self._trials -= 1
+            self._probe_successes += 1
+            if self._probe_successes < self.config.half_open_max_requests:
+                return
             self._state = "closed"
             self._reset_trials()
         if self.config.window_seconds is None:
