@@ -202,7 +202,8 @@ class ExpertConfig(_Model):
     retries: Retries = Retries()
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     max_context_tokens: int | None = Field(default=None, ge=1)
-    """Requests whose estimated prompt is longer skip this expert."""
+    """Requests whose estimated prompt plus the max_tokens the expert would be sent is
+    larger skip this expert."""
     allow_personal_data: bool = False
     """May receive unredacted personal data when a policy's privacy action is `allow`."""
     default_max_tokens: int = Field(default=1024, ge=1)

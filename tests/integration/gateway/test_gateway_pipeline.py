@@ -399,7 +399,9 @@ async def test_cheapest_selection_cost_cap_and_context_limit(
         "cheap": expert_config(
             cheap.url,
             pricing={"inputPerMillionTokens": 0.1, "outputPerMillionTokens": 0.2},
-            maxContextTokens=20,
+            # "short question" is estimated at 10 prompt tokens: with max_tokens=100 it
+            # just fits (maxContextTokens counts the prompt plus max_tokens).
+            maxContextTokens=110,
         ),
     }
     gw = await start_gateway(
@@ -407,6 +409,13 @@ async def test_cheapest_selection_cost_cap_and_context_limit(
     )
     _, headers, _ = await _post(http, gw.url, chat("short question", max_tokens=100))
     assert headers["x-kascade-route"] == "expert:cheap"
+    # The same prompt with room for one more answer token no longer fits cheap's context.
+    _, headers, _ = await _post(http, gw.url, chat("short question", max_tokens=101))
+    assert headers["x-kascade-route"] == "expert:pricey"
+    assert gw.audit()[-1]["attempts"][0] == {"expert": "cheap", "outcome": "context_too_long"}
+    # Without max_tokens the expert is sent defaultMaxTokens, which does not fit either.
+    _, headers, _ = await _post(http, gw.url, chat("short question"))
+    assert headers["x-kascade-route"] == "expert:pricey"
     # Too long for cheap's context: pricey answers.
     _, headers, _ = await _post(http, gw.url, chat("word " * 100, max_tokens=100))
     assert headers["x-kascade-route"] == "expert:pricey"
@@ -423,7 +432,7 @@ async def test_cheapest_selection_cost_cap_and_context_limit(
     _, headers, _ = await _post(http, capped.url, chat("word " * 100, max_tokens=1000))
     assert headers["x-kascade-route"] == "local"
     assert "pricey: over_request_cost_cap" in headers["x-kascade-degraded"]
-    assert len(pricey.records) == 1
+    assert len(pricey.records) == 3
 
 
 async def test_semantic_cache_end_to_end(start_sim, start_gateway, http) -> None:

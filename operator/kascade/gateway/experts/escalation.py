@@ -324,13 +324,24 @@ class Escalator:
             return "circuit_open"
         if call.raw_personal_data and not cfg.allow_personal_data:
             return "personal_data_not_allowed"
-        if cfg.max_context_tokens is not None and call.prompt_estimate > cfg.max_context_tokens:
+        if self._too_long(expert=expert, call=call):
             return "context_too_long"
         if cfg.capabilities is not None:
             missing = sorted(call.needs.difference(cfg.capabilities))
             if missing:
                 return f"lacks_{missing[0].replace('-', '_')}"
         return None
+
+    def _too_long(self, *, expert: ExpertState, call: Call) -> bool:
+        """The prompt plus the max_tokens it would be sent exceeds the expert's context.
+
+        The typical estimate, not the byte bound: the bound counts one token per byte
+        (several times the real count) and would keep requests that fit away from the
+        expert; the estimate is also what the expert's tokensPerMinute counts."""
+        limit = expert.config.max_context_tokens
+        if limit is None:
+            return False
+        return call.prompt_estimate + self.max_tokens(expert=expert, call=call) > limit
 
     async def _one(
         self,
