@@ -11,7 +11,7 @@ import pytest
 from kascade.gateway import config
 from kascade.gateway.endpoints import errors
 from kascade.gateway.experts import breaker
-from kascade.gateway.route import confidence, request, rules
+from kascade.gateway.route import confidence, pressure, request, rules
 
 
 def test_confidence_from_body_header_or_logprobs() -> None:
@@ -73,6 +73,23 @@ def test_dynamic_threshold_formula() -> None:
     )
     static = config.ConfidenceConfig(threshold=0.65)
     assert confidence.threshold(confidence=static, burn=5, unavailable_fraction=1) == 0.65
+
+
+def test_budget_pressure_one_reaches_min_threshold_at_twice_the_pace() -> None:
+    """budgetPressure 1 (docs/api.md): on pace keeps the base threshold, twice the pace
+    (budget gone half-way through the window) reaches minThreshold, no spend
+    maxThreshold. Six hours into a calendar day, a quarter of the window has passed."""
+    c = _conf(budgetPressure=1.0)
+    elapsed = pressure.elapsed_fraction(window="calendar-day", window_start=0, now=6 * 3600)
+
+    def at(used_fraction: float) -> float:
+        burn = used_fraction / elapsed
+        return confidence.threshold(confidence=c, burn=burn, unavailable_fraction=0)
+
+    assert at(0.25) == pytest.approx(0.6)  # on pace: spends exactly the budget by midnight
+    assert at(0.5) == pytest.approx(0.4)  # would be exhausted at noon
+    assert at(0.0) == pytest.approx(0.8)
+    assert 0.4 < at(0.375) < 0.6  # 1.5x the pace: on the way down, not yet at the floor
 
 
 def test_circuit_breaker_states() -> None:

@@ -98,8 +98,10 @@ class DynamicThreshold(common.KascadeModel):
     """Highest threshold (most escalations), used when budget is plentiful."""
 
     budget_pressure: common.Fraction = pydantic.Field(default=1.0, alias="budgetPressure")
-    """How strongly budget burn lowers the threshold: 0 ignores the budget, 1 reaches
-    minThreshold when spend is on course to exhaust the budget before the window ends."""
+    """How strongly budget burn moves the threshold: 0 ignores the budget. Spend on
+    pace to use exactly the budget by the window's end keeps the base threshold; with 1,
+    twice that pace (the budget gone half-way) reaches minThreshold and no spend
+    reaches maxThreshold. Formula: docs/gateway.md, 'Dynamic threshold'."""
 
     __kascade_rules__: ClassVar[tuple[common.CelRule, ...]] = (
         common.CelRule(
