@@ -341,7 +341,7 @@ class RuleWhen(_Model):
 
 class Rule(_Model):
     name: str | None = None
-    """Rule name, reported in audit lines (`rule_name`)."""
+    """Rule name, reported in the x-kascade-rule header and audit lines (`rule_name`)."""
     when: RuleWhen
     action: Literal["local", "expert", "tier"]
     """`local`: answer locally, never escalate; `expert`: skip the local pass;

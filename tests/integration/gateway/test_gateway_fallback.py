@@ -85,11 +85,14 @@ async def test_no_expert_left_gives_degraded_local_answer_or_error(
     pool = await start_sim(name="pool", confidence=0.1)
     broken = await start_sim(name="broken", fail_every=1)
     experts = {"broken": expert_config(broken.url)}
-    gw = await start_gateway(gateway_config(pool=pool.url, experts=experts))
+    policy = {"fallback": {"message": "Answered locally: experts down."}}
+    gw = await start_gateway(gateway_config(pool=pool.url, experts=experts, policy=policy))
     status, headers, body = await _post(http, gw.url, chat("hard question"))
     assert status == 200
     assert headers["x-kascade-route"] == "local"
     assert headers["x-kascade-reason"] == "low_confidence"
+    # fallback.message (docs/api.md): at the start of x-kascade-degraded, then each expert.
+    assert headers["x-kascade-degraded"].startswith("Answered locally: experts down. (")
     assert "broken: http_500" in headers["x-kascade-degraded"]
     assert body["choices"][0]["message"]["content"] == "[pool] hard question"
     assert headers["x-kascade-cost-usd"] == "0"

@@ -208,8 +208,18 @@ async def test_rules_route_before_the_local_pass(start_sim, start_gateway, http)
         experts={"e1": expert_config(expert.url)},
         policy={
             "rules": [
-                {"when": {"minPromptTokens": 51}, "action": "expert", "target": "e1"},
-                {"when": {"taskLabels": ["code"]}, "action": "tier", "target": "big"},
+                {
+                    "name": "long-prompts",
+                    "when": {"minPromptTokens": 51},
+                    "action": "expert",
+                    "target": "e1",
+                },
+                {
+                    "name": "code",
+                    "when": {"taskLabels": ["code"]},
+                    "action": "tier",
+                    "target": "big",
+                },
                 {
                     "when": {"header": {"name": "x-keep-local", "values": ["yes"]}},
                     "action": "local",
@@ -222,15 +232,18 @@ async def test_rules_route_before_the_local_pass(start_sim, start_gateway, http)
     _, headers, _ = await _post(http, gw.url, chat("long " * 100))
     assert headers["x-kascade-route"] == "expert:e1"
     assert headers["x-kascade-reason"] == "rule"
+    assert headers["x-kascade-rule"] == "long-prompts"
     assert pool.records == []
     _, headers, body = await _post(
         http, gw.url, chat("write code"), headers={"x-kascade-task": "code"}
     )
     assert headers["x-kascade-route"] == "local"
     assert body["choices"][0]["message"]["content"] == "[big] write code"
+    assert headers["x-kascade-rule"] == "code"  # a tier rule: the reason is the local pass's
     _status, headers, _ = await _post(http, gw.url, chat("short"), headers={"x-keep-local": "yes"})
     assert headers["x-kascade-route"] == "local"
     assert headers["x-kascade-reason"] == "no_experts"
+    assert "x-kascade-rule" not in headers  # the rule has no name
     assert len(expert.records) == 1
     assert [a["rule"] for a in gw.audit()] == [0, 1, 2]
 

@@ -458,7 +458,8 @@ class Rule(common.KascadeModel):
     """Routes matching requests before the local first pass. The first match wins."""
 
     name: common.DnsLabel
-    """Rule name, unique in the policy; reported in x-kascade-reason."""
+    """Rule name, unique in the policy; reported in the x-kascade-rule header (the
+    reason is 'rule' only for action 'expert') and audit lines."""
 
     when: RuleMatch
     """What the request must look like."""
@@ -621,7 +622,8 @@ class FallbackSpec(common.KascadeModel):
     """'local' returns the local answer marked degraded; 'error' fails with 503."""
 
     message: Annotated[str, pydantic.Field(max_length=1024)] | None = None
-    """Text returned in the error (with 'error') or the x-kascade-reason detail."""
+    """Text returned in the error (with 'error') or at the start of the x-kascade-degraded
+    header on the local answer (with 'local'), followed by why each expert failed."""
 
 
 class AuditSpec(common.KascadeModel):

@@ -68,6 +68,8 @@ class Decision:
             wire.COST_HEADER: usd_text(self.cost_nanos),
             wire.TENANT_HEADER: self.caller.label,
         }
+        if self.rule_name is not None:
+            h[wire.RULE_HEADER] = _header_text(self.rule_name)
         if self.policy.variant is not None:
             h[wire.VARIANT_HEADER] = self.policy.variant
         if self.confidence is not None:
@@ -77,7 +79,12 @@ class Decision:
         if self.degeneration is not None:
             h[wire.DEGENERATION_HEADER] = self.degeneration
         if self.degraded is not None:
-            # One line, ASCII only: the policy's message may hold any character.
-            text = " ".join(self.degraded.split())[:500]
-            h[wire.DEGRADED_HEADER] = text.encode("ascii", "replace").decode()
+            h[wire.DEGRADED_HEADER] = _header_text(self.degraded)
         return h
+
+
+def _header_text(text: str) -> str:
+    """One line, ASCII only, at most 500 characters: configured text (the policy's
+    fallback message, a rule name in a hand-written config) may hold any character."""
+    line = " ".join(text.split())[:500]
+    return line.encode("ascii", "replace").decode()
