@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
+import aiohttp
 import pytest
 
 from kascade.gateway import config, ledger
 from kascade.gateway.experts import escalation, providers
+from kascade.gateway.observe import metrics as metrics_mod
 
 
 def _expert(**kw: object) -> config.ExpertConfig:
@@ -136,3 +138,52 @@ def test_credentials_from_env_and_file(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("K1")
     with pytest.raises(providers.CredentialError, match="K1"):
         creds.get(config.Credentials(env="K1"))
+
+
+def _retrying_expert(**retries: object) -> escalation.ExpertState:
+    expert_cfg = config.ExpertConfig.model_validate(
+        {
+            "provider": "openai",
+            "endpoint": "http://127.0.0.1:9",
+            "model": "m",
+            "pricing": {"inputPerMillionTokens": 1.0, "outputPerMillionTokens": 2.0},
+            "budget": {"limitUSD": 1.0, "window": "calendar-day"},
+            "retries": retries,
+        }
+    )
+    return escalation.ExpertState.build(name="e1", config=expert_cfg)
+
+
+async def test_retry_waits_are_the_documented_ones() -> None:
+    """docs/api.md, retries: the first wait is a random 50-100 % of initialBackoffMillis,
+    it doubles each retry up to maxBackoffMillis, a longer Retry-After wins, and one
+    longer than maxBackoffMillis moves to the next expert (None) instead of waiting."""
+    expert = _retrying_expert(initialBackoffMillis=400, maxBackoffMillis=1000)
+    server_error = escalation.UpstreamFailure(kind="http_500", condition="server-error")
+    async with aiohttp.ClientSession() as session:
+        escalator = escalation.Escalator(
+            session=session,
+            ledger_backend=ledger.MemoryLedger(),
+            throttle=ledger.MemoryThrottle(),
+            credentials=providers.Credentials(),
+            metrics=metrics_mod.Metrics(),
+        )
+
+        async def delay(failure: escalation.UpstreamFailure, attempt: int) -> float | None:
+            return await escalator._retry_delay(expert=expert, failure=failure, attempt=attempt)
+
+        firsts = [await delay(server_error, 0) for _ in range(200)]
+        assert all(d is not None and 0.2 <= d <= 0.4 for d in firsts)
+        assert min(d for d in firsts if d is not None) < 0.25  # drawn, not a fixed wait
+        seconds = [await delay(server_error, 1) for _ in range(50)]
+        assert all(d is not None and 0.4 <= d <= 0.8 for d in seconds)
+        capped = [await delay(server_error, 5) for _ in range(50)]
+        assert all(d is not None and 0.5 <= d <= 1.0 for d in capped)
+
+        def limited(after: float) -> escalation.UpstreamFailure:
+            return escalation.UpstreamFailure(
+                kind="http_429", condition="rate-limited", retry_after=after
+            )
+
+        assert await delay(limited(0.9), 0) == pytest.approx(0.9)  # longer than the backoff
+        assert await delay(limited(1.5), 0) is None  # longer than maxBackoffMillis: move on

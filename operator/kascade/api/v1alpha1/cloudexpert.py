@@ -205,18 +205,22 @@ class Retries(common.KascadeModel):
     initial_backoff_millis: Annotated[int, pydantic.Field(ge=0, le=60000)] = pydantic.Field(
         default=250, alias="initialBackoffMillis"
     )
-    """Wait before the first retry; doubles each retry. A Retry-After header wins."""
+    """Wait before the first retry, doubling each retry up to maxBackoffMillis; each
+    wait is a random 50-100 % of it (jitter). A longer Retry-After header wins, up to
+    maxBackoffMillis."""
 
     max_backoff_millis: Annotated[int, pydantic.Field(ge=0, le=300000)] = pydantic.Field(
         default=5000, alias="maxBackoffMillis"
     )
-    """Longest wait between retries."""
+    """Longest wait between retries; an upstream Retry-After longer than this moves on
+    to the next expert instead of waiting."""
 
     max_retry_after_seconds: Annotated[int, pydantic.Field(ge=1, le=86400)] = pydantic.Field(
         default=300, alias="maxRetryAfterSeconds"
     )
-    """Longest upstream Retry-After honoured; longer ones are cut to this (and counted
-    in kascade_expert_retry_after_capped_total)."""
+    """Longest upstream Retry-After honoured: after a 429 no replica calls the expert
+    for that long; longer ones are cut to this (and counted in
+    kascade_expert_retry_after_capped_total)."""
 
     retry_on: Annotated[list[RetryCondition], pydantic.Field(max_length=4)] = pydantic.Field(
         default_factory=_all_retry_conditions,
