@@ -97,3 +97,31 @@ async def test_tenant_rate_limit_and_confidence_offset(
         assert (await r.json())["error"]["code"] == "tenant_rate_limited"
     assert await _ask(http, gw.url, keys["b"], "q4") == "expert:e1"
     assert [line["threshold"] for line in gw.audit() if line["tenant"] == "b"] == [0.95]
+
+
+async def test_tenant_tokens_per_minute_counts_what_an_expert_may_generate(
+    start_sim, start_gateway, tmp_path: Path, http
+) -> None:
+    """tokensPerMinute counts estimated prompt plus max_tokens; a request without
+    max_tokens counts the defaultMaxTokens its expert would be sent (here 1000)."""
+    pool = await start_sim(name="pool", confidence=0.9)
+    expert = await start_sim(name="e1")
+    key = tenant_support.new_key("a")
+    tenant_support.write_secret_dir(tmp_path / "a", {"k": key})
+    config = gateway_config(
+        pool=pool.url,
+        experts={"e1": expert_config(expert.url, defaultMaxTokens=1000)},
+        tenants={"a": tenant_support.tenant(tmp_path / "a", rateLimits={"tokensPerMinute": 1500})},
+    )
+    gw = await start_gateway(config)
+    headers = {"authorization": f"Bearer {key}"}
+    # "q1" is estimated at 3 + 0 + 4 = 7 prompt tokens: 1007 of the 1500.
+    assert await _ask(http, gw.url, key, "q1") == "local"
+    async with http.post(f"{gw.url}/v1/chat/completions", json=chat("q2"), headers=headers) as r:
+        assert r.status == 429  # another 1007 would exceed 1500
+        assert (await r.json())["error"]["code"] == "tenant_rate_limited"
+        assert "tokens_per_minute" in (await r.json())["error"]["message"]
+    # With max_tokens set, that is what counts: 7 + 400 fits in the 493 left.
+    body = chat("q3", max_tokens=400)
+    async with http.post(f"{gw.url}/v1/chat/completions", json=body, headers=headers) as r:
+        assert r.status == 200, await r.text()

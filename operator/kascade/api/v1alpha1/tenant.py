@@ -63,7 +63,8 @@ class TenantRateLimits(common.KascadeModel):
     tokens_per_minute: Annotated[int, pydantic.Field(ge=1, le=1_000_000_000)] | None = (
         pydantic.Field(default=None, alias="tokensPerMinute")
     )
-    """Most tokens per minute, counted as estimated prompt tokens plus max_tokens."""
+    """Most tokens per minute, counted as estimated prompt tokens plus max_tokens (for a
+    request without one, the largest defaultMaxTokens of the policy's experts)."""
 
     max_concurrency: Annotated[int, pydantic.Field(ge=1, le=10_000)] | None = pydantic.Field(
         default=None, alias="maxConcurrency"

@@ -92,7 +92,9 @@ async def handle_chat(state: State, http: web.Request) -> web.StreamResponse:
     decision = decision_mod.Decision(request_id=request_id, policy=policy, caller=caller)
     status = 200
     try:
-        async with tenant_limits.admitted(state.escalator.throttle, caller=caller, chat=chat):
+        async with tenant_limits.admitted(
+            state.escalator.throttle, caller=caller, chat=chat, experts=policy.experts
+        ):
             response = await _route(state, rt, http, chat, decision)
     except errors.ApiError as exc:
         status = exc.status

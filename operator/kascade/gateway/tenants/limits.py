@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 from kascade.gateway import ledger
 from kascade.gateway.endpoints import errors
+from kascade.gateway.experts import escalation
 from kascade.gateway.route import request
 from kascade.gateway.tenants import access
 
@@ -33,13 +34,23 @@ def offset_threshold(threshold: float, *, caller: access.Caller) -> float:
     return min(1.0, max(0.0, threshold + caller.tenant.config.confidence_offset))
 
 
-def _tokens(chat: request.ChatRequest) -> int:
-    return chat.prompt_estimate + (chat.max_tokens or 0)
+def _tokens(chat: request.ChatRequest, experts: list[escalation.ExpertState]) -> int:
+    """Estimated prompt plus the most tokens an answer may have: the request's
+    max_tokens, or without one the largest defaultMaxTokens among the policy's experts
+    (what an expert is sent, and what its own tokensPerMinute counts). A local answer
+    is not limited by the gateway, so a policy without experts counts only the prompt."""
+    if chat.max_tokens is not None:
+        return chat.prompt_estimate + chat.max_tokens
+    return chat.prompt_estimate + max((e.config.default_max_tokens for e in experts), default=0)
 
 
 @contextlib.asynccontextmanager
 async def admitted(
-    throttle: ledger.Throttle, *, caller: access.Caller, chat: request.ChatRequest
+    throttle: ledger.Throttle,
+    *,
+    caller: access.Caller,
+    chat: request.ChatRequest,
+    experts: list[escalation.ExpertState],
 ) -> AsyncIterator[None]:
     """Holds one of the tenant's rate-limit slots for the whole request, or raises 429."""
     tenant = caller.tenant
@@ -48,7 +59,7 @@ async def admitted(
         return
     try:
         permit = await throttle.acquire(
-            expert=tenant.book, limits=tenant.limits, tokens=_tokens(chat)
+            expert=tenant.book, limits=tenant.limits, tokens=_tokens(chat, experts)
         )
     except ledger.Throttled as exc:
         wait = max(1, math.ceil(exc.retry_after_s))
