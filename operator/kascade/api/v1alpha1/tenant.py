@@ -23,7 +23,8 @@ class SecretRef(common.KascadeModel):
     name: common.ObjectName
     """Name of the Secret. Every key of its data is one accepted API key (the key's
     name is a label such as 'ci' or 'alice'): add a key to issue one, delete it to
-    revoke it. Changes take effect within seconds, without a restart."""
+    revoke it. Changes take effect without a restart once the kubelet has updated the
+    mounted Secret (its sync period, about a minute by default), plus at most a second."""
 
 
 class TenantKeys(common.KascadeModel):
