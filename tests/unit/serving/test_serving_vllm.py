@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from typing import Any, ClassVar
 
 import pydantic
@@ -246,11 +246,7 @@ def test_steps_stream_with_scores_and_stop_on_the_end_token(loaded: base.Runtime
     ]
     score = steps[0].score
     assert score is not None
-    assert (score.prob, score.top1, score.top2) == (
-        pytest.approx(0.5),
-        pytest.approx(0.5),
-        pytest.approx(0.25),
-    )
+    assert [score.prob, score.top1, score.top2] == pytest.approx([0.5, 0.5, 0.25])
 
 
 @pytest.mark.parametrize("loaded", [(1, 1)], indirect=True)
@@ -261,6 +257,7 @@ def test_closing_a_generation_aborts_its_request(
     steps = loaded.generate(
         prompt=[7, 8], params=base.SamplingParams(max_tokens=8), cancel=threading.Event()
     )
+    assert isinstance(steps, Generator)
     first = next(steps)
     assert first.token_id == 7
     steps.close()  # what the server does when a stream's client leaves
@@ -298,3 +295,16 @@ def test_a_length_finish_ends_without_an_end_token() -> None:
     replay = vllm_runtime.Replay()
     steps = replay.feed(_Completion([10, 11], None, "ab", "length"))
     assert [(s.token_id, s.text, s.is_end) for s in steps] == [(10, "", False), (11, "ab", False)]
+
+
+def test_an_engine_that_does_not_start_is_a_load_error(
+    fake_vllm: type[_Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(args: types.SimpleNamespace) -> _Engine:
+        raise ValueError("no config.json in /m")
+
+    monkeypatch.setattr(fake_vllm, "from_engine_args", refuse)
+    before = threading.active_count()
+    with pytest.raises(base.ModelLoadError, match=r"vLLM could not load /m: no config.json"):
+        runtimes.load_runtime(pool=_pool(gpu=1), model_path=pathlib.Path("/m"))
+    assert threading.active_count() == before  # the engine loop thread was stopped

@@ -205,6 +205,8 @@ class VllmRuntime:
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=30)
+        if not self._thread.is_alive():
+            self._loop.close()
 
 
 async def _produce(
