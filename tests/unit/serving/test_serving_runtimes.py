@@ -126,3 +126,22 @@ def test_a_loaded_llama_replica_logs_its_engine_settings(caplog: pytest.LogCaptu
         assert "n_gpu_layers=0 n_ctx=1536 n_ctx_seq=512 n_seq_max=3 n_threads=1" in caplog.text
     finally:
         chat.close()
+
+
+@pytest.mark.serving
+def test_a_llama_gpu_replica_hands_every_layer_to_the_model_loader(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import llama_cpp
+
+    # This machine's build has no GPU backend: llama.cpp keeps the layers on the CPU,
+    # but the loader receives the offload request (what a CUDA build acts on).
+    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: True)
+    pool = config.PoolServingConfig.from_args(
+        {"name": "cpu", "model": {"source": SMOLLM2, "contextLength": 256}, "resources": {"gpu": 1}}
+    )
+    chat = server.load_server(pool=pool)
+    try:
+        assert chat.runtime.settings["n_gpu_layers"] == -1
+    finally:
+        chat.close()

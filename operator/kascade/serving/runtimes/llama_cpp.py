@@ -162,12 +162,18 @@ class LlamaCppRuntime:
         and of each sequence (``n_ctx_seq``), sequences, threads."""
         lib = self._lib
         return {
-            "n_gpu_layers": self._n_gpu_layers,
+            "n_gpu_layers": self._loader_gpu_layers(),
             "n_ctx": int(lib.llama_n_ctx(self._ctx)),
             "n_ctx_seq": int(lib.llama_n_ctx_seq(self._ctx)),
             "n_seq_max": int(lib.llama_n_seq_max(self._ctx)),
             "n_threads": self._n_threads,
         }
+
+    def _loader_gpu_layers(self) -> int:
+        # As handed to llama.cpp's model loader; llama-cpp-python passes "every layer"
+        # (-1) as INT32_MAX.
+        layers = int(self._llm.model_params.n_gpu_layers)
+        return -1 if layers >= 0x7FFFFFFF else layers
 
     @property
     def live_sequences(self) -> int:
