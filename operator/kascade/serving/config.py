@@ -70,7 +70,8 @@ class ModelSpec(_Model):
     context_length: int = pydantic.Field(
         default=2048, ge=limits.CONTEXT_LENGTH_MIN, le=limits.CONTEXT_LENGTH_MAX
     )
-    """Context window in tokens (prompt plus completion)."""
+    """Context window of one request in tokens (prompt plus completion). A llama-cpp
+    replica allocates ``contextLength x maxConcurrentPerReplica`` KV cells."""
 
     chat_template: str | None = None
     """Jinja chat template; when absent the template stored in the GGUF metadata is used."""
@@ -110,7 +111,8 @@ class Resources(_Model):
     """Memory reserved for the replica in bytes (Ray's ``memory`` resource)."""
 
     gpu: float = pydantic.Field(default=0.0, ge=0)
-    """GPUs (fractions allowed); required > 0 for the ``vllm`` runtime."""
+    """GPUs (fractions allowed; whole above 1 for ``vllm``); required > 0 for ``vllm``.
+    llama-cpp offloads every layer when > 0; vllm splits the model over them."""
 
 
 class Capacity(_Model):
@@ -159,8 +161,14 @@ class PoolServingConfig(_Model):
 
     @pydantic.model_validator(mode="after")
     def _runtime_resources(self) -> PoolServingConfig:
-        if self.model.runtime is Runtime.VLLM and self.resources.gpu <= 0:
+        gpu = self.resources.gpu
+        if self.model.runtime is Runtime.VLLM and gpu <= 0:
             raise ValueError("model.runtime 'vllm' needs resources.gpu > 0 (vLLM runs on GPUs)")
+        if self.model.runtime is Runtime.VLLM and gpu > 1 and not gpu.is_integer():
+            raise ValueError(
+                f"resources.gpu {gpu:g}: vllm splits a model over whole GPUs "
+                "(tensor parallel); use a fraction of 1 GPU or a whole number"
+            )
         return self
 
     @classmethod

@@ -37,12 +37,9 @@ def deployment_name(pool: config.PoolServingConfig) -> str:
 def slot_count(pool: config.PoolServingConfig) -> int:
     """Sequences generated at once per replica (``maxConcurrentPerReplica``).
 
-    llama-cpp batches them in one context (one decode per step for all). vLLM gets
-    one: a second engine would claim the GPU memory again, and the synchronous ``LLM``
-    API is not thread-safe (batching needs the async engine).
+    Both runtimes batch them: llama-cpp in one context (one decode per step for all),
+    vLLM in its async engine (``max_num_seqs``).
     """
-    if pool.model.runtime is config.Runtime.VLLM:
-        return 1
     return pool.capacity.max_concurrent_per_replica
 
 

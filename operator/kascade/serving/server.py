@@ -403,15 +403,17 @@ def load_server(*, pool: config.PoolServingConfig) -> ChatServer:
     :class:`kascade.serving.runtimes.base.ModelLoadError` with the source and reason.
     """
     # Imported here: the server module itself stays free of model and network code.
-    from kascade.serving import deployment, runtimes, sources
+    from kascade.serving import runtimes, sources
 
     path = sources.resolve_source(source=pool.model.source, sha256=pool.model.sha256)
     runtime = runtimes.load_runtime(pool=pool, model_path=path)
     _log.info(
-        "Loaded model pool=%s source=%s parallel=%d threads=%d",
+        "Loaded model pool=%s source=%s runtime=%s parallel=%d gpu=%g %s",
         pool.name,
         sources.redact_source(pool.model.source),
+        pool.model.runtime.value,
         runtime.parallel,
-        deployment.llama_threads(pool),
+        pool.resources.gpu,
+        " ".join(f"{key}={value}" for key, value in runtime.settings.items()),
     )
     return ChatServer(pool=pool, runtime=runtime)

@@ -122,17 +122,6 @@ def test_gpu_pool_asks_ray_for_gpus() -> None:
     assert deployment.deployment_options(pool)["ray_actor_options"]["num_gpus"] == 1.0
 
 
-def test_vllm_replica_has_one_slot() -> None:
-    pool = config.PoolServingConfig.from_args(
-        _pool(
-            model={"source": "file:///m", "runtime": "vllm"},
-            resources={"gpu": 1},
-            capacity={"maxConcurrentPerReplica": 8},
-        )
-    )
-    assert deployment.slot_count(pool) == 1
-
-
 def test_deployment_name_is_deterministic() -> None:
     a = config.PoolServingConfig.from_args(_pool())
     b = config.PoolServingConfig.from_args(_pool(resources={"cpu": 3}))

@@ -79,7 +79,11 @@ class ModelSpec(common.KascadeModel):
     context_length: Annotated[
         int, pydantic.Field(ge=limits.CONTEXT_LENGTH_MIN, le=limits.CONTEXT_LENGTH_MAX)
     ] = pydantic.Field(default=2048, alias="contextLength")
-    """Context window in tokens (prompt plus completion) each replica allocates."""
+    """Context window of one request in tokens (prompt plus completion); a longer request
+    is refused with 400. A llama-cpp replica allocates contextLength x
+    capacity.maxConcurrentPerReplica tokens of KV cache (each concurrent request has its
+    own contextLength): size resources.memory for the model plus that cache. vllm uses it
+    as max_model_len; its requests share the KV cache that fits in GPU memory."""
 
     chat_template: Annotated[str, pydantic.Field(min_length=1, max_length=65536)] | None = (
         pydantic.Field(default=None, alias="chatTemplate")
@@ -144,7 +148,10 @@ class ResourcesSpec(common.KascadeModel):
     """Memory per replica, e.g. '1Gi' or '512Mi'; must hold the model and its context."""
 
     gpu: Annotated[int, pydantic.Field(ge=0, le=16)] = 0
-    """NVIDIA GPUs per replica (nvidia.com/gpu). vllm needs at least 1."""
+    """NVIDIA GPUs per replica (nvidia.com/gpu). llama-cpp offloads every layer to the
+    GPU when > 0 (the image needs a CUDA build of llama-cpp-python; a CPU-only build does
+    not load). vllm needs at least 1 and splits the model over all of them (tensor
+    parallel)."""
 
 
 class Toleration(common.KascadeModel):
@@ -201,7 +208,8 @@ class CapacitySpec(common.KascadeModel):
     max_concurrent_per_replica: Annotated[
         int, pydantic.Field(ge=1, le=limits.MAX_CONCURRENT_PER_REPLICA)
     ] = pydantic.Field(default=4, alias="maxConcurrentPerReplica")
-    """Requests a replica processes at once; more wait in its queue."""
+    """Requests a replica processes at once (both runtimes batch them); more wait in its
+    queue."""
 
     max_queue_wait_millis: Annotated[int, pydantic.Field(ge=0, le=limits.MAX_QUEUE_WAIT_MILLIS)] = (
         pydantic.Field(default=2000, alias="maxQueueWaitMillis")

@@ -21,7 +21,8 @@ def load_runtime(*, pool: config.PoolServingConfig, model_path: pathlib.Path) ->
         return vllm.VllmRuntime(
             model_path=model_path,
             context_length=pool.model.context_length,
-            gpu_fraction=pool.resources.gpu,
+            gpu=pool.resources.gpu,
+            parallel=deployment.slot_count(pool),
             chat_template=pool.model.chat_template,
         )
     from kascade.serving.runtimes import llama_cpp
@@ -33,5 +34,6 @@ def load_runtime(*, pool: config.PoolServingConfig, model_path: pathlib.Path) ->
         context_length=pool.model.context_length,
         n_threads=deployment.llama_threads(pool),
         parallel=deployment.slot_count(pool),
+        gpu=pool.resources.gpu,
         chat_template=template,
     )

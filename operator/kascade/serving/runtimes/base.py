@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
 from kascade.serving import confidence
@@ -66,7 +66,13 @@ class Runtime(Protocol):
 
     @property
     def context_length(self) -> int:
-        """Tokens the context holds (prompt plus completion)."""
+        """Tokens one sequence holds (prompt plus completion)."""
+        ...
+
+    @property
+    def settings(self) -> Mapping[str, int | float | str]:
+        """Engine settings derived from the pool (GPU offload, sequences, context),
+        logged when the replica loads so the choice is visible."""
         ...
 
     def prompt_tokens(self, *, messages: Sequence[Message]) -> list[int]:

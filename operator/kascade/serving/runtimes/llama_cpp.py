@@ -3,7 +3,8 @@
 One model and one context per replica, shared by ``parallel`` sequences through
 continuous batching (:mod:`kascade.serving.runtimes.llama_batch`): each sequence has
 its own ``seq_id`` and KV cells (``contextLength`` each), and all of them advance in
-one ``llama_decode`` per step.
+one ``llama_decode`` per step. A replica with ``resources.gpu > 0`` offloads every layer
+to the GPU (:func:`gpu_layers`); without one, none.
 
 Generation is driven token by token through llama.cpp's low-level API instead of
 ``create_completion``, so log-probabilities cost one softmax over one logits row per
@@ -17,7 +18,7 @@ import ctypes
 import datetime
 import pathlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jinja2
@@ -28,7 +29,7 @@ import numpy.typing as npt
 
 from kascade.serving.runtimes import base, llama_batch
 
-__all__ = ["LlamaCppRuntime"]
+__all__ = ["LlamaCppRuntime", "gpu_layers"]
 
 _N_BATCH = 512
 """Tokens per decode: prompt chunks beyond it are evaluated over several steps."""
@@ -37,6 +38,23 @@ _N_BATCH = 512
 def _raise_exception(message: str) -> None:
     # Chat templates call raise_exception() to reject, e.g., unsupported roles.
     raise ValueError(message)
+
+
+def gpu_layers(*, gpu: float, offload_supported: bool) -> int:
+    """llama.cpp's ``n_gpu_layers`` for a replica reserving ``gpu`` GPUs: all layers
+    (``-1``) with a GPU, none (``0``) without.
+
+    Raises :class:`base.ModelLoadError` when a GPU is reserved but this llama-cpp-python
+    build cannot offload (a CPU-only build): the GPU would sit idle.
+    """
+    if gpu <= 0:
+        return 0
+    if not offload_supported:
+        raise base.ModelLoadError(
+            f"resources.gpu is {gpu:g} but this llama-cpp-python build cannot offload to a "
+            "GPU (install a CUDA build of llama-cpp-python in the image, or set gpu to 0)"
+        )
+    return -1
 
 
 class LlamaCppRuntime:
@@ -52,16 +70,21 @@ class LlamaCppRuntime:
         context_length: int,
         n_threads: int,
         parallel: int = 1,
+        gpu: float = 0.0,
         chat_template: str | None = None,
         logits_all: bool = False,
         n_batch: int = _N_BATCH,
     ) -> None:
-        """Loads the model. ``logits_all=True`` exists only to measure its cost;
-        ``n_batch`` (tokens per decode) only to pin a batch shape in tests."""
+        """Loads the model (offloaded to the GPU when ``gpu > 0``). ``logits_all=True``
+        exists only to measure its cost; ``n_batch`` (tokens per decode) only to pin a
+        batch shape in tests."""
         import llama_cpp  # the serving extra; imported here so config/unit code needs none
 
         self._lib: Any = llama_cpp
         self._parallel = parallel
+        self._n_gpu_layers = gpu_layers(
+            gpu=gpu, offload_supported=bool(llama_cpp.llama_supports_gpu_offload())
+        )
         try:
             # The high-level object loads the weights and tokenizes; its own context is
             # minimal (generation runs in the batched context below).
@@ -70,6 +93,7 @@ class LlamaCppRuntime:
                 n_ctx=_N_BATCH,
                 n_batch=_N_BATCH,
                 n_threads=1,
+                n_gpu_layers=self._n_gpu_layers,
                 verbose=False,
             )
             self._ctx_owner: Any = self._batched_context(
@@ -78,6 +102,7 @@ class LlamaCppRuntime:
         except (ValueError, RuntimeError) as exc:
             raise base.ModelLoadError(f"llama.cpp could not load {model_path}: {exc}") from None
         self._context_length = context_length
+        self._n_threads = n_threads
         self._n_vocab = int(self._llm.n_vocab())
         self._vocab = self._llm._model.vocab
         self._ctx = self._ctx_owner.ctx
@@ -129,6 +154,26 @@ class LlamaCppRuntime:
     def parallel(self) -> int:
         """Sequences generated at once (one KV region each)."""
         return self._parallel
+
+    @property
+    def settings(self) -> Mapping[str, int | float | str]:
+        """What this replica's resources and capacity chose, as llama.cpp reports it: GPU
+        offload, KV cells of the context (``n_ctx`` = ``contextLength`` x ``parallel``)
+        and of each sequence (``n_ctx_seq``), sequences, threads."""
+        lib = self._lib
+        return {
+            "n_gpu_layers": self._loader_gpu_layers(),
+            "n_ctx": int(lib.llama_n_ctx(self._ctx)),
+            "n_ctx_seq": int(lib.llama_n_ctx_seq(self._ctx)),
+            "n_seq_max": int(lib.llama_n_seq_max(self._ctx)),
+            "n_threads": self._n_threads,
+        }
+
+    def _loader_gpu_layers(self) -> int:
+        # As handed to llama.cpp's model loader; llama-cpp-python passes "every layer"
+        # (-1) as INT32_MAX.
+        layers = int(self._llm.model_params.n_gpu_layers)
+        return -1 if layers >= 0x7FFFFFFF else layers
 
     @property
     def live_sequences(self) -> int:
